@@ -1,0 +1,116 @@
+"""The feature service's domain object: validates requests, calls the store, maps its failures.
+
+No gRPC here: `FeatureServiceCore` takes and returns plain values (`Event`, `UserRecord`,
+`ItemRecord`) and raises the shared error tree (`recsys.errors`), which the server's
+interceptor turns into status codes. Requests are validated whole before the store is called,
+so a rejected batch writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from feature_service.stores.base import Event, ItemRecord, Store, StoreUnavailable, UserRecord
+from recsys.errors import InvalidArgument, Unavailable
+from recsys.schema import FeatureKind, FeatureSchema
+
+__all__ = ["MAX_ID_CHARS", "FeatureServiceCore"]
+
+MAX_ID_CHARS = 256
+
+
+class FeatureServiceCore:
+    """Serves one feature schema from one store.
+
+    `max_history_default` is what `max_history = 0` means (the schema's `max_history` unless
+    given); `max_history_limit` is the most a request gets (larger requests are capped, not
+    refused): the inference server asks for more than the model reads, to exclude seen items.
+    `max_batch` bounds the ids or events of one request.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        schema: FeatureSchema,
+        max_history_default: int | None = None,
+        max_batch: int = 1000,
+        max_history_limit: int = 1000,
+    ) -> None:
+        self.store = store
+        self.schema = schema
+        self.max_history_default = schema.max_history if max_history_default is None else max_history_default
+        if self.max_history_default < 0:
+            raise ValueError(f"max_history_default must be >= 0, got {self.max_history_default}")
+        self.max_history_limit = max(max_history_limit, self.max_history_default)
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = max_batch
+        self.schema_json = schema.to_json()
+        self.schema_hash = schema.hash
+        self.user_kinds: dict[str, FeatureKind] = {s.name: s.kind for s in schema.user_features}
+        self.item_kinds: dict[str, FeatureKind] = {s.name: s.kind for s in schema.item_features}
+
+    def get_user_features(self, user_ids: Sequence[str], max_history: int = 0) -> list[UserRecord | None]:
+        """One record per id in request order, `None` for unknown users.
+
+        History: the last `max_history` events, oldest first; 0 means `max_history_default`,
+        values above `max_history_limit` are capped at it, negative ones are refused.
+        """
+        self._check_ids("user_ids", user_ids)
+        if max_history < 0:
+            raise InvalidArgument(f"max_history must be >= 0 (0 means the default), got {max_history}")
+        limit = min(max_history or self.max_history_default, self.max_history_limit)
+        with self._store_call():
+            return self.store.get_users(list(user_ids), limit)
+
+    def get_item_features(self, item_ids: Sequence[str]) -> list[ItemRecord | None]:
+        """One record per id in request order, `None` for unknown items."""
+        self._check_ids("item_ids", item_ids)
+        with self._store_call():
+            return self.store.get_items(list(item_ids))
+
+    def record_interactions(self, events: Sequence[Event]) -> tuple[int, int]:
+        """Appends events to users' histories; returns `(recorded, duplicates)`.
+
+        The whole batch is checked first (non-empty ids of at most 256 characters, timestamp
+        > 0); one bad event rejects the batch, naming its index, and nothing is written.
+        """
+        if not events:
+            raise InvalidArgument("interactions is empty")
+        if len(events) > self.max_batch:
+            raise InvalidArgument(f"interactions has {len(events)} events; at most {self.max_batch} per request")
+        for i, e in enumerate(events):
+            for name, value in (("user_id", e.user_id), ("item_id", e.item_id)):
+                if not value:
+                    raise InvalidArgument(f"interactions[{i}]: {name} is empty")
+                if len(value) > MAX_ID_CHARS:
+                    raise InvalidArgument(f"interactions[{i}]: {name} is longer than {MAX_ID_CHARS} characters")
+            if len(e.event_id) > MAX_ID_CHARS:
+                raise InvalidArgument(f"interactions[{i}]: event_id is longer than {MAX_ID_CHARS} characters")
+            if e.timestamp <= 0:
+                raise InvalidArgument(f"interactions[{i}]: timestamp must be > 0 (unix seconds), got {e.timestamp}")
+        with self._store_call():
+            return self.store.append_events(list(events))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _check_ids(self, field: str, ids: Sequence[str]) -> None:
+        if not ids:
+            raise InvalidArgument(f"{field} is empty")
+        if len(ids) > self.max_batch:
+            raise InvalidArgument(f"{field} has {len(ids)} ids; at most {self.max_batch} per request")
+        for i, value in enumerate(ids):
+            if not value:
+                raise InvalidArgument(f"{field}[{i}] is empty")
+            if len(value) > MAX_ID_CHARS:
+                raise InvalidArgument(f"{field}[{i}] is longer than {MAX_ID_CHARS} characters")
+
+    @contextmanager
+    def _store_call(self) -> Iterator[None]:
+        """The one place store failures become UNAVAILABLE (clients may retry those)."""
+        try:
+            yield
+        except StoreUnavailable as exc:
+            raise Unavailable(f"feature store unavailable: {exc}") from exc

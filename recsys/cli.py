@@ -1,0 +1,152 @@
+"""The `recsys` command. Only parsing and dispatch: heavy modules load inside each command,
+so `recsys --help` stays instant."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+DEFAULT_FEATURES_PORT = 50051
+DEFAULT_INFERENCE_PORT = 50052
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="recsys")
+def main() -> None:
+    """recsys: train sequential recommenders, export them to ONNX, serve them over gRPC."""
+
+
+@main.group()
+def data() -> None:
+    """Get data sets."""
+
+
+@data.command("download")
+@click.argument("name", type=click.Choice(["movielens-100k"]))
+@click.option("--to", "to_dir", required=True, type=click.Path(file_okay=False), help="Directory for the tables.")
+def data_download(name: str, to_dir: str) -> None:
+    """Download a data set and write interactions.csv, users.csv, items.csv."""
+    from trainer.download import download_movielens_100k
+
+    try:
+        result = download_movielens_100k(to_dir)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, indent=2))
+
+
+@main.command()
+@click.option("--interactions", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="user_id,item_id,timestamp[,rating] table (CSV, TSV, Parquet, RecBole .inter, GroupLens u.data).")
+@click.option("--users", type=click.Path(exists=True, dir_okay=False), help="User feature table keyed by user_id.")
+@click.option("--items", type=click.Path(exists=True, dir_okay=False), help="Item feature table keyed by item_id.")
+@click.option("--model", default="sasrec", show_default=True, type=click.Choice(["sasrec"]))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory (replaced atomically).")
+@click.option("--epochs", type=int, help="Maximum epochs (early stopping may end sooner).")
+@click.option("--seed", type=int, help="Random seed.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="TOML or JSON file of training settings (see trainer/train.py TrainConfig).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(interactions, users, items, model, out, epochs, seed, config_file, quiet) -> None:
+    """Train a model and export it as an artifact directory."""
+    from recsys.config import load_config
+    from trainer.export import ExportError
+    from trainer.pipeline import train_and_export
+    from trainer.train import TrainConfig
+
+    try:
+        cfg = load_config(
+            TrainConfig, file=config_file, env_prefix="RECSYS_TRAIN_",
+            overrides={"model": model, "epochs": epochs, "seed": seed},
+        )
+        train_and_export(interactions, out, cfg, users=users, items=items, progress=not quiet)
+    except (ValueError, ExportError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--artifact", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--test", "test_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Table of user_id,item_id rows to predict.")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+def evaluate(artifact, test_path, k, as_json) -> None:
+    """Full-ranking evaluation of an artifact's ONNX model (seen items excluded)."""
+    from trainer.evaluate import evaluate_artifact
+
+    try:
+        result = evaluate_artifact(artifact, test_path, k=k)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    for key, value in result.items():
+        click.echo(f"{key:>16}  {value:.4f}" if isinstance(value, float) else f"{key:>16}  {value}")
+    if as_json:
+        click.echo(json.dumps(result))
+
+
+@main.group()
+def serve() -> None:
+    """Run the gRPC services."""
+
+
+@serve.command("features")
+@click.option("--artifact", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--store", default="sqlite:///recsys-features.sqlite", show_default=True,
+              help="Online store URL: sqlite:///PATH (embedded, persistent) or memory://.")
+@click.option("--host", default="[::]", show_default=True)
+@click.option("--port", default=DEFAULT_FEATURES_PORT, show_default=True, type=int)
+@click.option("-v", "--verbose", is_flag=True)
+def serve_features(artifact, store, host, port, verbose) -> None:
+    """Serve user and item features (and record events) from an online store."""
+    _logging(verbose)
+    from feature_service.server import serve as run
+
+    run(artifact, store, host, port)
+
+
+@serve.command("inference")
+@click.option("--artifact", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--features", "features_target", required=True, help="Feature service HOST:PORT.")
+@click.option("--host", default="[::]", show_default=True)
+@click.option("--port", default=DEFAULT_INFERENCE_PORT, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="ONNX Runtime intra-op threads.")
+@click.option("--max-k", default=1000, show_default=True, type=click.IntRange(min=1), help="Largest k a request may ask for.")
+@click.option("-v", "--verbose", is_flag=True)
+def serve_inference(artifact, features_target, host, port, device, threads, max_k, verbose) -> None:
+    """Serve Recommend and Score from an artifact's ONNX model."""
+    _logging(verbose)
+    from inference_server.server import serve as run
+
+    run(artifact, features_target, host=host, port=port, device=device, threads=threads, max_k=max_k)
+
+
+@main.command()
+@click.option("--server", default=f"localhost:{DEFAULT_INFERENCE_PORT}", show_default=True, help="Inference server HOST:PORT.")
+@click.option("--user", "user_id", required=True)
+@click.option("--k", default=10, show_default=True, type=int)
+@click.option("--include-seen", is_flag=True, help="Keep items the user already has.")
+@click.option("--timeout", default=5.0, show_default=True, type=float, help="Seconds.")
+def recommend(server, user_id, k, include_seen, timeout) -> None:
+    """Ask the inference server for a user's top-k and print them."""
+    from recsys.client import RecommendError, format_recommendations, recommend as call
+
+    try:
+        response = call(server, user_id, k, exclude_seen=not include_seen, timeout_s=timeout)
+    except RecommendError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_recommendations(user_id, response))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

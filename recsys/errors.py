@@ -1,0 +1,84 @@
+"""The error tree shared by every recsys service, and its one mapping to gRPC status codes.
+
+    RecsysError                 INTERNAL (base; never raised directly)
+    ├── InvalidArgument         INVALID_ARGUMENT    the request itself is wrong
+    ├── NotFound                NOT_FOUND           a named thing does not exist
+    ├── FailedPrecondition      FAILED_PRECONDITION the system is not in a state to serve this
+    ├── Unavailable             UNAVAILABLE         a dependency (store, feature service) is down
+    └── ResourceExhausted       RESOURCE_EXHAUSTED  too much load or too large a request
+
+Domain code raises these; `ErrorMappingInterceptor` turns them into statuses, so servicers
+never call `context.abort` themselves. Any other exception becomes INTERNAL and is logged
+once with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+__all__ = [
+    "ErrorMappingInterceptor",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "RecsysError",
+    "ResourceExhausted",
+    "Unavailable",
+]
+
+log = logging.getLogger(__name__)
+
+
+class RecsysError(Exception):
+    code = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(RecsysError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(RecsysError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(RecsysError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(RecsysError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(RecsysError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _wrap_unary(behavior: Callable[[Any, grpc.ServicerContext], Any], method: str):
+    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behavior(request, context)
+        except RecsysError as exc:
+            context.abort(exc.code, str(exc))
+        except Exception:  # the catch-all that keeps one bad request from leaking a stack trace
+            log.exception("unhandled error in %s", method)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+
+    return handler
+
+
+class ErrorMappingInterceptor(grpc.ServerInterceptor):
+    """Maps `RecsysError` subclasses to their status code; anything else to INTERNAL."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(handler.unary_unary, handler_call_details.method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

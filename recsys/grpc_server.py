@@ -1,0 +1,104 @@
+"""Builds a gRPC server the same way for every recsys service.
+
+`create_server` returns `(server, port, health)` so tests can bind port 0; `run_until_signal`
+is what `main()` calls: it serves until SIGTERM/SIGINT, then drains in-flight requests for a
+grace period. Every server carries the standard health service (NOT_SERVING until the caller
+says otherwise), server reflection, and the error-mapping interceptor.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from recsys.errors import ErrorMappingInterceptor
+
+__all__ = ["ServiceBinding", "create_server", "run_until_signal", "set_serving"]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """A servicer, the generated function that adds it to a server, and its full name."""
+
+    servicer: object
+    add_to_server: Callable[[object, grpc.Server], None]
+    full_name: str  # e.g. "recsys.v1.InferenceService"
+
+
+def create_server(
+    bindings: Sequence[ServiceBinding],
+    *,
+    host: str = "[::]",
+    port: int = 0,
+    max_workers: int = 8,
+) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """Builds and starts a server; returns it, the bound port and its health servicer.
+
+    Health starts NOT_SERVING for every service and for "" (the whole server): call
+    `set_serving` once the model or store is loaded and checked.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=[ErrorMappingInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [b.full_name for b in bindings]
+    for binding in bindings:
+        binding.add_to_server(binding.servicer, server)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind {host}:{port}")
+    set_serving(health_servicer, names, serving=False)
+    server.start()
+    return server, bound, health_servicer
+
+
+def set_serving(health_servicer: health.HealthServicer, names: Sequence[str], *, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ["", *names]:
+        health_servicer.set(name, status)
+
+
+def run_until_signal(
+    server: grpc.Server, health_servicer: health.HealthServicer, *, grace_s: float = 10.0
+) -> None:
+    """Blocks until SIGTERM or SIGINT, then stops taking new calls and drains for `grace_s`."""
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("signal %s: draining for up to %.0f s", signal.Signals(signum).name, grace_s)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    health_servicer.enter_graceful_shutdown()
+    server.stop(grace_s).wait()
+    log.info("stopped")

@@ -1,0 +1,154 @@
+"""The feature schema: declared once by the trainer, hashed, served and checked everywhere.
+
+Vocabularies reserve two slots: index 0 is padding and index 1 is out-of-vocabulary; real
+values start at 2. The item vocabulary follows the same rule, so the model's item token for
+column `j` of its `scores` output is `j + FIRST_TOKEN`.
+
+Numeric features are stored and served raw; `encode_numeric` normalises them with the mean and
+standard deviation recorded here, so trainer and servers cannot disagree on the transform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "FIRST_TOKEN",
+    "OOV",
+    "PAD",
+    "FeatureKind",
+    "FeatureSchema",
+    "FeatureSpec",
+    "canonical_json",
+    "sha256_hex",
+]
+
+PAD = 0
+OOV = 1
+FIRST_TOKEN = 2
+
+FeatureValue = str | float | list[str]
+
+
+class FeatureKind(StrEnum):
+    CATEGORICAL = "categorical"  # one string value, e.g. gender
+    NUMERIC = "numeric"  # one float, e.g. age
+    MULTI_CATEGORICAL = "multi_categorical"  # list of strings, e.g. genres ("Action|Comedy")
+    TEXT = "text"  # free text, e.g. title; served, not encoded
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no spaces: equal objects give equal bytes, hence equal hashes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_hex(data: str | bytes) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One column of a user or item table."""
+
+    name: str
+    kind: FeatureKind
+    # Categorical kinds: the known values; value v encodes as vocabulary.index(v) + FIRST_TOKEN.
+    vocabulary: tuple[str, ...] = ()
+    # Numeric: training-set statistics used by encode_numeric; missing values encode as 0.
+    mean: float = 0.0
+    std: float = 1.0
+
+    def encode_category(self, value: str | None) -> int:
+        """Token of one categorical value: PAD for missing, OOV for unseen values."""
+        if value is None or value == "":
+            return PAD
+        index = self._lookup().get(value)
+        return OOV if index is None else index
+
+    def encode_categories(self, values: list[str] | None) -> list[int]:
+        return [self.encode_category(v) for v in (values or [])]
+
+    def encode_numeric(self, value: float | None) -> float:
+        """(value - mean) / std; missing or non-finite values encode as 0 (the mean)."""
+        if value is None or not math.isfinite(value):
+            return 0.0
+        return (float(value) - self.mean) / (self.std or 1.0)
+
+    def _lookup(self) -> dict[str, int]:
+        cached = self.__dict__.get("_lookup_cache")
+        if cached is None:
+            cached = {v: i + FIRST_TOKEN for i, v in enumerate(self.vocabulary)}
+            object.__setattr__(self, "_lookup_cache", cached)
+        return cached
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "kind": self.kind.value}
+        if self.kind in (FeatureKind.CATEGORICAL, FeatureKind.MULTI_CATEGORICAL):
+            d["vocabulary"] = list(self.vocabulary)
+        if self.kind is FeatureKind.NUMERIC:
+            d["mean"], d["std"] = self.mean, self.std
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        return cls(
+            name=d["name"],
+            kind=FeatureKind(d["kind"]),
+            vocabulary=tuple(d.get("vocabulary", ())),
+            mean=float(d.get("mean", 0.0)),
+            std=float(d.get("std", 1.0)),
+        )
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """Everything a consumer needs to turn served features into model inputs."""
+
+    user_features: tuple[FeatureSpec, ...] = ()
+    item_features: tuple[FeatureSpec, ...] = ()
+    # Most recent events of a user's history the model reads.
+    max_history: int = 50
+    # sha256 of the item index (ids in model column order): the item vocabulary's version.
+    item_index_sha256: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def user_spec(self, name: str) -> FeatureSpec | None:
+        return next((s for s in self.user_features if s.name == name), None)
+
+    def item_spec(self, name: str) -> FeatureSpec | None:
+        return next((s for s in self.item_features if s.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_features": [s.to_dict() for s in self.user_features],
+            "item_features": [s.to_dict() for s in self.item_features],
+            "max_history": self.max_history,
+            "item_index_sha256": self.item_index_sha256,
+            "extra": self.extra,
+        }
+
+    def to_json(self) -> str:
+        return canonical_json(self.to_dict())
+
+    @property
+    def hash(self) -> str:
+        return sha256_hex(self.to_json())[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSchema:
+        return cls(
+            user_features=tuple(FeatureSpec.from_dict(s) for s in d.get("user_features", [])),
+            item_features=tuple(FeatureSpec.from_dict(s) for s in d.get("item_features", [])),
+            max_history=int(d.get("max_history", 50)),
+            item_index_sha256=d.get("item_index_sha256", ""),
+            extra=dict(d.get("extra", {})),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSchema:
+        return cls.from_dict(json.loads(text))

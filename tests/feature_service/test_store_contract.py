@@ -1,0 +1,219 @@
+"""The one contract every store backend passes (see feature_service/stores/base.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from feature_service.stores import STORES, MemoryStore, SqliteStore, Store, StoreUnavailable, open_store
+from feature_service.stores.base import Event
+
+
+class Clock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# name -> opens the backend's store at a path under tmp_path; the same path reopens it.
+FACTORIES: dict[str, Callable[[Path, Clock], Store]] = {
+    "memory": lambda _dir, clock: MemoryStore(clock=clock),
+    "sqlite": lambda dir_, clock: SqliteStore(dir_ / "features.db", clock=clock),
+}
+
+
+def test_every_backend_has_a_factory() -> None:
+    assert set(FACTORIES) == set(STORES)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=sorted(STORES))
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store(backend: str, tmp_path: Path, clock: Clock):
+    s = FACTORIES[backend](tmp_path, clock)
+    yield s
+    s.close()
+
+
+def histories(store: Store, user_ids: list[str], max_history: int = 100) -> list[list[tuple[str, int]] | None]:
+    return [
+        None if r is None else list(zip(r.history, r.history_timestamps))
+        for r in store.get_users(user_ids, max_history)
+    ]
+
+
+def test_unknown_ids_are_none_in_request_order(store: Store) -> None:
+    store.put_users([("u1", {"age": 30}), ("u2", {"gender": "F"})])
+    store.put_items([("i1", {"title": "A"})])
+    users = store.get_users(["nope", "u2", "u1", "u2"], 10)
+    assert [u and u.user_id for u in users] == [None, "u2", "u1", "u2"]
+    assert users[1].features == {"gender": "F"} and users[2].features == {"age": 30}
+    items = store.get_items(["i1", "i9"])
+    assert items[0].features == {"title": "A"} and items[1] is None
+    assert store.get_users([], 10) == [] and store.get_items([]) == []
+
+
+def test_feature_rows_replace_and_unchanged_rows_are_not_writes(store: Store, clock: Clock) -> None:
+    assert store.put_items([("i1", {"genres": ["Action", "Comedy"], "title": "A"}), ("i2", {})]) == 2
+    clock.now = 2_000
+    assert store.put_items([("i1", {"title": "A", "genres": ["Action", "Comedy"]}), ("i2", {})]) == 0
+    i1, i2 = store.get_items(["i1", "i2"])
+    assert i1.updated_at == 1_000 and i2.updated_at == 1_000
+    assert store.put_items([("i1", {"title": "B"})]) == 1
+    (i1,) = store.get_items(["i1"])
+    assert i1.features == {"title": "B"} and i1.updated_at == 2_000  # replaced, not merged
+
+
+def test_non_json_features_are_refused_and_nothing_is_written(store: Store) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        store.put_users([("u1", {"age": 1}), ("u2", {"age": float("nan")})])
+    assert store.get_users(["u1", "u2"], 0) == [None, None]
+
+
+def test_history_is_ordered_by_timestamp_oldest_first(store: Store) -> None:
+    assert store.append_events([Event("u1", "b", 200), Event("u1", "c", 300)]) == (2, 0)
+    assert store.append_events([Event("u1", "a", 100), Event("u2", "x", 50)]) == (2, 0)  # late, older
+    assert histories(store, ["u1", "u2"]) == [[("a", 100), ("b", 200), ("c", 300)], [("x", 50)]]
+
+
+def test_timestamp_ties_keep_insertion_order(store: Store) -> None:
+    store.append_events([Event("u1", "z", 100), Event("u1", "a", 100)])
+    store.append_events([Event("u1", "m", 100), Event("u1", "early", 50)])
+    assert histories(store, ["u1"]) == [[("early", 50), ("z", 100), ("a", 100), ("m", 100)]]
+
+
+def test_max_history_keeps_the_most_recent(store: Store) -> None:
+    store.append_events([Event("u1", f"i{t}", t) for t in (5, 1, 4, 2, 3)])
+    assert histories(store, ["u1"], 3) == [[("i3", 3), ("i4", 4), ("i5", 5)]]
+    (user,) = store.get_users(["u1"], 0)
+    assert user is not None and user.history == [] and user.history_timestamps == []
+    assert [h for h, _ in histories(store, ["u1"], 50)[0]] == ["i1", "i2", "i3", "i4", "i5"]
+
+
+def test_duplicate_by_event_id(store: Store) -> None:
+    assert store.append_events([Event("u1", "a", 100, "e1")]) == (1, 0)
+    # Same id, different content: still the same event (a client retry).
+    assert store.append_events([Event("u1", "b", 200, "e1"), Event("u2", "c", 300, "e2")]) == (1, 1)
+    assert store.append_events([Event("u3", "d", 1, "e3"), Event("u3", "e", 2, "e3")]) == (1, 1)  # in-batch
+    assert histories(store, ["u1", "u2", "u3"]) == [[("a", 100)], [("c", 300)], [("d", 1)]]
+
+
+def test_duplicate_by_user_item_timestamp(store: Store) -> None:
+    events = [Event("u1", "a", 100), Event("u1", "b", 100), Event("u1", "a", 200)]
+    assert store.append_events(events) == (3, 0)
+    assert store.append_events(events) == (0, 3)
+    assert store.append_events([Event("u1", "a", 100, "new-id"), Event("u2", "a", 100)]) == (1, 1)
+    assert store.append_events([]) == (0, 0)
+    assert histories(store, ["u1"]) == [[("a", 100), ("b", 100), ("a", 200)]]
+
+
+def test_user_known_only_through_events_is_found(store: Store, clock: Clock) -> None:
+    store.append_events([Event("u1", "a", 100)])
+    (user,) = store.get_users(["u1"], 10)
+    assert user is not None and user.features == {} and user.history == ["a"] and user.updated_at == 1_000
+    clock.now = 2_000
+    assert store.put_users([("u1", {"age": 7})]) == 1
+    clock.now = 3_000
+    store.append_events([Event("u1", "a", 100)])  # duplicate: not a write
+    (user,) = store.get_users(["u1"], 10)
+    assert user.features == {"age": 7} and user.history == ["a"] and user.updated_at == 2_000
+    clock.now = 4_000
+    store.append_events([Event("u1", "b", 200)])
+    assert store.get_users(["u1"], 10)[0].updated_at == 4_000
+
+
+def test_meta(store: Store) -> None:
+    assert store.get_meta("schema_hash") is None
+    store.set_meta("schema_hash", "abc")
+    store.set_meta("schema_hash", "def")
+    assert store.get_meta("schema_hash") == "def"
+
+
+def test_closed_store_is_unavailable(store: Store) -> None:
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(StoreUnavailable):
+        store.get_users(["u1"], 1)
+    with pytest.raises(StoreUnavailable):
+        store.append_events([Event("u1", "a", 1)])
+
+
+def test_durable_across_reopen(backend: str, tmp_path: Path, clock: Clock) -> None:
+    if not STORES[backend].persistent:
+        pytest.skip(f"{backend} store is not persistent")
+    s = FACTORIES[backend](tmp_path, clock)
+    s.put_users([("u1", {"age": 1})])
+    s.put_items([("i1", {"title": "A"})])
+    s.append_events([Event("u1", "a", 100, "e1"), Event("u1", "b", 50)])
+    s.set_meta("k", "v")
+    s.close()
+    s = FACTORIES[backend](tmp_path, clock)
+    try:
+        assert histories(s, ["u1"]) == [[("b", 50), ("a", 100)]]
+        assert s.get_users(["u1"], 0)[0].features == {"age": 1}
+        assert s.get_items(["i1"])[0].features == {"title": "A"}
+        assert s.get_meta("k") == "v"
+        assert s.append_events([Event("u9", "z", 1, "e1"), Event("u1", "b", 50)]) == (0, 2)  # still dups
+    finally:
+        s.close()
+
+
+def test_concurrent_appends_lose_nothing(store: Store) -> None:
+    threads, per_thread = 8, 150
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for k in range(0, per_thread, 3):
+                # Thread t writes its own user and a shared one; the shared one also gets a
+                # duplicate of another thread's events, which must count once overall.
+                store.append_events(
+                    [Event(f"u{t}", f"i{k}", k + 1), Event("shared", f"t{t}-{k}", k + 1, f"e{t}-{k}"),
+                     Event(f"u{t}", f"i{k + 1}", k + 2), Event(f"u{(t + 1) % threads}", f"i{k}", k + 1)]
+                )
+                store.get_users([f"u{t}", "shared"], 10)
+        except BaseException as exc:  # surfaced below: a thread's exception is otherwise lost
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    per_user = 2 * per_thread // 3
+    assert [len(h) for h in histories(store, [f"u{t}" for t in range(threads)], 1000)] == [per_user] * threads
+    assert len(histories(store, ["shared"], 10_000)[0]) == threads * per_thread // 3
+
+
+def test_open_store_urls(tmp_path: Path) -> None:
+    with open_store("memory://") as s:
+        assert isinstance(s, MemoryStore)
+    with open_store(f"sqlite://{tmp_path}/a/features.db") as s:  # sqlite:///abs/path
+        assert isinstance(s, SqliteStore) and s.path == tmp_path / "a" / "features.db"
+    with pytest.raises(ValueError, match=r"memory://\.\.\., sqlite://\.\.\."):
+        open_store("redis://localhost:6379/0")
+    with pytest.raises(ValueError, match="needs a path"):
+        open_store("sqlite://")
+    with pytest.raises(ValueError):
+        open_store("features.db")
+
+
+def test_sqlite_relative_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with open_store("sqlite://rel/features.db") as s:
+        s.set_meta("k", "v")
+    assert (tmp_path / "rel" / "features.db").is_file()

@@ -1,0 +1,28 @@
+import numpy as np
+
+from recsys.schema import PAD
+from trainer.batches import last_window, training_windows
+
+
+def test_last_window_left_pads_and_truncates():
+    assert last_window(np.array([5, 6]), 4).tolist() == [PAD, PAD, 5, 6]
+    assert last_window(np.array([2, 3, 4, 5, 6]), 3).tolist() == [4, 5, 6]
+    assert last_window(np.array([], dtype=np.int64), 2).tolist() == [PAD, PAD]
+
+
+def test_short_sequence_gives_one_window_of_next_items():
+    inputs, targets = training_windows([np.array([2, 3, 4])], 4, np.random.default_rng(0))
+    assert inputs.tolist() == [[PAD, PAD, 2, 3]]
+    assert targets.tolist() == [[PAD, PAD, 3, 4]]
+
+
+def test_every_target_is_covered_and_inputs_precede_targets():
+    seq = np.arange(2, 40)
+    for seed in range(5):
+        inputs, targets = training_windows([seq, np.array([7])], 8, np.random.default_rng(seed))
+        covered = set(targets[targets != PAD].tolist())
+        assert covered == set(seq[1:].tolist())  # the one-event sequence contributes nothing
+        mask = targets != PAD
+        # in this strictly increasing sequence each target is the item right after its input
+        assert np.all(targets[mask] == inputs[mask] + 1)
+        assert targets[0, -1] == seq[-1]  # the first window ends at the latest event

@@ -1,0 +1,55 @@
+"""Turning users' item sequences into padded training windows and evaluation inputs.
+
+Sequences are int64 item tokens (FIRST_TOKEN and up), oldest first. Every window is
+left-padded with PAD to `max_len`, matching what the servers feed the exported model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys.schema import PAD
+
+__all__ = ["last_window", "training_windows"]
+
+
+def last_window(seq: np.ndarray, max_len: int) -> np.ndarray:
+    """The `max_len` most recent tokens of `seq`, left-padded: shape (max_len,)."""
+    out = np.full(max_len, PAD, dtype=np.int64)
+    tail = seq[-max_len:]
+    if len(tail):
+        out[-len(tail) :] = tail
+    return out
+
+
+def training_windows(
+    sequences: list[np.ndarray], max_len: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Next-item windows covering every target of every sequence at least once.
+
+    For a sequence s of length n, the target at position t (1 <= t < n) is s[t] and its input
+    is s[:t]. A window ending at e holds inputs s[e-L:e] and targets s[e-L+1:e+1]. The first
+    window ends at the latest event; earlier windows end every `max_len` steps before it,
+    shifted by a random offset drawn per call so their boundaries move between epochs.
+
+    Returns inputs, targets: (W, max_len) int64 each, left-padded with PAD.
+    """
+    inputs, targets = [], []
+    for seq in sequences:
+        n = len(seq)
+        if n < 2:
+            continue
+        ends = [n - 1]
+        shift = int(rng.integers(0, max_len)) if n - 1 > max_len else 0
+        e = n - 1 - max_len + shift
+        while e >= 1 and n - 1 > max_len:
+            ends.append(e)
+            e -= max_len
+        for e in ends:
+            start = max(0, e - max_len)
+            inputs.append(last_window(seq[start:e], max_len))
+            targets.append(last_window(seq[start + 1 : e + 1], max_len))
+    if not inputs:
+        empty = np.zeros((0, max_len), dtype=np.int64)
+        return empty, empty
+    return np.stack(inputs), np.stack(targets)

@@ -1,0 +1,427 @@
+"""Reading, cleaning and describing the raw tables the trainer learns from.
+
+Three tables, each with standard column names whatever format it came in:
+
+    interactions  user_id, item_id, timestamp[, rating]       who touched what, and when
+    users         user_id[, age, gender, occupation, zip_code, ...]
+    items         item_id[, title, year, genres, ...]
+
+Accepted formats: CSV, TSV, Parquet, RecBole atomic files (.inter/.user/.item) and the
+GroupLens MovieLens-100K files (u.data/u.user/u.item). IDs are strings everywhere ("007" stays
+"007"; 7 from Parquet is "7", never "7.0"); multi-valued columns are '|'-joined strings
+("Action|Comedy"); missing values are NaN. Feature columns whose text is all numbers become
+float64, except code-like columns (zip_code, *_id, *_code, values with leading zeros) and
+text columns (title, name, description).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from recsys.schema import FeatureKind, FeatureSpec
+
+__all__ = ["GROUPLENS_GENRES", "CleaningReport", "Tables", "clean_interactions", "feature_rows",
+           "infer_feature_specs", "load_tables", "read_table"]
+
+TableKind = Literal["interactions", "users", "items"]
+
+KEYS: dict[str, str] = {"interactions": "user_id", "users": "user_id", "items": "item_id"}
+STANDARD_COLUMNS: dict[str, tuple[str, ...]] = {
+    "interactions": ("user_id", "item_id", "timestamp", "rating"),
+    "users": ("user_id", "age", "gender", "occupation", "zip_code"),
+    "items": ("item_id", "title", "year", "genres"),
+}
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "interactions": ("user_id", "item_id", "timestamp"), "users": ("user_id",),
+    "items": ("item_id",)}
+# Standard columns with a numeric meaning: anything that is not a number there is missing
+# (RecBole's ML-100K has release_year "unkonwn" and "V").
+_NUMERIC_STANDARD: dict[str, tuple[str, ...]] = {"users": ("age",), "items": ("year",)}
+# Free text: served as is, never split on '|' or turned into numbers (a film is titled "187").
+TEXT_NAMES = frozenset({"title", "name", "description"})
+_CODE_NAMES = frozenset({"id", "zip", "zipcode", "zip_code", "postcode", "postal_code"})
+
+_ID_ALIASES = {"userid": "user_id", "user": "user_id", "uid": "user_id"}
+_ITEM_ALIASES = {"itemid": "item_id", "item": "item_id", "iid": "item_id", "movieid": "item_id",
+                 "movie_id": "item_id"}
+# Other spellings seen in public datasets (lower-cased) -> standard name, per table.
+_ALIASES: dict[str, dict[str, str]] = {
+    "interactions": {**_ID_ALIASES, **_ITEM_ALIASES, "time": "timestamp", "ts": "timestamp",
+                     "datetime": "timestamp"},
+    "users": {**_ID_ALIASES, "sex": "gender", "zip": "zip_code", "zipcode": "zip_code"},
+    "items": {**_ITEM_ALIASES, "movie_title": "title", "release_year": "year", "class": "genres",
+              "genre": "genres"},
+}
+
+# u.item's 19 genre flags, in file order.
+GROUPLENS_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western",
+)
+_ACCEPTED = (".csv, .tsv, .parquet, RecBole atomic files (.inter, .user, .item) and "
+             "GroupLens MovieLens-100K files (u.data, u.user, u.item)")
+# Read text as text: no "NA"/"null" guessing, no numeric ids; only empty fields are missing.
+_TEXT_OPTS: dict[str, Any] = {"dtype": str, "keep_default_na": False, "na_values": [""]}
+
+
+@dataclass
+class CleaningReport:
+    """What load_tables/clean_interactions read, kept and dropped (reason -> row count)."""
+
+    source: str
+    rows_read: int
+    dropped: dict[str, int]
+    users: int
+    items: int
+    interactions: int
+
+    def summary(self) -> str:
+        """A few lines for humans: what was read, what is left, and why rows were dropped."""
+        lost = self.rows_read - self.interactions
+        lines = [
+            f"source: {self.source}",
+            f"interaction rows read: {self.rows_read:,}",
+            f"kept: {self.interactions:,} interactions, {self.users:,} users, "
+            f"{self.items:,} items",
+            f"interaction rows dropped: {lost:,}" if lost else "interaction rows dropped: none",
+        ]
+        lines += [f"  {reason}: {count:,}" for reason, count in self.dropped.items()]
+        return "\n".join(lines)
+
+
+@dataclass
+class Tables:
+    """Cleaned tables; interactions are stable-sorted by timestamp (ties keep file order)."""
+
+    interactions: pd.DataFrame
+    users: pd.DataFrame | None
+    items: pd.DataFrame | None
+    report: CleaningReport
+
+
+def read_table(path: str | Path, kind: TableKind) -> pd.DataFrame:
+    """Read one raw table and give it the standard columns of `kind` (see module docstring).
+
+    Standard columns come first, in standard order, then any others in file order. Interaction
+    timestamps and ratings are returned as read (clean_interactions parses them). Raises
+    ValueError for an unsupported format or when a required column is missing.
+    """
+    path = Path(path)
+    if kind not in KEYS:
+        raise ValueError(f"unknown table kind {kind!r}; expected one of {sorted(KEYS)}")
+    suffix = path.suffix.lower()
+    if path.name in ("u.data", "u.user", "u.item"):
+        df = _read_grouplens(path)
+    elif suffix in (".inter", ".user", ".item"):
+        df = _read_recbole(path, kind)
+    elif suffix in (".csv", ".tsv"):
+        df = pd.read_csv(path, sep="," if suffix == ".csv" else "\t", **_TEXT_OPTS)
+    elif suffix in (".parquet", ".pq"):
+        df = pd.read_parquet(path)
+    else:
+        raise ValueError(f"{path}: unsupported table format; accepted: {_ACCEPTED}")
+    df = _standard_names(df, kind)
+    missing = [c for c in REQUIRED_COLUMNS[kind] if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: {kind} table lacks required column(s) {missing}; "
+                         f"has {list(df.columns)}")
+    for column in ("user_id", "item_id"):
+        if column in df.columns:
+            df[column] = _ids_to_str(df[column])
+    if kind != "interactions":
+        df = _numeric_features(df, kind)
+    standard = [c for c in STANDARD_COLUMNS[kind] if c in df.columns]
+    return df[standard + [c for c in df.columns if c not in standard]].reset_index(drop=True)
+
+
+def clean_interactions(df: pd.DataFrame, source: str = "") -> tuple[pd.DataFrame, CleaningReport]:
+    """Drop and count bad rows, parse types, and sort by time.
+
+    Each dropped row is counted once, under the first reason that applies, in this order:
+    "missing user_id", "missing item_id" (missing or blank), "unparsable timestamp" (missing,
+    or neither a number of unix seconds nor an ISO-8601 datetime), "unparsable rating" (only
+    when a rating column exists: missing, non-numeric or infinite), "exact duplicate" (all
+    output columns equal after parsing; the first is kept). Fractional seconds are floored.
+    Returns columns user_id, item_id (str), timestamp (int64), and rating (float64) when the
+    input had one, stable-sorted by timestamp with ties in input order, index reset.
+    """
+    missing = [c for c in REQUIRED_COLUMNS["interactions"] if c not in df.columns]
+    if missing:
+        raise ValueError(f"{source or 'interactions'}: lacks required column(s) {missing}")
+    df = df.reset_index(drop=True)  # positions, not the caller's labels, from here on
+    keep = np.ones(len(df), dtype=bool)
+    dropped: dict[str, int] = {}
+
+    def drop(reason: str, bad: np.ndarray) -> None:
+        count = int((bad & keep).sum())
+        if count:
+            dropped[reason] = count
+            keep[bad] = False
+
+    users, items = _ids_to_str(df["user_id"]), _ids_to_str(df["item_id"])
+    seconds = _unix_seconds(df["timestamp"])
+    drop("missing user_id", users.isna().to_numpy())
+    drop("missing item_id", items.isna().to_numpy())
+    drop("unparsable timestamp", ~np.isfinite(seconds))
+    columns: dict[str, Any] = {"user_id": users, "item_id": items}
+    if "rating" in df.columns:
+        rating = pd.to_numeric(_stripped(df["rating"]), errors="coerce").to_numpy(
+            dtype="float64", na_value=np.nan)
+        drop("unparsable rating", ~np.isfinite(rating))
+        columns["rating"] = rating
+    columns["timestamp"] = np.floor(np.where(keep, seconds, 0.0)).astype("int64")
+    out = pd.DataFrame({k: columns[k] for k in ("user_id", "item_id", "timestamp", "rating")
+                        if k in columns})[keep]
+    duplicate = out.duplicated(keep="first").to_numpy()
+    if duplicate.any():
+        dropped["exact duplicate"] = int(duplicate.sum())
+        out = out[~duplicate]
+    out = out.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    report = CleaningReport(source=source, rows_read=len(df), dropped=dropped,
+                            users=int(out["user_id"].nunique()),
+                            items=int(out["item_id"].nunique()), interactions=len(out))
+    return out, report
+
+
+def load_tables(interactions: str | Path, users: str | Path | None = None,
+                items: str | Path | None = None) -> Tables:
+    """Read and clean the interaction table and, when given, the user and item tables.
+
+    Feature tables lose rows with a missing key ("users: missing user_id") and keep the last
+    row of each duplicated key ("users: duplicate user_id"), counted in the report's dropped.
+    The report's users/items counts are the distinct ids of the cleaned interactions.
+    """
+    inter, report = clean_interactions(read_table(interactions, "interactions"), str(interactions))
+    sources = [str(interactions)]
+    tables: dict[str, pd.DataFrame | None] = {"users": None, "items": None}
+    for kind, path in (("users", users), ("items", items)):
+        if path is not None:
+            sources.append(str(path))
+            tables[kind] = _one_row_per_key(read_table(path, kind), kind, report.dropped)
+    report.source = ", ".join(sources)
+    return Tables(interactions=inter, users=tables["users"], items=tables["items"], report=report)
+
+
+def infer_feature_specs(df: pd.DataFrame, key: str) -> tuple[FeatureSpec, ...]:
+    """One FeatureSpec per non-key column, in column order.
+
+    Numeric dtype -> NUMERIC, mean and population std over finite values (std 0 or no values
+    -> 1.0). Otherwise, over non-missing values as stripped text: a column named title, name
+    or description -> TEXT (checked first: a title may contain '|'); any value containing '|'
+    -> MULTI_CATEGORICAL, vocabulary the sorted distinct tokens; more than 100 rows with
+    distinct values over half the rows -> TEXT (no vocabulary); else CATEGORICAL, vocabulary
+    by descending frequency then value, all values kept.
+    """
+    if key not in df.columns:
+        raise ValueError(f"key column {key!r} not in {list(df.columns)}")
+    specs: list[FeatureSpec] = []
+    for name in df.columns:
+        if name == key:
+            continue
+        column = df[name]
+        if pd.api.types.is_numeric_dtype(column):
+            values = column.to_numpy(dtype="float64", na_value=np.nan)
+            values = values[np.isfinite(values)]
+            mean = float(values.mean()) if values.size else 0.0
+            std = float(values.std()) if values.size else 1.0
+            specs.append(FeatureSpec(name, FeatureKind.NUMERIC, mean=mean,
+                                     std=std if std > 0 else 1.0))
+            continue
+        texts = [t for t in (_text(v) for v in column.tolist()) if t is not None]
+        if name in TEXT_NAMES:
+            specs.append(FeatureSpec(name, FeatureKind.TEXT))
+        elif any("|" in t for t in texts):
+            tokens = {tok for t in texts for tok in _split_multi(t)}
+            specs.append(FeatureSpec(name, FeatureKind.MULTI_CATEGORICAL,
+                                     vocabulary=tuple(sorted(tokens))))
+        elif len(df) > 100 and len(set(texts)) > 0.5 * len(df):
+            specs.append(FeatureSpec(name, FeatureKind.TEXT))
+        else:
+            counts = Counter(texts)
+            vocabulary = sorted(counts, key=lambda v: (-counts[v], v))
+            specs.append(FeatureSpec(name, FeatureKind.CATEGORICAL, vocabulary=tuple(vocabulary)))
+    return tuple(specs)
+
+
+def feature_rows(df: pd.DataFrame, specs: tuple[FeatureSpec, ...], key: str) -> Iterator[dict]:
+    """Yield {key: id, "features": {name: value}} per row with a key, in row order.
+
+    Values are plain Python: str for CATEGORICAL/TEXT (stripped), float for NUMERIC, list[str]
+    for MULTI_CATEGORICAL (split on '|'). Missing values (None, NaN, "", non-finite or
+    unparsable numbers, empty lists) are left out of "features".
+    """
+    absent = [c for c in (key, *(s.name for s in specs)) if c not in df.columns]
+    if absent:
+        raise ValueError(f"column(s) {absent} not in {list(df.columns)}")
+    ids = _ids_to_str(df[key]).tolist()
+    columns = [(spec, df[spec.name].tolist()) for spec in specs]
+    for row, entity in enumerate(ids):
+        if not isinstance(entity, str):
+            continue
+        features: dict[str, Any] = {}
+        for spec, values in columns:
+            value = _feature_value(spec.kind, values[row])
+            if value is not None:
+                features[spec.name] = value
+        yield {key: entity, "features": features}
+
+
+def _read_grouplens(path: Path) -> pd.DataFrame:
+    """u.data (tab) / u.user / u.item ('|', latin-1) from the GroupLens ml-100k.zip."""
+    opts = {**_TEXT_OPTS, "header": None, "quoting": csv.QUOTE_NONE}
+    if path.name == "u.data":
+        return pd.read_csv(path, sep="\t", names=["user_id", "item_id", "rating", "timestamp"],
+                           **opts)
+    if path.name == "u.user":
+        return pd.read_csv(path, sep="|", names=list(STANDARD_COLUMNS["users"]), **opts)
+    names = ["item_id", "title", "release_date", "video_release_date", "imdb_url",
+             *GROUPLENS_GENRES]
+    raw = pd.read_csv(path, sep="|", names=names, encoding="latin-1", **opts)
+    flags = raw[list(GROUPLENS_GENRES)].eq("1").to_numpy()
+    genres = ["|".join(g for g, on in zip(GROUPLENS_GENRES, row, strict=True) if on) or np.nan
+              for row in flags]
+    return pd.DataFrame({
+        "item_id": raw["item_id"],
+        "title": raw["title"],
+        # "01-Jan-1995" -> 1995; item 267 ("unknown") has no date.
+        "year": raw["release_date"].str.extract(r"(\d{4})\s*$", expand=False),
+        "genres": pd.Series(genres, index=raw.index, dtype="str"),
+    })
+
+
+def _read_recbole(path: Path, kind: TableKind) -> pd.DataFrame:
+    """A RecBole atomic file: tab-separated, header cells `name:type`."""
+    df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, encoding="utf-8", **_TEXT_OPTS)
+    names = {column: column.partition(":")[0] for column in df.columns}
+    types = {names[column]: column.partition(":")[2] for column in df.columns}
+    df = df.rename(columns=names)
+    for name, ftype in types.items():
+        standard = _ALIASES[kind].get(name.lower(), name)
+        # token_seq is RecBole's multi-valued token list, space-separated; titles are
+        # declared token_seq too but are sentences, so they keep their spaces.
+        if ftype == "token_seq" and standard not in TEXT_NAMES:
+            df[name] = df[name].str.split().str.join("|").astype("str")
+        elif ftype == "float" and kind != "interactions":
+            df[name] = pd.to_numeric(df[name], errors="coerce").astype("float64")
+    return df
+
+
+def _standard_names(df: pd.DataFrame, kind: TableKind) -> pd.DataFrame:
+    """Rename known aliases to standard names; an existing standard column wins."""
+    renames: dict[str, str] = {}
+    taken = {str(c).strip() for c in df.columns}
+    for column in df.columns:
+        name = str(column).strip()
+        target = _ALIASES[kind].get(name.lower(), name.lower() if name.lower() in
+                                    STANDARD_COLUMNS[kind] else name)
+        if target != name and target in taken:
+            target = name
+        renames[column] = target
+        taken.add(target)
+    return df.rename(columns=renames)
+
+
+def _numeric_features(df: pd.DataFrame, kind: TableKind) -> pd.DataFrame:
+    """Turn all-number text columns of a feature table into float64 (see module docstring)."""
+    key = KEYS[kind]
+    for name in df.columns:
+        column = df[name]
+        if name == key or name in TEXT_NAMES or pd.api.types.is_numeric_dtype(column):
+            continue
+        if name in _NUMERIC_STANDARD.get(kind, ()):
+            df[name] = pd.to_numeric(_stripped(column), errors="coerce").astype("float64")
+            continue
+        if name in _CODE_NAMES or name.endswith(("_id", "_code")):
+            continue
+        text = _stripped(column).dropna()
+        if text.empty or text.str.match(r"[+-]?0\d").any():
+            continue  # leading zeros mean a code ("02138"), not a quantity
+        numbers = pd.to_numeric(text, errors="coerce")
+        if numbers.notna().all():
+            df[name] = pd.to_numeric(_stripped(column), errors="coerce").astype("float64")
+    return df
+
+
+def _one_row_per_key(df: pd.DataFrame, kind: TableKind, dropped: dict[str, int]) -> pd.DataFrame:
+    key = KEYS[kind]
+    missing = df[key].isna().to_numpy()
+    duplicate = df.duplicated(key, keep="last").to_numpy() & ~missing
+    for reason, bad in ((f"{kind}: missing {key}", missing),
+                        (f"{kind}: duplicate {key}", duplicate)):
+        if bad.any():
+            dropped[reason] = int(bad.sum())
+    return df[~(missing | duplicate)].reset_index(drop=True)
+
+
+def _unix_seconds(column: pd.Series) -> np.ndarray:
+    """float64 unix seconds per row, NaN where missing or unparsable."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        stamps = column if column.dt.tz is not None else column.dt.tz_localize("UTC")
+        return _since_epoch(stamps)
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return column.to_numpy(dtype="float64", na_value=np.nan)
+    text = _stripped(column)
+    seconds = pd.to_numeric(text, errors="coerce").to_numpy(dtype="float64", na_value=np.nan,
+                                                            copy=True)  # written below
+    dates = np.isnan(seconds) & text.notna().to_numpy()
+    if dates.any():
+        parsed = pd.to_datetime(text[dates], format="ISO8601", utc=True, errors="coerce")
+        seconds[dates] = _since_epoch(parsed)
+    return seconds
+
+
+def _since_epoch(stamps: pd.Series) -> np.ndarray:
+    delta = (stamps.dt.tz_convert("UTC") - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    return delta.to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _stripped(column: pd.Series) -> pd.Series:
+    """The column as text with surrounding blanks removed; blank -> NaN."""
+    return pd.Series([_text(v) for v in column.tolist()], index=column.index, dtype="str")
+
+
+def _ids_to_str(column: pd.Series) -> pd.Series:
+    """IDs as str: integral floats lose ".0" (a Parquet int column with a gap reads as float)."""
+    def one(value: Any) -> str | None:
+        if isinstance(value, float | np.floating) and math.isfinite(value) and value.is_integer():
+            return str(int(value))
+        return _text(value)
+
+    return pd.Series([one(v) for v in column.tolist()], index=column.index, dtype="str")
+
+
+def _text(value: Any) -> str | None:
+    """Stripped str of a scalar; None for missing (None, NaN, NA, NaT, blank)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _split_multi(text: str) -> list[str]:
+    return [t for t in (part.strip() for part in text.split("|")) if t]
+
+
+def _feature_value(kind: FeatureKind, value: Any) -> str | float | list[str] | None:
+    text = _text(value)
+    if text is None:
+        return None
+    if kind is FeatureKind.NUMERIC:
+        try:
+            number = float(value) if not isinstance(value, str) else float(text)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    if kind is FeatureKind.MULTI_CATEGORICAL:
+        return _split_multi(text) or None
+    return text

@@ -1,0 +1,177 @@
+"""Export: a trained model plus its tables -> a self-describing artifact directory.
+
+The ONNX graph takes `item_seq` (batch, seq) int64 tokens, left-padded, and returns `scores`
+(batch, num_items) float32 in item-index order. Export checks torch against ONNX Runtime on
+padded and unpadded inputs and refuses to write an artifact whose outputs differ by more than
+`PARITY_TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import recsys
+from recsys.artifact import (
+    HISTORIES,
+    ITEM_INDEX,
+    ITEMS,
+    MANIFEST,
+    MODEL,
+    SOURCE_USER_HISTORY,
+    USERS,
+    ItemIndex,
+    Manifest,
+    ModelInput,
+    file_sha256,
+    write_atomically,
+    write_jsonl,
+)
+from recsys.schema import FIRST_TOKEN, PAD, FeatureSchema, sha256_hex
+
+__all__ = ["PARITY_TOLERANCE", "ExportError", "ExportInputs", "export_artifact", "export_onnx", "parity_check"]
+
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass
+class ExportInputs:
+    """Everything besides the model that goes into an artifact."""
+
+    model_kind: str
+    max_len: int
+    item_index: ItemIndex
+    schema: FeatureSchema
+    histories: Iterable[dict[str, Any]]  # {"user_id", "item_ids", "timestamps"}
+    users: Iterable[dict[str, Any]]  # {"user_id", "features"}
+    items: Iterable[dict[str, Any]]  # {"item_id", "features"}
+    training: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def export_onnx(model: nn.Module, path: Path, max_len: int, num_items: int) -> None:
+    """Writes `model` as one ONNX file with dynamic batch and sequence axes."""
+    model.eval()
+    # Example dims >= 2 and different from each other, else the exporter specialises them.
+    example = torch.randint(FIRST_TOKEN, num_items + FIRST_TOKEN, (4, max_len), dtype=torch.int64)
+    example[0, : max_len // 2] = PAD
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    seq = torch.export.Dim("seq", min=1, max=max_len)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter (deprecations inside torch.onnx)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["item_seq"],
+            output_names=["scores"],
+            dynamic_shapes={"item_seq": {0: batch, 1: seq}},
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def parity_check(model: nn.Module, onnx_path: Path, max_len: int, num_items: int, seed: int = 0) -> float:
+    """Max |torch - ORT| over padded, unpadded, short and batch-1 inputs; raises above tolerance."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for batch, length, pad in [(1, max_len, 0), (8, max_len, max_len - 3), (5, max(1, max_len // 3), 2), (3, max_len, 0)]:
+        x = torch.randint(FIRST_TOKEN, num_items + FIRST_TOKEN, (batch, length), generator=gen)
+        x[:, : min(pad, length - 1)] = PAD
+        cases.append(x)
+    worst = 0.0
+    model.eval()
+    with torch.no_grad():
+        for x in cases:
+            expected = model(x).numpy()
+            got = session.run(["scores"], {"item_seq": x.numpy()})[0]
+            if got.shape != expected.shape:
+                raise ExportError(f"ONNX output shape {got.shape} != torch {expected.shape} for input {tuple(x.shape)}")
+            worst = max(worst, float(np.abs(got - expected).max()))
+    if not worst <= PARITY_TOLERANCE:
+        raise ExportError(f"torch vs ONNX Runtime max abs difference {worst:.2e} exceeds {PARITY_TOLERANCE:.0e}")
+    return worst
+
+
+def _set_metadata(onnx_path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(onnx_path))
+
+
+def export_artifact(model: nn.Module, inputs: ExportInputs, out_dir: str | Path) -> Manifest:
+    """Writes the artifact directory atomically and returns its manifest."""
+    num_items = len(inputs.item_index.item_ids)
+    manifest_box: dict[str, Manifest] = {}
+
+    def fill(tmp: Path) -> None:
+        onnx_path = tmp / MODEL
+        export_onnx(model, onnx_path, inputs.max_len, num_items)
+        max_diff = parity_check(model, onnx_path, inputs.max_len, num_items)
+        (tmp / ITEM_INDEX).write_text(json.dumps(inputs.item_index.to_dict(), ensure_ascii=False))
+        counts = {
+            "histories": write_jsonl(tmp / HISTORIES, inputs.histories),
+            "users": write_jsonl(tmp / USERS, inputs.users),
+            "items": write_jsonl(tmp / ITEMS, inputs.items),
+        }
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest = Manifest(
+            model_kind=inputs.model_kind,
+            task="next_item",
+            model_version="",
+            inputs=(ModelInput("item_seq", SOURCE_USER_HISTORY, "int64", ("batch", "seq")),),
+            output="scores",
+            num_items=num_items,
+            schema=inputs.schema,
+            item_index_sha256=inputs.item_index.sha256,
+            training=inputs.training,
+            metrics={**inputs.metrics, "export_parity_max_abs_diff": max_diff},
+            versions=_versions(),
+            created_at=created,
+        )
+        # The manifest rides inside the model too, so model.onnx alone still describes itself.
+        _set_metadata(onnx_path, {"recsys.manifest": manifest.to_json()})
+        files = {name: file_sha256(tmp / name) for name in (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS)}
+        version = f"{inputs.model_kind}-{created.replace(':', '').replace('-', '')}-{sha256_hex(files[MODEL])[:8]}"
+        manifest = Manifest(**{**manifest.__dict__, "model_version": version, "files": files})
+        (tmp / MANIFEST).write_text(manifest.to_json())
+        manifest_box["m"] = manifest
+
+    write_atomically(out_dir, fill)
+    return manifest_box["m"]
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "recsys": recsys.__version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }

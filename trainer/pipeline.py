@@ -1,0 +1,114 @@
+"""`recsys train`: tables -> cleaned data -> item index -> fit -> artifact.
+
+Only glue lives here; each step is a function of its own module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recsys.artifact import ItemIndex, Manifest
+from recsys.schema import FIRST_TOKEN, FeatureSchema
+from trainer.data import Tables, feature_rows, infer_feature_specs, load_tables
+from trainer.export import ExportInputs, export_artifact
+from trainer.train import TrainConfig, fit
+
+__all__ = ["build_item_index", "encode_histories", "train_and_export"]
+
+
+def build_item_index(interactions: pd.DataFrame, items: pd.DataFrame | None) -> ItemIndex:
+    """Items of the interactions, most popular first (ties by id), with titles where known."""
+    counts = interactions["item_id"].value_counts()
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ids = [item for item, _ in order]
+    titles = [""] * len(ids)
+    if items is not None and "title" in items.columns:
+        lookup = items.set_index("item_id")["title"]
+        lookup = lookup[~lookup.index.duplicated(keep="last")]
+        titles = ["" if pd.isna(t := lookup.get(i, "")) else str(t) for i in ids]
+    return ItemIndex(tuple(ids), tuple(titles), tuple(int(c) for _, c in order))
+
+
+def encode_histories(interactions: pd.DataFrame, index: ItemIndex) -> tuple[list[str], list[np.ndarray]]:
+    """Per user (in order of first appearance), the tokens of their events, oldest first."""
+    token = {item: i + FIRST_TOKEN for i, item in enumerate(index.item_ids)}
+    tokens = interactions["item_id"].map(token).to_numpy(dtype=np.int64)
+    users, sequences = [], []
+    for user, rows in interactions.groupby("user_id", sort=False).indices.items():
+        users.append(user)
+        sequences.append(tokens[rows])
+    return users, sequences
+
+
+def _history_rows(interactions: pd.DataFrame) -> Iterator[dict]:
+    for user, group in interactions.groupby("user_id", sort=False):
+        yield {
+            "user_id": user,
+            "item_ids": group["item_id"].tolist(),
+            "timestamps": [int(t) for t in group["timestamp"]],
+        }
+
+
+def build_schema(tables: Tables, index: ItemIndex, max_len: int) -> FeatureSchema:
+    return FeatureSchema(
+        user_features=infer_feature_specs(tables.users, "user_id") if tables.users is not None else (),
+        item_features=infer_feature_specs(tables.items, "item_id") if tables.items is not None else (),
+        max_history=max_len,
+        item_index_sha256=index.sha256,
+    )
+
+
+def train_and_export(
+    interactions: str | Path,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    *,
+    users: str | Path | None = None,
+    items: str | Path | None = None,
+    progress: bool = True,
+    log=print,
+) -> Manifest:
+    tables = load_tables(interactions, users, items)
+    log(tables.report.summary())
+    index = build_item_index(tables.interactions, tables.items)
+    _, sequences = encode_histories(tables.interactions, index)
+    result = fit(cfg, sequences, len(index.item_ids), progress=progress)
+    log(f"best epoch {result.best_epoch} of {len(result.history)} in {result.seconds:.0f} s: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items() if "@" in k))
+    schema = build_schema(tables, index, cfg.max_len)
+    user_rows = feature_rows(tables.users, schema.user_features, "user_id") if tables.users is not None else iter(())
+    item_rows = feature_rows(tables.items, schema.item_features, "item_id") if tables.items is not None else iter(())
+    manifest = export_artifact(
+        result.model,
+        ExportInputs(
+            model_kind=cfg.model,
+            max_len=cfg.max_len,
+            item_index=index,
+            schema=schema,
+            histories=_history_rows(tables.interactions),
+            users=user_rows,
+            items=item_rows,
+            training={
+                "config": asdict(cfg),
+                "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history),
+                "seconds": round(result.seconds, 1),
+                "history": result.history,
+                "data": {
+                    "users": tables.report.users,
+                    "items": tables.report.items,
+                    "interactions": tables.report.interactions,
+                    "dropped": tables.report.dropped,
+                },
+            },
+            metrics={f"valid_{k}": v for k, v in result.best_metrics.items() if "@" in k},
+        ),
+        out_dir,
+    )
+    log(f"wrote {out_dir} ({manifest.model_version})")
+    return manifest
