@@ -9,7 +9,6 @@ import grpc
 from grpc_health.v1 import health
 
 from recsys.artifact import ItemIndex, read_manifest, verify_files
-from recsys.errors import RecsysError
 from recsys.grpc_server import ServiceBinding, create_server, run_until_signal, set_serving
 from recsys.v1 import inference_pb2_grpc
 from inference_server.feature_client import FeatureClient
@@ -61,12 +60,9 @@ def create_inference_server(
 
 
 def serve(artifact_dir: str, features_target: str, *, host: str, port: int, device: str, threads: int, max_k: int) -> None:
-    try:
-        server, bound, health_servicer, recommender = create_inference_server(
-            artifact_dir, features_target, host=host, port=port, device=device, threads=threads, max_k=max_k
-        )
-    except RecsysError as exc:
-        raise SystemExit(f"recsys serve inference: {exc}") from None
+    server, bound, health_servicer, recommender = create_inference_server(
+        artifact_dir, features_target, host=host, port=port, device=device, threads=threads, max_k=max_k
+    )
     log.info(
         "inference server on %s:%d: model %s (%d items) on %s, features from %s",
         host, bound, recommender.model_version, recommender.manifest.num_items, device, features_target,

@@ -11,6 +11,8 @@ import click
 
 DEFAULT_FEATURES_PORT = 50051
 DEFAULT_INFERENCE_PORT = 50052
+# trainer.models.MODELS, spelled out so `recsys --help` needs no torch (a test keeps them equal)
+MODEL_NAMES = ["sasrec", "gru4rec", "caser"]
 
 
 def _logging(verbose: bool) -> None:
@@ -45,12 +47,25 @@ def data_download(name: str, to_dir: str) -> None:
     click.echo(json.dumps(result, indent=2))
 
 
+@data.command("split")
+@click.option("--interactions", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+def data_split(interactions: str, out_dir: str) -> None:
+    """Leave-last-out split: each user's last event (by time) -> test.csv, the rest -> train.csv."""
+    from trainer.split import write_leave_last_out
+
+    try:
+        click.echo(json.dumps(write_leave_last_out(interactions, out_dir), indent=2))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command()
 @click.option("--interactions", required=True, type=click.Path(exists=True, dir_okay=False),
               help="user_id,item_id,timestamp[,rating] table (CSV, TSV, Parquet, RecBole .inter, GroupLens u.data).")
 @click.option("--users", type=click.Path(exists=True, dir_okay=False), help="User feature table keyed by user_id.")
 @click.option("--items", type=click.Path(exists=True, dir_okay=False), help="Item feature table keyed by item_id.")
-@click.option("--model", default="sasrec", show_default=True, type=click.Choice(["sasrec"]))
+@click.option("--model", default="sasrec", show_default=True, type=click.Choice(MODEL_NAMES))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory (replaced atomically).")
 @click.option("--epochs", type=int, help="Maximum epochs (early stopping may end sooner).")
 @click.option("--seed", type=int, help="Random seed.")
@@ -101,8 +116,8 @@ def serve() -> None:
 
 @serve.command("features")
 @click.option("--artifact", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--store", default="sqlite:///recsys-features.sqlite", show_default=True,
-              help="Online store URL: sqlite:///PATH (embedded, persistent) or memory://.")
+@click.option("--store", default="sqlite://recsys-features.sqlite", show_default=True,
+              help="Online store URL: sqlite://PATH (embedded, persistent; sqlite:///abs/path for an absolute path) or memory:// (lost on exit).")
 @click.option("--host", default="[::]", show_default=True)
 @click.option("--port", default=DEFAULT_FEATURES_PORT, show_default=True, type=int)
 @click.option("-v", "--verbose", is_flag=True)
@@ -110,8 +125,12 @@ def serve_features(artifact, store, host, port, verbose) -> None:
     """Serve user and item features (and record events) from an online store."""
     _logging(verbose)
     from feature_service.server import serve as run
+    from recsys.errors import RecsysError
 
-    run(artifact, store, host, port)
+    try:
+        run(artifact, store, host, port)
+    except (ValueError, RecsysError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @serve.command("inference")
@@ -127,8 +146,12 @@ def serve_inference(artifact, features_target, host, port, device, threads, max_
     """Serve Recommend and Score from an artifact's ONNX model."""
     _logging(verbose)
     from inference_server.server import serve as run
+    from recsys.errors import RecsysError
 
-    run(artifact, features_target, host=host, port=port, device=device, threads=threads, max_k=max_k)
+    try:
+        run(artifact, features_target, host=host, port=port, device=device, threads=threads, max_k=max_k)
+    except RecsysError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

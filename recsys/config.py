@@ -39,7 +39,14 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ValueError(f"config field {name!r}: expected a number, got {value!r}") from None
-    return value if isinstance(value, type(default)) or default is None else type(default)(value)
+    if default is None:  # an optional field: numbers from text where they parse, else as given
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                return value
+        return value
+    return value if isinstance(value, type(default)) else type(default)(value)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

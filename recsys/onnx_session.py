@@ -35,6 +35,8 @@ class ModelSession:
                 f"--device {device} asked for {wanted}, but this onnxruntime build only has "
                 f"{', '.join(ort.get_available_providers())} (install recsys[gpu] for CUDA)"
             )
+        if device == "cuda" and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA/cuDNN from pip's nvidia-* wheels, where installed
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads

@@ -8,7 +8,10 @@ padded and unpadded inputs and refuses to write an artifact whose outputs differ
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import platform
 import time
 import warnings
@@ -71,8 +74,11 @@ def export_onnx(model: nn.Module, path: Path, max_len: int, num_items: int) -> N
     example[0, : max_len // 2] = PAD
     batch = torch.export.Dim("batch", min=1, max=65536)
     seq = torch.export.Dim("seq", min=1, max=max_len)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter chatter (deprecations inside torch.onnx)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed" and similar exporter chatter
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # deprecations raised inside torch.onnx itself
         torch.onnx.export(
             model,
             (example,),
@@ -84,6 +90,7 @@ def export_onnx(model: nn.Module, path: Path, max_len: int, num_items: int) -> N
             external_data=False,
             verbose=False,
         )
+    quiet.setLevel(level)
 
 
 def parity_check(model: nn.Module, onnx_path: Path, max_len: int, num_items: int, seed: int = 0) -> float:

@@ -12,7 +12,7 @@ import copy
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 
 from recsys.schema import FIRST_TOKEN
 from trainer.batches import last_window, training_windows
+from trainer.losses import next_item_cross_entropy
 from trainer.metrics import rank_of_targets, ranking_metrics
 from trainer.models import MODELS
 
@@ -30,33 +31,31 @@ __all__ = ["FitResult", "TrainConfig", "fit", "score_histories", "set_seed"]
 class TrainConfig:
     model: str = "sasrec"  # key of trainer.models.MODELS
     epochs: int = 200  # upper bound; early stopping usually ends sooner
-    batch_size: int = 128  # windows per step
-    lr: float = 1e-3  # Adam learning rate
+    batch_size: int = 256  # windows per step
+    lr: float = 3e-3  # Adam learning rate
     weight_decay: float = 0.0  # Adam L2 penalty
     max_len: int = 50  # most recent items the model reads
-    hidden: int = 64  # embedding width
-    heads: int = 2  # attention heads
-    layers: int = 2  # Transformer blocks
-    inner: int = 256  # feed-forward width
-    dropout: float = 0.2  # dropout everywhere in the model
+    # Model hyperparameters; None keeps the model's own default (see trainer/models/<model>.py).
+    hidden: int | None = None  # embedding width
+    heads: int | None = None  # attention heads (sasrec)
+    layers: int | None = None  # Transformer blocks (sasrec) or GRU layers (gru4rec)
+    inner: int | None = None  # feed-forward width (sasrec)
+    dropout: float | None = None  # dropout rate
     init: str = "xavier_uniform"  # xavier_uniform | xavier_normal | normal
     seed: int = 0  # seeds python, numpy and torch
-    eval_every: int = 2  # epochs between validations
-    patience: int = 10  # validations without improvement before stopping
+    eval_every: int = 3  # epochs between validations
+    patience: int = 4  # validations without improvement before stopping
     k: int = 10  # cut-off of the validation metric (NDCG@k selects the model)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
     def model_config(self, num_items: int):
+        """The model's own config: the fields it shares with this one, its defaults for the rest."""
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
         config_cls = MODELS[self.model][0]
-        return config_cls(
-            num_items=num_items,
-            max_len=self.max_len,
-            hidden=self.hidden,
-            heads=self.heads,
-            layers=self.layers,
-            inner=self.inner,
-            dropout=self.dropout,
-        )
+        shared = {f.name for f in fields(config_cls)} & {f.name for f in fields(self)}
+        given = {name: getattr(self, name) for name in shared if getattr(self, name) is not None}
+        return config_cls(num_items=num_items, **given)
 
 
 @dataclass
@@ -131,8 +130,7 @@ def fit(cfg: TrainConfig, sequences: list[np.ndarray], num_items: int, *, progre
     val_histories = [h for h, _ in val]
     val_targets = np.array([t for _, t in val], dtype=np.int64)
 
-    config_cls, model_cls, loss_fn = MODELS[cfg.model]
-    model = model_cls(cfg.model_config(num_items))
+    model = MODELS[cfg.model][1](cfg.model_config(num_items))
     init_weights(model, cfg.init)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -150,7 +148,7 @@ def fit(cfg: TrainConfig, sequences: list[np.ndarray], num_items: int, *, progre
         total, steps = 0.0, 0
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            loss = loss_fn(model, inputs_t[idx], targets_t[idx])
+            loss = next_item_cross_entropy(model, inputs_t[idx], targets_t[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from recsys.schema import FIRST_TOKEN, PAD
 
@@ -115,19 +114,10 @@ class SASRec(nn.Module):
         """(N, D): embeddings of the real items, in model column order."""
         return self.item_emb.weight[FIRST_TOKEN:]
 
+    def score(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (..., D) -> (..., N): dot product with every item embedding (shared weights)."""
+        return hidden @ self.item_embeddings().T
+
     def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
         """item_seq (B, L) -> scores (B, N) of every real item as the next one."""
-        last = self.encode(item_seq)[:, -1, :]  # (B, D)
-        return last @ self.item_embeddings().T
-
-
-def sasrec_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Full-catalogue softmax cross-entropy at every non-padded position.
-
-    inputs, targets (B, L) tokens: targets[b, t] is the item after inputs[b, :t+1]; PAD targets
-    are ignored.
-    """
-    hidden = model.encode(inputs)  # (B, L, D)
-    mask = targets != PAD
-    logits = hidden[mask] @ model.item_embeddings().T  # (M, N)
-    return F.cross_entropy(logits, targets[mask] - FIRST_TOKEN)
+        return self.score(self.encode(item_seq)[:, -1, :])

@@ -1,0 +1,87 @@
+"""Session-wide fixtures: small generated data with sequential structure, and one trained artifact.
+
+Users walk a ring of items: after item i usually comes item i+1, so a sequential model can
+learn something real in a few seconds and tests can check that it did.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+NUM_ITEMS = 40
+NUM_USERS = 80
+
+
+def write_ring_data(directory: Path, *, seed: int = 0, users: int = NUM_USERS, items: int = NUM_ITEMS) -> dict[str, Path]:
+    """interactions.csv (user_id,item_id,timestamp,rating), users.csv, items.csv in `directory`."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(users):
+        start = int(rng.integers(0, items))
+        length = int(rng.integers(8, 20))
+        t = 1_000_000 + int(rng.integers(0, 10_000))
+        for step in range(length):
+            item = (start + step) % items
+            if rng.random() < 0.1:  # a little noise
+                item = int(rng.integers(0, items))
+            t += int(rng.integers(1, 100))
+            rows.append((f"u{u:03d}", f"m{item:02d}", t, float(rng.integers(1, 6))))
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "interactions": directory / "interactions.csv",
+        "users": directory / "users.csv",
+        "items": directory / "items.csv",
+    }
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"]).to_csv(paths["interactions"], index=False)
+    pd.DataFrame(
+        {
+            "user_id": [f"u{u:03d}" for u in range(users)],
+            "age": rng.integers(18, 70, users),
+            "gender": rng.choice(["F", "M"], users),
+        }
+    ).to_csv(paths["users"], index=False)
+    pd.DataFrame(
+        {
+            "item_id": [f"m{i:02d}" for i in range(items)],
+            "title": [f"Movie {i}" for i in range(items)],
+            "genres": [["Action", "Comedy|Drama", "Drama"][i % 3] for i in range(items)],
+        }
+    ).to_csv(paths["items"], index=False)
+    return paths
+
+
+def leave_last_out(interactions: Path, directory: Path) -> tuple[Path, Path]:
+    """Splits a table into train (all but each user's last event) and test (the last event)."""
+    df = pd.read_csv(interactions, dtype={"user_id": str, "item_id": str})
+    df = df.sort_values("timestamp", kind="stable")
+    last = df.groupby("user_id").tail(1).index
+    train, test = directory / "train.csv", directory / "test.csv"
+    df.drop(index=last).to_csv(train, index=False)
+    df.loc[last, ["user_id", "item_id"]].to_csv(test, index=False)
+    return train, test
+
+
+@pytest.fixture(scope="session")
+def ring_data(tmp_path_factory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("ring")
+    paths = write_ring_data(directory)
+    paths["train"], paths["test"] = leave_last_out(paths["interactions"], directory)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def trained_artifact(ring_data, tmp_path_factory) -> Path:
+    """A small SASRec trained on the ring data's train split and exported."""
+    from trainer.pipeline import train_and_export
+    from trainer.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("artifacts") / "sasrec"
+    cfg = TrainConfig(epochs=40, batch_size=32, max_len=10, hidden=32, heads=2, layers=1, inner=64,
+                      dropout=0.1, lr=5e-3, eval_every=5, patience=3, seed=0)
+    train_and_export(ring_data["train"], out, cfg, users=ring_data["users"], items=ring_data["items"],
+                     progress=False, log=lambda *_: None)
+    return out

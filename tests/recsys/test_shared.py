@@ -1,0 +1,93 @@
+"""The shared package: generated code is fresh, servers stay torch-free, config and atomic writes."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from recsys.artifact import write_atomically
+from recsys.config import load_config
+from recsys.protogen import ROOT, generate
+
+
+def test_generated_stubs_match_the_protos(tmp_path):
+    written = generate(tmp_path)
+    assert written, "protoc wrote nothing"
+    for path in written:
+        committed = ROOT / "recsys" / "v1" / path.name
+        assert committed.exists() and filecmp.cmp(path, committed, shallow=False), (
+            f"recsys/v1/{path.name} is stale: run `make proto`"
+        )
+
+
+@pytest.mark.parametrize("module", ["inference_server.server", "feature_service.server", "recsys.cli", "recsys.client"])
+def test_serving_code_does_not_import_torch(module):
+    code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, f"{module} pulls in torch"
+
+
+def test_cli_help_is_lazy():
+    code = (
+        "import sys; from click.testing import CliRunner; from recsys.cli import main;"
+        "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0, r.output;"
+        "heavy = [m for m in ('torch', 'onnxruntime', 'pandas', 'grpc') if m in sys.modules];"
+        "sys.exit(1 if heavy else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@dataclass(frozen=True)
+class Example:
+    epochs: int = 10
+    lr: float = 0.1
+    name: str = "a"
+    fast: bool = False
+
+
+def test_config_precedence_defaults_file_environment_flags(tmp_path, monkeypatch):
+    path = tmp_path / "c.toml"
+    path.write_text('epochs = 20\nlr = 0.5\nname = "file"\n')
+    monkeypatch.setenv("T_LR", "0.25")
+    monkeypatch.setenv("T_FAST", "yes")
+    cfg = load_config(Example, file=path, env_prefix="T_", overrides={"name": "flag", "epochs": None})
+    assert cfg == Example(epochs=20, lr=0.25, name="flag", fast=True)
+
+
+def test_config_rejects_unknown_fields_and_bad_types(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"epoch": 3}))
+    with pytest.raises(ValueError, match="unknown config field.*epoch"):
+        load_config(Example, file=path)
+    with pytest.raises(ValueError, match="expected an integer"):
+        load_config(Example, overrides={"epochs": "many"})
+
+
+def test_atomic_write_replaces_whole_or_leaves_old(tmp_path):
+    target = tmp_path / "artifact"
+    write_atomically(target, lambda d: (d / "a.txt").write_text("one"))
+    assert (target / "a.txt").read_text() == "one"
+
+    def broken(d: Path) -> None:
+        (d / "a.txt").write_text("half")
+        raise RuntimeError("export failed")
+
+    with pytest.raises(RuntimeError):
+        write_atomically(target, broken)
+    assert (target / "a.txt").read_text() == "one"
+    assert [p.name for p in tmp_path.iterdir()] == ["artifact"]  # no temporary left behind
+
+    write_atomically(target, lambda d: (d / "b.txt").write_text("two"))
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+
+
+def test_cli_model_names_match_the_registry():
+    from recsys.cli import MODEL_NAMES
+    from trainer.models import MODELS
+
+    assert MODEL_NAMES == list(MODELS)

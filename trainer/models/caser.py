@@ -1,0 +1,67 @@
+"""Caser: convolutional sequence embedding (Tang & Wang, 2018), history-only variant.
+
+Horizontal filters of heights 1..L slide over the last L item embeddings and are max-pooled;
+vertical filters take weighted sums of those L rows; both are joined and projected to the
+output width. No user embedding, so unseen users with a few events are served like anyone
+else. Every position's window is built with `unfold`, so training reads all positions at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from recsys.schema import FIRST_TOKEN, PAD
+
+
+@dataclass(frozen=True)
+class CaserConfig:
+    num_items: int  # real items; the embedding table has num_items + FIRST_TOKEN rows
+    max_len: int = 50  # history the server sends; Caser reads only the last `window` of it
+    hidden: int = 64  # item embedding width D
+    window: int = 5  # L: most recent items per prediction
+    horizontal: int = 16  # filters per horizontal height (heights 1..window)
+    vertical: int = 4  # vertical filters
+    dropout: float = 0.4  # before the projection
+
+
+class Caser(nn.Module):
+    def __init__(self, cfg: CaserConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, w = cfg.hidden, cfg.window
+        self.item_emb = nn.Embedding(cfg.num_items + FIRST_TOKEN, d, padding_idx=PAD)
+        self.vertical = nn.Linear(w, cfg.vertical, bias=True)  # weights over the window's rows
+        self.horizontal = nn.ModuleList(nn.Linear(h * d, cfg.horizontal) for h in range(1, w + 1))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.proj = nn.Linear(cfg.vertical * d + cfg.horizontal * w, d)
+        self.out_emb = nn.Embedding(cfg.num_items + FIRST_TOKEN, d)
+        self.out_bias = nn.Embedding(cfg.num_items + FIRST_TOKEN, 1)
+
+    def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """item_seq (B, L) left-padded -> hidden (B, L, D); position t sees items t-window+1..t."""
+        b, l = item_seq.shape
+        w, d = self.cfg.window, self.cfg.hidden
+        x = self.item_emb(F.pad(item_seq, (w - 1, 0), value=PAD))  # (B, L+w-1, D)
+        windows = x.unfold(1, w, 1).transpose(-1, -2)  # (B, L, w, D), oldest row first
+        vert = self.vertical(windows.transpose(-1, -2)).transpose(-1, -2)  # (B, L, V, D)
+        feats = [vert.reshape(b, l, -1)]
+        for h, conv in enumerate(self.horizontal, start=1):
+            spans = windows.unfold(2, h, 1)  # (B, L, w-h+1, D, h)
+            spans = spans.permute(0, 1, 2, 4, 3).reshape(b, l, w - h + 1, h * d)
+            feats.append(F.relu(conv(spans)).amax(dim=2))  # (B, L, horizontal)
+        z = F.relu(self.proj(self.drop(torch.cat(feats, dim=-1))))  # (B, L, D)
+        return z * (item_seq != PAD).unsqueeze(-1)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.out_emb.weight[FIRST_TOKEN:]
+
+    def score(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (..., D) -> (..., N) scores."""
+        return hidden @ self.item_embeddings().T + self.out_bias.weight[FIRST_TOKEN:, 0]
+
+    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
+        return self.score(self.encode(item_seq)[:, -1, :])

@@ -1,0 +1,67 @@
+"""GRU4Rec: session-based recommendation with recurrent networks (Hidasi et al., 2016),
+in its next-item form with full-catalogue cross-entropy (as RecBole trains it).
+
+Padding inside the graph: the left-padded input is right-aligned with a gather, so the GRU
+reads each history from its first real item and pads can only follow it; hidden states are
+gathered back to the input's positions. No pack_padded_sequence, so the ONNX graph is the
+same computation for any batch and length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from recsys.schema import FIRST_TOKEN, PAD
+
+
+@dataclass(frozen=True)
+class GRU4RecConfig:
+    num_items: int  # real items; the embedding table has num_items + FIRST_TOKEN rows
+    max_len: int = 50  # most recent items the model reads
+    hidden: int = 64  # item embedding width D (the GRU state is projected back to D)
+    gru_hidden: int = 128  # GRU state width
+    layers: int = 1  # stacked GRU layers
+    dropout: float = 0.3  # on item embeddings
+
+
+def right_align(item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) left-padded -> (right-padded (B, L), number of pads per row (B, 1))."""
+    b, l = item_seq.shape
+    pads = (item_seq == PAD).sum(dim=1, keepdim=True)  # (B, 1)
+    idx = torch.arange(l, device=item_seq.device).view(1, l) + pads  # (B, L)
+    shifted = torch.gather(item_seq, 1, idx.clamp(max=l - 1))
+    return shifted.masked_fill(idx > l - 1, PAD), pads
+
+
+class GRU4Rec(nn.Module):
+    def __init__(self, cfg: GRU4RecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.num_items + FIRST_TOKEN, cfg.hidden, padding_idx=PAD)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.gru = nn.GRU(cfg.hidden, cfg.gru_hidden, num_layers=cfg.layers, batch_first=True, bias=False)
+        self.proj = nn.Linear(cfg.gru_hidden, cfg.hidden)
+
+    def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """item_seq (B, L) left-padded -> hidden (B, L, D) at the input's positions (pads: 0)."""
+        b, l = item_seq.shape
+        aligned, pads = right_align(item_seq)
+        out, _ = self.gru(self.emb_drop(self.item_emb(aligned)))  # (B, L, G), real items first
+        out = self.proj(out)  # (B, L, D)
+        back = (torch.arange(l, device=item_seq.device).view(1, l) - pads).clamp(min=0)  # (B, L)
+        hidden = torch.gather(out, 1, back.unsqueeze(-1).expand(b, l, out.shape[-1]))
+        return hidden * (item_seq != PAD).unsqueeze(-1)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_emb.weight[FIRST_TOKEN:]
+
+    def score(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (..., D) -> (..., N)."""
+        return hidden @ self.item_embeddings().T
+
+    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """item_seq (B, L) -> scores (B, N)."""
+        return self.score(self.encode(item_seq)[:, -1, :])
