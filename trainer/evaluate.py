@@ -14,7 +14,7 @@ import pandas as pd
 
 from recsys.artifact import HISTORIES, ItemIndex, read_jsonl, read_manifest
 from recsys.schema import FIRST_TOKEN, OOV, PAD
-from trainer.metrics import rank_of_targets, ranking_metrics
+from trainer.metrics import catalogue_metrics, rank_of_targets, ranking_metrics, top_k
 
 __all__ = ["evaluate_artifact", "read_pairs"]
 
@@ -38,9 +38,29 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def evaluate_artifact(artifact_dir: str | Path, test_path: str | Path, *, k: int = 10, batch: int = 256) -> dict:
+def evaluate_artifact(
+    artifact_dir: str | Path,
+    test_path: str | Path,
+    *,
+    k: int = 10,
+    protocol: str = "full",
+    negatives: int = 100,
+    sampling: str = "uniform",
+    seed: int = 0,
+    batch: int = 256,
+) -> dict:
+    """Metrics of the artifact's model on `test_path` rows.
+
+    protocol "full" ranks the target against every item not in the user's history; "sampled"
+    ranks it against `negatives` items drawn (uniformly or by popularity) from those, the
+    protocol of many papers, reported for comparison only: it flatters every model.
+    """
     from recsys.onnx_session import ModelSession
 
+    if protocol not in ("full", "sampled"):
+        raise ValueError(f"protocol must be full or sampled, got {protocol!r}")
+    if sampling not in ("uniform", "popularity"):
+        raise ValueError(f"sampling must be uniform or popularity, got {sampling!r}")
     manifest = read_manifest(artifact_dir)
     index = ItemIndex.read(artifact_dir)
     session = ModelSession(artifact_dir, manifest, device="cpu", threads=0)
@@ -52,7 +72,11 @@ def evaluate_artifact(artifact_dir: str | Path, test_path: str | Path, *, k: int
     test = read_pairs(test_path)
     popularity = np.asarray(index.popularity, dtype=np.float32)
     max_len, n = manifest.max_history, manifest.num_items
+    rng = np.random.default_rng(seed)
+    draw = popularity.astype(np.float64) + 1e-9 if sampling == "popularity" else np.ones(n)
     ranks = np.empty(len(test))
+    candidates = np.empty(len(test))
+    tops = []
     fallback = 0
     rows = list(test.itertuples(index=False))
     for start in range(0, len(rows), batch):
@@ -75,12 +99,34 @@ def evaluate_artifact(artifact_dir: str | Path, test_path: str | Path, *, k: int
             model_rows.append(r)
         if windows:
             scores[model_rows] = session.scores(np.stack(windows))
+        tops.append(top_k(scores, k, excluded))
         targets = np.array([token.get(item, FIRST_TOKEN) - FIRST_TOKEN for _, item in chunk])
+        if protocol == "sampled":
+            excluded = _sampled_only(excluded, targets, negatives, draw, rng)
         chunk_ranks = rank_of_targets(scores, targets, excluded)
         chunk_ranks[[item not in token for _, item in chunk]] = np.inf
         ranks[start : start + len(chunk)] = chunk_ranks
-    result: dict = {"users": int(test["user_id"].nunique()), "cases": len(test)}
-    result.update(ranking_metrics(ranks, k))
+        candidates[start : start + len(chunk)] = (~excluded).sum(axis=1) - 1
+    result: dict = {"users": int(test["user_id"].nunique()), "cases": len(test), "protocol": protocol}
+    if protocol == "sampled":
+        result["negatives"], result["sampling"] = negatives, sampling
+    result.update(ranking_metrics(ranks, k, candidates))
+    result.update(catalogue_metrics(np.concatenate(tops), popularity, k))
     result["popularity_fallback_cases"] = fallback
     result["unknown_item_cases"] = int((~test["item_id"].isin(token)).sum())
     return result
+
+
+def _sampled_only(excluded: np.ndarray, targets: np.ndarray, negatives: int, draw: np.ndarray, rng) -> np.ndarray:
+    """Excludes everything but the target and `negatives` sampled unseen items, per row."""
+    keep = np.ones_like(excluded)
+    for r in range(len(targets)):
+        allowed = ~excluded[r]
+        allowed[targets[r]] = False
+        pool = np.flatnonzero(allowed)
+        if len(pool):
+            p = draw[pool] / draw[pool].sum()
+            chosen = rng.choice(pool, size=min(negatives, len(pool)), replace=False, p=p)
+            keep[r, chosen] = False
+        keep[r, targets[r]] = excluded[r, targets[r]]
+    return keep

@@ -41,6 +41,7 @@ from recsys.artifact import (
     write_jsonl,
 )
 from recsys.schema import FIRST_TOKEN, PAD, FeatureSchema, sha256_hex
+from trainer.report import write_report
 
 __all__ = ["PARITY_TOLERANCE", "ExportError", "ExportInputs", "export_artifact", "export_onnx", "parity_check"]
 
@@ -161,7 +162,8 @@ def export_artifact(model: nn.Module, inputs: ExportInputs, out_dir: str | Path)
         )
         # The manifest rides inside the model too, so model.onnx alone still describes itself.
         _set_metadata(onnx_path, {"recsys.manifest": manifest.to_json()})
-        files = {name: file_sha256(tmp / name) for name in (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS)}
+        reports = write_report(tmp, inputs.training, manifest.metrics) if inputs.training.get("history") else []
+        files = {name: file_sha256(tmp / name) for name in (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports)}
         version = f"{inputs.model_kind}-{created.replace(':', '').replace('-', '')}-{sha256_hex(files[MODEL])[:8]}"
         manifest = Manifest(**{**manifest.__dict__, "model_version": version, "files": files})
         (tmp / MANIFEST).write_text(manifest.to_json())

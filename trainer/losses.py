@@ -1,4 +1,16 @@
-"""Losses, kept apart from the models: a model maps tensors to tensors, a loss judges them."""
+"""Losses for next-item training, kept apart from the models: a model maps tensors to tensors,
+a loss judges them.
+
+Every loss takes hidden states at the positions that have a target, (M, D), and the targets
+as item columns, (M,). Models provide `output_embeddings() -> (N, D)` and `output_bias() ->
+(N,) | None`; sampled losses score only the items they need.
+
+- `ce`               full-catalogue softmax cross-entropy (the default; exact, N logits per row)
+- `sampled_softmax`  softmax over the target and `negatives` shared sampled items, each logit
+                     corrected by -log q(item) (log-Q correction), accidental hits masked
+- `bce`              binary cross-entropy: target vs `negatives` sampled items per row
+- `bpr`              Bayesian personalised ranking: -log sigmoid(target - negative)
+"""
 
 from __future__ import annotations
 
@@ -8,16 +20,79 @@ from torch.nn import functional as F
 
 from recsys.schema import FIRST_TOKEN, PAD
 
-__all__ = ["next_item_cross_entropy"]
+__all__ = ["LOSSES", "NegativeSampler", "next_item_loss"]
+
+LOSSES = ("ce", "sampled_softmax", "bce", "bpr")
 
 
-def next_item_cross_entropy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Full-catalogue softmax cross-entropy at every non-padded position of a sequential model.
+class NegativeSampler:
+    """Draws item columns uniformly or in proportion to popularity ** alpha."""
+
+    def __init__(self, popularity: torch.Tensor, kind: str = "uniform", alpha: float = 0.75):
+        if kind not in ("uniform", "popularity"):
+            raise ValueError(f"negative_sampling must be uniform or popularity, got {kind!r}")
+        n = len(popularity)
+        weights = torch.ones(n) if kind == "uniform" else popularity.double().clamp(min=1) ** alpha
+        self.probs = (weights / weights.sum()).float()  # (N,)
+        self.log_q = self.probs.log()  # (N,)
+        self.uniform = kind == "uniform"
+        self.n = n
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
+        count = int(torch.tensor(shape).prod())
+        if self.uniform:
+            return torch.randint(0, self.n, shape, generator=generator)
+        return torch.multinomial(self.probs, count, replacement=True, generator=generator).view(shape)
+
+
+def _scores(model: nn.Module, hidden: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """hidden (M, D), cols (M, K) or (K,) -> (M, K) scores of those items."""
+    emb = model.output_embeddings()[cols]  # (M, K, D) or (K, D)
+    bias = model.output_bias()
+    if cols.dim() == 1:
+        out = hidden @ emb.T
+    else:
+        out = torch.einsum("md,mkd->mk", hidden, emb)
+    return out if bias is None else out + bias[cols]
+
+
+def next_item_loss(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    loss: str = "ce",
+    sampler: NegativeSampler | None = None,
+    negatives: int = 1,
+) -> torch.Tensor:
+    """Loss over every non-padded position of a sequential model.
 
     inputs, targets (B, L) tokens, left-padded: targets[b, t] is the item after inputs[b, :t+1];
-    PAD targets are ignored. The model provides encode (B, L) -> (B, L, D) and score (.., D) -> (.., N).
+    PAD targets are ignored.
     """
     hidden = model.encode(inputs)  # (B, L, D)
     mask = targets != PAD
-    logits = model.score(hidden[mask])  # (M, N)
-    return F.cross_entropy(logits, targets[mask] - FIRST_TOKEN)
+    h = hidden[mask]  # (M, D)
+    pos = targets[mask] - FIRST_TOKEN  # (M,)
+    if loss == "ce":
+        return F.cross_entropy(model.score(h), pos)
+    if sampler is None:
+        raise ValueError(f"loss {loss!r} needs a negative sampler")
+    if loss == "sampled_softmax":
+        neg = sampler.sample((negatives,))  # (K,) shared by the batch
+        logits = torch.cat([_scores(model, h, pos.unsqueeze(1)), _scores(model, h, neg)], dim=1)  # (M, 1+K)
+        log_q = torch.cat([sampler.log_q[pos].unsqueeze(1), sampler.log_q[neg].expand(len(pos), -1)], dim=1)
+        logits = logits - log_q
+        hit = torch.cat([torch.zeros_like(pos, dtype=torch.bool).unsqueeze(1), neg.unsqueeze(0) == pos.unsqueeze(1)], 1)
+        logits = logits.masked_fill(hit, -1e9)
+        return F.cross_entropy(logits, torch.zeros_like(pos))
+    neg = sampler.sample((len(pos), negatives))  # (M, K)
+    s_pos = _scores(model, h, pos.unsqueeze(1))  # (M, 1)
+    s_neg = _scores(model, h, neg)  # (M, K)
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(s_pos, torch.ones_like(s_pos)) + F.binary_cross_entropy_with_logits(
+            s_neg, torch.zeros_like(s_neg)
+        )
+    if loss == "bpr":
+        return -F.logsigmoid(s_pos - s_neg).mean()
+    raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")

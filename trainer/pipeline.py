@@ -71,13 +71,23 @@ def train_and_export(
     users: str | Path | None = None,
     items: str | Path | None = None,
     progress: bool = True,
+    resume: bool = False,
+    checkpoint_dir: str | Path | None = None,
     log=print,
 ) -> Manifest:
+    """Trains `cfg.model` on the tables and writes the artifact to `out_dir`.
+
+    The training state is checkpointed every epoch into `checkpoint_dir` (default: `<out_dir>.ckpt`
+    beside the artifact); `resume=True` continues an interrupted run from there.
+    """
     tables = load_tables(interactions, users, items)
     log(tables.report.summary())
     index = build_item_index(tables.interactions, tables.items)
     _, sequences = encode_histories(tables.interactions, index)
-    result = fit(cfg, sequences, len(index.item_ids), progress=progress)
+    checkpoint_dir = checkpoint_dir or Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
+    result = fit(cfg, sequences, len(index.item_ids), progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
+    if result.resumed_from:
+        log(f"resumed from epoch {result.resumed_from} ({checkpoint_dir})")
     log(f"best epoch {result.best_epoch} of {len(result.history)} in {result.seconds:.0f} s: "
         + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items() if "@" in k))
     schema = build_schema(tables, index, cfg.max_len)

@@ -1,9 +1,9 @@
-"""Training: sequences -> SASRec -> best-on-validation model.
+"""Training: sequences -> a sequential model -> the best-on-validation model.
 
-The loop is one readable function (`fit`): windows -> loss -> Adam step -> validation every
-`eval_every` epochs -> keep the best state by NDCG@k -> stop after `patience` evaluations
-without improvement. Validation uses only the training file: each user's last event is held
-out; the test file is never seen here.
+The loop is one readable function (`fit`): windows -> loss -> optimizer step -> validation
+every `eval_every` epochs -> keep the best state by NDCG@k -> checkpoint -> stop after
+`patience` validations without improvement. Validation uses only the training file: each
+user's last event is held out; a test file is never seen here.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +21,8 @@ from torch import nn
 
 from recsys.schema import FIRST_TOKEN
 from trainer.batches import last_window, training_windows
-from trainer.losses import next_item_cross_entropy
+from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.losses import LOSSES, NegativeSampler, next_item_loss
 from trainer.metrics import rank_of_targets, ranking_metrics
 from trainer.models import MODELS
 
@@ -32,8 +34,6 @@ class TrainConfig:
     model: str = "sasrec"  # key of trainer.models.MODELS
     epochs: int = 200  # upper bound; early stopping usually ends sooner
     batch_size: int = 256  # windows per step
-    lr: float = 3e-3  # Adam learning rate
-    weight_decay: float = 0.0  # Adam L2 penalty
     max_len: int = 50  # most recent items the model reads
     # Model hyperparameters; None keeps the model's own default (see trainer/models/<model>.py).
     hidden: int | None = None  # embedding width
@@ -41,8 +41,20 @@ class TrainConfig:
     layers: int | None = None  # Transformer blocks (sasrec) or GRU layers (gru4rec)
     inner: int | None = None  # feed-forward width (sasrec)
     dropout: float | None = None  # dropout rate
+    # Objective
+    loss: str = "ce"  # ce | sampled_softmax | bce | bpr (see trainer/losses.py)
+    negatives: int = 100  # sampled items per step (sampled_softmax) or per target (bce, bpr)
+    negative_sampling: str = "uniform"  # uniform | popularity (popularity ** 0.75)
+    # Optimisation
+    optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9)
+    lr: float = 3e-3  # peak learning rate
+    weight_decay: float = 0.0  # L2 (adam, sgd) or decoupled (adamw)
+    schedule: str = "constant"  # constant | cosine (to 0 over `epochs`) | warmup_cosine
+    warmup_epochs: int = 2  # linear warm-up length for warmup_cosine
     init: str = "xavier_uniform"  # xavier_uniform | xavier_normal | normal
+    # Selection and reproducibility
     seed: int = 0  # seeds python, numpy and torch
+    deterministic: bool = False  # torch deterministic algorithms (slower)
     eval_every: int = 3  # epochs between validations
     patience: int = 4  # validations without improvement before stopping
     k: int = 10  # cut-off of the validation metric (NDCG@k selects the model)
@@ -57,6 +69,25 @@ class TrainConfig:
         given = {name: getattr(self, name) for name in shared if getattr(self, name) is not None}
         return config_cls(num_items=num_items, **given)
 
+    def check(self) -> None:
+        """Raises ValueError naming the first bad setting."""
+        choices = {
+            "loss": LOSSES,
+            "negative_sampling": ("uniform", "popularity"),
+            "optimizer": ("adam", "adamw", "sgd"),
+            "schedule": ("constant", "cosine", "warmup_cosine"),
+            "init": ("xavier_uniform", "xavier_normal", "normal"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "max_len", "negatives", "eval_every", "patience", "k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0; got {self.lr}")
+        self.model_config(1)
+
 
 @dataclass
 class FitResult:
@@ -65,6 +96,7 @@ class FitResult:
     best_metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    resumed_from: int = 0
 
 
 def set_seed(seed: int) -> None:
@@ -81,15 +113,32 @@ def init_weights(model: nn.Module, scheme: str) -> None:
                 nn.init.xavier_uniform_(module.weight)
             elif scheme == "xavier_normal":
                 nn.init.xavier_normal_(module.weight)
-            elif scheme == "normal":
-                nn.init.normal_(module.weight, std=0.02)
             else:
-                raise ValueError(f"unknown init {scheme!r}: use xavier_uniform, xavier_normal or normal")
+                nn.init.normal_(module.weight, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    """Multiplier of `lr` during 1-based `epoch`."""
+    if cfg.schedule == "constant":
+        return 1.0
+    warm = cfg.warmup_epochs if cfg.schedule == "warmup_cosine" else 0
+    if epoch <= warm:
+        return epoch / (warm + 1)
+    progress = (epoch - warm - 1) / max(1, cfg.epochs - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()
@@ -113,47 +162,80 @@ def validate(model: nn.Module, histories: list[np.ndarray], targets: np.ndarray,
     return ranking_metrics(ranks, cfg.k)
 
 
-def fit(cfg: TrainConfig, sequences: list[np.ndarray], num_items: int, *, progress: bool = True) -> FitResult:
+def fit(
+    cfg: TrainConfig,
+    sequences: list[np.ndarray],
+    num_items: int,
+    *,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+) -> FitResult:
     """Trains on every user's sequence minus its last event; selects on that last event.
 
     sequences: per user, int64 tokens oldest first. Users with fewer than 3 events train but
-    are not validated (their one remaining event has nothing to predict it from).
+    are not validated. With `checkpoint_dir`, the full training state is saved after every
+    epoch; `resume=True` continues from it (same config required) and reaches the same result
+    as an uninterrupted run.
     """
     from tqdm.auto import tqdm
 
+    cfg.check()
     set_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(cfg.deterministic)
     rng = np.random.default_rng(cfg.seed)
     train_seqs = [s[:-1] for s in sequences if len(s) >= 2]
     val = [(s[:-1], s[-1]) for s in sequences if len(s) >= 3]
     val_histories = [h for h, _ in val]
     val_targets = np.array([t for _, t in val], dtype=np.int64)
+    counts = np.bincount(np.concatenate(train_seqs) - FIRST_TOKEN, minlength=num_items) if train_seqs else np.ones(num_items)
+    sampler = None if cfg.loss == "ce" else NegativeSampler(torch.from_numpy(counts), cfg.negative_sampling)
 
     model = MODELS[cfg.model][1](cfg.model_config(num_items))
     init_weights(model, cfg.init)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    best = {"metric": -math.inf, "epoch": 0, "metrics": {}, "state": None}
+    optimizer = make_optimizer(cfg, model)
     key = f"ndcg@{cfg.k}"
+    best = {"metric": -math.inf, "epoch": 0, "metrics": {}, "state": None}
     history: list[dict[str, float]] = []
-    bad_evals = 0
-    start = time.perf_counter()
-    bar = tqdm(range(1, cfg.epochs + 1), disable=not progress, unit="epoch", dynamic_ncols=True)
+    bad_evals, first_epoch, elapsed = 0, 1, 0.0
+
+    saved = load_checkpoint(checkpoint_dir) if (checkpoint_dir and resume) else None
+    if saved is not None:
+        if saved["config"] != asdict(cfg) or saved["num_items"] != num_items:
+            raise ValueError(f"checkpoint in {checkpoint_dir} was made with another config or data; not resuming")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        best = saved["best"]
+        history, bad_evals, elapsed = saved["history"], saved["bad_evals"], saved["elapsed"]
+        first_epoch = saved["epoch"] + 1
+        rng.bit_generator.state = saved["numpy_rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        random.setstate(_tuple_state(saved["python_rng"]))
+
+    start = time.perf_counter() - elapsed
+    bar = tqdm(range(first_epoch, cfg.epochs + 1), disable=not progress, unit="epoch", dynamic_ncols=True,
+               initial=first_epoch - 1, total=cfg.epochs)
     for epoch in bar:
+        if bad_evals >= cfg.patience:
+            break
         model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, epoch)
         inputs, targets = training_windows(train_seqs, cfg.max_len, rng)
         order = torch.from_numpy(rng.permutation(len(inputs)))
         inputs_t, targets_t = torch.from_numpy(inputs), torch.from_numpy(targets)
-        total, steps = 0.0, 0
+        total, steps, tick = 0.0, 0, time.perf_counter()
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            loss = next_item_cross_entropy(model, inputs_t[idx], targets_t[idx])
+            loss = next_item_loss(model, inputs_t[idx], targets_t[idx], loss=cfg.loss, sampler=sampler, negatives=cfg.negatives)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total, steps = total + loss.item(), steps + 1
-        row = {"epoch": epoch, "loss": total / max(steps, 1)}
+        events_per_s = int((targets != 0).sum()) / max(time.perf_counter() - tick, 1e-9)
+        row = {"epoch": epoch, "loss": total / max(steps, 1), "events_per_s": round(events_per_s)}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             row.update(validate(model, val_histories, val_targets, num_items, cfg))
             if row[key] > best["metric"]:
@@ -162,15 +244,27 @@ def fit(cfg: TrainConfig, sequences: list[np.ndarray], num_items: int, *, progre
             else:
                 bad_evals += 1
         history.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", **{key: f"{row.get(key, float('nan')):.4f}", "best": f"{best['metric']:.4f}"})
-        if bad_evals >= cfg.patience:
-            break
+        shown = {"loss": f"{row['loss']:.4f}", "events/s": row["events_per_s"]}
+        if key in row:
+            shown[key] = f"{row[key]:.4f}"
+        if best["epoch"]:
+            shown["best"] = f"{best['metric']:.4f}@{best['epoch']}"
+        bar.set_postfix(shown)
+        if checkpoint_dir:
+            save_checkpoint(checkpoint_dir, {
+                "config": asdict(cfg), "num_items": num_items, "epoch": epoch,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "best": best,
+                "history": history, "bad_evals": bad_evals, "elapsed": time.perf_counter() - start,
+                "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "python_rng": random.getstate(),
+            })
     bar.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
-    return FitResult(model, best["epoch"], best["metrics"], history, time.perf_counter() - start)
+    return FitResult(model, best["epoch"], best["metrics"], history, time.perf_counter() - start, first_epoch - 1)
 
 
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
+def _tuple_state(state):
+    """random.getstate() comes back from torch.load with lists where tuples were."""
+    return tuple(_tuple_state(s) if isinstance(s, list) else s for s in state)

@@ -57,6 +57,7 @@ def test_train_serve_recommend_evaluate(ring_data, tmp_path: Path):
     )
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["training"]["config"]["seed"] == 1 and manifest["training"]["config"]["epochs"] == 20
+    assert {"report.json", "curves.png"} <= set(manifest["files"])  # the run report travels with the model
 
     fport, iport = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

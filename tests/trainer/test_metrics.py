@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.metrics import rank_of_targets, ranking_metrics
+from trainer.metrics import catalogue_metrics, rank_of_targets, ranking_metrics, top_k
 
 
 def test_rank_counts_items_scored_at_least_as_high():
@@ -35,4 +35,25 @@ def test_rank_at_cutoff_is_a_miss():
 
 
 def test_empty_ranks_give_zeros():
-    assert ranking_metrics(np.array([]), k=10) == {"hr@10": 0.0, "ndcg@10": 0.0, "mrr@10": 0.0}
+    assert all(v == 0.0 for v in ranking_metrics(np.array([]), k=10).values())
+
+
+def test_precision_map_and_auc_by_hand():
+    m = ranking_metrics(np.array([0.0, 3.0, np.inf]), k=2, candidates=np.array([4, 4, 4]))
+    assert m["precision@2"] == pytest.approx(1 / 3 / 2)
+    assert m["map@2"] == pytest.approx(1 / 3)
+    # AUC: first target beats all 4 others (1.0), second beats 1 of 4 (0.25), third is a miss (0)
+    assert m["auc"] == pytest.approx((1.0 + 0.25 + 0.0) / 3)
+
+
+def test_top_k_skips_excluded_and_orders_best_first():
+    scores = np.array([[0.1, 0.9, 0.5, 0.7]])
+    assert top_k(scores, 2).tolist() == [[1, 3]]
+    assert top_k(scores, 2, np.array([[False, True, False, False]])).tolist() == [[3, 2]]
+
+
+def test_catalogue_coverage_and_popularity():
+    top = np.array([[0, 1], [0, 2]])
+    m = catalogue_metrics(top, np.array([10.0, 2.0, 0.0, 4.0]), k=2)
+    assert m["coverage@2"] == pytest.approx(3 / 4)
+    assert m["mean_popularity@2"] == pytest.approx(((10 + 2 + 10 + 0) / 4) / 4.0)

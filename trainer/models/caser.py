@@ -56,12 +56,16 @@ class Caser(nn.Module):
         z = F.relu(self.proj(self.drop(torch.cat(feats, dim=-1))))  # (B, L, D)
         return z * (item_seq != PAD).unsqueeze(-1)
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.out_emb.weight[FIRST_TOKEN:]
-
     def score(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (..., D) -> (..., N) scores."""
-        return hidden @ self.item_embeddings().T + self.out_bias.weight[FIRST_TOKEN:, 0]
+        return hidden @ self.output_embeddings().T + self.output_bias()
+
+    def output_embeddings(self) -> torch.Tensor:
+        """(N, D): output item embeddings, apart from the input ones as in the paper."""
+        return self.out_emb.weight[FIRST_TOKEN:]
+
+    def output_bias(self) -> torch.Tensor | None:
+        return self.out_bias.weight[FIRST_TOKEN:, 0]
 
     def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
         return self.score(self.encode(item_seq)[:, -1, :])

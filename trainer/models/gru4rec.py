@@ -62,6 +62,13 @@ class GRU4Rec(nn.Module):
         """hidden (..., D) -> (..., N)."""
         return hidden @ self.item_embeddings().T
 
+    def output_embeddings(self) -> torch.Tensor:
+        """(N, D): what `score` multiplies hidden states with."""
+        return self.item_embeddings()
+
+    def output_bias(self) -> torch.Tensor | None:
+        return None
+
     def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
         """item_seq (B, L) -> scores (B, N)."""
         return self.score(self.encode(item_seq)[:, -1, :])

@@ -118,6 +118,13 @@ class SASRec(nn.Module):
         """hidden (..., D) -> (..., N): dot product with every item embedding (shared weights)."""
         return hidden @ self.item_embeddings().T
 
+    def output_embeddings(self) -> torch.Tensor:
+        """(N, D): what `score` multiplies hidden states with."""
+        return self.item_embeddings()
+
+    def output_bias(self) -> torch.Tensor | None:
+        return None
+
     def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
         """item_seq (B, L) -> scores (B, N) of every real item as the next one."""
         return self.score(self.encode(item_seq)[:, -1, :])

@@ -1,0 +1,40 @@
+"""The run report inside every artifact: report.json (what happened, epoch by epoch) and
+curves.png (training loss and validation metrics against epochs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["REPORT_JSON", "REPORT_PNG", "write_report"]
+
+REPORT_JSON = "report.json"
+REPORT_PNG = "curves.png"
+
+
+def write_report(directory: Path, training: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    """Writes both files into `directory`; returns their names."""
+    history = training.get("history", [])
+    (directory / REPORT_JSON).write_text(json.dumps({"training": training, "metrics": metrics}, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    epochs = [row["epoch"] for row in history]
+    left.plot(epochs, [row["loss"] for row in history], color="tab:blue")
+    left.set(xlabel="epoch", ylabel="training loss", title="loss")
+    evaluated = [row for row in history if any("@" in key for key in row)]
+    for key in sorted({k for row in evaluated for k in row if "@" in k}):
+        right.plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker="o", ms=3, label=key)
+    best = training.get("best_epoch")
+    if best:
+        right.axvline(best, color="grey", ls="--", lw=1, label=f"best epoch {best}")
+    right.set(xlabel="epoch", title="validation (last event per user)")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(directory / REPORT_PNG, dpi=100)
+    plt.close(fig)
+    return [REPORT_JSON, REPORT_PNG]
