@@ -11,10 +11,10 @@ RECSYS := $(VENV)/bin/recsys
 STAMP := $(VENV)/.installed-$(strip $(ORT))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto test demo quality clean
+.PHONY: help setup proto test demo quality bench-features clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## Create .venv and install recsys with everything it needs (ORT=gpu|cpu)
 
@@ -38,6 +38,15 @@ demo: $(STAMP) ## Get ML-100K, train SASRec, serve it, print recommendations
 
 quality: $(STAMP) ## Served NDCG@10 on ML-100K (leave-last-out), mean of 3 seeds
 	$(PY) scripts/quality.py --data $(DATA) --out runs/quality --seeds 0,1,2
+
+FEAST_VENV ?= .bench/feast-venv
+FEAST_VERSION ?= 0.67.0
+
+bench-features: $(STAMP) ## Feature-service latency (gRPC, each backend) against Feast on the same data
+	@# Feast gets its own virtualenv (git-ignored), never recsys's; without it recsys is measured alone
+	test -x $(FEAST_VENV)/bin/feast || { $(PYTHON) -m venv $(FEAST_VENV) && \
+		$(FEAST_VENV)/bin/pip install -q "feast==$(FEAST_VERSION)"; } || echo "Feast could not be installed"
+	$(PY) scripts/bench_features.py --out .bench/run --feast-python $(FEAST_VENV)/bin/python
 
 clean: ## Remove build outputs and runs (keeps .venv and data)
 	rm -rf runs build *.egg-info .pytest_cache

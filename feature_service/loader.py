@@ -9,6 +9,11 @@ rows are skipped and events are deduplicated on (user_id, item_id, timestamp).
 
 Events go in batches of `EVENT_BATCH`, one transaction each: a load that fails midway leaves
 whole batches behind, and rerunning it completes the load without duplicates.
+
+Users the store has forgotten (tombstones, see `Store.forget_user`) are skipped, features and
+events alike, so reloading an artifact exported before a user asked to be forgotten does not
+bring the user back. The store's meta table records the artifact's schema (JSON and hash) and
+model version: `recsys serve features --store URL` without `--artifact` serves that schema.
 """
 
 from __future__ import annotations
@@ -23,16 +28,26 @@ from typing import Any
 
 from feature_service.stores.base import Event, Store
 from recsys.artifact import HISTORIES, ITEMS, USERS, read_jsonl, read_manifest
-from recsys.errors import FailedPrecondition
-from recsys.schema import FeatureKind, FeatureSpec
+from recsys.errors import FailedPrecondition, RecsysError
+from recsys.schema import FeatureKind, FeatureSchema, FeatureSpec
 
-__all__ = ["EVENT_BATCH", "LoadReport", "check_features", "load_artifact"]
+__all__ = [
+    "EVENT_BATCH",
+    "META_MODEL_VERSION",
+    "META_SCHEMA_HASH",
+    "META_SCHEMA_JSON",
+    "LoadReport",
+    "check_features",
+    "load_artifact",
+    "stored_schema",
+]
 
 log = logging.getLogger(__name__)
 
 EVENT_BATCH = 100_000
 META_SCHEMA_HASH = "artifact.schema_hash"
 META_MODEL_VERSION = "artifact.model_version"
+META_SCHEMA_JSON = "artifact.schema_json"
 
 
 @dataclass(frozen=True)
@@ -42,28 +57,42 @@ class LoadReport:
     events_recorded: int  # new events
     duplicates: int  # events already in the store
     seconds: float
+    forgotten_skipped: int = 0  # users of the artifact the store has forgotten
 
     def __str__(self) -> str:
+        skipped = f", {self.forgotten_skipped} forgotten users skipped" if self.forgotten_skipped else ""
         return (
             f"{self.users_written} users, {self.items_written} items, {self.events_recorded} events "
-            f"written ({self.duplicates} duplicate events skipped) in {self.seconds:.2f} s"
+            f"written ({self.duplicates} duplicate events skipped{skipped}) in {self.seconds:.2f} s"
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "users_written": self.users_written,
+            "items_written": self.items_written,
+            "events_recorded": self.events_recorded,
+            "duplicates": self.duplicates,
+            "forgotten_skipped": self.forgotten_skipped,
+            "seconds": round(self.seconds, 3),
+        }
 
-def check_features(features: Any, specs: dict[str, FeatureSpec], where: str) -> dict[str, Any]:
-    """Returns `features` if every value matches its spec's kind; `FailedPrecondition` otherwise.
+
+def check_features(
+    features: Any, specs: dict[str, FeatureSpec], where: str, error: type[RecsysError] = FailedPrecondition
+) -> dict[str, Any]:
+    """Returns `features` if every value matches its spec's kind; raises `error` otherwise.
 
     Missing values (absent or `None`) are allowed; names outside the schema are not.
     """
     if not isinstance(features, dict):
-        raise FailedPrecondition(f"{where}: features must be an object, got {type(features).__name__}")
+        raise error(f"{where}: features must be an object, got {type(features).__name__}")
     for name, value in features.items():
         spec = specs.get(name)
         if spec is None:
-            raise FailedPrecondition(f"{where}: feature {name!r} is not in the schema")
+            raise error(f"{where}: feature {name!r} is not in the schema")
         if value is None or _fits(value, spec.kind):
             continue
-        raise FailedPrecondition(f"{where}: feature {name!r} is {spec.kind.value}, got {value!r}")
+        raise error(f"{where}: feature {name!r} is {spec.kind.value}, got {value!r}")
     return features
 
 
@@ -86,7 +115,9 @@ def _feature_rows(path: Path, key: str, specs: dict[str, FeatureSpec]) -> list[t
     return rows
 
 
-def _events(path: Path) -> Iterator[Event]:
+def _events(path: Path, max_events: int) -> Iterator[Event]:
+    """Each user's newest `max_events` events (what the store would keep): a reload of a long
+    history then finds only duplicates instead of re-adding events the bound drops again."""
     for line, row in enumerate(read_jsonl(path), 1):
         where = f"{path.name} line {line}"
         user_id, items, stamps = row.get("user_id"), row.get("item_ids"), row.get("timestamps")
@@ -97,7 +128,9 @@ def _events(path: Path) -> Iterator[Event]:
         for item, ts in zip(items, stamps):
             if not isinstance(item, str) or not item or not isinstance(ts, int) or isinstance(ts, bool):
                 raise FailedPrecondition(f"{where}: bad event ({item!r}, {ts!r})")
-            yield Event(user_id, item, ts)
+        order = sorted(range(len(items)), key=stamps.__getitem__)[-max_events:]  # stable: ties keep file order
+        for i in order:
+            yield Event(user_id, items[i], stamps[i])
 
 
 def load_artifact(store: Store, artifact_dir: str | Path) -> LoadReport:
@@ -116,16 +149,37 @@ def load_artifact(store: Store, artifact_dir: str | Path) -> LoadReport:
     previous = store.get_meta(META_SCHEMA_HASH)
     if previous is not None and previous != schema.hash:
         log.warning("store held schema %s; loading artifact with schema %s", previous, schema.hash)
-    users_written = store.put_users(users)
+    forgotten = store.forgotten_users()
+    skipped = {uid for uid, _ in users if uid in forgotten}
+    users_written = store.put_users([(uid, f) for uid, f in users if uid not in forgotten])
     items_written = store.put_items(items)
     recorded = duplicates = 0
     batch: list[Event] = []
-    for event in _events(artifact_dir / HISTORIES):
+    for event in _events(artifact_dir / HISTORIES, store.max_events):
+        if event.user_id in forgotten:
+            skipped.add(event.user_id)
+            continue
         batch.append(event)
         if len(batch) >= EVENT_BATCH:
             r, d = store.append_events(batch)
             recorded, duplicates, batch = recorded + r, duplicates + d, []
     r, d = store.append_events(batch)
+    store.set_meta(META_SCHEMA_JSON, schema.to_json())
     store.set_meta(META_SCHEMA_HASH, schema.hash)
     store.set_meta(META_MODEL_VERSION, manifest.model_version)
-    return LoadReport(users_written, items_written, recorded + r, duplicates + d, time.perf_counter() - start)
+    return LoadReport(
+        users_written, items_written, recorded + r, duplicates + d, time.perf_counter() - start, len(skipped)
+    )
+
+
+def stored_schema(store: Store) -> FeatureSchema:
+    """The schema of the last artifact loaded into `store`; `FailedPrecondition` if none was."""
+    text = store.get_meta(META_SCHEMA_JSON)
+    if text is None:
+        raise FailedPrecondition(
+            "the feature store holds no artifact: load one first (recsys features load --artifact DIR --store URL)"
+        )
+    schema = FeatureSchema.from_json(text)
+    if schema.hash != store.get_meta(META_SCHEMA_HASH):
+        raise FailedPrecondition("the feature store's schema does not match its recorded hash: reload the artifact")
+    return schema

@@ -1,70 +1,125 @@
-"""Builds the feature server from an artifact directory and a store URL.
+"""Builds the feature server from a store URL and, optionally, an artifact directory.
 
 `create_feature_server` is what tests call (port 0); `serve` is what the CLI calls. Startup
-order: read the manifest, open the store, bind the port with health NOT_SERVING, load the
-artifact (idempotent, so restarts over a persistent store are cheap), then turn SERVING.
-A failure on the way stops the server and closes the store before re-raising.
+order: open the store, bind the port with health NOT_SERVING, load the artifact if one is given
+(idempotent, so restarts over a persistent store are cheap) or else take the schema the store
+was last loaded with, then turn SERVING. A failure on the way stops the server and closes the
+store before re-raising.
+
+While it runs, a watcher pings the store every `health_interval_s`: health turns NOT_SERVING
+when the store stops answering (requests then fail with UNAVAILABLE) and SERVING again when it
+answers, with no restart; the backends reconnect by themselves.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health
 
-from feature_service.loader import load_artifact
+from feature_service.loader import load_artifact, stored_schema
 from feature_service.service import FeatureServiceCore
 from feature_service.servicer import SERVICE_NAME, FeatureServicer
 from feature_service.stores import open_store
 from recsys.artifact import read_manifest
+from recsys.errors import Unavailable
 from recsys.grpc_server import ServiceBinding, create_server, run_until_signal, set_serving
 from recsys.v1 import features_pb2_grpc
 
-__all__ = ["create_feature_server", "serve"]
+__all__ = ["StoreWatch", "create_feature_server", "serve"]
 
 log = logging.getLogger(__name__)
 
 
+class StoreWatch:
+    """Pings the core's store every `interval_s` and mirrors the answer into health.
+
+    Runs on a daemon thread until `stop()`; `check()` runs one round (tests call it).
+    """
+
+    def __init__(self, core: FeatureServiceCore, health_servicer: health.HealthServicer, interval_s: float) -> None:
+        self.core = core
+        self.health = health_servicer
+        self.interval_s = interval_s
+        self.serving = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="store-watch", daemon=True)
+
+    def start(self) -> StoreWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def check(self) -> bool:
+        try:
+            self.core.ping()
+            ok, why = True, ""
+        except Unavailable as exc:
+            ok, why = False, str(exc)
+        if ok != self.serving:
+            if ok:
+                log.info("feature store answers again: SERVING")
+            else:
+                log.warning("%s: NOT_SERVING until it answers", why)
+            self.serving = ok
+            set_serving(self.health, [SERVICE_NAME], serving=ok)
+        return ok
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.check()
+
+
 def create_feature_server(
-    artifact_dir: str | Path,
+    artifact_dir: str | Path | None,
     store_url: str = "memory://",
     host: str = "[::]",
     port: int = 0,
     max_workers: int = 8,
+    health_interval_s: float = 1.0,
 ) -> tuple[grpc.Server, int, health.HealthServicer, FeatureServiceCore]:
     """Starts a loaded, SERVING feature server; returns it, its port, health and core.
 
-    The caller owns shutdown: `server.stop(grace)` then `core.close()` (closes the store).
-    Raises `FailedPrecondition` for a bad artifact, `ValueError` for a bad store URL.
+    `artifact_dir=None` serves the schema of the artifact last loaded into the store
+    (`FailedPrecondition` if none was). The caller owns shutdown: `server.stop(grace)` then
+    `core.close()` (closes the store and ends the store watcher). Raises `FailedPrecondition`
+    for a bad artifact, `ValueError` for a bad store URL, `StoreUnavailable` for a store that
+    cannot be reached.
     """
-    manifest = read_manifest(artifact_dir)
+    manifest = read_manifest(artifact_dir) if artifact_dir is not None else None
     store = open_store(store_url)
     server: grpc.Server | None = None
     try:
-        core = FeatureServiceCore(store, manifest.schema)
+        schema = manifest.schema if manifest is not None else stored_schema(store)
+        core = FeatureServiceCore(store, schema)
         binding = ServiceBinding(
             FeatureServicer(core), features_pb2_grpc.add_FeatureServiceServicer_to_server, SERVICE_NAME
         )
         server, bound, health_servicer = create_server([binding], host=host, port=port, max_workers=max_workers)
-        report = load_artifact(store, artifact_dir)
-        log.info("loaded %s from %s into %s: %s", manifest.model_version, artifact_dir, store_url, report)
+        if manifest is not None:
+            report = load_artifact(store, artifact_dir)
+            log.info("loaded %s from %s into %s: %s", manifest.model_version, artifact_dir, store_url, report)
     except BaseException:
         if server is not None:
             server.stop(None)
         store.close()
         raise
     set_serving(health_servicer, [SERVICE_NAME], serving=True)
+    watch = StoreWatch(core, health_servicer, health_interval_s).start()
+    core.on_close(watch.stop)
     return server, bound, health_servicer, core
 
 
-def serve(artifact_dir: str | Path, store_url: str, host: str = "[::]", port: int = 50051) -> None:
+def serve(artifact_dir: str | Path | None, store_url: str, host: str = "[::]", port: int = 50051) -> None:
     """Runs the feature server until SIGTERM/SIGINT, then drains and closes the store."""
     server, bound, health_servicer, core = create_feature_server(artifact_dir, store_url, host, port)
-    log.info(
-        "feature service on %s:%d (schema %s, store %s)", host, bound, core.schema_hash, store_url
-    )
+    log.info("feature service on %s:%d (schema %s, store %s)", host, bound, core.schema_hash, store_url)
+    print(f"feature service listening on {host}:{bound} (schema {core.schema_hash})", flush=True)
     try:
         run_until_signal(server, health_servicer)
     finally:

@@ -8,16 +8,20 @@ so a rejected batch writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
+from feature_service.loader import check_features
 from feature_service.stores.base import Event, ItemRecord, Store, StoreUnavailable, UserRecord
 from recsys.errors import InvalidArgument, Unavailable
 from recsys.schema import FeatureKind, FeatureSchema
 
-__all__ = ["MAX_ID_CHARS", "FeatureServiceCore"]
+__all__ = ["MAX_ID_CHARS", "MAX_TIMESTAMP", "FeatureServiceCore"]
 
 MAX_ID_CHARS = 256
+# Stores keep timestamps exactly up to 2**53 (Redis sorts them as doubles).
+MAX_TIMESTAMP = 2**53
 
 
 class FeatureServiceCore:
@@ -50,6 +54,9 @@ class FeatureServiceCore:
         self.schema_hash = schema.hash
         self.user_kinds: dict[str, FeatureKind] = {s.name: s.kind for s in schema.user_features}
         self.item_kinds: dict[str, FeatureKind] = {s.name: s.kind for s in schema.item_features}
+        self._on_close: list[Callable[[], None]] = []
+        self._user_specs = {s.name: s for s in schema.user_features}
+        self._item_specs = {s.name: s for s in schema.item_features}
 
     def get_user_features(self, user_ids: Sequence[str], max_history: int = 0) -> list[UserRecord | None]:
         """One record per id in request order, `None` for unknown users.
@@ -88,13 +95,55 @@ class FeatureServiceCore:
                     raise InvalidArgument(f"interactions[{i}]: {name} is longer than {MAX_ID_CHARS} characters")
             if len(e.event_id) > MAX_ID_CHARS:
                 raise InvalidArgument(f"interactions[{i}]: event_id is longer than {MAX_ID_CHARS} characters")
-            if e.timestamp <= 0:
-                raise InvalidArgument(f"interactions[{i}]: timestamp must be > 0 (unix seconds), got {e.timestamp}")
+            if not 0 < e.timestamp <= MAX_TIMESTAMP:
+                raise InvalidArgument(
+                    f"interactions[{i}]: timestamp must be > 0 and <= 2**53 (unix seconds), got {e.timestamp}"
+                )
         with self._store_call():
             return self.store.append_events(list(events))
 
+    def update_user_features(self, rows: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        """Replaces users' feature rows (features absent from a row are removed); returns how
+        many changed. Every row is checked against the schema first: one bad row rejects the
+        batch, naming its index, and nothing is written. A user's events are kept."""
+        self._check_rows("rows", rows, self._user_specs)
+        with self._store_call():
+            return self.store.put_users(list(rows))
+
+    def update_item_features(self, rows: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        """Replaces items' feature rows; as `update_user_features`."""
+        self._check_rows("rows", rows, self._item_specs)
+        with self._store_call():
+            return self.store.put_items(list(rows))
+
+    def forget_user(self, user_id: str) -> bool:
+        """Deletes everything held about the user and records its tombstone; returns whether
+        anything was held. Idempotent."""
+        if not user_id:
+            raise InvalidArgument("user_id is empty")
+        if len(user_id) > MAX_ID_CHARS:
+            raise InvalidArgument(f"user_id is longer than {MAX_ID_CHARS} characters")
+        with self._store_call():
+            return self.store.forget_user(user_id)
+
+    def ping(self) -> None:
+        """Returns when the store answers; `Unavailable` otherwise."""
+        with self._store_call():
+            self.store.ping()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Runs `callback` when the core closes (the server's store watcher stops there)."""
+        self._on_close.append(callback)
+
     def close(self) -> None:
+        for callback in self._on_close:
+            callback()
         self.store.close()
+
+    def _check_rows(self, field: str, rows: Sequence[tuple[str, dict[str, Any]]], specs: dict) -> None:
+        self._check_ids(field, [key for key, _ in rows])
+        for i, (_, features) in enumerate(rows):
+            check_features(features, specs, f"{field}[{i}]", InvalidArgument)
 
     def _check_ids(self, field: str, ids: Sequence[str]) -> None:
         if not ids:

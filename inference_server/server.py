@@ -1,14 +1,23 @@
-"""Builds and runs the inference server: artifact + feature service address -> gRPC server."""
+"""Builds and runs the inference server: artifact + feature service address -> gRPC server.
+
+Health is SERVING only while the feature service answers with the model's feature schema:
+`FeatureWatch` asks for its schema hash at startup and every `health_interval_s`, and turns
+health NOT_SERVING (with a log line saying why) on a mismatch or when it cannot be reached,
+SERVING again once it can. Requests check the hash on every feature answer as well, so a
+mismatch fails them with FAILED_PRECONDITION even between two checks.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health
 
 from recsys.artifact import ItemIndex, read_manifest, verify_files
+from recsys.errors import RecsysError
 from recsys.grpc_server import ServiceBinding, create_server, run_until_signal, set_serving
 from recsys.v1 import inference_pb2_grpc
 from inference_server.feature_client import FeatureClient
@@ -16,10 +25,61 @@ from inference_server.pipeline import Recommender
 from inference_server.servicer import InferenceServicer
 from recsys.onnx_session import ModelSession
 
-__all__ = ["SERVICE_NAME", "create_inference_server", "serve"]
+__all__ = ["SERVICE_NAME", "FeatureWatch", "create_inference_server", "serve"]
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "recsys.v1.InferenceService"
+
+
+class FeatureWatch:
+    """Mirrors "the feature service answers with our schema" into health, every `interval_s`.
+
+    `check()` runs one round (startup and tests call it); the daemon thread ends with `stop()`
+    or once the feature client is closed.
+    """
+
+    def __init__(self, features: FeatureClient, health_servicer: health.HealthServicer, interval_s: float) -> None:
+        self.features = features
+        self.health = health_servicer
+        self.interval_s = interval_s
+        self.serving: bool | None = None
+        self.reason = ""  # why not SERVING, "" while SERVING
+        self._kind: type | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="feature-watch", daemon=True)
+
+    def start(self) -> FeatureWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def check(self) -> bool:
+        try:
+            self.features.check_schema()
+            ok, reason, kind = True, "", None
+        except RecsysError as exc:
+            ok, reason, kind = False, str(exc), type(exc)
+        # Log once per change of state (mismatch, unreachable, fine), not on every round.
+        changed = ok != self.serving or kind is not self._kind
+        self._kind, self.reason = kind, reason
+        if changed:
+            if ok:
+                log.info("feature service at %s serves schema %s: SERVING", self.features.target,
+                         self.features.expected_schema_hash)
+            else:
+                log.error("%s: NOT_SERVING", reason)
+            self.serving = ok
+            set_serving(self.health, [SERVICE_NAME], serving=ok)
+        return ok
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check()
+            except ValueError:  # the client's channel was closed: the server is shutting down
+                return
 
 
 def load_recommender(
@@ -32,7 +92,7 @@ def load_recommender(
     session = ModelSession(artifact_dir, manifest, device=device, threads=threads)
     session.warm_up()
     index = ItemIndex.read(artifact_dir)
-    client = FeatureClient(features_target, timeout_s=feature_timeout_s)
+    client = FeatureClient(features_target, timeout_s=feature_timeout_s, expected_schema_hash=manifest.schema_hash)
     return Recommender(manifest, index, session, client, max_k=max_k)
 
 
@@ -46,8 +106,10 @@ def create_inference_server(
     threads: int = 1,
     max_k: int = 1000,
     max_workers: int = 8,
+    health_interval_s: float = 2.0,
 ) -> tuple[grpc.Server, int, health.HealthServicer, Recommender]:
-    """Loads the model, then starts a server whose health turns SERVING once the model is checked."""
+    """Loads the model, then starts a server whose health is SERVING while the feature
+    service answers with the model's schema (checked once before returning)."""
     recommender = load_recommender(artifact_dir, features_target, device=device, threads=threads, max_k=max_k)
     server, bound, health_servicer = create_server(
         [ServiceBinding(InferenceServicer(recommender), inference_pb2_grpc.add_InferenceServiceServicer_to_server, SERVICE_NAME)],
@@ -55,7 +117,9 @@ def create_inference_server(
         port=port,
         max_workers=max_workers,
     )
-    set_serving(health_servicer, [SERVICE_NAME], serving=True)
+    watch = FeatureWatch(recommender.features, health_servicer, health_interval_s)
+    watch.check()
+    watch.start()
     return server, bound, health_servicer, recommender
 
 

@@ -71,8 +71,11 @@ def data_split(interactions: str, out_dir: str) -> None:
 @click.option("--seed", type=int, help="Random seed.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="TOML or JSON file of training settings (see trainer/train.py TrainConfig).")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out (OUT.ckpt) after a crash.")
+@click.option("--forget-users", type=click.Path(exists=True, dir_okay=False),
+              help="File from `recsys features forgotten`: leave those users out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(interactions, users, items, model, out, epochs, seed, config_file, quiet) -> None:
+def train(interactions, users, items, model, out, epochs, seed, config_file, resume, forget_users, quiet) -> None:
     """Train a model and export it as an artifact directory."""
     from recsys.config import load_config
     from trainer.export import ExportError
@@ -84,7 +87,8 @@ def train(interactions, users, items, model, out, epochs, seed, config_file, qui
             TrainConfig, file=config_file, env_prefix="RECSYS_TRAIN_",
             overrides={"model": model, "epochs": epochs, "seed": seed},
         )
-        train_and_export(interactions, out, cfg, users=users, items=items, progress=not quiet)
+        train_and_export(interactions, out, cfg, users=users, items=items, progress=not quiet, resume=resume,
+                         forget_users=forget_users)
     except (ValueError, ExportError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -94,19 +98,54 @@ def train(interactions, users, items, model, out, epochs, seed, config_file, qui
 @click.option("--test", "test_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Table of user_id,item_id rows to predict.")
 @click.option("--k", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--protocol", default="full", show_default=True, type=click.Choice(["full", "sampled"]),
+              help="Rank against every unseen item, or against --negatives sampled ones.")
+@click.option("--negatives", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--sampling", default="uniform", show_default=True, type=click.Choice(["uniform", "popularity"]))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
-def evaluate(artifact, test_path, k, as_json) -> None:
-    """Full-ranking evaluation of an artifact's ONNX model (seen items excluded)."""
+def evaluate(artifact, test_path, k, protocol, negatives, sampling, as_json) -> None:
+    """Offline evaluation of an artifact's ONNX model (seen items excluded)."""
     from trainer.evaluate import evaluate_artifact
 
     try:
-        result = evaluate_artifact(artifact, test_path, k=k)
+        result = evaluate_artifact(artifact, test_path, k=k, protocol=protocol, negatives=negatives, sampling=sampling)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     for key, value in result.items():
-        click.echo(f"{key:>16}  {value:.4f}" if isinstance(value, float) else f"{key:>16}  {value}")
+        click.echo(f"{key:>26}  {value:.4f}" if isinstance(value, float) else f"{key:>26}  {value}")
     if as_json:
         click.echo(json.dumps(result))
+
+
+@main.command()
+@click.option("--interactions", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Training table; split leave-last-out when --test is not given.")
+@click.option("--test", "test_path", type=click.Path(exists=True, dir_okay=False), help="user_id,item_id rows to predict.")
+@click.option("--users", type=click.Path(exists=True, dir_okay=False))
+@click.option("--items", type=click.Path(exists=True, dir_okay=False))
+@click.option("--models", default="sasrec,gru4rec,caser", show_default=True, help="Comma-separated model names.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for artifacts, compare.json and compare.png.")
+@click.option("--epochs", type=int)
+@click.option("--seed", type=int)
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--quiet", is_flag=True)
+def compare(interactions, test_path, users, items, models, out, epochs, seed, config_file, k, quiet) -> None:
+    """Train several models on one split, evaluate each, print a table, write a plot."""
+    from recsys.config import load_config
+    from trainer.compare import compare_models
+    from trainer.train import TrainConfig
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODEL_NAMES]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown model(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(MODEL_NAMES)}",
+                                 param_hint="--models")
+    try:
+        cfg = load_config(TrainConfig, file=config_file, env_prefix="RECSYS_TRAIN_", overrides={"epochs": epochs, "seed": seed})
+        compare_models(interactions, names, out, cfg, test=test_path, users=users, items=items, k=k, progress=not quiet)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()
@@ -114,10 +153,14 @@ def serve() -> None:
     """Run the gRPC services."""
 
 
+STORE_HELP = ("Online store URL: sqlite://PATH (embedded, persistent; sqlite:///abs/path for an absolute path), "
+              "redis://HOST:PORT/DB (shared) or memory:// (lost on exit); ?max_events=N bounds each history.")
+
+
 @serve.command("features")
-@click.option("--artifact", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--store", default="sqlite://recsys-features.sqlite", show_default=True,
-              help="Online store URL: sqlite://PATH (embedded, persistent; sqlite:///abs/path for an absolute path) or memory:// (lost on exit).")
+@click.option("--artifact", type=click.Path(exists=True, file_okay=False),
+              help="Load this artifact first (idempotent); without it, serve what the store was last loaded with.")
+@click.option("--store", default="sqlite://recsys-features.sqlite", show_default=True, help=STORE_HELP)
 @click.option("--host", default="[::]", show_default=True)
 @click.option("--port", default=DEFAULT_FEATURES_PORT, show_default=True, type=int)
 @click.option("-v", "--verbose", is_flag=True)
@@ -125,12 +168,79 @@ def serve_features(artifact, store, host, port, verbose) -> None:
     """Serve user and item features (and record events) from an online store."""
     _logging(verbose)
     from feature_service.server import serve as run
+    from feature_service.stores import StoreUnavailable
     from recsys.errors import RecsysError
 
     try:
         run(artifact, store, host, port)
-    except (ValueError, RecsysError) as exc:
+    except (ValueError, RecsysError, StoreUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.group()
+def features() -> None:
+    """Manage the online feature store: load artifacts, forget users."""
+
+
+def _open_store(url: str):
+    from feature_service.stores import StoreUnavailable, open_store
+
+    try:
+        return open_store(url)
+    except (ValueError, StoreUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@features.command("load")
+@click.option("--artifact", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--store", required=True, help=STORE_HELP)
+def features_load(artifact, store) -> None:
+    """Write an artifact's users, items and histories into a store (idempotent); print what was written."""
+    from feature_service.loader import load_artifact
+    from feature_service.stores import StoreUnavailable
+    from recsys.errors import RecsysError
+
+    with _open_store(store) as opened:
+        try:
+            report = load_artifact(opened, artifact)
+        except (RecsysError, StoreUnavailable) as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(report.to_dict()))
+
+
+@features.command("forget")
+@click.option("--store", required=True, help=STORE_HELP)
+@click.argument("user_ids", nargs=-1, required=True)
+def features_forget(store, user_ids) -> None:
+    """Delete everything the store holds about USER_IDS and keep their tombstones."""
+    from feature_service.stores import StoreUnavailable
+
+    with _open_store(store) as opened:
+        for user_id in user_ids:
+            try:
+                found = opened.forget_user(user_id)
+            except StoreUnavailable as exc:
+                raise click.ClickException(str(exc)) from None
+            click.echo(json.dumps({"user_id": user_id, "found": found}))
+
+
+@features.command("forgotten")
+@click.option("--store", required=True, help=STORE_HELP)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="JSON lines {user_id, forgotten_at} for the trainer to leave out.")
+def features_forgotten(store, out) -> None:
+    """Write the users the store has forgotten (tombstones), for the next export to leave out."""
+    from feature_service.stores import StoreUnavailable
+
+    with _open_store(store) as opened:
+        try:
+            forgotten = opened.forgotten_users()
+        except StoreUnavailable as exc:
+            raise click.ClickException(str(exc)) from None
+    with open(out, "w", encoding="utf-8") as f:
+        for user_id, at in sorted(forgotten.items()):
+            f.write(json.dumps({"user_id": user_id, "forgotten_at": at}, ensure_ascii=False) + "\n")
+    click.echo(f"{len(forgotten)} forgotten users written to {out}")
 
 
 @serve.command("inference")

@@ -53,3 +53,22 @@ def training_windows(
         empty = np.zeros((0, max_len), dtype=np.int64)
         return empty, empty
     return np.stack(inputs), np.stack(targets)
+
+
+def bucketed_batches(
+    inputs: np.ndarray, targets: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Batches of windows of similar length, each trimmed of its all-padding left columns.
+
+    Windows are sorted by their number of targets (random order among equals), cut into
+    batches, and the batches shuffled; every model here ignores left padding, so trimming
+    changes no result, only the work: with long `max_len` most short windows are padding.
+    """
+    lengths = (targets != PAD).sum(axis=1)
+    order = np.lexsort((rng.random(len(lengths)), lengths))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(int(lengths[idx].max()), 1)
+        batches.append((inputs[idx, -width:], targets[idx, -width:]))
+    return [batches[i] for i in rng.permutation(len(batches))]

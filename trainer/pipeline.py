@@ -5,6 +5,7 @@ Only glue lives here; each step is a function of its own module.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +20,12 @@ from trainer.export import ExportInputs, export_artifact
 from trainer.train import TrainConfig, fit
 
 __all__ = ["build_item_index", "encode_histories", "train_and_export"]
+
+
+def read_forgotten(path: str | Path) -> set[str]:
+    """User ids from a `recsys features forgotten` file (one JSON object per line)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return {json.loads(line)["user_id"] for line in lines if line.strip()}
 
 
 def build_item_index(interactions: pd.DataFrame, items: pd.DataFrame | None) -> ItemIndex:
@@ -73,14 +80,23 @@ def train_and_export(
     progress: bool = True,
     resume: bool = False,
     checkpoint_dir: str | Path | None = None,
+    forget_users: str | Path | None = None,
     log=print,
 ) -> Manifest:
     """Trains `cfg.model` on the tables and writes the artifact to `out_dir`.
 
     The training state is checkpointed every epoch into `checkpoint_dir` (default: `<out_dir>.ckpt`
-    beside the artifact); `resume=True` continues an interrupted run from there.
+    beside the artifact); `resume=True` continues an interrupted run from there. `forget_users`
+    is a file from `recsys features forgotten`: those users are left out of training and export.
     """
     tables = load_tables(interactions, users, items)
+    if forget_users:
+        gone = read_forgotten(forget_users)
+        before = len(tables.interactions)
+        tables.interactions = tables.interactions[~tables.interactions["user_id"].isin(gone)].reset_index(drop=True)
+        if tables.users is not None:
+            tables.users = tables.users[~tables.users["user_id"].isin(gone)]
+        log(f"left out {len(gone)} forgotten user(s): {before - len(tables.interactions)} interactions")
     log(tables.report.summary())
     index = build_item_index(tables.interactions, tables.items)
     _, sequences = encode_histories(tables.interactions, index)

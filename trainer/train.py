@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from recsys.schema import FIRST_TOKEN
-from trainer.batches import last_window, training_windows
+from trainer.batches import bucketed_batches, last_window, training_windows
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.losses import LOSSES, NegativeSampler, next_item_loss
 from trainer.metrics import rank_of_targets, ranking_metrics
@@ -224,12 +224,10 @@ def fit(
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch)
         inputs, targets = training_windows(train_seqs, cfg.max_len, rng)
-        order = torch.from_numpy(rng.permutation(len(inputs)))
-        inputs_t, targets_t = torch.from_numpy(inputs), torch.from_numpy(targets)
         total, steps, tick = 0.0, 0, time.perf_counter()
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            loss = next_item_loss(model, inputs_t[idx], targets_t[idx], loss=cfg.loss, sampler=sampler, negatives=cfg.negatives)
+        for batch_inputs, batch_targets in bucketed_batches(inputs, targets, cfg.batch_size, rng):
+            loss = next_item_loss(model, torch.from_numpy(batch_inputs), torch.from_numpy(batch_targets),
+                                  loss=cfg.loss, sampler=sampler, negatives=cfg.negatives)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

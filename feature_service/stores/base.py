@@ -1,6 +1,6 @@
 """The online feature store contract: a tiny ABC that every backend implements the same way.
 
-Every backend (memory, SQLite, later Redis) passes the one contract suite in
+Every backend (memory, SQLite, Redis) passes the one contract suite in
 tests/feature_service/test_store_contract.py. The rules it checks:
 
 - **Lookups answer in request order**, one entry per requested id (duplicates included), with
@@ -8,15 +8,24 @@ tests/feature_service/test_store_contract.py. The rules it checks:
 - **History** is a user's events ordered by timestamp, ties by insertion order (an event recorded
   later with an older timestamp is placed by its timestamp), oldest first; `get_users` returns
   only the last `max_history` of them (`0` gives an empty history).
+- **Bounded history**: a store keeps each user's newest `max_events` events (by the same order)
+  and drops older ones as new ones arrive. An event older than everything a full history holds
+  is accepted (counted as recorded) and dropped at once.
 - **Idempotent events**: an event is a duplicate, and is neither stored nor remembered, when its
-  non-empty `event_id` was already stored, or when an event with the same
-  `(user_id, item_id, timestamp)` was. Loading the same artifact twice therefore writes nothing.
+  non-empty `event_id` is held, or when an event with the same `(user_id, item_id, timestamp)`
+  is. Only held events count: one dropped by the bound, or forgotten, is forgotten entirely.
+  Loading the same artifact twice therefore writes nothing.
 - **Feature rows are replaced, not merged**; writing a row equal to the stored one is a no-op
   (not counted, `updated_at` kept). Values must be JSON-serialisable plain values.
 - `updated_at` is the store clock's unix seconds at the last write that changed the entity
   (a feature row change, or a newly recorded event for users).
+- **Forgetting** a user deletes its feature row, events and event ids, and records a tombstone
+  (user id and time) that `forgotten_users` lists: the loader skips tombstoned users, and the
+  trainer reads the list to leave them out of the next export. Events recorded for the user
+  after it was forgotten are kept (the user came back); the tombstone stays.
 - Backends raise `StoreUnavailable` for their own failures (disk, network, a closed store), so
   callers map exactly one exception type; anything else is a bug and propagates as is.
+  `ping` raises it too, and succeeds again once the backend is back (no reopening needed).
 - Methods are safe to call from many threads at once; a batch write is atomic.
 """
 
@@ -26,9 +35,23 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl
 
-__all__ = ["Event", "ItemRecord", "Store", "StoreUnavailable", "UserRecord", "features_json"]
+__all__ = [
+    "MAX_EVENTS",
+    "Event",
+    "ItemRecord",
+    "Store",
+    "StoreUnavailable",
+    "UserRecord",
+    "features_json",
+    "split_options",
+]
+
+# Default bound on a user's held events: what the inference server asks for to exclude seen items.
+MAX_EVENTS = 1000
 
 
 class StoreUnavailable(Exception):
@@ -47,20 +70,32 @@ class Event:
 
 @dataclass(frozen=True)
 class UserRecord:
-    """A user's features and most recent events, oldest first (aligned lists)."""
+    """A user's features and most recent events, oldest first (aligned lists).
+
+    Features come as the stored canonical JSON text; `features` parses it on first use, so a
+    server that renders the text straight to the wire (cached by text) never parses it.
+    """
 
     user_id: str
-    features: dict[str, Any]
+    features_json: str
     history: list[str] = field(default_factory=list)
     history_timestamps: list[int] = field(default_factory=list)
     updated_at: int = 0
+
+    @cached_property
+    def features(self) -> dict[str, Any]:
+        return json.loads(self.features_json)
 
 
 @dataclass(frozen=True)
 class ItemRecord:
     item_id: str
-    features: dict[str, Any]
+    features_json: str
     updated_at: int = 0
+
+    @cached_property
+    def features(self) -> dict[str, Any]:
+        return json.loads(self.features_json)
 
 
 def features_json(features: dict[str, Any]) -> str:
@@ -68,16 +103,46 @@ def features_json(features: dict[str, Any]) -> str:
     return json.dumps(features, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def split_options(url: str, known: dict[str, type]) -> tuple[str, dict[str, Any]]:
+    """`"x://a?max_events=5&b=1"` -> `("x://a?b=1", {"max_events": 5})` for the `known` options.
+
+    Options other than `known` stay in the URL (a backend's client may read them);
+    `ValueError` for a known option whose value does not convert.
+    """
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url, {}
+    options: dict[str, Any] = {}
+    rest = []
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in known:
+            rest.append(f"{key}={value}")
+            continue
+        try:
+            options[key] = known[key](value)
+        except ValueError:
+            raise ValueError(f"store URL option {key}={value!r} is not a valid {known[key].__name__}") from None
+    return base + ("?" + "&".join(rest) if rest else ""), options
+
+
 class Store(ABC):
-    """Users (features + event history), items (features) and a small key/value meta table."""
+    """Users (features + event history), items (features), tombstones and a key/value meta table."""
 
     # Whether data survives close() and a fresh open of the same URL.
     persistent: ClassVar[bool] = False
 
+    def __init__(self, max_events: int = MAX_EVENTS) -> None:
+        if max_events < 1:
+            raise ValueError(f"max_events must be >= 1, got {max_events}")
+        self.max_events = max_events
+
     @classmethod
     @abstractmethod
     def from_url(cls, url: str) -> Store:
-        """Opens the store a URL names (`memory://`, `sqlite:///abs/path.db`, ...)."""
+        """Opens the store a URL names (`memory://`, `sqlite:///abs/path.db`, `redis://host:port/0`).
+
+        Every backend takes `?max_events=N` (default `MAX_EVENTS`).
+        """
 
     @abstractmethod
     def get_users(self, user_ids: Sequence[str], max_history: int) -> list[UserRecord | None]:
@@ -106,12 +171,28 @@ class Store(ABC):
         """
 
     @abstractmethod
+    def forget_user(self, user_id: str) -> bool:
+        """Deletes everything held about `user_id` and records its tombstone, atomically.
+
+        Returns whether anything was held (a feature row or events). Forgetting an unknown
+        user still records the tombstone: an artifact loaded later may hold the user.
+        """
+
+    @abstractmethod
+    def forgotten_users(self) -> dict[str, int]:
+        """Tombstones: user id -> unix seconds it was (last) forgotten."""
+
+    @abstractmethod
     def get_meta(self, key: str) -> str | None:
         """The value last set for `key`, or `None`."""
 
     @abstractmethod
     def set_meta(self, key: str, value: str) -> None:
         """Sets `key` (e.g. the schema hash of the last artifact loaded)."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Returns when the backend answers; `StoreUnavailable` otherwise (health checks)."""
 
     @abstractmethod
     def close(self) -> None:

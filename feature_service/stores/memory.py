@@ -1,26 +1,27 @@
 """The in-memory twin of the store contract: for tests and single-process demos, not durable.
 
-Feature rows are kept as canonical JSON text, exactly as the SQLite backend keeps them, so the
-two behave alike (tuples come back as lists, non-JSON values are refused on write, equal rows
+Feature rows are kept as canonical JSON text, exactly as the other backends keep them, so they
+behave alike (tuples come back as lists, non-JSON values are refused on write, equal rows
 compare equal). One lock serialises every call.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from feature_service.stores.base import (
+    MAX_EVENTS,
     Event,
     ItemRecord,
     Store,
     StoreUnavailable,
     UserRecord,
     features_json,
+    split_options,
 )
 
 __all__ = ["MemoryStore"]
@@ -28,27 +29,38 @@ __all__ = ["MemoryStore"]
 SCHEME = "memory"
 
 
+class _History:
+    """One user's held events, sorted by (timestamp, seq); seq (insertion order) breaks ties."""
+
+    __slots__ = ("events", "keys")
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, int, str, str]] = []  # (timestamp, seq, item_id, event_id)
+        self.keys: set[tuple[str, int]] = set()  # (item_id, timestamp) of held events
+
+
 class MemoryStore(Store):
     persistent = False
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time, max_events: int = MAX_EVENTS) -> None:
+        super().__init__(max_events)
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False
         self._users: dict[str, tuple[str, int]] = {}  # user_id -> (features json, updated_at)
         self._items: dict[str, tuple[str, int]] = {}
-        # user_id -> sorted [(timestamp, seq, item_id)]; seq (global insertion order) breaks ties.
-        self._events: dict[str, list[tuple[int, int, str]]] = {}
+        self._histories: dict[str, _History] = {}
+        self._event_ids: dict[str, str] = {}  # event_id -> user_id, for held events
         self._seq = 0
-        self._event_ids: set[str] = set()
-        self._event_keys: set[tuple[str, str, int]] = set()
+        self._forgotten: dict[str, int] = {}
         self._meta: dict[str, str] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
-        if url not in (f"{SCHEME}://", f"{SCHEME}:"):
-            raise ValueError(f"memory store URL takes no path or options: {url!r} (use 'memory://')")
-        return cls()
+        base, options = split_options(url, {"max_events": int})
+        if base not in (f"{SCHEME}://", f"{SCHEME}:"):
+            raise ValueError(f"memory store URL takes no path: {url!r} (use 'memory://')")
+        return cls(**options)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -65,13 +77,14 @@ class MemoryStore(Store):
                 if row is None:
                     out.append(None)
                     continue
-                recent = self._events.get(uid, [])[-max_history:] if max_history else []
+                history = self._histories.get(uid)
+                recent = history.events[-max_history:] if history and max_history else []
                 out.append(
                     UserRecord(
                         user_id=uid,
-                        features=json.loads(row[0]),
-                        history=[item for _, _, item in recent],
-                        history_timestamps=[ts for ts, _, _ in recent],
+                        features_json=row[0],
+                        history=[e[2] for e in recent],
+                        history_timestamps=[e[0] for e in recent],
                         updated_at=row[1],
                     )
                 )
@@ -83,7 +96,7 @@ class MemoryStore(Store):
             self._check_open()
             for iid in item_ids:
                 row = self._items.get(iid)
-                out.append(None if row is None else ItemRecord(iid, json.loads(row[0]), row[1]))
+                out.append(None if row is None else ItemRecord(iid, row[0], row[1]))
         return out
 
     def put_users(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
@@ -109,21 +122,52 @@ class MemoryStore(Store):
     def append_events(self, events: Sequence[Event]) -> tuple[int, int]:
         now = int(self._clock())
         recorded = 0
+        touched: set[str] = set()
         with self._lock:
             self._check_open()
             for e in events:
-                key = (e.user_id, e.item_id, e.timestamp)
-                if key in self._event_keys or (e.event_id and e.event_id in self._event_ids):
+                history = self._histories.setdefault(e.user_id, _History())
+                key = (e.item_id, e.timestamp)
+                if key in history.keys or (e.event_id and e.event_id in self._event_ids):
                     continue
-                self._event_keys.add(key)
+                history.keys.add(key)
                 if e.event_id:
-                    self._event_ids.add(e.event_id)
+                    self._event_ids[e.event_id] = e.user_id
                 self._seq += 1
-                bisect.insort(self._events.setdefault(e.user_id, []), (e.timestamp, self._seq, e.item_id))
-                features = self._users.get(e.user_id, ("{}", now))[0]
-                self._users[e.user_id] = (features, now)
+                bisect.insort(history.events, (e.timestamp, self._seq, e.item_id, e.event_id))
+                touched.add(e.user_id)
                 recorded += 1
+            for uid in touched:
+                self._users[uid] = (self._users.get(uid, ("{}", now))[0], now)
+                self._trim(self._histories[uid])
         return recorded, len(events) - recorded
+
+    def _trim(self, history: _History) -> None:
+        excess = len(history.events) - self.max_events
+        if excess <= 0:
+            return
+        for ts, _, item, event_id in history.events[:excess]:
+            history.keys.discard((item, ts))
+            self._event_ids.pop(event_id, None)
+        del history.events[:excess]
+
+    def forget_user(self, user_id: str) -> bool:
+        now = int(self._clock())
+        with self._lock:
+            self._check_open()
+            held = self._users.pop(user_id, None) is not None
+            history = self._histories.pop(user_id, None)
+            if history is not None:
+                held = held or bool(history.events)
+                for event in history.events:
+                    self._event_ids.pop(event[3], None)
+            self._forgotten[user_id] = now
+        return held
+
+    def forgotten_users(self) -> dict[str, int]:
+        with self._lock:
+            self._check_open()
+            return dict(self._forgotten)
 
     def get_meta(self, key: str) -> str | None:
         with self._lock:
@@ -134,6 +178,10 @@ class MemoryStore(Store):
         with self._lock:
             self._check_open()
             self._meta[key] = value
+
+    def ping(self) -> None:
+        with self._lock:
+            self._check_open()
 
     def close(self) -> None:
         with self._lock:

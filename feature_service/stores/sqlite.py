@@ -2,20 +2,23 @@
 
 Tables: `users(user_id, features, updated_at)`, `items(...)` with features as canonical JSON;
 `events(user_id, item_id, ts, event_id)` where the rowid is the insertion order that breaks
-timestamp ties; `meta(key, value)`. Two unique indexes make duplicates free to detect:
-`(user_id, ts, item_id)`, which also serves the newest-first history scan, and `event_id`
-(where not NULL). `INSERT OR IGNORE` then counts recorded events through the row count.
+timestamp ties; `forgotten(user_id, forgotten_at)` tombstones; `meta(key, value)`. Indexes:
+`(user_id, ts)`, whose implicit rowid tail gives the newest-first history scan (and the trim of
+a user's oldest events) without a sort; unique `(user_id, item_id, ts)` and unique `event_id`
+(where not NULL) make duplicates free to detect, so `INSERT OR IGNORE` counts recorded events
+through the row count.
 
 Threads share one connection behind one lock. Measured against a connection per thread (WAL
 lets readers run in parallel) on this project's 2-core machines, the shared connection was as
 fast for gRPC-sized reads (each one is tens of microseconds, shorter than the lock hand-off),
 needs no busy-timeout retries between writers, and closes in one place.
-`synchronous=NORMAL`: a commit survives a process crash; a power cut may lose the last ones.
+Durability: `synchronous=NORMAL` (the default) makes a commit survive a crash or SIGKILL of the
+process (the WAL is written before the commit returns); `?synchronous=FULL` also survives a
+power cut, at the cost of an fsync per write.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -25,19 +28,22 @@ from pathlib import Path
 from typing import Any
 
 from feature_service.stores.base import (
+    MAX_EVENTS,
     Event,
     ItemRecord,
     Store,
     StoreUnavailable,
     UserRecord,
     features_json,
+    split_options,
 )
 
 __all__ = ["SqliteStore"]
 
 SCHEME = "sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's variable limit
+_SYNCHRONOUS = ("NORMAL", "FULL")
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS users (
@@ -49,8 +55,13 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE TABLE IF NOT EXISTS events (
     user_id TEXT NOT NULL, item_id TEXT NOT NULL, ts INTEGER NOT NULL, event_id TEXT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_user ON events(user_id, ts, item_id);
+DROP INDEX IF EXISTS events_by_user;
+CREATE INDEX IF NOT EXISTS events_by_user_time ON events(user_id, ts);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_key ON events(user_id, item_id, ts);
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events(event_id) WHERE event_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS forgotten (
+    user_id TEXT PRIMARY KEY, forgotten_at INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
@@ -66,7 +77,17 @@ WHERE features IS NOT excluded.features
 class SqliteStore(Store):
     persistent = True
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_events: int = MAX_EVENTS,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        super().__init__(max_events)
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}")
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
@@ -75,7 +96,7 @@ class SqliteStore(Store):
             # Autocommit mode: transactions are opened explicitly in _write().
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
             conn.execute("PRAGMA busy_timeout=5000")  # other processes on the same file
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:
@@ -91,11 +112,15 @@ class SqliteStore(Store):
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
-        """`sqlite:///abs/path.db` (absolute) or `sqlite://relative.db` (from the working dir)."""
+        """`sqlite:///abs/path.db` (absolute) or `sqlite://relative.db` (from the working dir).
+
+        Options: `?max_events=N`, `?synchronous=NORMAL|FULL`.
+        """
+        base, options = split_options(url, {"max_events": int, "synchronous": str})
         prefix = f"{SCHEME}://"
-        if not url.startswith(prefix) or not url[len(prefix) :]:
+        if not base.startswith(prefix) or not base[len(prefix) :] or "?" in base:
             raise ValueError(f"sqlite store URL needs a path: {url!r} (e.g. 'sqlite:///var/lib/recsys/features.db')")
-        return cls(url[len(prefix) :])
+        return cls(base[len(prefix) :], **options)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -128,7 +153,8 @@ class SqliteStore(Store):
             for uid in rows:
                 recent = (
                     conn.execute(
-                        "SELECT item_id, ts FROM events WHERE user_id = ? ORDER BY ts DESC, rowid DESC LIMIT ?",
+                        "SELECT item_id, ts FROM events INDEXED BY events_by_user_time"
+                        " WHERE user_id = ? ORDER BY ts DESC, rowid DESC LIMIT ?",
                         (uid, max_history),
                     ).fetchall()
                     if max_history
@@ -143,14 +169,14 @@ class SqliteStore(Store):
                 out.append(None)
             else:
                 history, stamps = histories[uid]
-                out.append(UserRecord(uid, json.loads(row[0]), list(history), list(stamps), row[1]))
+                out.append(UserRecord(uid, row[0], list(history), list(stamps), row[1]))
         return out
 
     def get_items(self, item_ids: Sequence[str]) -> list[ItemRecord | None]:
         with self._read() as conn:
             rows = self._rows(conn, "items", "item_id", item_ids)
         return [
-            None if (row := rows.get(iid)) is None else ItemRecord(iid, json.loads(row[0]), row[1])
+            None if (row := rows.get(iid)) is None else ItemRecord(iid, row[0], row[1])
             for iid in item_ids
         ]
 
@@ -193,13 +219,37 @@ class SqliteStore(Store):
                 "INSERT OR IGNORE INTO events(user_id, item_id, ts, event_id) VALUES (?, ?, ?, ?)", rows
             ).rowcount
             if recorded:
-                conn.execute(
-                    "INSERT INTO users(user_id, features, updated_at)"
-                    " SELECT DISTINCT user_id, '{}', ? FROM events WHERE rowid > ?"
+                touched = [
+                    uid for (uid,) in conn.execute("SELECT DISTINCT user_id FROM events WHERE rowid > ?", (before,))
+                ]
+                conn.executemany(
+                    "INSERT INTO users(user_id, features, updated_at) VALUES (?, '{}', ?)"
                     " ON CONFLICT(user_id) DO UPDATE SET updated_at = excluded.updated_at",
-                    (now, before),
+                    [(uid, now) for uid in touched],
+                )
+                # Keep each user's newest max_events (the same order as the history scan).
+                conn.executemany(
+                    "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events INDEXED BY events_by_user_time"
+                    " WHERE user_id = ? ORDER BY ts DESC, rowid DESC LIMIT -1 OFFSET ?)",
+                    [(uid, self.max_events) for uid in touched],
                 )
         return recorded, len(events) - recorded
+
+    def forget_user(self, user_id: str) -> bool:
+        now = int(self._clock())
+        with self._write() as conn:
+            held = conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,)).rowcount
+            held += conn.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+            conn.execute(
+                "INSERT INTO forgotten(user_id, forgotten_at) VALUES (?, ?)"
+                " ON CONFLICT(user_id) DO UPDATE SET forgotten_at = excluded.forgotten_at",
+                (user_id, now),
+            )
+        return held > 0
+
+    def forgotten_users(self) -> dict[str, int]:
+        with self._read() as conn:
+            return dict(conn.execute("SELECT user_id, forgotten_at FROM forgotten").fetchall())
 
     def get_meta(self, key: str) -> str | None:
         with self._read() as conn:
@@ -212,6 +262,10 @@ class SqliteStore(Store):
                 "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
         with self._lock:

@@ -93,6 +93,57 @@ class RecordInteractionsResponse(_message.Message):
     duplicates: int
     def __init__(self, recorded: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
+class FeatureRow(_message.Message):
+    __slots__ = ("id", "features")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _types_pb2.FeatureValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_types_pb2.FeatureValue, _Mapping]] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    features: _containers.MessageMap[str, _types_pb2.FeatureValue]
+    def __init__(self, id: _Optional[str] = ..., features: _Optional[_Mapping[str, _types_pb2.FeatureValue]] = ...) -> None: ...
+
+class UpdateUserFeaturesRequest(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[FeatureRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[FeatureRow, _Mapping]]] = ...) -> None: ...
+
+class UpdateUserFeaturesResponse(_message.Message):
+    __slots__ = ("updated",)
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    updated: int
+    def __init__(self, updated: _Optional[int] = ...) -> None: ...
+
+class UpdateItemFeaturesRequest(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[FeatureRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[FeatureRow, _Mapping]]] = ...) -> None: ...
+
+class UpdateItemFeaturesResponse(_message.Message):
+    __slots__ = ("updated",)
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    updated: int
+    def __init__(self, updated: _Optional[int] = ...) -> None: ...
+
+class ForgetUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ForgetUserResponse(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
 class GetSchemaRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -50,6 +50,21 @@ class FeatureServiceStub:
                 request_serializer=recsys_dot_v1_dot_features__pb2.RecordInteractionsRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_features__pb2.RecordInteractionsResponse.FromString,
                 _registered_method=True)
+        self.UpdateUserFeatures = channel.unary_unary(
+                '/recsys.v1.FeatureService/UpdateUserFeatures',
+                request_serializer=recsys_dot_v1_dot_features__pb2.UpdateUserFeaturesRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_features__pb2.UpdateUserFeaturesResponse.FromString,
+                _registered_method=True)
+        self.UpdateItemFeatures = channel.unary_unary(
+                '/recsys.v1.FeatureService/UpdateItemFeatures',
+                request_serializer=recsys_dot_v1_dot_features__pb2.UpdateItemFeaturesRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_features__pb2.UpdateItemFeaturesResponse.FromString,
+                _registered_method=True)
+        self.ForgetUser = channel.unary_unary(
+                '/recsys.v1.FeatureService/ForgetUser',
+                request_serializer=recsys_dot_v1_dot_features__pb2.ForgetUserRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_features__pb2.ForgetUserResponse.FromString,
+                _registered_method=True)
         self.GetSchema = channel.unary_unary(
                 '/recsys.v1.FeatureService/GetSchema',
                 request_serializer=recsys_dot_v1_dot_features__pb2.GetSchemaRequest.SerializeToString,
@@ -76,7 +91,29 @@ class FeatureServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordInteractions(self, request, context):
-        """Appends behaviour events to users' histories.
+        """Appends behaviour events to users' histories; durable once it returns OK.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateUserFeatures(self, request, context):
+        """Replaces the feature rows of a batch of users (their histories are kept).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateItemFeatures(self, request, context):
+        """Replaces the feature rows of a batch of items.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetUser(self, request, context):
+        """Deletes everything held about a user and keeps a tombstone, so that reloading an
+        artifact does not bring the user back and the next export can leave the user out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,6 +143,21 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.RecordInteractions,
                     request_deserializer=recsys_dot_v1_dot_features__pb2.RecordInteractionsRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_features__pb2.RecordInteractionsResponse.SerializeToString,
+            ),
+            'UpdateUserFeatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateUserFeatures,
+                    request_deserializer=recsys_dot_v1_dot_features__pb2.UpdateUserFeaturesRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_features__pb2.UpdateUserFeaturesResponse.SerializeToString,
+            ),
+            'UpdateItemFeatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateItemFeatures,
+                    request_deserializer=recsys_dot_v1_dot_features__pb2.UpdateItemFeaturesRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_features__pb2.UpdateItemFeaturesResponse.SerializeToString,
+            ),
+            'ForgetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetUser,
+                    request_deserializer=recsys_dot_v1_dot_features__pb2.ForgetUserRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_features__pb2.ForgetUserResponse.SerializeToString,
             ),
             'GetSchema': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSchema,
@@ -195,6 +247,87 @@ class FeatureService:
             '/recsys.v1.FeatureService/RecordInteractions',
             recsys_dot_v1_dot_features__pb2.RecordInteractionsRequest.SerializeToString,
             recsys_dot_v1_dot_features__pb2.RecordInteractionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateUserFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.FeatureService/UpdateUserFeatures',
+            recsys_dot_v1_dot_features__pb2.UpdateUserFeaturesRequest.SerializeToString,
+            recsys_dot_v1_dot_features__pb2.UpdateUserFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateItemFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.FeatureService/UpdateItemFeatures',
+            recsys_dot_v1_dot_features__pb2.UpdateItemFeaturesRequest.SerializeToString,
+            recsys_dot_v1_dot_features__pb2.UpdateItemFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.FeatureService/ForgetUser',
+            recsys_dot_v1_dot_features__pb2.ForgetUserRequest.SerializeToString,
+            recsys_dot_v1_dot_features__pb2.ForgetUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from feature_service.loader import load_artifact
+from feature_service.loader import load_artifact, stored_schema
 from feature_service.stores import MemoryStore
 from recsys.artifact import HISTORIES, ITEMS, USERS
 from recsys.errors import FailedPrecondition
@@ -61,3 +61,31 @@ def test_bad_feature_file_writes_nothing(artifact_dir: Path) -> None:
         with pytest.raises(FailedPrecondition):
             load_artifact(store, artifact_dir)
         assert store.get_users(["u1"], 10) == [None] and store.get_items(["i1"]) == [None]
+
+
+def test_forgotten_users_are_not_loaded_back(artifact_dir: Path) -> None:
+    with MemoryStore() as store:
+        store.forget_user("u1")
+        report = load_artifact(store, artifact_dir)
+        assert (report.users_written, report.events_recorded, report.forgotten_skipped) == (1, 1, 1)
+        assert "1 forgotten users skipped" in str(report) and report.to_dict()["forgotten_skipped"] == 1
+        assert store.get_users(["u1", "u2", "u3"], 10)[0] is None
+
+
+def test_only_the_newest_events_a_store_keeps_are_loaded(artifact_dir: Path) -> None:
+    with MemoryStore(max_events=2) as store:
+        assert load_artifact(store, artifact_dir).events_recorded == 3  # u1's newest 2, u2's 1
+        assert store.get_users(["u1"], 10)[0].history == ["i3", "i4"]
+        again = load_artifact(store, artifact_dir)
+        assert (again.events_recorded, again.duplicates) == (0, 3)
+
+
+def test_load_records_the_schema(artifact_dir: Path, schema) -> None:
+    with MemoryStore() as store:
+        with pytest.raises(FailedPrecondition, match="holds no artifact"):
+            stored_schema(store)
+        load_artifact(store, artifact_dir)
+        assert stored_schema(store) == schema
+        store.set_meta("artifact.schema_hash", "0" * 16)
+        with pytest.raises(FailedPrecondition, match="does not match its recorded hash"):
+            stored_schema(store)

@@ -7,6 +7,7 @@ import logging
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,10 +22,18 @@ from recsys.feature_values import from_proto_map
 from recsys.schema import FeatureSchema
 from recsys.v1 import features_pb2, features_pb2_grpc, types_pb2
 
+from .conftest import RedisServer
 
-@pytest.fixture(params=["memory", "sqlite"])
+
+def store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend == "redis":
+        return f"{request.getfixturevalue('redis_url')}?prefix={request.getfixturevalue('redis_prefix')}"
+    return "memory://" if backend == "memory" else f"sqlite://{tmp_path}/features.db"
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def served(request: pytest.FixtureRequest, artifact_dir: Path, tmp_path: Path) -> Iterator[tuple[int, FeatureServiceCore]]:
-    url = "memory://" if request.param == "memory" else f"sqlite://{tmp_path}/features.db"
+    url = store_url(request.param, request, tmp_path)
     server, port, _health, core = create_feature_server(artifact_dir, url, host="127.0.0.1", max_workers=4)
     yield port, core
     server.stop(None)
@@ -146,6 +155,137 @@ def test_store_failure_is_unavailable(
         stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=["u1"]), timeout=5)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert info.value.details().startswith("feature store unavailable: ")
+
+
+def test_update_features_replaces_rows(stub: features_pb2_grpc.FeatureServiceStub) -> None:
+    rows = [
+        features_pb2.FeatureRow(id="u1", features={"age": types_pb2.FeatureValue(number=25)}),
+        features_pb2.FeatureRow(id="u9", features={"gender": types_pb2.FeatureValue(category="F")}),
+    ]
+    reply = stub.UpdateUserFeatures(features_pb2.UpdateUserFeaturesRequest(rows=rows), timeout=5)
+    assert reply.updated == 2
+    again = stub.UpdateUserFeatures(features_pb2.UpdateUserFeaturesRequest(rows=rows), timeout=5)
+    assert again.updated == 0  # unchanged rows are not writes
+    u1, u9 = stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=["u1", "u9"]), timeout=5).users
+    assert from_proto_map(u1.features) == {"age": 25.0}  # replaced: gender is gone
+    assert list(u1.history) == ["i2", "i3", "i4"]  # events kept
+    assert u9.found and from_proto_map(u9.features) == {"gender": "F"}
+
+    item = features_pb2.FeatureRow(
+        id="i1", features={"title": types_pb2.FeatureValue(text="Toy Story 2"),
+                           "genres": types_pb2.FeatureValue(categories=types_pb2.StringList(values=["Comedy"]))},
+    )
+    assert stub.UpdateItemFeatures(features_pb2.UpdateItemFeaturesRequest(rows=[item]), timeout=5).updated == 1
+    (i1,) = stub.GetItemFeatures(features_pb2.GetItemFeaturesRequest(item_ids=["i1"]), timeout=5).items
+    assert i1.features["title"].text == "Toy Story 2" and i1.updated_at > 0
+
+
+@pytest.mark.parametrize(
+    ("call", "row", "message"),
+    [
+        ("UpdateUserFeatures", features_pb2.FeatureRow(id="u1", features={"height": types_pb2.FeatureValue(number=1)}),
+         r"rows\[1\]: feature 'height' is not in the schema"),
+        ("UpdateUserFeatures", features_pb2.FeatureRow(id="u1", features={"age": types_pb2.FeatureValue(category="x")}),
+         r"rows\[1\]: feature 'age' is numeric"),
+        ("UpdateUserFeatures", features_pb2.FeatureRow(id=""), r"rows\[1\] is empty"),
+        ("UpdateItemFeatures", features_pb2.FeatureRow(id="i1", features={"genres": types_pb2.FeatureValue(text="A")}),
+         r"rows\[1\]: feature 'genres' is multi_categorical"),
+    ],
+)
+def test_bad_feature_rows_write_nothing(
+    stub: features_pb2_grpc.FeatureServiceStub, call: str, row: features_pb2.FeatureRow, message: str
+) -> None:
+    good = features_pb2.FeatureRow(id="new", features={})
+    request_type = getattr(features_pb2, f"{call}Request")
+    with pytest.raises(grpc.RpcError) as info:
+        getattr(stub, call)(request_type(rows=[good, row]), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.search(message, info.value.details()), info.value.details()
+    users = stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=["new"]), timeout=5).users
+    items = stub.GetItemFeatures(features_pb2.GetItemFeaturesRequest(item_ids=["new"]), timeout=5).items
+    assert not users[0].found and not items[0].found
+
+
+def test_forget_user(stub: features_pb2_grpc.FeatureServiceStub, served: tuple[int, FeatureServiceCore]) -> None:
+    assert stub.ForgetUser(features_pb2.ForgetUserRequest(user_id="u1"), timeout=5).found
+    assert not stub.ForgetUser(features_pb2.ForgetUserRequest(user_id="u1"), timeout=5).found
+    (u1,) = stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=["u1"]), timeout=5).users
+    assert not u1.found and not u1.history
+    assert set(served[1].store.forgotten_users()) == {"u1"}
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ForgetUser(features_pb2.ForgetUserRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_forgotten_user_stays_forgotten_across_restart_and_reload(artifact_dir: Path, tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/features.db"
+    server, port, _, core = create_feature_server(artifact_dir, url, host="127.0.0.1")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        features_pb2_grpc.FeatureServiceStub(ch).ForgetUser(features_pb2.ForgetUserRequest(user_id="u1"), timeout=5)
+    server.stop(None)
+    core.close()
+    server, port, _, core = create_feature_server(artifact_dir, url, host="127.0.0.1")  # reloads the artifact
+    try:
+        assert core.store.get_users(["u1", "u2"], 10)[0] is None
+        assert core.store.get_users(["u2"], 10)[0].history == ["i2"]
+    finally:
+        server.stop(None)
+        core.close()
+
+
+def test_serves_the_stored_schema_without_an_artifact(artifact_dir: Path, tmp_path: Path, schema: FeatureSchema) -> None:
+    url = f"sqlite://{tmp_path}/features.db"
+    with pytest.raises(FailedPrecondition, match="holds no artifact: load one first"):
+        create_feature_server(None, url, host="127.0.0.1")
+    server, _, _, core = create_feature_server(artifact_dir, url, host="127.0.0.1")
+    server.stop(None)
+    core.close()
+    server, port, _, core = create_feature_server(None, url, host="127.0.0.1")
+    try:
+        assert core.schema_hash == schema.hash
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            reply = features_pb2_grpc.FeatureServiceStub(ch).GetUserFeatures(
+                features_pb2.GetUserFeaturesRequest(user_ids=["u1"]), timeout=5
+            )
+        assert reply.schema_hash == schema.hash and list(reply.users[0].history) == ["i2", "i3", "i4"]
+    finally:
+        server.stop(None)
+        core.close()
+
+
+def wait_health(channel: grpc.Channel, status: int, timeout_s: float = 5.0) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = stub.Check(health_pb2.HealthCheckRequest(service="recsys.v1.FeatureService"), timeout=5)
+        if reply.status == status:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"health stayed {reply.status}, expected {status}")
+        time.sleep(0.02)
+
+
+def test_store_outage_is_not_serving_and_recovers_by_itself(artifact_dir: Path, redis_server: RedisServer) -> None:
+    server, port, _, core = create_feature_server(
+        artifact_dir, redis_server.url, host="127.0.0.1", health_interval_s=0.05
+    )
+    request = features_pb2.GetUserFeaturesRequest(user_ids=["u1"])
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = features_pb2_grpc.FeatureServiceStub(ch)
+            wait_health(ch, health_pb2.HealthCheckResponse.SERVING)
+            redis_server.kill()
+            wait_health(ch, health_pb2.HealthCheckResponse.NOT_SERVING)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetUserFeatures(request, timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "feature store unavailable" in info.value.details()
+            redis_server.start()
+            wait_health(ch, health_pb2.HealthCheckResponse.SERVING)
+            assert list(stub.GetUserFeatures(request, timeout=5).users[0].history) == ["i2", "i3", "i4"]
+    finally:
+        server.stop(None)
+        core.close()
 
 
 def test_restart_over_persistent_store_loads_nothing_new(

@@ -1,15 +1,20 @@
-"""The one contract every store backend passes (see feature_service/stores/base.py)."""
+"""The one contract every store backend passes (see feature_service/stores/base.py).
+
+The Redis backend runs against a real redis-server (see conftest.py): each test has a key
+prefix of its own, so reopening "the same store" means the same server and prefix.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from feature_service.stores import STORES, MemoryStore, SqliteStore, Store, StoreUnavailable, open_store
-from feature_service.stores.base import Event
+from feature_service.stores import STORES, MemoryStore, RedisStore, SqliteStore, Store, StoreUnavailable, open_store
+from feature_service.stores.base import MAX_EVENTS, Event
 
 
 class Clock:
@@ -20,15 +25,36 @@ class Clock:
         return self.now
 
 
-# name -> opens the backend's store at a path under tmp_path; the same path reopens it.
-FACTORIES: dict[str, Callable[[Path, Clock], Store]] = {
-    "memory": lambda _dir, clock: MemoryStore(clock=clock),
-    "sqlite": lambda dir_, clock: SqliteStore(dir_ / "features.db", clock=clock),
+# name -> opens the backend's store for a test (its tmp_path, or its Redis key prefix);
+# calling it again reopens the same store. Options are the constructor's (max_events).
+Factory = Callable[..., Store]
+
+
+def _memory(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Factory:
+    return lambda **options: MemoryStore(clock=clock, **options)
+
+
+def _sqlite(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Factory:
+    return lambda **options: SqliteStore(tmp_path / "features.db", clock=clock, **options)
+
+
+def _redis(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Factory:
+    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    return lambda **options: RedisStore.from_url(
+        f"{url}?prefix={prefix}" + "".join(f"&{k}={v}" for k, v in options.items()), clock=clock
+    )
+
+
+FACTORIES: dict[type[Store], Callable[[pytest.FixtureRequest, Path, Clock], Factory]] = {
+    MemoryStore: _memory,
+    SqliteStore: _sqlite,
+    RedisStore: _redis,
 }
+BACKENDS = {"memory": MemoryStore, "sqlite": SqliteStore, "redis": RedisStore}
 
 
 def test_every_backend_has_a_factory() -> None:
-    assert set(FACTORIES) == set(STORES)
+    assert set(FACTORIES) == set(STORES.values()) == set(BACKENDS.values())
 
 
 @pytest.fixture
@@ -36,14 +62,19 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=sorted(STORES))
+@pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
 @pytest.fixture
-def store(backend: str, tmp_path: Path, clock: Clock):
-    s = FACTORIES[backend](tmp_path, clock)
+def open_backend(backend: str, request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Factory:
+    return FACTORIES[BACKENDS[backend]](request, tmp_path, clock)
+
+
+@pytest.fixture
+def store(open_backend: Factory) -> Any:
+    s = open_backend()
     yield s
     s.close()
 
@@ -143,27 +174,88 @@ def test_meta(store: Store) -> None:
 
 
 def test_closed_store_is_unavailable(store: Store) -> None:
+    store.ping()
     store.close()
     store.close()  # idempotent
-    with pytest.raises(StoreUnavailable):
-        store.get_users(["u1"], 1)
-    with pytest.raises(StoreUnavailable):
-        store.append_events([Event("u1", "a", 1)])
+    for call in (
+        lambda: store.get_users(["u1"], 1),
+        lambda: store.get_items(["i1"]),
+        lambda: store.append_events([Event("u1", "a", 1)]),
+        lambda: store.put_users([("u1", {})]),
+        lambda: store.forget_user("u1"),
+        lambda: store.forgotten_users(),
+        lambda: store.get_meta("k"),
+        store.ping,
+    ):
+        with pytest.raises(StoreUnavailable):
+            call()
 
 
-def test_durable_across_reopen(backend: str, tmp_path: Path, clock: Clock) -> None:
-    if not STORES[backend].persistent:
+def test_history_is_bounded_to_the_newest_events(open_backend: Factory) -> None:
+    with open_backend(max_events=3) as s:
+        assert s.max_events == 3
+        assert s.append_events([Event("u1", f"i{t}", t, f"e{t}") for t in (10, 20, 30, 40)]) == (4, 0)
+        assert histories(s, ["u1"]) == [[("i20", 20), ("i30", 30), ("i40", 40)]]
+        # Older than everything a full history holds: accepted, then dropped at once.
+        assert s.append_events([Event("u1", "old", 5)]) == (1, 0)
+        assert s.append_events([Event("u1", "mid", 25), Event("u2", "x", 1)]) == (2, 0)
+        assert histories(s, ["u1", "u2"]) == [[("mid", 25), ("i30", 30), ("i40", 40)], [("x", 1)]]
+        # Dropped events are forgotten entirely: their ids and keys are free again.
+        assert s.append_events([Event("u1", "i20", 20), Event("u9", "y", 1, "e10")]) == (2, 0)
+        # Held ones are still duplicates.
+        assert s.append_events([Event("u1", "i40", 40), Event("u7", "z", 1, "e30")]) == (0, 2)
+    with open_backend() as s:
+        assert s.max_events == MAX_EVENTS
+    with pytest.raises(ValueError, match="max_events must be >= 1"):
+        open_backend(max_events=0)
+
+
+def test_forget_user_deletes_everything_and_keeps_a_tombstone(store: Store, clock: Clock) -> None:
+    store.put_users([("u1", {"age": 30}), ("u2", {"age": 40})])
+    store.append_events([Event("u1", "a", 100, "e1"), Event("u1", "b", 200), Event("u2", "a", 100, "e2")])
+    assert store.forgotten_users() == {}
+    clock.now = 5_000
+    assert store.forget_user("u1") is True
+    assert store.get_users(["u1", "u2"], 10)[0] is None
+    assert histories(store, ["u2"]) == [[("a", 100)]]  # other users untouched
+    assert store.forgotten_users() == {"u1": 5_000}
+    clock.now = 6_000
+    assert store.forget_user("u1") is False  # idempotent; the tombstone moves on
+    assert store.forget_user("never-seen") is False  # tombstoned all the same
+    assert store.forgotten_users() == {"u1": 6_000, "never-seen": 6_000}
+    # Its event ids and keys are gone too: the same events are new again (the user came back).
+    assert store.append_events([Event("u1", "a", 100, "e1"), Event("u1", "b", 200)]) == (2, 0)
+    assert histories(store, ["u1"]) == [[("a", 100), ("b", 200)]]
+    assert store.get_users(["u1"], 0)[0].features == {}
+    assert "u1" in store.forgotten_users()  # the tombstone stays for the next export
+
+
+def test_url_options(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if backend == "redis":
+        url = f"{request.getfixturevalue('redis_url')}?prefix={request.getfixturevalue('redis_prefix')}&"
+    else:
+        url = {"memory": "memory://?", "sqlite": f"sqlite://{tmp_path}/o.db?"}[backend]
+    with open_store(f"{url}max_events=7") as s:
+        assert isinstance(s, BACKENDS[backend]) and s.max_events == 7
+    with pytest.raises(ValueError, match="max_events='many' is not a valid int"):
+        open_store(f"{url}max_events=many")
+
+
+def test_durable_across_reopen(backend: str, open_backend: Factory) -> None:
+    if not BACKENDS[backend].persistent:
         pytest.skip(f"{backend} store is not persistent")
-    s = FACTORIES[backend](tmp_path, clock)
-    s.put_users([("u1", {"age": 1})])
+    s = open_backend()
+    s.put_users([("u1", {"age": 1}), ("gone", {"age": 2})])
     s.put_items([("i1", {"title": "A"})])
     s.append_events([Event("u1", "a", 100, "e1"), Event("u1", "b", 50)])
+    s.forget_user("gone")
     s.set_meta("k", "v")
     s.close()
-    s = FACTORIES[backend](tmp_path, clock)
+    s = open_backend()
     try:
         assert histories(s, ["u1"]) == [[("b", 50), ("a", 100)]]
         assert s.get_users(["u1"], 0)[0].features == {"age": 1}
+        assert s.get_users(["gone"], 0) == [None] and set(s.forgotten_users()) == {"gone"}
         assert s.get_items(["i1"])[0].features == {"title": "A"}
         assert s.get_meta("k") == "v"
         assert s.append_events([Event("u9", "z", 1, "e1"), Event("u1", "b", 50)]) == (0, 2)  # still dups
@@ -204,10 +296,16 @@ def test_open_store_urls(tmp_path: Path) -> None:
         assert isinstance(s, MemoryStore)
     with open_store(f"sqlite://{tmp_path}/a/features.db") as s:  # sqlite:///abs/path
         assert isinstance(s, SqliteStore) and s.path == tmp_path / "a" / "features.db"
-    with pytest.raises(ValueError, match=r"memory://\.\.\., sqlite://\.\.\."):
-        open_store("redis://localhost:6379/0")
+    with pytest.raises(ValueError, match=r"memory://\.\.\., sqlite://\.\.\., redis://\.\.\."):
+        open_store("postgres://localhost/0")
     with pytest.raises(ValueError, match="needs a path"):
         open_store("sqlite://")
+    with pytest.raises(ValueError, match="needs a path"):
+        open_store("sqlite://?max_events=3")
+    with pytest.raises(ValueError, match="synchronous must be one of NORMAL, FULL"):
+        open_store(f"sqlite://{tmp_path}/b.db?synchronous=OFF")
+    with pytest.raises(ValueError, match="takes no path"):
+        open_store("memory://somewhere")
     with pytest.raises(ValueError):
         open_store("features.db")
 
@@ -217,3 +315,25 @@ def test_sqlite_relative_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     with open_store("sqlite://rel/features.db") as s:
         s.set_meta("k", "v")
     assert (tmp_path / "rel" / "features.db").is_file()
+
+
+def test_sqlite_opens_a_version_1_file(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:  # the version 1 layout, as the first release wrote it
+        conn.executescript(
+            "CREATE TABLE users (user_id TEXT PRIMARY KEY, features TEXT NOT NULL, updated_at INTEGER NOT NULL) WITHOUT ROWID;"
+            "CREATE TABLE items (item_id TEXT PRIMARY KEY, features TEXT NOT NULL, updated_at INTEGER NOT NULL) WITHOUT ROWID;"
+            "CREATE TABLE events (user_id TEXT NOT NULL, item_id TEXT NOT NULL, ts INTEGER NOT NULL, event_id TEXT);"
+            "CREATE UNIQUE INDEX events_by_user ON events(user_id, ts, item_id);"
+            "CREATE UNIQUE INDEX events_by_id ON events(event_id) WHERE event_id IS NOT NULL;"
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
+            "INSERT INTO users VALUES ('u1', '{}', 5); INSERT INTO events VALUES ('u1', 'b', 20, NULL), ('u1', 'a', 10, 'e1');"
+            "PRAGMA user_version=1;"
+        )
+    conn.close()
+    with SqliteStore(path) as s:
+        assert histories(s, ["u1"]) == [[("a", 10), ("b", 20)]]
+        assert s.append_events([Event("u1", "a", 10), Event("u2", "x", 1, "e1")]) == (0, 2)
+        assert s.forget_user("u1") and s.forgotten_users().keys() == {"u1"}

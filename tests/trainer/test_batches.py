@@ -26,3 +26,18 @@ def test_every_target_is_covered_and_inputs_precede_targets():
         # in this strictly increasing sequence each target is the item right after its input
         assert np.all(targets[mask] == inputs[mask] + 1)
         assert targets[0, -1] == seq[-1]  # the first window ends at the latest event
+
+
+def test_bucketed_batches_keep_every_target_and_trim_padding():
+    from trainer.batches import bucketed_batches
+
+    rng = np.random.default_rng(0)
+    seqs = [np.arange(2, 2 + n) for n in (3, 4, 30, 31, 5)]
+    inputs, targets = training_windows(seqs, 12, rng)
+    batches = bucketed_batches(inputs, targets, 2, rng)
+    got = sorted(t for _, tb in batches for t in tb[tb != PAD].tolist())
+    assert got == sorted(targets[targets != PAD].tolist())
+    widths = [ib.shape[1] for ib, _ in batches]
+    assert min(widths) < 12 and max(widths) == 12  # short windows travel in short batches
+    for ib, tb in batches:
+        assert ib.shape == tb.shape and (tb[:, 0] != PAD).any() or ib.shape[1] == 1

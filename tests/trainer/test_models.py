@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from recsys.schema import FIRST_TOKEN, PAD
-from trainer.losses import next_item_cross_entropy
+from trainer.losses import next_item_loss
 from trainer.models import MODELS
 from trainer.train import TrainConfig
 
@@ -57,9 +57,9 @@ def test_loss_ignores_padded_targets_and_training_lowers_it(name):
     inputs = torch.tensor([[PAD, PAD, 2, 3], [2, 3, 4, 5]])
     targets = torch.tensor([[PAD, PAD, 3, 4], [3, 4, 5, 6]])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = next_item_cross_entropy(model, inputs, targets).item()
+    first = next_item_loss(model, inputs, targets).item()
     for _ in range(40):
-        loss = next_item_cross_entropy(model, inputs, targets)
+        loss = next_item_loss(model, inputs, targets)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -1,0 +1,287 @@
+"""The shared store: Redis over a real connection (the `redis` client), for more than one machine.
+
+Keys, all under one prefix (`?prefix=`, default `recsys:`) so one Redis can hold several stores:
+
+    {p}users         hash  user_id -> "updated_at features-JSON"  (a field <=> the user is known)
+    {p}items         hash  item_id -> "updated_at features-JSON"  (one HMGET reads 100 items)
+    {p}h:{user_id}   zset  the history: score = timestamp, member = 16 hex digits of a store-wide
+                           sequence number + "timestamp:item_id", so ties in time sort by
+                           insertion order and the member carries the exact timestamp
+    {p}k:{user_id}   set   "timestamp:item_id" of the held events (duplicate detection)
+    {p}e:{user_id}   hash  history member -> event_id, for held events that have one
+    {p}eids          set   every held event_id
+    {p}seq           the sequence counter
+    {p}forgotten     hash  user_id -> forgotten_at
+    {p}meta          hash
+
+Every write is one Lua script, so a batch is atomic and readers never see half of it; a read
+is one round trip (one HMGET for items; HMGET plus the histories in one MULTI/EXEC for users). The scripts touch keys they compute (not declared in
+KEYS), which a single Redis (or a primary with replicas) allows and Redis Cluster does not.
+
+Durability is Redis's: with `appendonly yes` an acknowledged write survives a restart of Redis
+(`appendfsync everysec` loses at most a second on a power cut, `always` nothing). Opening a
+store logs a warning when the server has AOF off. Timestamps are kept as Redis scores
+(doubles), exact up to 2**53; the service refuses larger ones.
+
+Connection failures raise `StoreUnavailable` fast (one immediate retry, 1 s connect timeout,
+2 s command timeout; `socket_timeout` and the other redis-py URL options override these);
+the client reconnects on the next call once Redis is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from feature_service.stores.base import (
+    MAX_EVENTS,
+    Event,
+    ItemRecord,
+    Store,
+    StoreUnavailable,
+    UserRecord,
+    features_json,
+    split_options,
+)
+
+__all__ = ["RedisStore"]
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("redis", "rediss")
+_SEQ_DIGITS = 16
+
+# KEYS[1]: the users or items hash. ARGV: now, then (id, features JSON) pairs.
+_PUT = """
+local now, changed = ARGV[1], 0
+for n = 2, #ARGV, 2 do
+  local old = redis.call('HGET', KEYS[1], ARGV[n])
+  if not old or string.sub(old, string.find(old, ' ', 1, true) + 1) ~= ARGV[n + 1] then
+    redis.call('HSET', KEYS[1], ARGV[n], now .. ' ' .. ARGV[n + 1])
+    changed = changed + 1
+  end
+end
+return changed
+"""
+
+# ARGV: prefix, now, max_events, then (user_id, item_id, timestamp, event_id) quadruples.
+# Returns the number recorded; the bound is applied per touched user after the whole batch.
+_APPEND = """
+local p, now, max_events = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local recorded, touched = 0, {}
+for n = 4, #ARGV, 4 do
+  local uid, item, ts, eid = ARGV[n], ARGV[n + 1], ARGV[n + 2], ARGV[n + 3]
+  local field = ts .. ':' .. item
+  if redis.call('SISMEMBER', p .. 'k:' .. uid, field) == 0
+     and (eid == '' or redis.call('SISMEMBER', p .. 'eids', eid) == 0) then
+    local member = string.format('%016x', redis.call('INCR', p .. 'seq')) .. field
+    redis.call('ZADD', p .. 'h:' .. uid, ts, member)
+    redis.call('SADD', p .. 'k:' .. uid, field)
+    if eid ~= '' then
+      redis.call('SADD', p .. 'eids', eid)
+      redis.call('HSET', p .. 'e:' .. uid, member, eid)
+    end
+    touched[uid] = true
+    recorded = recorded + 1
+  end
+end
+for uid in pairs(touched) do
+  local row, features = redis.call('HGET', p .. 'users', uid), '{}'
+  if row then features = string.sub(row, string.find(row, ' ', 1, true) + 1) end
+  redis.call('HSET', p .. 'users', uid, now .. ' ' .. features)
+  local excess = redis.call('ZCARD', p .. 'h:' .. uid) - max_events
+  if excess > 0 then
+    local old = redis.call('ZRANGE', p .. 'h:' .. uid, 0, excess - 1)
+    for n = 1, #old do
+      local member = old[n]
+      redis.call('SREM', p .. 'k:' .. uid, string.sub(member, 17))
+      local eid = redis.call('HGET', p .. 'e:' .. uid, member)
+      if eid then
+        redis.call('SREM', p .. 'eids', eid)
+        redis.call('HDEL', p .. 'e:' .. uid, member)
+      end
+    end
+    redis.call('ZREMRANGEBYRANK', p .. 'h:' .. uid, 0, excess - 1)
+  end
+end
+return recorded
+"""
+
+# ARGV: prefix, now, user_id. Returns 1 when anything was held.
+_FORGET = """
+local p, now, uid = ARGV[1], ARGV[2], ARGV[3]
+local eids = redis.call('HVALS', p .. 'e:' .. uid)
+for n = 1, #eids do redis.call('SREM', p .. 'eids', eids[n]) end
+local held = redis.call('HDEL', p .. 'users', uid)
+held = held + redis.call('DEL', p .. 'h:' .. uid, p .. 'k:' .. uid, p .. 'e:' .. uid)
+redis.call('HSET', p .. 'forgotten', uid, now)
+if held > 0 then return 1 end
+return 0
+"""
+
+
+class RedisStore(Store):
+    persistent = True  # data lives in the Redis server, not in this process
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "recsys:",
+        clock: Callable[[], float] = time.time,
+        max_events: int = MAX_EVENTS,
+        where: str = "redis",
+    ) -> None:
+        super().__init__(max_events)
+        self.prefix = prefix
+        self.where = where
+        self._client = client
+        self._clock = clock
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._put = client.register_script(_PUT)
+        self._append = client.register_script(_APPEND)
+        self._forget = client.register_script(_FORGET)
+        with self._call():
+            aof = client.info("persistence").get("aof_enabled")
+        if not aof:
+            log.warning("%s has appendonly off: a restart of Redis loses recent writes", where)
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Callable[[], float] = time.time) -> RedisStore:
+        """`redis://[[user]:password@]host:port/db` or `rediss://...` (TLS).
+
+        Options: `?prefix=recsys:` (key prefix), `?max_events=N`, and redis-py's own
+        (`socket_timeout`, `socket_connect_timeout`, ...).
+        """
+        base, options = split_options(url, {"max_events": int, "prefix": str})
+        if base.partition("://")[0] not in SCHEMES:
+            raise ValueError(f"redis store URL must start with one of {', '.join(s + '://' for s in SCHEMES)}: {url!r}")
+        client = redis.Redis.from_url(
+            base,
+            socket_connect_timeout=1.0,
+            socket_timeout=2.0,
+            retry=Retry(NoBackoff(), 1),  # one immediate retry: a dropped idle connection
+            health_check_interval=10,
+        )
+        where = base.split("@")[-1].split("?")[0]  # no password in messages
+        try:
+            return cls(client, clock=clock, where=where, **options)
+        except BaseException:
+            client.close()
+            raise
+
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        if self._closed:
+            raise StoreUnavailable(f"redis store {self.where} is closed")
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"{self.where}: {exc}") from exc
+
+    def _key(self, kind: str, entity: str) -> str:
+        return f"{self.prefix}{kind}:{entity}"
+
+    @staticmethod
+    def _row(value: bytes) -> tuple[str, int]:
+        """`b"updated_at json"` -> (json, updated_at)."""
+        updated_at, _, features = value.decode().partition(" ")
+        return features, int(updated_at)
+
+    def get_users(self, user_ids: Sequence[str], max_history: int) -> list[UserRecord | None]:
+        if max_history < 0:
+            raise ValueError(f"max_history must be >= 0, got {max_history}")
+        if not user_ids:
+            return []
+        unique = list(dict.fromkeys(user_ids))
+        with self._call():
+            pipe = self._client.pipeline(transaction=True)  # one round trip, one snapshot
+            pipe.hmget(self.prefix + "users", unique)
+            if max_history:
+                for uid in unique:
+                    pipe.zrange(self._key("h", uid), -max_history, -1)
+            rows, *recents = pipe.execute()
+        found: dict[str, UserRecord | None] = {}
+        for n, (uid, row) in enumerate(zip(unique, rows)):
+            if row is None:
+                found[uid] = None
+                continue
+            features, updated_at = self._row(row)
+            events = [member[_SEQ_DIGITS:].decode().partition(":") for member in recents[n]] if max_history else []
+            found[uid] = UserRecord(
+                user_id=uid,
+                features_json=features,
+                history=[item for _, _, item in events],
+                history_timestamps=[int(ts) for ts, _, _ in events],
+                updated_at=updated_at,
+            )
+        return [found[uid] for uid in user_ids]
+
+    def get_items(self, item_ids: Sequence[str]) -> list[ItemRecord | None]:
+        if not item_ids:
+            return []
+        with self._call():
+            rows = self._client.hmget(self.prefix + "items", item_ids)
+        return [None if row is None else ItemRecord(iid, *self._row(row)) for iid, row in zip(item_ids, rows)]
+
+    def put_users(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
+        return self._put_rows("users", rows)
+
+    def put_items(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
+        return self._put_rows("items", rows)
+
+    def _put_rows(self, table: str, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
+        args: list[str] = [str(int(self._clock()))]
+        for key, features in rows:
+            args += (key, features_json(features))  # serialise all first: a bad row writes nothing
+        if len(args) == 1:
+            return 0
+        with self._call():
+            return int(self._put(keys=[self.prefix + table], args=args))
+
+    def append_events(self, events: Sequence[Event]) -> tuple[int, int]:
+        if not events:
+            return 0, 0
+        args: list[str | int] = [self.prefix, int(self._clock()), self.max_events]
+        for e in events:
+            args += (e.user_id, e.item_id, e.timestamp, e.event_id)
+        with self._call():
+            recorded = int(self._append(args=args))
+        return recorded, len(events) - recorded
+
+    def forget_user(self, user_id: str) -> bool:
+        with self._call():
+            return bool(self._forget(args=[self.prefix, int(self._clock()), user_id]))
+
+    def forgotten_users(self) -> dict[str, int]:
+        with self._call():
+            rows = self._client.hgetall(self.prefix + "forgotten")
+        return {k.decode(): int(v) for k, v in rows.items()}
+
+    def get_meta(self, key: str) -> str | None:
+        with self._call():
+            value = self._client.hget(self.prefix + "meta", key)
+        return None if value is None else value.decode()
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._call():
+            self._client.hset(self.prefix + "meta", key, value)
+
+    def ping(self) -> None:
+        with self._call():
+            self._client.ping()
+
+    def close(self) -> None:
+        with self._close_lock:
+            if not self._closed:
+                self._closed = True
+                self._client.close()

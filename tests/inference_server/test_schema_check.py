@@ -1,0 +1,112 @@
+"""The inference server refuses features served under another schema than its model's:
+health NOT_SERVING and FAILED_PRECONDITION with a message saying what to do; SERVING once the
+feature service answers with the right schema."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from feature_service.server import create_feature_server
+from inference_server.server import create_inference_server
+from recsys.artifact import MANIFEST, read_manifest
+from recsys.errors import FailedPrecondition
+from recsys.v1 import inference_pb2, inference_pb2_grpc
+
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def other_schema_artifact(trained_artifact: Path, tmp_path: Path) -> Path:
+    """The same artifact whose schema differs in one detail (a retrained vocabulary, say)."""
+    copy = tmp_path / "other"
+    shutil.copytree(trained_artifact, copy)
+    manifest = read_manifest(copy)
+    schema = dataclasses.replace(manifest.schema, extra={"vocabulary_version": 2})
+    (copy / MANIFEST).write_text(dataclasses.replace(manifest, schema=schema).to_json())
+    return copy
+
+
+def health_of(port: int) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        request = health_pb2.HealthCheckRequest(service="recsys.v1.InferenceService")
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
+
+
+def wait_health(port: int, status: int, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while health_of(port) != status:
+        assert time.monotonic() < deadline, f"health not {status} after {timeout_s} s"
+        time.sleep(0.02)
+
+
+def test_schema_mismatch_is_not_serving_and_failed_precondition(trained_artifact: Path, tmp_path: Path) -> None:
+    other = other_schema_artifact(trained_artifact, tmp_path)
+    fserver, fport, _, fcore = create_feature_server(other, "memory://", host="127.0.0.1")
+    iserver, iport, _, recommender = create_inference_server(trained_artifact, f"127.0.0.1:{fport}", host="127.0.0.1")
+    try:
+        assert health_of(iport) == NOT_SERVING
+        with grpc.insecure_channel(f"127.0.0.1:{iport}") as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                inference_pb2_grpc.InferenceServiceStub(channel).Recommend(
+                    inference_pb2.RecommendRequest(user_id="u000", k=5), timeout=5
+                )
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        details = info.value.details()
+        assert "feature schema mismatch" in details and fcore.schema_hash in details
+        assert read_manifest(trained_artifact).schema_hash in details and "recsys features load" in details
+    finally:
+        iserver.stop(None)
+        fserver.stop(None)
+        recommender.features.close()
+        fcore.close()
+
+
+def test_serving_follows_the_feature_service(trained_artifact: Path, tmp_path: Path) -> None:
+    manifest = json.loads((trained_artifact / MANIFEST).read_text())
+    assert manifest["schema_hash"]
+    # The feature service is not up yet: NOT_SERVING; it comes up on that port: SERVING.
+    fserver, fport, _, fcore = create_feature_server(trained_artifact, "memory://", host="127.0.0.1")
+    fserver.stop(None).wait()
+    fcore.close()
+    iserver, iport, _, recommender = create_inference_server(
+        trained_artifact, f"127.0.0.1:{fport}", host="127.0.0.1", health_interval_s=0.05
+    )
+    try:
+        assert health_of(iport) == NOT_SERVING
+        fserver, _, _, fcore = create_feature_server(trained_artifact, "memory://", host="127.0.0.1", port=fport)
+        wait_health(iport, SERVING)
+        fserver.stop(None).wait()
+        fcore.close()
+        wait_health(iport, NOT_SERVING)
+    finally:
+        iserver.stop(None)
+        recommender.features.close()
+
+
+def test_feature_client_reads_users_and_items(trained_artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference_server import feature_client
+    from inference_server.feature_client import FeatureClient
+
+    fserver, fport, _, fcore = create_feature_server(trained_artifact, "memory://", host="127.0.0.1")
+    client = FeatureClient(f"127.0.0.1:{fport}", expected_schema_hash=fcore.schema_hash)
+    try:
+        user = client.get_user("u000", 5)
+        assert user.found and len(user.history) == 5 and set(user.features) == {"age", "gender"}
+        assert not client.get_user("nobody", 5).found
+        monkeypatch.setattr(feature_client, "ITEM_BATCH", 3)  # several calls
+        items = client.get_items(["m00", "nope", "m01", "m02", "m03"])
+        assert list(items) == ["m00", "m01", "m02", "m03"] and items["m01"]["title"] == "Movie 1"
+        client.expected_schema_hash = "0" * 16
+        with pytest.raises(FailedPrecondition, match="feature schema mismatch"):
+            client.get_items(["m00"])
+    finally:
+        client.close()
+        fserver.stop(None)
+        fcore.close()
