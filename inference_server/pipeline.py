@@ -1,27 +1,39 @@
 """Recommend and Score as plain functions of (user id, arguments) -> results.
 
-The pipeline is model-agnostic: it reads from the manifest which input the model takes and
-where it comes from, fetches the user's features once per request, runs the model and ranks.
-Servicers adapt protos to these calls; nothing here sees a gRPC context.
+The pipeline is model-agnostic: the manifest says what the model computes (`task`) and which
+inputs it takes; there are no model-specific branches.
+
+- task "next_item": one input, the user's recent item tokens; the output scores the whole
+  catalogue.
+- task "rank" / "rating": feature-based inputs per (user, candidate) row (see
+  feature_inputs.py). Recommend scores candidates proposed by a retrieval stage (another
+  Recommender over a next-item model: two-stage serving) or, without one, the whole catalogue.
+
+The user's features are fetched once per request. Servicers adapt protos to these calls;
+nothing here sees a gRPC context.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from recsys.artifact import SOURCE_USER_HISTORY, ItemIndex, Manifest
 from recsys.errors import FailedPrecondition, InvalidArgument
-from recsys.schema import FIRST_TOKEN, OOV, PAD
-from inference_server.feature_client import FeatureClient
 from recsys.onnx_session import ModelSession
+from recsys.schema import FIRST_TOKEN, OOV, PAD
+from inference_server.feature_client import FeatureClient, UserView
+from inference_server.feature_inputs import FeatureInputs
 
 __all__ = ["MAX_ID_CHARS", "Recommendation", "Recommender"]
 
 MAX_ID_CHARS = 256
 SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
+FEATURE_TASKS = ("rank", "rating")
 
 
 @dataclass(frozen=True)
@@ -43,11 +55,10 @@ class Recommender:
         max_k: int = 1000,
         max_candidates: int = 10000,
         seen_window: int = 1000,
+        retrieval: Recommender | None = None,
+        num_candidates: int = 200,
+        item_refresh_s: float = 300.0,
     ):
-        if [i.source for i in manifest.inputs] != [SOURCE_USER_HISTORY]:
-            raise FailedPrecondition(
-                f"model inputs {[i.source for i in manifest.inputs]} are not supported by this server"
-            )
         if len(index.item_ids) != manifest.num_items or index.sha256 != manifest.item_index_sha256:
             raise FailedPrecondition("item_index.json does not match the manifest's item index checksum")
         self.manifest = manifest
@@ -61,20 +72,57 @@ class Recommender:
         self.token = {item: i + FIRST_TOKEN for i, item in enumerate(index.item_ids)}
         # Popularity scores: the fallback for users with nothing the model can read.
         self.popularity = np.asarray(index.popularity, dtype=np.float32)
+        self.retrieval = retrieval
+        self.num_candidates = num_candidates
+        self.inputs: FeatureInputs | None = None
+        if manifest.task == "next_item":
+            if [i.source for i in manifest.inputs] != [SOURCE_USER_HISTORY]:
+                raise FailedPrecondition(f"next_item model inputs {[i.source for i in manifest.inputs]} are not supported")
+        elif manifest.task in FEATURE_TASKS:
+            self.inputs = FeatureInputs(manifest, index.item_ids)
+            if retrieval is not None and retrieval.manifest.task != "next_item":
+                raise FailedPrecondition("the retrieval stage must be a next_item model")
+        else:
+            raise FailedPrecondition(f"model task {manifest.task!r} is not supported by this server")
+        if retrieval is not None and self.inputs is None:
+            raise FailedPrecondition("a retrieval stage only goes in front of a rank or rating model")
+        self.item_refresh_s = item_refresh_s
+        self._items_loaded_at = -np.inf
+        self._items_lock = threading.Lock()
 
     @property
     def model_version(self) -> str:
+        if self.retrieval is not None:
+            return f"{self.retrieval.model_version}+{self.manifest.model_version}"
         return self.manifest.model_version
+
+    def warm_up(self) -> None:
+        if self.inputs is None:
+            self.session.warm_up()
+        else:
+            tokens = np.array([FIRST_TOKEN], dtype=np.int64)
+            out = self.session.run(self.inputs.feeds({}, np.zeros(0, dtype=np.int64), tokens))
+            if out.shape != (1,):
+                raise FailedPrecondition(f"model output shape {out.shape} != (1,) for one row")
 
     def recommend(self, user_id: str, k: int, exclude_seen: bool) -> Recommendation:
         _check_user_id(user_id)
         if not 1 <= k <= self.max_k:
             raise InvalidArgument(f"k must be between 1 and {self.max_k}, got {k}")
-        scores, seen, source = self._scores(user_id)
+        user = self.features.get_user(user_id, self.seen_window)
+        seen = self._seen(user)
+        if self._fallback(user, seen):
+            scores, source = self.popularity.copy(), SOURCE_POPULARITY
+        elif self.inputs is None:
+            scores, source = self._next_item_scores(user), SOURCE_MODEL
+        else:
+            candidates = self._candidates(user, seen if exclude_seen else None)
+            scores = np.full(self.manifest.num_items, -np.inf, dtype=np.float32)
+            scores[candidates - FIRST_TOKEN] = self._feature_scores(user, candidates)
+            source = SOURCE_MODEL
         if exclude_seen and len(seen):
             scores[seen] = -np.inf
-        available = int(np.isfinite(scores).sum())
-        k = min(k, available)
+        k = min(k, int(np.isfinite(scores).sum()))
         top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
         top = top[np.argsort(-scores[top], kind="stable")]
         return Recommendation(
@@ -95,21 +143,68 @@ class Recommender:
             shown = ", ".join(repr(i) for i in unknown[:10])
             more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
             raise InvalidArgument(f"unknown item_ids: {shown}{more}")
-        scores, _, source = self._scores(user_id)
-        columns = [self.token[i] - FIRST_TOKEN for i in item_ids]
-        return [float(s) for s in scores[columns]], source
-
-    def _scores(self, user_id: str) -> tuple[np.ndarray, np.ndarray, str]:
-        """(num_items,) scores, columns of items the user has seen, and where the scores came from."""
+        tokens = np.array([self.token[i] for i in item_ids], dtype=np.int64)
         user = self.features.get_user(user_id, self.seen_window)
-        tokens = np.array([self.token.get(i, OOV) for i in user.history], dtype=np.int64)
-        seen = tokens[tokens >= FIRST_TOKEN] - FIRST_TOKEN
-        if not user.found or not len(seen):
-            return self.popularity.copy(), seen, SOURCE_POPULARITY
+        if self._fallback(user, self._seen(user)):
+            return [float(s) for s in self.popularity[tokens - FIRST_TOKEN]], SOURCE_POPULARITY
+        if self.inputs is None:
+            return [float(s) for s in self._next_item_scores(user)[tokens - FIRST_TOKEN]], SOURCE_MODEL
+        return [float(s) for s in self._feature_scores(user, tokens)], SOURCE_MODEL
+
+    # -- stages -------------------------------------------------------------------------
+
+    def _tokens(self, user: UserView) -> np.ndarray:
+        return np.array([self.token.get(i, OOV) for i in user.history], dtype=np.int64)
+
+    def _seen(self, user: UserView) -> np.ndarray:
+        tokens = self._tokens(user)
+        return tokens[tokens >= FIRST_TOKEN] - FIRST_TOKEN
+
+    def _fallback(self, user: UserView, seen: np.ndarray) -> bool:
+        """Unknown users, and next-item models without one known item to read, get popularity."""
+        return not user.found or (self.inputs is None and not len(seen))
+
+    def _next_item_scores(self, user: UserView) -> np.ndarray:
+        tokens = self._tokens(user)
         window = np.full((1, self.manifest.max_history), PAD, dtype=np.int64)
         tail = tokens[-self.manifest.max_history :]
-        window[0, -len(tail) :] = tail
-        return self.session.scores(window)[0].astype(np.float32, copy=True), seen, SOURCE_MODEL
+        if len(tail):
+            window[0, -len(tail) :] = tail
+        return self.session.scores(window)[0].astype(np.float32, copy=True)
+
+    def _candidates(self, user: UserView, seen: np.ndarray | None) -> np.ndarray:
+        """Item tokens to rank: the retrieval stage's top `num_candidates`, or every item."""
+        if self.retrieval is None:
+            return np.arange(FIRST_TOKEN, self.manifest.num_items + FIRST_TOKEN, dtype=np.int64)
+        ret = self.retrieval
+        ret_seen = ret._seen(user)
+        scores = ret.popularity.copy() if ret._fallback(user, ret_seen) else ret._next_item_scores(user)
+        if seen is not None and len(ret_seen):
+            scores[ret_seen] = -np.inf
+        n = min(self.num_candidates, int(np.isfinite(scores).sum()))
+        top = np.argpartition(-scores, n - 1)[:n] if n else np.zeros(0, dtype=np.int64)
+        tokens = [self.token.get(ret.index.item_ids[i]) for i in top]
+        return np.array([t for t in tokens if t is not None], dtype=np.int64)
+
+    def _feature_scores(self, user: UserView, tokens: np.ndarray) -> np.ndarray:
+        self._refresh_items()
+        feeds = self.inputs.feeds(user.features, self._tokens(user), tokens)
+        return self.session.run(feeds).astype(np.float32, copy=False)
+
+    def _refresh_items(self) -> None:
+        """Item features are encoded once and re-fetched every `item_refresh_s` seconds."""
+        if not self.inputs.needs_item_features or time.monotonic() - self._items_loaded_at < self.item_refresh_s:
+            return
+        with self._items_lock:
+            if time.monotonic() - self._items_loaded_at < self.item_refresh_s:
+                return
+
+            def fetch(ids: list[str]):
+                found = self.features.get_items(ids)
+                return [(i, found.get(i)) for i in ids]
+
+            self.inputs.load_items(fetch)
+            self._items_loaded_at = time.monotonic()
 
 
 def _check_user_id(user_id: str) -> None:

@@ -84,16 +84,29 @@ class FeatureWatch:
 
 def load_recommender(
     artifact_dir: str | Path, features_target: str, *, device: str = "cpu", threads: int = 1, max_k: int = 1000,
-    feature_timeout_s: float = 1.0,
+    feature_timeout_s: float = 1.0, retrieval_dir: str | Path | None = None, num_candidates: int = 200,
 ) -> Recommender:
-    """Reads and checks the artifact, opens the model on `device`, warms it up."""
+    """Reads and checks the artifact(s), opens the model(s) on `device`, warms them up.
+
+    With `retrieval_dir`, that next-item model proposes `num_candidates` items per request and
+    the model in `artifact_dir` (a rank or rating model) re-scores them: two-stage serving.
+    """
+    manifest = read_manifest(artifact_dir)
+    client = FeatureClient(features_target, timeout_s=feature_timeout_s, expected_schema_hash=manifest.schema_hash)
+    retrieval = None
+    if retrieval_dir is not None:
+        retrieval = _stage(retrieval_dir, client, device=device, threads=threads, max_k=max_k)
+    return _stage(artifact_dir, client, device=device, threads=threads, max_k=max_k,
+                  retrieval=retrieval, num_candidates=num_candidates)
+
+
+def _stage(artifact_dir, client: FeatureClient, *, device: str, threads: int, max_k: int, **extra) -> Recommender:
     manifest = read_manifest(artifact_dir)
     verify_files(artifact_dir, manifest)
     session = ModelSession(artifact_dir, manifest, device=device, threads=threads)
-    session.warm_up()
-    index = ItemIndex.read(artifact_dir)
-    client = FeatureClient(features_target, timeout_s=feature_timeout_s, expected_schema_hash=manifest.schema_hash)
-    return Recommender(manifest, index, session, client, max_k=max_k)
+    recommender = Recommender(manifest, ItemIndex.read(artifact_dir), session, client, max_k=max_k, **extra)
+    recommender.warm_up()
+    return recommender
 
 
 def create_inference_server(
@@ -107,10 +120,13 @@ def create_inference_server(
     max_k: int = 1000,
     max_workers: int = 8,
     health_interval_s: float = 2.0,
+    retrieval_dir: str | Path | None = None,
+    num_candidates: int = 200,
 ) -> tuple[grpc.Server, int, health.HealthServicer, Recommender]:
     """Loads the model, then starts a server whose health is SERVING while the feature
     service answers with the model's schema (checked once before returning)."""
-    recommender = load_recommender(artifact_dir, features_target, device=device, threads=threads, max_k=max_k)
+    recommender = load_recommender(artifact_dir, features_target, device=device, threads=threads, max_k=max_k,
+                                   retrieval_dir=retrieval_dir, num_candidates=num_candidates)
     server, bound, health_servicer = create_server(
         [ServiceBinding(InferenceServicer(recommender), inference_pb2_grpc.add_InferenceServiceServicer_to_server, SERVICE_NAME)],
         host=host,
@@ -123,9 +139,11 @@ def create_inference_server(
     return server, bound, health_servicer, recommender
 
 
-def serve(artifact_dir: str, features_target: str, *, host: str, port: int, device: str, threads: int, max_k: int) -> None:
+def serve(artifact_dir: str, features_target: str, *, host: str, port: int, device: str, threads: int, max_k: int,
+          retrieval_dir: str | None = None, num_candidates: int = 200) -> None:
     server, bound, health_servicer, recommender = create_inference_server(
-        artifact_dir, features_target, host=host, port=port, device=device, threads=threads, max_k=max_k
+        artifact_dir, features_target, host=host, port=port, device=device, threads=threads, max_k=max_k,
+        retrieval_dir=retrieval_dir, num_candidates=num_candidates,
     )
     log.info(
         "inference server on %s:%d: model %s (%d items) on %s, features from %s",

@@ -11,8 +11,11 @@ import click
 
 DEFAULT_FEATURES_PORT = 50051
 DEFAULT_INFERENCE_PORT = 50052
-# trainer.models.MODELS, spelled out so `recsys --help` needs no torch (a test keeps them equal)
-MODEL_NAMES = ["sasrec", "gru4rec", "caser"]
+# trainer.models.MODELS (next-item) and trainer.ranking.RANKERS (feature-based), spelled out so
+# `recsys --help` needs no torch (a test keeps them equal)
+SEQUENTIAL_MODELS = ["sasrec", "gru4rec", "caser"]
+FEATURE_MODELS = ["deepfm", "dcn", "conv_ctr", "rating"]
+MODEL_NAMES = SEQUENTIAL_MODELS + FEATURE_MODELS
 
 
 def _logging(verbose: bool) -> None:
@@ -76,9 +79,29 @@ def data_split(interactions: str, out_dir: str) -> None:
               help="File from `recsys features forgotten`: leave those users out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(interactions, users, items, model, out, epochs, seed, config_file, resume, forget_users, quiet) -> None:
-    """Train a model and export it as an artifact directory."""
+    """Train a model and export it as an artifact directory.
+
+    Next-item models (sasrec, gru4rec, caser) take trainer/train.py TrainConfig settings;
+    feature-based rankers (deepfm, dcn, conv_ctr) and the rating model take
+    trainer/ranking.py RankConfig settings (labels, negatives, history length, ...).
+    """
     from recsys.config import load_config
     from trainer.export import ExportError
+
+    if model in FEATURE_MODELS:
+        from trainer.ranking import RankConfig
+        from trainer.ranking_export import train_and_export_ranker
+
+        if resume or forget_users:
+            raise click.UsageError("--resume and --forget-users apply to next-item models only, for now")
+        try:
+            cfg = load_config(RankConfig, file=config_file, env_prefix="RECSYS_RANK_",
+                              overrides={"model": model, "epochs": epochs, "seed": seed})
+            train_and_export_ranker(cfg, interactions, out, users=users, items=items, progress=not quiet)
+        except (ValueError, ExportError) as exc:
+            raise click.ClickException(str(exc)) from None
+        return
+
     from trainer.pipeline import train_and_export
     from trainer.train import TrainConfig
 
@@ -137,9 +160,10 @@ def compare(interactions, test_path, users, items, models, out, epochs, seed, co
     from trainer.train import TrainConfig
 
     names = [m.strip() for m in models.split(",") if m.strip()]
-    unknown = [m for m in names if m not in MODEL_NAMES]
+    unknown = [m for m in names if m not in SEQUENTIAL_MODELS]
     if unknown or not names:
-        raise click.BadParameter(f"unknown model(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(MODEL_NAMES)}",
+        raise click.BadParameter(f"unknown or unsupported model(s) {', '.join(unknown) or '(none given)'}; "
+                                 f"compare takes next-item models: {', '.join(SEQUENTIAL_MODELS)}",
                                  param_hint="--models")
     try:
         cfg = load_config(TrainConfig, file=config_file, env_prefix="RECSYS_TRAIN_", overrides={"epochs": epochs, "seed": seed})
@@ -251,15 +275,20 @@ def features_forgotten(store, out) -> None:
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="ONNX Runtime intra-op threads.")
 @click.option("--max-k", default=1000, show_default=True, type=click.IntRange(min=1), help="Largest k a request may ask for.")
+@click.option("--retrieval", "retrieval_dir", type=click.Path(exists=True, file_okay=False),
+              help="Two-stage serving: this next-item artifact proposes candidates, --artifact (a ranker) re-scores them.")
+@click.option("--candidates", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Candidates the retrieval stage proposes per request.")
 @click.option("-v", "--verbose", is_flag=True)
-def serve_inference(artifact, features_target, host, port, device, threads, max_k, verbose) -> None:
+def serve_inference(artifact, features_target, host, port, device, threads, max_k, retrieval_dir, candidates, verbose) -> None:
     """Serve Recommend and Score from an artifact's ONNX model."""
     _logging(verbose)
     from inference_server.server import serve as run
     from recsys.errors import RecsysError
 
     try:
-        run(artifact, features_target, host=host, port=port, device=device, threads=threads, max_k=max_k)
+        run(artifact, features_target, host=host, port=port, device=device, threads=threads, max_k=max_k,
+            retrieval_dir=retrieval_dir, num_candidates=candidates)
     except RecsysError as exc:
         raise click.ClickException(str(exc)) from None
 

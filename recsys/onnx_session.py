@@ -56,12 +56,17 @@ class ModelSession:
         self.num_items = manifest.num_items
         self.max_len = manifest.max_history
 
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Named inputs -> the manifest's output."""
+        return self.session.run([self.output_name], feeds)[0]
+
     def scores(self, item_seq: np.ndarray) -> np.ndarray:
         """item_seq (B, L) int64 left-padded tokens -> (B, num_items) float32."""
         return self.session.run([self.output_name], {self.input_name: item_seq})[0]
 
     def warm_up(self) -> None:
-        """One run, so the first request does not pay for lazy initialisation; checks the shape."""
+        """One run, so the first request does not pay for lazy initialisation; checks the shape.
+        Only next-item models: feature-based ones are warmed up by their pipeline."""
         out = self.scores(np.zeros((1, self.max_len), dtype=np.int64))
         if out.shape != (1, self.num_items):
             raise FailedPrecondition(f"model output shape {out.shape} != (1, {self.num_items}) in the manifest")

@@ -87,7 +87,9 @@ def test_atomic_write_replaces_whole_or_leaves_old(tmp_path):
 
 
 def test_cli_model_names_match_the_registry():
-    from recsys.cli import MODEL_NAMES
+    from recsys.cli import FEATURE_MODELS, SEQUENTIAL_MODELS
     from trainer.models import MODELS
+    from trainer.ranking import RANKERS
 
-    assert MODEL_NAMES == list(MODELS)
+    assert SEQUENTIAL_MODELS == list(MODELS)
+    assert FEATURE_MODELS == list(RANKERS)

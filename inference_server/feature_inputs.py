@@ -1,0 +1,109 @@
+"""Model inputs of feature-based models (task "rank" or "rating"), built from served features.
+
+The artifact's manifest lists which inputs its model takes (sources user.cat, user.num,
+item.id, item.cat, item.num, item.multi, user.history) and training["inputs"] records the
+feature order per input; `recsys.encoding.FeatureEncoder` turns plain values into numbers the
+same way the trainer did. Item rows are encoded once into arrays indexed by item token and
+refreshed from the feature service; user rows are encoded per request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from recsys.artifact import Manifest
+from recsys.encoding import FeatureEncoder
+from recsys.errors import FailedPrecondition
+from recsys.schema import FIRST_TOKEN, PAD
+
+__all__ = ["FEATURE_SOURCES", "FeatureInputs"]
+
+FEATURE_SOURCES = {
+    "user.cat": "user_cat",
+    "user.num": "user_num",
+    "item.id": "item_id",
+    "item.cat": "item_cat",
+    "item.num": "item_num",
+    "item.multi": "item_multi",
+    "user.history": "history",
+}
+
+
+class FeatureInputs:
+    """Feeds for (one user) x (candidate items) rows."""
+
+    def __init__(self, manifest: Manifest, item_ids: tuple[str, ...]):
+        described = manifest.training.get("inputs")
+        if not isinstance(described, dict):
+            raise FailedPrecondition("artifact manifest lacks training.inputs (feature order per input)")
+        try:
+            self.encoder = FeatureEncoder.from_description(manifest.schema, described)
+        except (KeyError, ValueError) as exc:
+            raise FailedPrecondition(f"artifact inputs do not match its schema: {exc}") from None
+        unknown = [i.source for i in manifest.inputs if i.source not in FEATURE_SOURCES]
+        if unknown:
+            raise FailedPrecondition(f"model inputs from {unknown} are not supported by this server")
+        self.names = {i.source: i.name for i in manifest.inputs}
+        self.item_ids = item_ids
+        n = len(item_ids) + FIRST_TOKEN
+        enc = self.encoder
+        self.item_cat = np.full((n, len(enc.item_cat)), PAD, dtype=np.int64)
+        self.item_num = np.zeros((n, len(enc.item_num)), dtype=np.float32)
+        self.item_multi = np.full((n, len(enc.item_multi), enc.multi_len), PAD, dtype=np.int64)
+        self._lock = threading.Lock()
+
+    @property
+    def needs_item_features(self) -> bool:
+        return any(s in self.names for s in ("item.cat", "item.num", "item.multi"))
+
+    def load_items(self, fetch: Callable[[list[str]], Iterable[tuple[str, dict[str, Any] | None]]], batch: int = 1000) -> int:
+        """Encodes every catalogue item's features, fetched `batch` ids at a time; returns how
+        many were found. Items the store does not know keep all-missing rows."""
+        enc = self.encoder
+        cat, num, multi = self.item_cat.copy(), self.item_num.copy(), self.item_multi.copy()
+        found = 0
+        for start in range(0, len(self.item_ids), batch):
+            ids = list(self.item_ids[start : start + batch])
+            for offset, (_, features) in enumerate(fetch(ids)):
+                if features is None:
+                    continue
+                row = start + offset + FIRST_TOKEN
+                c, v, m = enc.encode_item(features)
+                cat[row], num[row], multi[row] = c, v, m
+                found += 1
+        with self._lock:  # swap whole arrays: a request sees the old rows or the new ones
+            self.item_cat, self.item_num, self.item_multi = cat, num, multi
+        return found
+
+    def feeds(self, user_features: dict[str, Any], history: np.ndarray, item_tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """One row per candidate: item_tokens (B,) int64; history: the user's tokens, oldest first."""
+        b = len(item_tokens)
+        enc = self.encoder
+        with self._lock:
+            item_cat, item_num, item_multi = self.item_cat, self.item_num, self.item_multi
+        out: dict[str, np.ndarray] = {}
+        user_cat, user_num = enc.encode_user(user_features)
+        columns = {
+            "user.cat": lambda: np.tile(np.asarray(user_cat, dtype=np.int64), (b, 1)),
+            "user.num": lambda: np.tile(np.asarray(user_num, dtype=np.float32), (b, 1)),
+            "item.id": lambda: item_tokens.astype(np.int64),
+            "item.cat": lambda: item_cat[item_tokens],
+            "item.num": lambda: item_num[item_tokens],
+            "item.multi": lambda: item_multi[item_tokens],
+            "user.history": lambda: np.tile(_left_pad(history, max(1, enc.history_len)), (b, 1)),
+        }
+        for source, name in self.names.items():
+            out[name] = columns[source]()
+        return out
+
+
+def _left_pad(tokens: np.ndarray, length: int) -> np.ndarray:
+    out = np.full(length, PAD, dtype=np.int64)
+    tail = tokens[-length:]
+    if len(tail):
+        out[-len(tail) :] = tail
+    return out

@@ -1,0 +1,275 @@
+"""Training and evaluation of the feature-based models: DeepFM, DCN-v2, Conv1D CTR, rating.
+
+The flow (`train_ranker`): tables -> schema + item index (the same as the sequential
+pipeline's, so both artifacts share one schema hash) -> labelled examples split 8:1:1 by seed
+(trainer/ranking_data.py) -> `fit`: batches -> loss -> step -> validation every `eval_every`
+epochs -> keep the best state by validation AUC (rankers) or RMSE (rating) -> stop after
+`patience` validations without improvement -> the test split is scored once, at the end.
+Rankers learn with binary cross-entropy (optionally class-weighted), the rating model with MSE.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsys.artifact import ItemIndex
+from recsys.schema import FeatureSchema
+from trainer.data import Tables, load_tables
+from trainer.models.conv_ctr import ConvCTR, ConvCTRConfig
+from trainer.models.dcn import DCNv2, DCNv2Config
+from trainer.models.deepfm import DeepFM, DeepFMConfig
+from trainer.models.fields import FieldLayout
+from trainer.models.rating import RatingModel, RatingModelConfig
+from trainer.pipeline import build_item_index, build_schema
+from trainer.ranking_data import (LABELS, TEST, TRAIN, VALID, FeatureEncoder, RankingData, build_ranking_data, field_layout,
+                                  longest_multi)
+from trainer.ranking_metrics import classification_metrics, rating_metrics
+
+__all__ = ["RANKERS", "RankConfig", "RankFit", "RankRun", "batch_inputs", "fit_ranker", "predict", "train_ranker"]
+
+# name -> (config class, module class); every forward takes the inputs of fields.py -> (B,)
+RANKERS: dict[str, tuple[type, type[nn.Module]]] = {
+    "deepfm": (DeepFMConfig, DeepFM),
+    "dcn": (DCNv2Config, DCNv2),
+    "conv_ctr": (ConvCTRConfig, ConvCTR),
+    "rating": (RatingModelConfig, RatingModel),
+}
+INPUTS = ("user_cat", "user_num", "item_id", "item_cat", "item_num", "item_multi", "history")
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    model: str = "deepfm"  # deepfm | dcn | conv_ctr | rating (see RANKERS)
+    # Labels (trainer/ranking_data.py); model=rating always learns the rating itself.
+    label: str = "threshold"  # threshold (rating >= threshold) | implicit (sampled negatives)
+    threshold: float = 4.0  # label = rating >= threshold
+    negatives: int = 1  # sampled 0-labelled items per event (label=implicit)
+    negative_sampling: str = "uniform"  # uniform | popularity (training counts ** 0.75)
+    valid_share: float = 0.1  # of events, drawn at random by seed
+    test_share: float = 0.1  # of events; scored once, after training
+    history_len: int = 50  # recent items read as one field; 0 = no history input
+    history_count: bool = True  # with history: log(1 + its length) as one more field
+    history_attention: bool = False  # with history: also pool it by attention to the candidate
+    multi_len: int = 16  # at most this many tokens per multi-valued feature
+    # Model hyperparameters; None keeps the model's own default (trainer/models/<model>.py).
+    dim: int | None = None  # field embedding width
+    mlp: str | None = None  # hidden widths, comma-separated, e.g. "256,128"
+    dropout: float | None = None  # dropout rate
+    cross_layers: int | None = None  # dcn: cross layers
+    filters: int | None = None  # conv_ctr: conv channels
+    # Objective and optimisation
+    class_weight: str = "none"  # none | balanced (BCE positives weighted n_neg / n_pos)
+    optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9)
+    lr: float = 1e-3  # learning rate
+    weight_decay: float = 0.0  # L2 (adam, sgd) or decoupled (adamw)
+    batch_size: int = 1024  # examples per step
+    epochs: int = 30  # upper bound; early stopping usually ends sooner
+    eval_every: int = 1  # epochs between validations
+    patience: int = 3  # validations without improvement before stopping
+    seed: int = 0  # seeds the split, negatives, initialisation and batches
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    @property
+    def task(self) -> str:
+        """"rating" for the rating model, else "rank"."""
+        return "rating" if self.model == "rating" else "rank"
+
+    @property
+    def label_mode(self) -> str:
+        return "rating" if self.model == "rating" else self.label
+
+    def model_config(self, layout: FieldLayout, rating_range: tuple[float, float] = (1.0, 5.0)) -> Any:
+        """The model's own config: the fields it shares with this one, its defaults for the rest."""
+        if self.model not in RANKERS:
+            raise ValueError(f"unknown model {self.model!r}; known: {', '.join(RANKERS)}")
+        config_cls = RANKERS[self.model][0]
+        shared = {f.name for f in fields(config_cls)} & {f.name for f in fields(self)}
+        given: dict[str, Any] = {n: getattr(self, n) for n in shared if getattr(self, n) is not None}
+        if "mlp" in given:
+            given["mlp"] = tuple(int(w) for w in str(given["mlp"]).split(",") if w.strip())
+        if self.model == "rating":
+            given["low"], given["high"] = rating_range
+        return config_cls(fields=layout, **given)
+
+    def check(self) -> None:
+        """Raises ValueError naming the first bad setting."""
+        choices = {"model": tuple(RANKERS), "label": LABELS[:2], "negative_sampling": ("uniform", "popularity"),
+                   "class_weight": ("none", "balanced"), "optimizer": ("adam", "adamw", "sgd")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "eval_every", "patience", "multi_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.history_len < 0 or self.negatives < 0:
+            raise ValueError("history_len and negatives must be >= 0")
+        if self.label == "implicit" and self.model != "rating" and self.negatives < 1:
+            raise ValueError("label=implicit needs negatives >= 1")
+        if not (self.lr > 0 and self.valid_share > 0 and self.test_share > 0
+                and self.valid_share + self.test_share < 1):
+            raise ValueError("lr must be > 0 and valid_share, test_share > 0 with a sum below 1")
+
+
+@dataclass
+class RankFit:
+    model: nn.Module
+    best_epoch: int
+    best_metrics: dict[str, float]  # validation metrics of the kept model
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class RankRun:
+    """Everything `train_ranker` produced; the export reads it."""
+
+    config: RankConfig
+    tables: Tables
+    schema: FeatureSchema
+    index: ItemIndex
+    data: RankingData
+    fit: RankFit
+    test_metrics: dict[str, float]
+
+
+def batch_inputs(data: RankingData, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """Model inputs for example `rows` (see trainer/models/fields.py); absent inputs left out."""
+    users, items = data.user_row[rows], data.item[rows]
+    out = {
+        "user_cat": data.user_cat[users], "user_num": data.user_num[users], "item_id": items,
+        "item_cat": data.item_cat[items], "item_num": data.item_num[items],
+        "item_multi": data.item_multi[items], "history": data.history[rows],
+    }
+    present = {"user_cat": out["user_cat"].shape[1], "user_num": out["user_num"].shape[1], "item_id": 1,
+               "item_cat": out["item_cat"].shape[1], "item_num": out["item_num"].shape[1],
+               "item_multi": out["item_multi"].shape[1], "history": out["history"].shape[1]}
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items() if present[k]}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: RankingData, rows: np.ndarray, batch: int = 8192) -> np.ndarray:
+    """Scores (len(rows),) float32 in eval mode: probabilities, or ratings for the rating model."""
+    model.eval()
+    parts = [model(**_full(batch_inputs(data, rows[i : i + batch]))).numpy() for i in range(0, len(rows), batch)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+def _full(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    return {name: inputs.get(name) for name in INPUTS}
+
+
+def evaluate(model: nn.Module, data: RankingData, rows: np.ndarray, task: str) -> dict[str, float]:
+    scores, labels = predict(model, data, rows), data.label[rows]
+    return rating_metrics(labels, scores) if task == "rating" else classification_metrics(labels, scores)
+
+
+def make_optimizer(cfg: RankConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True) -> RankFit:
+    """Trains on the train split; keeps the best model by validation AUC (or RMSE); never reads
+    the test split."""
+    from tqdm.auto import tqdm
+
+    cfg.check()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed + 1)  # batch order; the split used cfg.seed
+    train, valid = data.rows(TRAIN), data.rows(VALID)
+    labels = data.label[train]
+    rating_range = (float(labels.min()), float(labels.max())) if cfg.task == "rating" else (1.0, 5.0)
+    if rating_range[1] <= rating_range[0]:
+        rating_range = (rating_range[0], rating_range[0] + 1.0)
+    layout = replace(field_layout(data.encoder, data.num_items), history_count=cfg.history_count,
+                     history_attention=cfg.history_attention)
+    model = RANKERS[cfg.model][1](cfg.model_config(layout, rating_range))
+    optimizer = make_optimizer(cfg, model)
+    if cfg.task == "rating":
+        loss_fn: nn.Module = nn.MSELoss()
+    else:
+        pos = float(labels.sum())
+        weight = (len(labels) - pos) / max(pos, 1.0) if cfg.class_weight == "balanced" else 1.0
+        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight))
+    key, sign = ("rmse", -1.0) if cfg.task == "rating" else ("auc", 1.0)
+    best: dict[str, Any] = {"value": -math.inf, "epoch": 0, "metrics": {}, "state": None}
+    history: list[dict[str, float]] = []
+    bad, start = 0, time.perf_counter()
+    bar = tqdm(range(1, cfg.epochs + 1), disable=not progress, unit="epoch", dynamic_ncols=True)
+    for epoch in bar:
+        model.train()
+        order = train[rng.permutation(len(train))]
+        total, steps, tick = 0.0, 0, time.perf_counter()
+        for i in range(0, len(order), cfg.batch_size):
+            rows = order[i : i + cfg.batch_size]
+            inputs = _full(batch_inputs(data, rows))
+            target = torch.from_numpy(data.label[rows])
+            out = model(**inputs) if cfg.task == "rating" else model.logits(**inputs)
+            loss = loss_fn(out, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+        row: dict[str, float] = {"epoch": epoch, "loss": total / max(steps, 1),
+                                 "examples_per_s": round(len(order) / max(time.perf_counter() - tick, 1e-9))}
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            row.update({f"valid_{k}": v for k, v in evaluate(model, data, valid, cfg.task).items()})
+            value = sign * row[f"valid_{key}"]
+            if value > best["value"]:
+                best = {"value": value, "epoch": epoch, "metrics": dict(row),
+                        "state": copy.deepcopy(model.state_dict())}
+                bad = 0
+            else:
+                bad += 1
+        history.append(row)
+        bar.set_postfix({"loss": f"{row['loss']:.4f}", key: f"{row.get(f'valid_{key}', float('nan')):.4f}",
+                         "best": f"{sign * best['value']:.4f}@{best['epoch']}"})
+        if bad >= cfg.patience:
+            break
+    bar.close()
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    metrics = {k: v for k, v in best["metrics"].items() if k.startswith("valid_")}
+    return RankFit(model, best["epoch"], metrics, history, time.perf_counter() - start)
+
+
+def train_ranker(cfg: RankConfig, interactions: str | Path | None = None, *, users: str | Path | None = None,
+                 items: str | Path | None = None, tables: Tables | None = None, progress: bool = True,
+                 log=print) -> RankRun:
+    """Loads (or takes) the tables, builds examples, fits, and scores the test split once."""
+    cfg.check()
+    if tables is None:
+        if interactions is None:
+            raise ValueError("give interactions (a path) or tables")
+        tables = load_tables(interactions, users, items)
+        log(tables.report.summary())
+    index = build_item_index(tables.interactions, tables.items)
+    schema = build_schema(tables, index, cfg.history_len or 50)  # 50: the sequential default
+    encoder = FeatureEncoder.from_schema(schema, longest_multi(tables, schema, cfg.multi_len), cfg.history_len)
+    data = build_ranking_data(tables, index, schema, encoder, label=cfg.label_mode, threshold=cfg.threshold,
+                              negatives=cfg.negatives, negative_sampling=cfg.negative_sampling,
+                              shares=(cfg.valid_share, cfg.test_share), seed=cfg.seed)
+    log(f"{len(data.label):,} examples: {len(data.rows(TRAIN)):,} train, {len(data.rows(VALID)):,} validation, "
+        f"{len(data.rows(TEST)):,} test; inputs {encoder.describe()}")
+    result = fit_ranker(cfg, data, progress=progress)
+    test = {f"test_{k}": v for k, v in evaluate(result.model, data, data.rows(TEST), cfg.task).items()}
+    log(f"best epoch {result.best_epoch} of {len(result.history)} in {result.seconds:.0f} s: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in {**result.best_metrics, **test}.items()))
+    return RankRun(cfg, tables, schema, index, data, result, test)

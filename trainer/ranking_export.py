@@ -1,0 +1,262 @@
+"""Export of a feature-based ranker (DeepFM, DCN-v2, Conv1D CTR) or rating model to an artifact.
+
+The ONNX input contract (what the serving side builds, per (user, candidate item) row; B is
+dynamic; an input whose feature count is 0 is left out of the graph and the manifest):
+
+    name        dtype    shape                   manifest source  values
+    user_cat    int64    (B, n_user_cat)         user.cat         FeatureSpec.encode_category of the
+                                                                  user's CATEGORICAL features
+    user_num    float32  (B, n_user_num)         user.num         encode_numeric of NUMERIC features
+    item_id     int64    (B,)                    item.id          item_index.json position + 2; 1 = OOV
+    item_cat    int64    (B, n_item_cat)         item.cat         as user_cat, item features
+    item_num    float32  (B, n_item_num)         item.num         as user_num, item features
+    item_multi  int64    (B, n_item_multi, M)    item.multi       encode_categories of each
+                                                                  MULTI_CATEGORICAL item feature, first
+                                                                  M tokens, right-padded with 0
+    history     int64    (B, L'), 1 <= L' <= L   user.history     item tokens of the user's most recent
+                                                                  events, oldest first, left-padded with 0
+    output: score float32 (B,): probability (task "rank") or predicted rating (task "rating").
+
+Features are in schema order within each input; the names per input, M (`item_multi_len`) and
+L (`history_len`) are in manifest.training["inputs"]. A missing feature value encodes as the
+schema's encoders say (PAD / 0.0); TEXT features are not read. The artifact carries the same
+tables as the sequential export (item_index.json, histories.jsonl, users.jsonl, items.jsonl)
+and the same schema (hence hash) as a sequential model trained on the same tables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import platform
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import recsys
+from recsys.artifact import (HISTORIES, ITEM_INDEX, ITEMS, MANIFEST, MODEL, USERS, Manifest, ModelInput,
+                             file_sha256, write_atomically, write_jsonl)
+from recsys.schema import FIRST_TOKEN, OOV, PAD, sha256_hex
+from trainer.data import feature_rows
+from trainer.export import PARITY_TOLERANCE, ExportError
+from trainer.ranking import INPUTS, RankConfig, RankRun, train_ranker
+from trainer.ranking_data import RankingData, field_layout
+
+__all__ = ["SOURCES", "RankerInputs", "export_ranker", "parity_check", "ranker_inputs", "train_and_export_ranker"]
+
+SOURCES = {"user_cat": "user.cat", "user_num": "user.num", "item_id": "item.id", "item_cat": "item.cat",
+           "item_num": "item.num", "item_multi": "item.multi", "history": "user.history"}
+OUTPUT = "score"
+REPORT_JSON, REPORT_PNG = "report.json", "curves.png"
+
+
+class RankerInputs(nn.Module):
+    """Takes only the present inputs, by name, so absent ones are not graph inputs."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, user_cat: torch.Tensor | None = None, user_num: torch.Tensor | None = None,
+                item_id: torch.Tensor | None = None, item_cat: torch.Tensor | None = None,
+                item_num: torch.Tensor | None = None, item_multi: torch.Tensor | None = None,
+                history: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(user_cat, user_num, item_id, item_cat, item_num, item_multi, history)
+
+
+def ranker_inputs(data: RankingData) -> list[ModelInput]:
+    """The present inputs, in INPUTS order, with their sources and shapes."""
+    enc = data.encoder
+    shapes: dict[str, tuple[str, ...]] = {
+        "user_cat": ("batch", str(len(enc.user_cat))), "user_num": ("batch", str(len(enc.user_num))),
+        "item_id": ("batch",), "item_cat": ("batch", str(len(enc.item_cat))),
+        "item_num": ("batch", str(len(enc.item_num))),
+        "item_multi": ("batch", str(len(enc.item_multi)), str(enc.multi_len)), "history": ("batch", "seq"),
+    }
+    present = {"user_cat": len(enc.user_cat), "user_num": len(enc.user_num), "item_id": 1,
+               "item_cat": len(enc.item_cat), "item_num": len(enc.item_num),
+               "item_multi": len(enc.item_multi), "history": enc.history_len}
+    return [ModelInput(n, SOURCES[n], "float32" if n.endswith("_num") else "int64", shapes[n])
+            for n in INPUTS if present[n]]
+
+
+def random_inputs(specs: list[ModelInput], data: RankingData, batch: int, seq: int,
+                  gen: torch.Generator, pad_history: int = 0) -> dict[str, torch.Tensor]:
+    """Random valid inputs (PAD and OOV included) for export examples and parity cases."""
+    out: dict[str, torch.Tensor] = {}
+    layout = field_layout(data.encoder, data.num_items)
+    vocab = {"user_cat": layout.user_cat, "item_cat": layout.item_cat}
+    for spec in specs:
+        n = spec.name
+        if n.endswith("_num"):
+            out[n] = torch.randn(batch, int(spec.shape[1]), generator=gen)
+        elif n in ("item_id", "history"):
+            shape = (batch,) if n == "item_id" else (batch, seq)
+            out[n] = torch.randint(OOV, data.num_items + FIRST_TOKEN, shape, generator=gen)
+            if n == "history":
+                out[n][:, : min(pad_history, seq)] = PAD
+        elif n == "item_multi":
+            sizes = layout.item_multi
+            out[n] = torch.stack([torch.randint(PAD, v, (batch, data.encoder.multi_len), generator=gen)
+                                  for v in sizes], dim=1)
+        else:
+            out[n] = torch.stack([torch.randint(PAD, v, (batch,), generator=gen) for v in vocab[n]], dim=1)
+    return out
+
+
+def export_onnx(model: nn.Module, path: Path, specs: list[ModelInput], data: RankingData) -> None:
+    """Writes one ONNX file with a dynamic batch axis (and a dynamic history length)."""
+    model.eval()
+    seq = max(1, data.encoder.history_len)
+    static = {int(d) for s in specs for d in s.shape if d.isdigit()} | {seq}
+    batch = next(b for b in (7, 11, 13, 17, 19, 23, 29) if b not in static)  # >= 2, unlike any other dim
+    example = random_inputs(specs, data, batch, seq, torch.Generator().manual_seed(0), pad_history=seq // 2)
+    b_dim = torch.export.Dim("batch", min=1, max=65536)
+    dynamic: dict[str, dict[int, Any]] = {n: {0: b_dim} for n in example}
+    if "history" in example and seq >= 2:
+        dynamic["history"][1] = torch.export.Dim("seq", min=1, max=seq)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # deprecations raised inside torch.onnx itself
+        torch.onnx.export(RankerInputs(model), (), str(path), kwargs=example, input_names=list(example),
+                          output_names=[OUTPUT], dynamic_shapes=dynamic, dynamo=True, external_data=False,
+                          verbose=False)
+    quiet.setLevel(level)
+
+
+def parity_check(model: nn.Module, onnx_path: Path, specs: list[ModelInput], data: RankingData,
+                 seed: int = 0) -> float:
+    """Max |torch - ORT| over batch 1, larger batches, padded and all-PAD histories and a short
+    history; raises ExportError above PARITY_TOLERANCE or on a shape mismatch."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(seed)
+    seq = max(1, data.encoder.history_len)
+    cases = [(1, seq, 0), (8, seq, seq - 1), (5, max(1, seq // 3), 1), (3, seq, seq), (64, seq, seq // 2)]
+    wrapped, worst = RankerInputs(model).eval(), 0.0
+    with torch.no_grad():
+        for batch, length, pad in cases:
+            x = random_inputs(specs, data, batch, length, gen, pad_history=pad)
+            expected = wrapped(**x).numpy()
+            got = session.run([OUTPUT], {k: v.numpy() for k, v in x.items()})[0]
+            if got.shape != expected.shape:
+                raise ExportError(f"ONNX output shape {got.shape} != torch {expected.shape} (batch {batch})")
+            worst = max(worst, float(np.abs(got - expected).max()))
+    if not worst <= PARITY_TOLERANCE:
+        raise ExportError(f"torch vs ONNX Runtime max abs difference {worst:.2e} exceeds {PARITY_TOLERANCE:.0e}")
+    return worst
+
+
+def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
+    """Writes the artifact of `run` to `out_dir` atomically and returns its manifest."""
+    cfg, data, model = run.config, run.data, run.fit.model
+    specs = ranker_inputs(data)
+    box: dict[str, Manifest] = {}
+
+    def fill(tmp: Path) -> None:
+        onnx_path = tmp / MODEL
+        export_onnx(model, onnx_path, specs, data)
+        max_diff = parity_check(model, onnx_path, specs, data)
+        (tmp / ITEM_INDEX).write_text(json.dumps(run.index.to_dict(), ensure_ascii=False))
+        tables, schema = run.tables, run.schema
+        write_jsonl(tmp / HISTORIES, _history_rows(tables.interactions))
+        write_jsonl(tmp / USERS, feature_rows(tables.users, schema.user_features, "user_id")
+                    if tables.users is not None else [])
+        write_jsonl(tmp / ITEMS, feature_rows(tables.items, schema.item_features, "item_id")
+                    if tables.items is not None else [])
+        training = {
+            "config": asdict(cfg), "inputs": {**data.encoder.describe(), "order": [s.name for s in specs]},
+            "best_epoch": run.fit.best_epoch, "epochs_run": len(run.fit.history),
+            "seconds": round(run.fit.seconds, 1), "history": run.fit.history,
+            "data": {"users": tables.report.users, "items": tables.report.items,
+                     "interactions": tables.report.interactions, "dropped": tables.report.dropped,
+                     "examples": {"train": int((data.split == 0).sum()), "valid": int((data.split == 1).sum()),
+                                  "test": int((data.split == 2).sum())}},
+        }
+        metrics = {**run.fit.best_metrics, **run.test_metrics, "export_parity_max_abs_diff": max_diff}
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest = Manifest(model_kind=cfg.model, task=cfg.task, model_version="", inputs=tuple(specs),
+                            output=OUTPUT, num_items=len(run.index.item_ids), schema=schema,
+                            item_index_sha256=run.index.sha256, training=training, metrics=metrics,
+                            versions=_versions(), created_at=created)
+        _set_metadata(onnx_path, {"recsys.manifest": manifest.to_json()})
+        reports = _write_report(tmp, training, metrics, cfg.task)
+        files = {name: file_sha256(tmp / name) for name in (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports)}
+        version = f"{cfg.model}-{created.replace(':', '').replace('-', '')}-{sha256_hex(files[MODEL])[:8]}"
+        manifest = Manifest(**{**manifest.__dict__, "model_version": version, "files": files})
+        (tmp / MANIFEST).write_text(manifest.to_json())
+        box["m"] = manifest
+
+    write_atomically(out_dir, fill)
+    return box["m"]
+
+
+def train_and_export_ranker(cfg: RankConfig, interactions: str | Path, out_dir: str | Path, *,
+                            users: str | Path | None = None, items: str | Path | None = None,
+                            progress: bool = True, log=print) -> Manifest:
+    """`recsys train-ranker`: tables -> examples -> fit -> test once -> artifact."""
+    run = train_ranker(cfg, interactions, users=users, items=items, progress=progress, log=log)
+    manifest = export_ranker(run, out_dir)
+    log(f"wrote {out_dir} ({manifest.model_version})")
+    return manifest
+
+
+def _history_rows(interactions) -> Iterator[dict[str, Any]]:
+    for user, group in interactions.groupby("user_id", sort=False):
+        yield {"user_id": user, "item_ids": group["item_id"].tolist(),
+               "timestamps": [int(t) for t in group["timestamp"]]}
+
+
+def _write_report(directory: Path, training: dict[str, Any], metrics: dict[str, Any], task: str) -> list[str]:
+    """report.json and curves.png (training loss; the validation metrics against epochs)."""
+    (directory / REPORT_JSON).write_text(json.dumps({"training": training, "metrics": metrics}, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    history = training["history"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot([r["epoch"] for r in history], [r["loss"] for r in history], color="tab:blue")
+    left.set(xlabel="epoch", ylabel="training loss", title="loss")
+    evaluated = [r for r in history if any(k.startswith("valid_") for k in r)]
+    for key in ("valid_rmse", "valid_mae") if task == "rating" else ("valid_auc", "valid_logloss"):
+        right.plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker="o", ms=3, label=key)
+    right.axvline(training["best_epoch"], color="grey", ls="--", lw=1, label=f"best epoch {training['best_epoch']}")
+    right.set(xlabel="epoch", title="validation split")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(directory / REPORT_PNG, dpi=100)
+    plt.close(fig)
+    return [REPORT_JSON, REPORT_PNG]
+
+
+def _set_metadata(onnx_path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(onnx_path))
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"recsys": recsys.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
