@@ -43,7 +43,10 @@ from recsys.artifact import (
 from recsys.schema import FIRST_TOKEN, PAD, FeatureSchema, sha256_hex
 from trainer.report import write_report
 
-__all__ = ["PARITY_TOLERANCE", "ExportError", "ExportInputs", "export_artifact", "export_onnx", "parity_check"]
+__all__ = [
+    "PARITY_TOLERANCE", "ExportError", "ExportInputs", "export_artifact", "export_onnx", "parity_check", "set_metadata",
+    "versions",
+]
 
 PARITY_TOLERANCE = 1e-4
 
@@ -119,7 +122,7 @@ def parity_check(model: nn.Module, onnx_path: Path, max_len: int, num_items: int
     return worst
 
 
-def _set_metadata(onnx_path: Path, metadata: dict[str, str]) -> None:
+def set_metadata(onnx_path: Path, metadata: dict[str, str]) -> None:
     import onnx
 
     proto = onnx.load(str(onnx_path))
@@ -155,13 +158,13 @@ def export_artifact(model: nn.Module, inputs: ExportInputs, out_dir: str | Path)
             num_items=num_items,
             schema=inputs.schema,
             item_index_sha256=inputs.item_index.sha256,
-            training=inputs.training,
+            training={**inputs.training, "artifact_rows": counts},
             metrics={**inputs.metrics, "export_parity_max_abs_diff": max_diff},
-            versions=_versions(),
+            versions=versions(),
             created_at=created,
         )
         # The manifest rides inside the model too, so model.onnx alone still describes itself.
-        _set_metadata(onnx_path, {"recsys.manifest": manifest.to_json()})
+        set_metadata(onnx_path, {"recsys.manifest": manifest.to_json()})
         reports = write_report(tmp, inputs.training, manifest.metrics) if inputs.training.get("history") else []
         files = {name: file_sha256(tmp / name) for name in (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports)}
         version = f"{inputs.model_kind}-{created.replace(':', '').replace('-', '')}-{sha256_hex(files[MODEL])[:8]}"
@@ -173,7 +176,7 @@ def export_artifact(model: nn.Module, inputs: ExportInputs, out_dir: str | Path)
     return manifest_box["m"]
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     import onnx
     import onnxruntime
 

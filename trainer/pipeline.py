@@ -52,7 +52,7 @@ def encode_histories(interactions: pd.DataFrame, index: ItemIndex) -> tuple[list
     return users, sequences
 
 
-def _history_rows(interactions: pd.DataFrame) -> Iterator[dict]:
+def history_rows(interactions: pd.DataFrame) -> Iterator[dict]:
     for user, group in interactions.groupby("user_id", sort=False):
         yield {
             "user_id": user,
@@ -116,7 +116,7 @@ def train_and_export(
             max_len=cfg.max_len,
             item_index=index,
             schema=schema,
-            histories=_history_rows(tables.interactions),
+            histories=history_rows(tables.interactions),
             users=user_rows,
             items=item_rows,
             training={

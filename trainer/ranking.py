@@ -31,6 +31,7 @@ from trainer.models.deepfm import DeepFM, DeepFMConfig
 from trainer.models.fields import FieldLayout
 from trainer.models.rating import RatingModel, RatingModelConfig
 from trainer.pipeline import build_item_index, build_schema
+from trainer.train import make_optimizer
 from trainer.ranking_data import (LABELS, TEST, TRAIN, VALID, FeatureEncoder, RankingData, build_ranking_data, field_layout,
                                   longest_multi)
 from trainer.ranking_metrics import classification_metrics, rating_metrics
@@ -171,14 +172,6 @@ def _full(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
 def evaluate(model: nn.Module, data: RankingData, rows: np.ndarray, task: str) -> dict[str, float]:
     scores, labels = predict(model, data, rows), data.label[rows]
     return rating_metrics(labels, scores) if task == "rating" else classification_metrics(labels, scores)
-
-
-def make_optimizer(cfg: RankConfig, model: nn.Module) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True) -> RankFit:

@@ -18,14 +18,13 @@ negatives) are split at random, by seed, into train / validation / test.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from recsys.artifact import ItemIndex
 from recsys.encoding import FeatureEncoder
-from recsys.schema import FIRST_TOKEN, PAD, FeatureKind, FeatureSchema, FeatureSpec
+from recsys.schema import FIRST_TOKEN, PAD, FeatureSchema
 from trainer.data import Tables, feature_rows
 from trainer.models.fields import FieldLayout
 

@@ -30,10 +30,8 @@ import contextlib
 import io
 import json
 import logging
-import platform
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,12 +40,13 @@ import numpy as np
 import torch
 from torch import nn
 
-import recsys
 from recsys.artifact import (HISTORIES, ITEM_INDEX, ITEMS, MANIFEST, MODEL, USERS, Manifest, ModelInput,
                              file_sha256, write_atomically, write_jsonl)
 from recsys.schema import FIRST_TOKEN, OOV, PAD, sha256_hex
 from trainer.data import feature_rows
-from trainer.export import PARITY_TOLERANCE, ExportError
+from trainer.export import PARITY_TOLERANCE, ExportError, set_metadata, versions
+from trainer.pipeline import history_rows
+from trainer.report import write_report
 from trainer.ranking import INPUTS, RankConfig, RankRun, train_ranker
 from trainer.ranking_data import RankingData, field_layout
 
@@ -56,7 +55,7 @@ __all__ = ["SOURCES", "RankerInputs", "export_ranker", "parity_check", "ranker_i
 SOURCES = {"user_cat": "user.cat", "user_num": "user.num", "item_id": "item.id", "item_cat": "item.cat",
            "item_num": "item.num", "item_multi": "item.multi", "history": "user.history"}
 OUTPUT = "score"
-REPORT_JSON, REPORT_PNG = "report.json", "curves.png"
+RANK_KEYS, RATING_KEYS = ("valid_auc", "valid_logloss"), ("valid_rmse", "valid_mae")
 
 
 class RankerInputs(nn.Module):
@@ -171,7 +170,7 @@ def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
         max_diff = parity_check(model, onnx_path, specs, data)
         (tmp / ITEM_INDEX).write_text(json.dumps(run.index.to_dict(), ensure_ascii=False))
         tables, schema = run.tables, run.schema
-        write_jsonl(tmp / HISTORIES, _history_rows(tables.interactions))
+        write_jsonl(tmp / HISTORIES, history_rows(tables.interactions))
         write_jsonl(tmp / USERS, feature_rows(tables.users, schema.user_features, "user_id")
                     if tables.users is not None else [])
         write_jsonl(tmp / ITEMS, feature_rows(tables.items, schema.item_features, "item_id")
@@ -190,9 +189,9 @@ def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
         manifest = Manifest(model_kind=cfg.model, task=cfg.task, model_version="", inputs=tuple(specs),
                             output=OUTPUT, num_items=len(run.index.item_ids), schema=schema,
                             item_index_sha256=run.index.sha256, training=training, metrics=metrics,
-                            versions=_versions(), created_at=created)
-        _set_metadata(onnx_path, {"recsys.manifest": manifest.to_json()})
-        reports = _write_report(tmp, training, metrics, cfg.task)
+                            versions=versions(), created_at=created)
+        set_metadata(onnx_path, {"recsys.manifest": manifest.to_json()})
+        reports = write_report(tmp, training, metrics, RATING_KEYS if cfg.task == "rating" else RANK_KEYS)
         files = {name: file_sha256(tmp / name) for name in (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports)}
         version = f"{cfg.model}-{created.replace(':', '').replace('-', '')}-{sha256_hex(files[MODEL])[:8]}"
         manifest = Manifest(**{**manifest.__dict__, "model_version": version, "files": files})
@@ -211,52 +210,3 @@ def train_and_export_ranker(cfg: RankConfig, interactions: str | Path, out_dir: 
     manifest = export_ranker(run, out_dir)
     log(f"wrote {out_dir} ({manifest.model_version})")
     return manifest
-
-
-def _history_rows(interactions) -> Iterator[dict[str, Any]]:
-    for user, group in interactions.groupby("user_id", sort=False):
-        yield {"user_id": user, "item_ids": group["item_id"].tolist(),
-               "timestamps": [int(t) for t in group["timestamp"]]}
-
-
-def _write_report(directory: Path, training: dict[str, Any], metrics: dict[str, Any], task: str) -> list[str]:
-    """report.json and curves.png (training loss; the validation metrics against epochs)."""
-    (directory / REPORT_JSON).write_text(json.dumps({"training": training, "metrics": metrics}, indent=2))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    history = training["history"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    left.plot([r["epoch"] for r in history], [r["loss"] for r in history], color="tab:blue")
-    left.set(xlabel="epoch", ylabel="training loss", title="loss")
-    evaluated = [r for r in history if any(k.startswith("valid_") for k in r)]
-    for key in ("valid_rmse", "valid_mae") if task == "rating" else ("valid_auc", "valid_logloss"):
-        right.plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker="o", ms=3, label=key)
-    right.axvline(training["best_epoch"], color="grey", ls="--", lw=1, label=f"best epoch {training['best_epoch']}")
-    right.set(xlabel="epoch", title="validation split")
-    right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(directory / REPORT_PNG, dpi=100)
-    plt.close(fig)
-    return [REPORT_JSON, REPORT_PNG]
-
-
-def _set_metadata(onnx_path: Path, metadata: dict[str, str]) -> None:
-    import onnx
-
-    proto = onnx.load(str(onnx_path))
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(onnx_path))
-
-
-def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-
-    return {"recsys": recsys.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}

@@ -4,6 +4,7 @@ curves.png (training loss and validation metrics against epochs)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,11 @@ REPORT_JSON = "report.json"
 REPORT_PNG = "curves.png"
 
 
-def write_report(directory: Path, training: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
-    """Writes both files into `directory`; returns their names."""
+def write_report(
+    directory: Path, training: dict[str, Any], metrics: dict[str, Any], keys: Sequence[str] | None = None
+) -> list[str]:
+    """Writes both files into `directory`; returns their names. `keys`: the validation metrics
+    to plot (default: every ranking metric, `name@k`, found in the history)."""
     history = training.get("history", [])
     (directory / REPORT_JSON).write_text(json.dumps({"training": training, "metrics": metrics}, indent=2))
     import matplotlib
@@ -26,13 +30,14 @@ def write_report(directory: Path, training: dict[str, Any], metrics: dict[str, A
     epochs = [row["epoch"] for row in history]
     left.plot(epochs, [row["loss"] for row in history], color="tab:blue")
     left.set(xlabel="epoch", ylabel="training loss", title="loss")
-    evaluated = [row for row in history if any("@" in key for key in row)]
-    for key in sorted({k for row in evaluated for k in row if "@" in k}):
+    keys = list(keys) if keys is not None else sorted({k for row in history for k in row if "@" in k})
+    evaluated = [row for row in history if any(key in row for key in keys)]
+    for key in keys:
         right.plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker="o", ms=3, label=key)
     best = training.get("best_epoch")
     if best:
         right.axvline(best, color="grey", ls="--", lw=1, label=f"best epoch {best}")
-    right.set(xlabel="epoch", title="validation (last event per user)")
+    right.set(xlabel="epoch", title="validation")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(directory / REPORT_PNG, dpi=100)

@@ -122,7 +122,8 @@ def init_weights(model: nn.Module, scheme: str) -> None:
                     module.weight[module.padding_idx].zero_()
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """`cfg.optimizer` (adam | adamw | sgd) at `cfg.lr` with `cfg.weight_decay`; any config with those fields."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
