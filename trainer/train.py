@@ -34,6 +34,7 @@ class TrainConfig:
     model: str = "sasrec"  # key of trainer.models.MODELS
     epochs: int = 200  # upper bound; early stopping usually ends sooner
     batch_size: int = 256  # windows per step
+    bucket: bool = False  # batch windows of similar length and trim their padding (faster for long max_len)
     max_len: int = 50  # most recent items the model reads
     # Model hyperparameters; None keeps the model's own default (see trainer/models/<model>.py).
     hidden: int | None = None  # embedding width
@@ -226,9 +227,8 @@ def fit(
             group["lr"] = cfg.lr * lr_factor(cfg, epoch)
         inputs, targets = training_windows(train_seqs, cfg.max_len, rng)
         total, steps, tick = 0.0, 0, time.perf_counter()
-        for batch_inputs, batch_targets in bucketed_batches(inputs, targets, cfg.batch_size, rng):
-            loss = next_item_loss(model, torch.from_numpy(batch_inputs), torch.from_numpy(batch_targets),
-                                  loss=cfg.loss, sampler=sampler, negatives=cfg.negatives)
+        for batch_inputs, batch_targets in _batches(inputs, targets, cfg, rng):
+            loss = next_item_loss(model, batch_inputs, batch_targets, loss=cfg.loss, sampler=sampler, negatives=cfg.negatives)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -262,6 +262,19 @@ def fit(
         model.load_state_dict(best["state"])
     model.eval()
     return FitResult(model, best["epoch"], best["metrics"], history, time.perf_counter() - start, first_epoch - 1)
+
+
+def _batches(inputs: np.ndarray, targets: np.ndarray, cfg: TrainConfig, rng: np.random.Generator):
+    """Shuffled batches of windows; with `cfg.bucket`, windows of similar length together."""
+    if cfg.bucket:
+        for batch_inputs, batch_targets in bucketed_batches(inputs, targets, cfg.batch_size, rng):
+            yield torch.from_numpy(batch_inputs), torch.from_numpy(batch_targets)
+        return
+    order = torch.from_numpy(rng.permutation(len(inputs)))
+    inputs_t, targets_t = torch.from_numpy(inputs), torch.from_numpy(targets)
+    for i in range(0, len(order), cfg.batch_size):
+        idx = order[i : i + cfg.batch_size]
+        yield inputs_t[idx], targets_t[idx]
 
 
 def _tuple_state(state):

@@ -87,3 +87,9 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     with pytest.raises(ValueError, match="another config"):
         fit(TrainConfig(epochs=2, **{**SMALL, "hidden": 8}), ring_sequences(), NUM_ITEMS, progress=False,
             checkpoint_dir=tmp_path, resume=True)
+
+
+def test_length_bucketed_batches_train_as_well():
+    cfg = TrainConfig(model="sasrec", epochs=12, bucket=True, **SMALL)
+    result = fit(cfg, ring_sequences(), NUM_ITEMS, progress=False)
+    assert result.best_metrics["ndcg@10"] > 0.5
