@@ -11,7 +11,7 @@ RECSYS := $(VENV)/bin/recsys
 STAMP := $(VENV)/.installed-$(strip $(ORT))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto test demo quality bench-features clean
+.PHONY: help setup proto test fuzz certs demo quality bench-features clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -32,6 +32,13 @@ proto: $(STAMP) ## Regenerate recsys/v1 from protos/
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q
+
+fuzz: $(STAMP) ## Property-based hostile-input tests with 2,000 requests per RPC (make test runs 50)
+	RECSYS_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests/test_hostile_input.py
+
+certs: ## Local CA, server and client certificates and a token in certs/ (openssl, else Python's cryptography)
+	@# the `cryptography` fallback comes with the dev extra; certs/ is git-ignored (it holds the CA key)
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m recsys.devcerts --out certs
 
 demo: $(STAMP) ## Get ML-100K, train SASRec, serve it, print recommendations
 	$(PY) scripts/demo.py --data $(DATA) --out $(DEMO_DIR)

@@ -89,11 +89,17 @@ def check_features(
     for name, value in features.items():
         spec = specs.get(name)
         if spec is None:
-            raise error(f"{where}: feature {name!r} is not in the schema")
+            raise error(f"{where}: feature {_short(name)} is not in the schema")
         if value is None or _fits(value, spec.kind):
             continue
-        raise error(f"{where}: feature {name!r} is {spec.kind.value}, got {value!r}")
+        raise error(f"{where}: feature {_short(name)} is {spec.kind.value}, got {_short(value)}")
     return features
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of a client's value for an error message, cut to about `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def _fits(value: Any, kind: FeatureKind) -> bool:

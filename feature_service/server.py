@@ -27,6 +27,7 @@ from feature_service.stores import open_store
 from recsys.artifact import read_manifest
 from recsys.errors import Unavailable
 from recsys.grpc_server import ServiceBinding, create_server, run_until_signal, set_serving
+from recsys.security import ServerSecurity
 from recsys.v1 import features_pb2_grpc
 
 __all__ = ["StoreWatch", "create_feature_server", "serve"]
@@ -82,6 +83,7 @@ def create_feature_server(
     port: int = 0,
     max_workers: int = 8,
     health_interval_s: float = 1.0,
+    security: ServerSecurity | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer, FeatureServiceCore]:
     """Starts a loaded, SERVING feature server; returns it, its port, health and core.
 
@@ -89,7 +91,8 @@ def create_feature_server(
     (`FailedPrecondition` if none was). The caller owns shutdown: `server.stop(grace)` then
     `core.close()` (closes the store and ends the store watcher). Raises `FailedPrecondition`
     for a bad artifact, `ValueError` for a bad store URL, `StoreUnavailable` for a store that
-    cannot be reached.
+    cannot be reached, `ValueError` for unreadable certificates. `security`: TLS / mutual TLS
+    and accepted tokens (`recsys.security`).
     """
     manifest = read_manifest(artifact_dir) if artifact_dir is not None else None
     store = open_store(store_url)
@@ -100,7 +103,9 @@ def create_feature_server(
         binding = ServiceBinding(
             FeatureServicer(core), features_pb2_grpc.add_FeatureServiceServicer_to_server, SERVICE_NAME
         )
-        server, bound, health_servicer = create_server([binding], host=host, port=port, max_workers=max_workers)
+        server, bound, health_servicer = create_server(
+            [binding], host=host, port=port, max_workers=max_workers, security=security
+        )
         if manifest is not None:
             report = load_artifact(store, artifact_dir)
             log.info("loaded %s from %s into %s: %s", manifest.model_version, artifact_dir, store_url, report)
@@ -115,10 +120,14 @@ def create_feature_server(
     return server, bound, health_servicer, core
 
 
-def serve(artifact_dir: str | Path | None, store_url: str, host: str = "[::]", port: int = 50051) -> None:
+def serve(artifact_dir: str | Path | None, store_url: str, host: str = "[::]", port: int = 50051,
+          security: ServerSecurity | None = None) -> None:
     """Runs the feature server until SIGTERM/SIGINT, then drains and closes the store."""
-    server, bound, health_servicer, core = create_feature_server(artifact_dir, store_url, host, port)
-    log.info("feature service on %s:%d (schema %s, store %s)", host, bound, core.schema_hash, store_url)
+    security = security or ServerSecurity()
+    server, bound, health_servicer, core = create_feature_server(artifact_dir, store_url, host, port,
+                                                                  security=security)
+    log.info("feature service on %s:%d (%s; schema %s, store %s)", host, bound, security.describe(),
+             core.schema_hash, store_url)
     print(f"feature service listening on {host}:{bound} (schema {core.schema_hash})", flush=True)
     try:
         run_until_signal(server, health_servicer)

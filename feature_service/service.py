@@ -17,9 +17,12 @@ from feature_service.stores.base import Event, ItemRecord, Store, StoreUnavailab
 from recsys.errors import InvalidArgument, Unavailable
 from recsys.schema import FeatureKind, FeatureSchema
 
-__all__ = ["MAX_ID_CHARS", "MAX_TIMESTAMP", "FeatureServiceCore"]
+__all__ = ["MAX_ID_CHARS", "MAX_TIMESTAMP", "MAX_VALUE_CHARS", "MAX_VALUES", "FeatureServiceCore"]
 
 MAX_ID_CHARS = 256
+# Bounds on one feature value in an update (a row is stored and served whole on every read).
+MAX_VALUE_CHARS = 10_000  # characters of a categorical or text value, and of each multi-valued entry
+MAX_VALUES = 1_000  # entries of a multi-valued feature
 # Stores keep timestamps exactly up to 2**53 (Redis sorts them as doubles).
 MAX_TIMESTAMP = 2**53
 
@@ -104,8 +107,9 @@ class FeatureServiceCore:
 
     def update_user_features(self, rows: Sequence[tuple[str, dict[str, Any]]]) -> int:
         """Replaces users' feature rows (features absent from a row are removed); returns how
-        many changed. Every row is checked against the schema first: one bad row rejects the
-        batch, naming its index, and nothing is written. A user's events are kept."""
+        many changed. Every row is checked against the schema (and `MAX_VALUE_CHARS`,
+        `MAX_VALUES`) first: one bad row rejects the batch, naming its index, and nothing is
+        written. A user's events are kept."""
         self._check_rows("rows", rows, self._user_specs)
         with self._store_call():
             return self.store.put_users(list(rows))
@@ -144,6 +148,12 @@ class FeatureServiceCore:
         self._check_ids(field, [key for key, _ in rows])
         for i, (_, features) in enumerate(rows):
             check_features(features, specs, f"{field}[{i}]", InvalidArgument)
+            for name, value in features.items():
+                values = value if isinstance(value, list) else [value]
+                if len(values) > MAX_VALUES:
+                    raise InvalidArgument(f"{field}[{i}]: feature {name!r} has {len(values)} values; at most {MAX_VALUES}")
+                if any(isinstance(v, str) and len(v) > MAX_VALUE_CHARS for v in values):
+                    raise InvalidArgument(f"{field}[{i}]: feature {name!r} has a value longer than {MAX_VALUE_CHARS} characters")
 
     def _check_ids(self, field: str, ids: Sequence[str]) -> None:
         if not ids:

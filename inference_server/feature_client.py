@@ -2,7 +2,10 @@
 
 Every answer names the schema hash the feature service serves under; a client built with
 `expected_schema_hash` (the model's) refuses features of any other schema with
-`FailedPrecondition`, so a model never scores features encoded for another one.
+`FailedPrecondition`, so a model never scores features encoded for another one. With
+`security` the channel uses TLS (mutual TLS with a client certificate) and sends a bearer token
+(`recsys.security`); a refused token shows as UNAVAILABLE naming the feature service, like any
+other reason it cannot answer.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import grpc
 
 from recsys.errors import FailedPrecondition, InvalidArgument, Unavailable
 from recsys.feature_values import from_proto_map
+from recsys.security import ClientSecurity, open_channel
 from recsys.v1 import features_pb2, features_pb2_grpc
 
 __all__ = ["ITEM_BATCH", "FeatureClient", "SchemaMismatch", "UserView"]
@@ -47,14 +51,16 @@ class UserView:
 
 
 class FeatureClient:
-    def __init__(self, target: str, *, timeout_s: float = 1.0, expected_schema_hash: str | None = None):
+    def __init__(self, target: str, *, timeout_s: float = 1.0, expected_schema_hash: str | None = None,
+                 security: ClientSecurity | None = None):
         self.target = target
         self.timeout_s = timeout_s
         self.expected_schema_hash = expected_schema_hash
         # Reconnect within a second of the feature service coming back (gRPC's default backoff
         # grows to two minutes, which would keep the inference server failing long after).
-        self.channel = grpc.insecure_channel(
+        self.channel = open_channel(
             target,
+            security,
             options=[
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
@@ -101,6 +107,10 @@ class FeatureClient:
                 raise InvalidArgument(details) from None
             if code == grpc.StatusCode.FAILED_PRECONDITION:
                 raise FailedPrecondition(f"feature service: {details}") from None
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise Unavailable(
+                    f"feature service at {self.target} refused this server's credentials ({code.name}: {details})"
+                ) from None
             raise Unavailable(
                 f"feature service at {self.target} is unavailable ({code.name}: {details})"
             ) from None

@@ -19,6 +19,7 @@ from grpc_health.v1 import health
 from recsys.artifact import ItemIndex, read_manifest, verify_files
 from recsys.errors import RecsysError
 from recsys.grpc_server import ServiceBinding, create_server, run_until_signal, set_serving
+from recsys.security import ClientSecurity, ServerSecurity
 from recsys.v1 import inference_pb2_grpc
 from inference_server.feature_client import FeatureClient
 from inference_server.pipeline import Recommender
@@ -85,6 +86,7 @@ class FeatureWatch:
 def load_recommender(
     artifact_dir: str | Path, features_target: str, *, device: str = "cpu", threads: int = 1, max_k: int = 1000,
     feature_timeout_s: float = 1.0, retrieval_dir: str | Path | None = None, num_candidates: int = 200,
+    feature_security: ClientSecurity | None = None,
 ) -> Recommender:
     """Reads and checks the artifact(s), opens the model(s) on `device`, warms them up.
 
@@ -92,7 +94,8 @@ def load_recommender(
     the model in `artifact_dir` (a rank or rating model) re-scores them: two-stage serving.
     """
     manifest = read_manifest(artifact_dir)
-    client = FeatureClient(features_target, timeout_s=feature_timeout_s, expected_schema_hash=manifest.schema_hash)
+    client = FeatureClient(features_target, timeout_s=feature_timeout_s, expected_schema_hash=manifest.schema_hash,
+                           security=feature_security)
     retrieval = None
     if retrieval_dir is not None:
         retrieval = _stage(retrieval_dir, client, device=device, threads=threads, max_k=max_k)
@@ -122,17 +125,28 @@ def create_inference_server(
     health_interval_s: float = 2.0,
     retrieval_dir: str | Path | None = None,
     num_candidates: int = 200,
+    security: ServerSecurity | None = None,
+    feature_security: ClientSecurity | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer, Recommender]:
     """Loads the model, then starts a server whose health is SERVING while the feature
-    service answers with the model's schema (checked once before returning)."""
+    service answers with the model's schema (checked once before returning).
+
+    `security`: this server's TLS and accepted tokens; `feature_security`: the TLS and token
+    of its channel to the feature service."""
     recommender = load_recommender(artifact_dir, features_target, device=device, threads=threads, max_k=max_k,
-                                   retrieval_dir=retrieval_dir, num_candidates=num_candidates)
-    server, bound, health_servicer = create_server(
-        [ServiceBinding(InferenceServicer(recommender), inference_pb2_grpc.add_InferenceServiceServicer_to_server, SERVICE_NAME)],
-        host=host,
-        port=port,
-        max_workers=max_workers,
-    )
+                                   retrieval_dir=retrieval_dir, num_candidates=num_candidates,
+                                   feature_security=feature_security)
+    try:
+        server, bound, health_servicer = create_server(
+            [ServiceBinding(InferenceServicer(recommender), inference_pb2_grpc.add_InferenceServiceServicer_to_server, SERVICE_NAME)],
+            host=host,
+            port=port,
+            max_workers=max_workers,
+            security=security,
+        )
+    except BaseException:
+        recommender.features.close()
+        raise
     watch = FeatureWatch(recommender.features, health_servicer, health_interval_s)
     watch.check()
     watch.start()
@@ -140,14 +154,19 @@ def create_inference_server(
 
 
 def serve(artifact_dir: str, features_target: str, *, host: str, port: int, device: str, threads: int, max_k: int,
-          retrieval_dir: str | None = None, num_candidates: int = 200) -> None:
+          retrieval_dir: str | None = None, num_candidates: int = 200, security: ServerSecurity | None = None,
+          feature_security: ClientSecurity | None = None) -> None:
+    security = security or ServerSecurity()
     server, bound, health_servicer, recommender = create_inference_server(
         artifact_dir, features_target, host=host, port=port, device=device, threads=threads, max_k=max_k,
-        retrieval_dir=retrieval_dir, num_candidates=num_candidates,
+        retrieval_dir=retrieval_dir, num_candidates=num_candidates, security=security,
+        feature_security=feature_security,
     )
+    feature_tls = "TLS" if feature_security is not None and feature_security.tls is not None else "plaintext"
     log.info(
-        "inference server on %s:%d: model %s (%d items) on %s, features from %s",
-        host, bound, recommender.model_version, recommender.manifest.num_items, device, features_target,
+        "inference server on %s:%d (%s): model %s (%d items) on %s, features from %s (%s)",
+        host, bound, security.describe(), recommender.model_version, recommender.manifest.num_items, device,
+        features_target, feature_tls,
     )
     print(f"inference server listening on {host}:{bound} (model {recommender.model_version}, device {device})", flush=True)
     try:

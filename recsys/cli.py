@@ -177,6 +177,51 @@ def serve() -> None:
     """Run the gRPC services."""
 
 
+def _server_tls_options(command):
+    """--tls-cert/--tls-key/--tls-client-ca/--auth-token-file, shared by both `serve` commands."""
+    pem = click.Path(exists=True, dir_okay=False)
+    for option in reversed([
+        click.option("--tls-cert", type=pem, help="Serve TLS with this certificate chain (PEM); needs --tls-key."),
+        click.option("--tls-key", type=pem, help="Private key of --tls-cert (PEM)."),
+        click.option("--tls-client-ca", type=pem,
+                     help="Mutual TLS: require client certificates signed by this CA (PEM)."),
+        click.option("--auth-token-file", type=click.Path(exists=True, dir_okay=False),
+                     help="Require `authorization: Bearer TOKEN` with one of these tokens (one per line; "
+                          "health stays open). Default: the comma-separated RECSYS_AUTH_TOKENS, if set."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _server_security(tls_cert, tls_key, tls_client_ca, auth_token_file):
+    from recsys.security import ServerSecurity, ServerTls, read_tokens
+
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_client_ca is not None and tls_cert is None:
+        raise click.UsageError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    try:
+        tokens = read_tokens(auth_token_file)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    tls = ServerTls(tls_cert, tls_key, tls_client_ca) if tls_cert is not None else None
+    return ServerSecurity(tls=tls, tokens=tokens)
+
+
+def _client_security(ca, cert, key, token_file, token, *, flags: str):
+    """ClientSecurity from client flags; TLS is on when a CA or a client certificate is given."""
+    from recsys.security import ClientSecurity, ClientTls, read_token
+
+    if (cert is None) != (key is None):
+        raise click.UsageError(f"{flags}: a client certificate and its key go together")
+    try:
+        secret = read_token(token_file, token)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    tls = ClientTls(ca, cert, key) if ca is not None or cert is not None else None
+    return ClientSecurity(tls=tls, token=secret)
+
+
 STORE_HELP = ("Online store URL: sqlite://PATH (embedded, persistent; sqlite:///abs/path for an absolute path), "
               "redis://HOST:PORT/DB (shared) or memory:// (lost on exit); ?max_events=N bounds each history.")
 
@@ -187,16 +232,18 @@ STORE_HELP = ("Online store URL: sqlite://PATH (embedded, persistent; sqlite:///
 @click.option("--store", default="sqlite://recsys-features.sqlite", show_default=True, help=STORE_HELP)
 @click.option("--host", default="[::]", show_default=True)
 @click.option("--port", default=DEFAULT_FEATURES_PORT, show_default=True, type=int)
+@_server_tls_options
 @click.option("-v", "--verbose", is_flag=True)
-def serve_features(artifact, store, host, port, verbose) -> None:
+def serve_features(artifact, store, host, port, tls_cert, tls_key, tls_client_ca, auth_token_file, verbose) -> None:
     """Serve user and item features (and record events) from an online store."""
     _logging(verbose)
+    security = _server_security(tls_cert, tls_key, tls_client_ca, auth_token_file)
     from feature_service.server import serve as run
     from feature_service.stores import StoreUnavailable
     from recsys.errors import RecsysError
 
     try:
-        run(artifact, store, host, port)
+        run(artifact, store, host, port, security=security)
     except (ValueError, RecsysError, StoreUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -279,17 +326,33 @@ def features_forgotten(store, out) -> None:
               help="Two-stage serving: this next-item artifact proposes candidates, --artifact (a ranker) re-scores them.")
 @click.option("--candidates", default=200, show_default=True, type=click.IntRange(min=1),
               help="Candidates the retrieval stage proposes per request.")
+@_server_tls_options
+@click.option("--features-tls-ca", type=click.Path(exists=True, dir_okay=False),
+              help="Reach the feature service over TLS, trusting this CA (PEM).")
+@click.option("--features-tls-cert", type=click.Path(exists=True, dir_okay=False),
+              help="Client certificate (PEM) for a feature service that requires mutual TLS.")
+@click.option("--features-tls-key", type=click.Path(exists=True, dir_okay=False), help="Key of --features-tls-cert.")
+@click.option("--features-token-file", type=click.Path(exists=True, dir_okay=False),
+              help="Bearer token (one line) for the feature service. Default: RECSYS_FEATURES_TOKEN, if set.")
 @click.option("-v", "--verbose", is_flag=True)
-def serve_inference(artifact, features_target, host, port, device, threads, max_k, retrieval_dir, candidates, verbose) -> None:
+def serve_inference(artifact, features_target, host, port, device, threads, max_k, retrieval_dir, candidates,
+                    tls_cert, tls_key, tls_client_ca, auth_token_file, features_tls_ca, features_tls_cert,
+                    features_tls_key, features_token_file, verbose) -> None:
     """Serve Recommend and Score from an artifact's ONNX model."""
+    import os
+
     _logging(verbose)
+    security = _server_security(tls_cert, tls_key, tls_client_ca, auth_token_file)
+    feature_security = _client_security(features_tls_ca, features_tls_cert, features_tls_key, features_token_file,
+                                        os.environ.get("RECSYS_FEATURES_TOKEN"), flags="--features-tls-*")
     from inference_server.server import serve as run
     from recsys.errors import RecsysError
 
     try:
         run(artifact, features_target, host=host, port=port, device=device, threads=threads, max_k=max_k,
-            retrieval_dir=retrieval_dir, num_candidates=candidates)
-    except RecsysError as exc:
+            retrieval_dir=retrieval_dir, num_candidates=candidates, security=security,
+            feature_security=feature_security)
+    except (ValueError, RecsysError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -299,13 +362,22 @@ def serve_inference(artifact, features_target, host, port, device, threads, max_
 @click.option("--k", default=10, show_default=True, type=int)
 @click.option("--include-seen", is_flag=True, help="Keep items the user already has.")
 @click.option("--timeout", default=5.0, show_default=True, type=float, help="Seconds.")
-def recommend(server, user_id, k, include_seen, timeout) -> None:
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
+              help="Use TLS, trusting this CA (PEM) for the server's certificate.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
+              help="Client certificate (PEM) for a server that requires mutual TLS.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Key of --tls-cert.")
+@click.option("--token", envvar="RECSYS_TOKEN", show_envvar=True,
+              help="Bearer token to send (prefer the environment variable: flags show in `ps`).")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False), help="File holding the token (one line).")
+def recommend(server, user_id, k, include_seen, timeout, tls_ca, tls_cert, tls_key, token, token_file) -> None:
     """Ask the inference server for a user's top-k and print them."""
+    security = _client_security(tls_ca, tls_cert, tls_key, token_file, token, flags="--tls-cert/--tls-key")
     from recsys.client import RecommendError, format_recommendations, recommend as call
 
     try:
-        response = call(server, user_id, k, exclude_seen=not include_seen, timeout_s=timeout)
-    except RecommendError as exc:
+        response = call(server, user_id, k, exclude_seen=not include_seen, timeout_s=timeout, security=security)
+    except (ValueError, RecommendError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_recommendations(user_id, response))
 

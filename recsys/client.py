@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from recsys.security import ClientSecurity, open_channel
 from recsys.v1 import inference_pb2, inference_pb2_grpc
 
 __all__ = ["RecommendError", "format_recommendations", "recommend"]
@@ -13,9 +14,11 @@ class RecommendError(RuntimeError):
     pass
 
 
-def recommend(target: str, user_id: str, k: int, *, exclude_seen: bool = True, timeout_s: float = 5.0):
-    """One Recommend call; raises RecommendError with the status code and details."""
-    with grpc.insecure_channel(target) as channel:
+def recommend(target: str, user_id: str, k: int, *, exclude_seen: bool = True, timeout_s: float = 5.0,
+              security: ClientSecurity | None = None):
+    """One Recommend call (over TLS and with a token per `security`); raises RecommendError
+    with the status code and details."""
+    with open_channel(target, security) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         try:
             return stub.Recommend(

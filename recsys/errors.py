@@ -9,7 +9,11 @@
 
 Domain code raises these; `ErrorMappingInterceptor` turns them into statuses, so servicers
 never call `context.abort` themselves. Any other exception becomes INTERNAL and is logged
-once with its traceback.
+once with its traceback. A request that does not parse (bad protobuf bytes, invalid UTF-8 in a
+string field) is the client's error: INVALID_ARGUMENT, where gRPC itself would answer INTERNAL.
+Status details are cut to `MAX_DETAILS_CHARS`: gRPC drops a call whose details exceed its 16 KiB
+metadata limit (the client then sees RESOURCE_EXHAUSTED instead of the real error), and a
+message quoting a client's huge value should not echo all of it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import grpc
 
 __all__ = [
+    "MAX_DETAILS_CHARS",
     "ErrorMappingInterceptor",
     "FailedPrecondition",
     "InvalidArgument",
@@ -31,6 +36,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+MAX_DETAILS_CHARS = 1000
 
 
 class RecsysError(Exception):
@@ -57,12 +64,40 @@ class ResourceExhausted(RecsysError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def _details(message: str) -> str:
+    if len(message) <= MAX_DETAILS_CHARS:
+        return message
+    return f"{message[:MAX_DETAILS_CHARS]}… ({len(message) - MAX_DETAILS_CHARS} more characters)"
+
+
+class _Malformed:
+    """What `_tolerant` hands the handler instead of a request that did not parse."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf's DecodeError, or the C++/upb parser's own
+            return _Malformed(exc)
+
+    return deserialize
+
+
 def _wrap_unary(behavior: Callable[[Any, grpc.ServicerContext], Any], method: str):
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Malformed):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _details(f"malformed request to {method}: {request.error}"))
         try:
             return behavior(request, context)
         except RecsysError as exc:
-            context.abort(exc.code, str(exc))
+            context.abort(exc.code, _details(str(exc)))
         except Exception:  # the catch-all that keeps one bad request from leaking a stack trace
             log.exception("unhandled error in %s", method)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
@@ -79,6 +114,6 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
             return handler
         return grpc.unary_unary_rpc_method_handler(
             _wrap_unary(handler.unary_unary, handler_call_details.method),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )

@@ -3,7 +3,8 @@
 `create_server` returns `(server, port, health)` so tests can bind port 0; `run_until_signal`
 is what `main()` calls: it serves until SIGTERM/SIGINT, then drains in-flight requests for a
 grace period. Every server carries the standard health service (NOT_SERVING until the caller
-says otherwise), server reflection, and the error-mapping interceptor.
+says otherwise), server reflection, and the error-mapping interceptor; `security` adds TLS or
+mutual TLS and token authentication (`recsys.security`), whose interceptor runs first.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recsys.errors import ErrorMappingInterceptor
+from recsys.security import ServerSecurity
 
 __all__ = ["ServiceBinding", "create_server", "run_until_signal", "set_serving"]
 
@@ -43,15 +45,20 @@ def create_server(
     host: str = "[::]",
     port: int = 0,
     max_workers: int = 8,
+    security: ServerSecurity | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Builds and starts a server; returns it, the bound port and its health servicer.
 
     Health starts NOT_SERVING for every service and for "" (the whole server): call
-    `set_serving` once the model or store is loaded and checked.
+    `set_serving` once the model or store is loaded and checked. With `security.tls` the port
+    speaks only TLS; with `security.tokens` every call but health needs a bearer token.
     """
+    security = security or ServerSecurity()
+    credentials = security.credentials()  # reads the PEM files first: a bad path fails before binding
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[ErrorMappingInterceptor()],
+        # Authentication first, so an unauthenticated call never reaches a servicer.
+        interceptors=[*security.interceptors(), ErrorMappingInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -67,7 +74,8 @@ def create_server(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     set_serving(health_servicer, names, serving=False)

@@ -26,7 +26,8 @@ def test_generated_stubs_match_the_protos(tmp_path):
         )
 
 
-@pytest.mark.parametrize("module", ["inference_server.server", "feature_service.server", "recsys.cli", "recsys.client"])
+@pytest.mark.parametrize("module", ["inference_server.server", "feature_service.server", "recsys.cli", "recsys.client",
+                                    "recsys.security"])
 def test_serving_code_does_not_import_torch(module):
     code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, f"{module} pulls in torch"
