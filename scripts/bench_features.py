@@ -300,6 +300,8 @@ def main() -> int:
     results: dict = {"load_average_before": os.getloadavg(), "cpus": os.cpu_count(), "users": args.users,
                      "items": args.items, "paths": {}, "not_measured": {}}
 
+    # absolute, not resolved: the venv's python is a symlink whose own folder is not the venv's
+    args.feast_python = str(Path(args.feast_python).absolute())
     feast = None
     if not args.no_feast:
         if not Path(args.feast_python).is_file():
