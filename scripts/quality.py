@@ -1,6 +1,6 @@
-"""Served quality on ML-100K, leave-last-out, mean over seeds (`make quality`).
+"""Served quality on ML-100K, leave-last-out, mean over seeds (`make quality`; `--model` for others).
 
-For each seed: train SASRec on everything but each user's last interaction, export, serve it
+For each seed: train the model (SASRec by default) on everything but each user's last interaction, export, serve it
 (feature service + inference server on loopback), call Recommend(k=10, exclude_seen=true) for
 every test user over gRPC and score NDCG@10 / HR@10 / MRR@10 against the held-out item; then
 run `recsys evaluate` on the same artifact and split and report the difference.
@@ -70,6 +70,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--config", help="training config file passed to recsys train")
+    parser.add_argument("--model", default="sasrec", help="next-item model to train (sasrec, gru4rec, caser)")
     args = parser.parse_args()
     out = Path(args.out)
     recsys = [sys.executable, "-m", "recsys.cli"]
@@ -79,10 +80,10 @@ def main() -> int:
     test = pd.read_csv(out / "test.csv", dtype={"user_id": str, "item_id": str})
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        artifact = out / f"sasrec-seed{seed}"
+        artifact = out / f"{args.model}-seed{seed}"
         started = time.perf_counter()
         cmd = [*recsys, "train", "--interactions", str(out / "train.csv"), "--items", f"{args.data}/items.csv",
-               "--users", f"{args.data}/users.csv", "--model", "sasrec", "--out", str(artifact), "--seed", str(seed), "--quiet"]
+               "--users", f"{args.data}/users.csv", "--model", args.model, "--out", str(artifact), "--seed", str(seed), "--quiet"]
         if args.config:
             cmd += ["--config", args.config]
         subprocess.run(cmd, check=True)
@@ -108,6 +109,7 @@ def main() -> int:
     key = f"served_ndcg@{args.k}"
     values = [r[key] for r in rows]
     summary = {
+        "model": args.model,
         "seeds": [r["seed"] for r in rows],
         f"mean_{key}": statistics.mean(values),
         f"std_{key}": statistics.stdev(values) if len(values) > 1 else 0.0,
