@@ -14,7 +14,6 @@ answers, with no restart; the backends reconnect by themselves.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 import grpc
@@ -25,55 +24,13 @@ from feature_service.service import FeatureServiceCore
 from feature_service.servicer import SERVICE_NAME, FeatureServicer
 from feature_service.stores import open_store
 from recsys.artifact import read_manifest
-from recsys.errors import Unavailable
-from recsys.grpc_server import ServiceBinding, create_server, run_until_signal, set_serving
+from recsys.grpc_server import HealthWatch, ServiceBinding, create_server, run_until_signal, set_serving
 from recsys.security import ServerSecurity
 from recsys.v1 import features_pb2_grpc
 
-__all__ = ["StoreWatch", "create_feature_server", "serve"]
+__all__ = ["create_feature_server", "serve"]
 
 log = logging.getLogger(__name__)
-
-
-class StoreWatch:
-    """Pings the core's store every `interval_s` and mirrors the answer into health.
-
-    Runs on a daemon thread until `stop()`; `check()` runs one round (tests call it).
-    """
-
-    def __init__(self, core: FeatureServiceCore, health_servicer: health.HealthServicer, interval_s: float) -> None:
-        self.core = core
-        self.health = health_servicer
-        self.interval_s = interval_s
-        self.serving = True
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="store-watch", daemon=True)
-
-    def start(self) -> StoreWatch:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def check(self) -> bool:
-        try:
-            self.core.ping()
-            ok, why = True, ""
-        except Unavailable as exc:
-            ok, why = False, str(exc)
-        if ok != self.serving:
-            if ok:
-                log.info("feature store answers again: SERVING")
-            else:
-                log.warning("%s: NOT_SERVING until it answers", why)
-            self.serving = ok
-            set_serving(self.health, [SERVICE_NAME], serving=ok)
-        return ok
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.check()
 
 
 def create_feature_server(
@@ -115,7 +72,9 @@ def create_feature_server(
         store.close()
         raise
     set_serving(health_servicer, [SERVICE_NAME], serving=True)
-    watch = StoreWatch(core, health_servicer, health_interval_s).start()
+    watch = HealthWatch(core.ping, health_servicer, [SERVICE_NAME], health_interval_s, what="feature store")
+    watch.serving = True  # the load above just read and wrote the store
+    watch.start()
     core.on_close(watch.stop)
     return server, bound, health_servicer, core
 

@@ -1,7 +1,7 @@
 """Builds and runs the inference server: artifact + feature service address -> gRPC server.
 
 Health is SERVING only while the feature service answers with the model's feature schema:
-`FeatureWatch` asks for its schema hash at startup and every `health_interval_s`, and turns
+`HealthWatch` asks for its schema hash at startup and every `health_interval_s`, and turns
 health NOT_SERVING (with a log line saying why) on a mismatch or when it cannot be reached,
 SERVING again once it can. Requests check the hash on every feature answer as well, so a
 mismatch fails them with FAILED_PRECONDITION even between two checks.
@@ -10,15 +10,13 @@ mismatch fails them with FAILED_PRECONDITION even between two checks.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health
 
 from recsys.artifact import ItemIndex, read_manifest, verify_files
-from recsys.errors import RecsysError
-from recsys.grpc_server import ServiceBinding, create_server, run_until_signal, set_serving
+from recsys.grpc_server import HealthWatch, ServiceBinding, create_server, run_until_signal
 from recsys.security import ClientSecurity, ServerSecurity
 from recsys.v1 import inference_pb2_grpc
 from inference_server.feature_client import FeatureClient
@@ -26,61 +24,10 @@ from inference_server.pipeline import Recommender
 from inference_server.servicer import InferenceServicer
 from recsys.onnx_session import ModelSession
 
-__all__ = ["SERVICE_NAME", "FeatureWatch", "create_inference_server", "serve"]
+__all__ = ["SERVICE_NAME", "create_inference_server", "serve"]
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "recsys.v1.InferenceService"
-
-
-class FeatureWatch:
-    """Mirrors "the feature service answers with our schema" into health, every `interval_s`.
-
-    `check()` runs one round (startup and tests call it); the daemon thread ends with `stop()`
-    or once the feature client is closed.
-    """
-
-    def __init__(self, features: FeatureClient, health_servicer: health.HealthServicer, interval_s: float) -> None:
-        self.features = features
-        self.health = health_servicer
-        self.interval_s = interval_s
-        self.serving: bool | None = None
-        self.reason = ""  # why not SERVING, "" while SERVING
-        self._kind: type | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="feature-watch", daemon=True)
-
-    def start(self) -> FeatureWatch:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def check(self) -> bool:
-        try:
-            self.features.check_schema()
-            ok, reason, kind = True, "", None
-        except RecsysError as exc:
-            ok, reason, kind = False, str(exc), type(exc)
-        # Log once per change of state (mismatch, unreachable, fine), not on every round.
-        changed = ok != self.serving or kind is not self._kind
-        self._kind, self.reason = kind, reason
-        if changed:
-            if ok:
-                log.info("feature service at %s serves schema %s: SERVING", self.features.target,
-                         self.features.expected_schema_hash)
-            else:
-                log.error("%s: NOT_SERVING", reason)
-            self.serving = ok
-            set_serving(self.health, [SERVICE_NAME], serving=ok)
-        return ok
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.check()
-            except ValueError:  # the client's channel was closed: the server is shutting down
-                return
 
 
 def load_recommender(
@@ -147,7 +94,9 @@ def create_inference_server(
     except BaseException:
         recommender.features.close()
         raise
-    watch = FeatureWatch(recommender.features, health_servicer, health_interval_s)
+    features = recommender.features
+    watch = HealthWatch(features.check_schema, health_servicer, [SERVICE_NAME], health_interval_s,
+                        what=f"feature service at {features.target} with schema {features.expected_schema_hash}")
     watch.check()
     watch.start()
     return server, bound, health_servicer, recommender

@@ -1,13 +1,19 @@
-"""A small client of the inference service, for the CLI and scripts."""
+"""A small client of the inference service, and the helpers scripts and tests use to start
+servers on loopback and wait for them (`free_port`, `wait_serving`)."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
+
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.security import ClientSecurity, open_channel
 from recsys.v1 import inference_pb2, inference_pb2_grpc
 
-__all__ = ["RecommendError", "format_recommendations", "recommend"]
+__all__ = ["RecommendError", "format_recommendations", "free_port", "recommend", "wait_serving"]
 
 
 class RecommendError(RuntimeError):
@@ -35,3 +41,28 @@ def format_recommendations(user_id: str, response: inference_pb2.RecommendRespon
     for rank, item in enumerate(response.items, 1):
         lines.append(f"{rank:>3}  {item.item_id:<10} {item.score:>8.3f}  {item.title}")
     return "\n".join(lines)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_serving(target: str, process: subprocess.Popen | None = None, timeout_s: float = 60.0) -> None:
+    """Polls `target`'s health service until it says SERVING; raises RuntimeError if `process`
+    exits first, TimeoutError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the server for {target} exited with code {process.returncode}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{target} not SERVING after {timeout_s:.0f} s")

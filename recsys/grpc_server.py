@@ -20,10 +20,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recsys.errors import ErrorMappingInterceptor
+from recsys.errors import ErrorMappingInterceptor, RecsysError
 from recsys.security import ServerSecurity
 
-__all__ = ["ServiceBinding", "create_server", "run_until_signal", "set_serving"]
+__all__ = ["HealthWatch", "ServiceBinding", "create_server", "run_until_signal", "set_serving"]
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +110,56 @@ def run_until_signal(
     health_servicer.enter_graceful_shutdown()
     server.stop(grace_s).wait()
     log.info("stopped")
+
+
+class HealthWatch:
+    """Mirrors a dependency's state into health: every `interval_s`, `probe()` runs; it returns
+    when the dependency is fine and raises a `RecsysError` saying why when it is not. Health of
+    `names` follows, and the state is logged once per change (kind of error included), not on
+    every round. `check()` runs one round (startup and tests call it); the daemon thread ends
+    with `stop()`, or when the probe raises ValueError (its channel or store was closed).
+    """
+
+    def __init__(self, probe: Callable[[], None], health_servicer: health.HealthServicer, names: Sequence[str],
+                 interval_s: float, *, what: str) -> None:
+        self.probe = probe
+        self.health = health_servicer
+        self.names = list(names)
+        self.interval_s = interval_s
+        self.what = what  # for the log line when it is fine again, e.g. "feature store"
+        self.serving: bool | None = None
+        self.reason = ""  # why not SERVING, "" while SERVING
+        self._kind: type | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health-watch", daemon=True)
+
+    def start(self) -> HealthWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def check(self) -> bool:
+        try:
+            self.probe()
+            ok, reason, kind = True, "", None
+        except RecsysError as exc:
+            ok, reason, kind = False, str(exc), type(exc)
+        changed = ok != self.serving or kind is not self._kind
+        self._kind, self.reason = kind, reason
+        if changed:
+            if ok:
+                log.info("%s answers: SERVING", self.what)
+            else:
+                log.warning("%s: NOT_SERVING", reason)
+            self.serving = ok
+            set_serving(self.health, self.names, serving=ok)
+        return ok
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check()
+            except ValueError:  # closed underneath us: the server is shutting down
+                return

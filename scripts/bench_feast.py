@@ -22,6 +22,8 @@ import pandas as pd
 from feast import Entity, FeatureStore, FeatureView, Field, FileSource
 from feast.types import Array, Float64, Int64, String
 
+from bench_timing import timed  # beside this script; Feast's venv has no recsys
+
 USER_FEATURES = ["age", "gender", "occupation", "history", "history_timestamps"]
 ITEM_FEATURES = ["title", "genres", "year"]
 
@@ -70,24 +72,8 @@ def write_repo(data: Path, repo: Path) -> FeatureStore:
     return store
 
 
-def percentiles(samples_ms: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_ms)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
-
-    return {"calls": len(ordered), "p50_ms": at(0.50), "p99_ms": at(0.99), "mean_ms": round(sum(ordered) / len(ordered), 3)}
 
 
-def timed(call, requests: list, warmup: int) -> dict[str, float]:
-    for request in requests[:warmup]:
-        call(request)
-    samples = []
-    for request in requests[warmup:]:
-        start = time.perf_counter()
-        call(request)
-        samples.append((time.perf_counter() - start) * 1000)
-    return percentiles(samples)
 
 
 def main() -> int:

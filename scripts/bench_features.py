@@ -29,14 +29,12 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -45,7 +43,9 @@ from feature_service.service import FeatureServiceCore  # noqa: E402
 from feature_service.stores import SqliteStore  # noqa: E402
 from recsys.artifact import HISTORIES, ITEMS, MANIFEST, USERS, Manifest, ModelInput, write_jsonl  # noqa: E402
 from recsys.schema import FeatureKind, FeatureSchema, FeatureSpec  # noqa: E402
+from recsys.client import free_port, wait_serving  # noqa: E402
 from recsys.v1 import features_pb2, features_pb2_grpc  # noqa: E402
+from bench_timing import percentiles, timed  # noqa: E402  (beside this script)
 
 GENRES = ["Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
           "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
@@ -103,46 +103,12 @@ def write_data(out: Path, users: int, items: int, seed: int) -> tuple[list[str],
     return user_ids, item_ids
 
 
-def percentiles(samples_ms: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_ms)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
-
-    return {"calls": len(ordered), "p50_ms": at(0.50), "p99_ms": at(0.99), "mean_ms": round(sum(ordered) / len(ordered), 3)}
 
 
-def timed(call, requests: list, warmup: int) -> dict[str, float]:
-    for request in requests[:warmup]:
-        call(request)
-    samples = []
-    for request in requests[warmup:]:
-        start = time.perf_counter()
-        call(request)
-        samples.append((time.perf_counter() - start) * 1000)
-    return percentiles(samples)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_serving(target: str, process: subprocess.Popen, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"feature service exited with {process.returncode}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"{target} not SERVING after {timeout_s} s")
 
 
 class Server:

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recsys.client import format_recommendations, recommend
+from recsys.client import format_recommendations, free_port, recommend, wait_serving
 from recsys.v1 import features_pb2, features_pb2_grpc, types_pb2
 
 RECSYS = [sys.executable, "-m", "recsys.cli"]
@@ -26,26 +24,8 @@ def step(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_serving(target: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"server for {target} exited with code {proc.returncode}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.25)
-    raise SystemExit(f"{target} did not become SERVING within {timeout_s:.0f} s")
 
 
 def show(target: str, user: str, k: int = 5) -> list[str]:

@@ -6,39 +6,21 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from recsys.client import free_port, wait_serving
 from recsys.v1 import inference_pb2, inference_pb2_grpc
 
 RECSYS = [sys.executable, "-m", "recsys.cli"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_serving(target: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"{target} not SERVING after {timeout_s} s")
 
 
 @pytest.mark.slow
@@ -72,8 +54,8 @@ def test_train_serve_recommend_evaluate(ring_data, tmp_path: Path):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        wait_serving(f"127.0.0.1:{fport}")
-        wait_serving(f"127.0.0.1:{iport}")
+        wait_serving(f"127.0.0.1:{fport}", features)
+        wait_serving(f"127.0.0.1:{iport}", inference)
         out = subprocess.run(
             [*RECSYS, "recommend", "--server", f"127.0.0.1:{iport}", "--user", "u003", "--k", "5"],
             check=True, capture_output=True, text=True,

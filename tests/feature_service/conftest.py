@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from recsys.client import free_port
 from recsys.artifact import HISTORIES, ITEMS, MANIFEST, USERS, Manifest, ModelInput, write_jsonl
 from recsys.schema import FeatureKind, FeatureSchema, FeatureSpec
 
@@ -93,10 +94,6 @@ def redis_binary() -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

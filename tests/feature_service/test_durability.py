@@ -12,27 +12,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from feature_service.stores import open_store
 from recsys.v1 import features_pb2, features_pb2_grpc, types_pb2
 
-from .conftest import free_port
+from recsys.client import free_port, wait_serving
 
 
-def wait_serving(target: str, process: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise AssertionError(f"feature service exited: {process.communicate()[0]}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.05)
-    raise TimeoutError(f"{target} not SERVING after {timeout_s} s")
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])

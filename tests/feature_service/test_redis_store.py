@@ -31,7 +31,7 @@ def test_down_is_unavailable_fast_and_back_needs_no_reopen(redis_server: RedisSe
 
 
 def test_unreachable_at_open_is_unavailable() -> None:
-    from .conftest import free_port
+    from recsys.client import free_port
 
     with pytest.raises(StoreUnavailable):
         open_store(f"redis://127.0.0.1:{free_port()}/0")
