@@ -11,6 +11,8 @@ then, in one run:
   of them alike): 1 user's features with its 50 most recent events (GetUserFeatures; recsys
   builds the history from its event table at read time, Feast reads it precomputed as an array
   feature) and 100 items' features (GetItemFeatures);
+- beside them, the floor: scripts/bench_echo_server.py answering the same calls with the SQLite
+  service's own reply bytes and no work, i.e. one Python gRPC round trip of that size;
 - then the same reads in-process, without a server: FeatureServiceCore over SQLite, and Feast's
   SDK call (`FeatureStore.get_online_features`, scripts/bench_feast.py in Feast's virtualenv).
 
@@ -111,8 +113,13 @@ def write_data(out: Path, users: int, items: int, seed: int) -> tuple[list[str],
 
 
 
+ECHO = "gRPC echo floor (same reply bytes, no work)"
+
+
 class Server:
     """A server process under test; `stop()` ends it and everything it started."""
+
+    target = ""
 
     def __init__(self, command: list[str], cwd: Path) -> None:
         self.process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -134,7 +141,7 @@ def recsys_path(artifact: Path, store_url: str, servers: list[Server]) -> tuple:
     server = Server([sys.executable, "-m", "recsys.cli", "serve", "features", "--artifact", str(artifact),
                      "--store", store_url, "--host", "127.0.0.1", "--port", str(port)], ROOT)
     servers.append(server)
-    target = f"127.0.0.1:{port}"
+    target = server.target = f"127.0.0.1:{port}"
     wait_serving(target, server.process)
     stub = features_pb2_grpc.FeatureServiceStub(grpc.insecure_channel(target))
 
@@ -145,6 +152,32 @@ def recsys_path(artifact: Path, store_url: str, servers: list[Server]) -> tuple:
     def items(ids):
         reply = stub.GetItemFeatures(features_pb2.GetItemFeaturesRequest(item_ids=ids), timeout=5)
         assert all(i.found for i in reply.items)
+
+    return users, items
+
+
+def echo_floor_path(out: Path, sample: dict[str, list], target: str, servers: list[Server]) -> tuple:
+    """Captures the real service's replies to one request of each kind from `target`, then
+    starts scripts/bench_echo_server.py answering every call with those bytes: the floor of a
+    look-up (one gRPC round trip with a response of the same size, no work behind it)."""
+    stub = features_pb2_grpc.FeatureServiceStub(grpc.insecure_channel(target))
+    replies = {"users": stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=sample["users_1"][0]), timeout=5),
+               "items": stub.GetItemFeatures(features_pb2.GetItemFeaturesRequest(item_ids=sample["items_100"][0]), timeout=5)}
+    for kind, reply in replies.items():
+        (out / f"echo_{kind}.bin").write_bytes(reply.SerializeToString())
+    port = free_port()
+    server = Server([sys.executable, str(ROOT / "scripts" / "bench_echo_server.py"), "--port", str(port),
+                     "--users-reply", str(out / "echo_users.bin"), "--items-reply", str(out / "echo_items.bin")], ROOT)
+    servers.append(server)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=60)
+    echo = features_pb2_grpc.FeatureServiceStub(channel)
+
+    def users(ids):
+        assert echo.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=ids), timeout=5).users[0].found
+
+    def items(ids):
+        assert len(echo.GetItemFeatures(features_pb2.GetItemFeaturesRequest(item_ids=ids), timeout=5).items) == 100
 
     return users, items
 
@@ -238,6 +271,9 @@ def table(results: dict) -> str:
     for name, figures in results["paths"].items():
         u, i = figures["users_1"], figures["items_100"]
         lines.append(f"| {name} | {u['p50_ms']:.2f} ms | {u['p99_ms']:.2f} ms | {i['p50_ms']:.2f} ms | {i['p99_ms']:.2f} ms |")
+    ratios = results.get("feast_server_p99_over", {})
+    lines += [""] if ratios else []
+    lines += [f"Feast server p99 (100 items) / {name} p99: {ratio:.1f}x" for name, ratio in ratios.items()]
     return "\n".join(lines)
 
 
@@ -301,6 +337,9 @@ def main() -> int:
             else:
                 raise SystemExit(f"unknown backend {backend!r}")
             paths[f"recsys gRPC, {backend}"] = recsys_path(artifact, url, servers)
+            if backend == "sqlite":
+                print("echo floor: starting the fixed-reply server ...", file=sys.stderr, flush=True)
+                paths[ECHO] = echo_floor_path(out, requests, servers[-1].target, servers)
         if feast is not None:
             print("feast: starting feast serve ...", file=sys.stderr, flush=True)
             paths[f"Feast {feast['feast_version']} feature server (HTTP), sqlite"] = feast_server_path(
@@ -320,6 +359,12 @@ def main() -> int:
         results["paths"][f"Feast {feast['feast_version']} SDK in-process, sqlite"] = feast_helper(
             args.feast_python, out, "--warmup", str(args.warmup)
         )
+    feast_server = [f for n, f in results["paths"].items() if n.startswith("Feast") and "server" in n]
+    if feast_server:
+        results["feast_server_p99_over"] = {
+            name: feast_server[0]["items_100"]["p99_ms"] / results["paths"][name]["items_100"]["p99_ms"]
+            for name in results["paths"] if name.startswith("recsys gRPC") or name == ECHO
+        }
     results["load_average_after"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(table(results))
