@@ -6,11 +6,17 @@ Every answer names the schema hash the feature service serves under; a client bu
 `security` the channel uses TLS (mutual TLS with a client certificate) and sends a bearer token
 (`recsys.security`); a refused token shows as UNAVAILABLE naming the feature service, like any
 other reason it cannot answer.
+
+Deadlines: each call waits at most `timeout_s`, or the `timeout_s` the caller passes (the
+inference server passes what is left of its own request's deadline). The request id of the call
+being served (`recsys.logs.REQUEST_ID`) goes along as `x-request-id` metadata. `on_call(method,
+seconds, code)`, when set, hears about every call (the server's metrics).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +24,7 @@ import grpc
 
 from recsys.errors import FailedPrecondition, InvalidArgument, Unavailable
 from recsys.feature_values import from_proto_map
+from recsys.logs import REQUEST_ID, REQUEST_ID_HEADER
 from recsys.security import ClientSecurity, open_channel
 from recsys.v1 import features_pb2, features_pb2_grpc
 
@@ -68,10 +75,11 @@ class FeatureClient:
             ],
         )
         self.stub = features_pb2_grpc.FeatureServiceStub(self.channel)
+        self.on_call: Callable[[str, float, str], None] | None = None
 
-    def get_user(self, user_id: str, max_history: int) -> UserView:
+    def get_user(self, user_id: str, max_history: int, *, timeout_s: float | None = None) -> UserView:
         request = features_pb2.GetUserFeaturesRequest(user_ids=[user_id], max_history=max_history)
-        response = self._call(self.stub.GetUserFeatures, request)
+        response = self._call(self.stub.GetUserFeatures, request, timeout_s)
         self._check_schema(response.schema_hash)
         user = response.users[0]
         return UserView(user.user_id, user.found, tuple(user.history), from_proto_map(user.features))
@@ -98,11 +106,19 @@ class FeatureClient:
         if self.expected_schema_hash is not None and served != self.expected_schema_hash:
             raise SchemaMismatch(self.target, served, self.expected_schema_hash)
 
-    def _call(self, method, request):
+    def _call(self, method, request, timeout_s: float | None = None):
+        request_id = REQUEST_ID.get()
+        metadata = ((REQUEST_ID_HEADER, request_id),) if request_id else None
+        start = time.perf_counter()
         try:
-            return method(request, timeout=self.timeout_s)
+            response = method(request, timeout=self.timeout_s if timeout_s is None else timeout_s, metadata=metadata)
+            if self.on_call is not None:
+                self.on_call(type(request).__name__.removesuffix("Request"), time.perf_counter() - start, "OK")
+            return response
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details()
+            if self.on_call is not None:
+                self.on_call(type(request).__name__.removesuffix("Request"), time.perf_counter() - start, code.name)
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument(details) from None
             if code == grpc.StatusCode.FAILED_PRECONDITION:

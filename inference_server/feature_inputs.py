@@ -4,7 +4,8 @@ The artifact's manifest lists which inputs its model takes (sources user.cat, us
 item.id, item.cat, item.num, item.multi, user.history) and training["inputs"] records the
 feature order per input; `recsys.encoding.FeatureEncoder` turns plain values into numbers the
 same way the trainer did. Item rows are encoded once into arrays indexed by item token and
-refreshed from the feature service; user rows are encoded per request.
+refreshed from the feature service; user rows are encoded per request. A next_item model
+whose inputs come only from USER_SOURCES (a two-tower user tower) gets one row per user.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import numpy as np
 from recsys.artifact import Manifest
 from recsys.encoding import FeatureEncoder
 from recsys.errors import FailedPrecondition
-from recsys.schema import FIRST_TOKEN, PAD
+from recsys.schema import FIRST_TOKEN, OOV, PAD
 
-__all__ = ["FEATURE_SOURCES", "FeatureInputs"]
+__all__ = ["FEATURE_SOURCES", "USER_SOURCES", "FeatureInputs"]
 
 FEATURE_SOURCES = {
     "user.cat": "user_cat",
@@ -30,13 +31,16 @@ FEATURE_SOURCES = {
     "item.num": "item_num",
     "item.multi": "item_multi",
     "user.history": "history",
+    "user.id": "user_id",  # the artifact's user_index.json token; OOV for users it does not list
 }
+# Sources a next_item model may read (one row per user, no candidate): two-tower user towers.
+USER_SOURCES = frozenset({"user.history", "user.cat", "user.num"})
 
 
 class FeatureInputs:
     """Feeds for (one user) x (candidate items) rows."""
 
-    def __init__(self, manifest: Manifest, item_ids: tuple[str, ...]):
+    def __init__(self, manifest: Manifest, item_ids: tuple[str, ...], user_index: dict[str, int] | None = None):
         described = manifest.training.get("inputs")
         if not isinstance(described, dict):
             raise FailedPrecondition("artifact manifest lacks training.inputs (feature order per input)")
@@ -48,6 +52,9 @@ class FeatureInputs:
         if unknown:
             raise FailedPrecondition(f"model inputs from {unknown} are not supported by this server")
         self.names = {i.source: i.name for i in manifest.inputs}
+        if "user.id" in self.names and user_index is None:
+            raise FailedPrecondition("the model reads user ids but no user index was given")
+        self.user_index = user_index or {}
         self.item_ids = item_ids
         n = len(item_ids) + FIRST_TOKEN
         enc = self.encoder
@@ -79,8 +86,10 @@ class FeatureInputs:
             self.item_cat, self.item_num, self.item_multi = cat, num, multi
         return found
 
-    def feeds(self, user_features: dict[str, Any], history: np.ndarray, item_tokens: np.ndarray) -> dict[str, np.ndarray]:
-        """One row per candidate: item_tokens (B,) int64; history: the user's tokens, oldest first."""
+    def feeds(self, user_features: dict[str, Any], history: np.ndarray, item_tokens: np.ndarray,
+              user_id: str = "") -> dict[str, np.ndarray]:
+        """One row per candidate: item_tokens (B,) int64; history: the user's tokens, oldest first;
+        user_id feeds a user.id input (unknown or empty: OOV)."""
         b = len(item_tokens)
         enc = self.encoder
         with self._lock:
@@ -95,6 +104,7 @@ class FeatureInputs:
             "item.num": lambda: item_num[item_tokens],
             "item.multi": lambda: item_multi[item_tokens],
             "user.history": lambda: np.tile(_left_pad(history, max(1, enc.history_len)), (b, 1)),
+            "user.id": lambda: np.full(b, self.user_index.get(user_id, OOV), dtype=np.int64),
         }
         for source, name in self.names.items():
             out[name] = columns[source]()

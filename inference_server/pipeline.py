@@ -3,36 +3,50 @@
 The pipeline is model-agnostic: the manifest says what the model computes (`task`) and which
 inputs it takes; there are no model-specific branches.
 
-- task "next_item": one input, the user's recent item tokens; the output scores the whole
-  catalogue.
+- task "next_item": the user's recent item tokens (and, for a two-tower model, the user's
+  features: sources user.cat / user.num, built by feature_inputs.py as one row); the output
+  scores the whole catalogue.
 - task "rank" / "rating": feature-based inputs per (user, candidate) row (see
   feature_inputs.py). Recommend scores candidates proposed by a retrieval stage (another
   Recommender over a next-item model: two-stage serving) or, without one, the whole catalogue.
 
 The user's features are fetched once per request. Servicers adapt protos to these calls;
 nothing here sees a gRPC context.
+
+Degradation: when the feature service fails or does not answer within `timeout_s` (the caller
+passes what is left of the request's deadline), a Recommender built with `degrade=True` answers
+anyway: a next-item model reads the history the request carried (source
+SOURCE_REQUEST_HISTORY), and without one, or for feature-based rankers, popularity answers
+(SOURCE_FALLBACK). Both sources mean "degraded"; `DEGRADED_SOURCES` lists them.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from recsys.artifact import SOURCE_USER_HISTORY, ItemIndex, Manifest
-from recsys.errors import FailedPrecondition, InvalidArgument
+from recsys.errors import FailedPrecondition, InvalidArgument, Unavailable
 from recsys.onnx_session import ModelSession
 from recsys.schema import FIRST_TOKEN, OOV, PAD
 from inference_server.feature_client import FeatureClient, UserView
-from inference_server.feature_inputs import FeatureInputs
+from inference_server.explain import (MAX_EXPLAINED, Attribution, Explanation, explain_feature_ranker,
+                                      explain_next_item, window_scorer)
+from inference_server.feature_inputs import USER_SOURCES, FeatureInputs
 
 __all__ = ["MAX_ID_CHARS", "Recommendation", "Recommender"]
 
 MAX_ID_CHARS = 256
 SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
+SOURCE_REQUEST_HISTORY = "request_history"  # degraded: the model on the request's own history
+SOURCE_FALLBACK = "fallback"  # degraded: popularity, because the feature service failed
+DEGRADED_SOURCES = (SOURCE_REQUEST_HISTORY, SOURCE_FALLBACK)
+MAX_REQUEST_HISTORY = 1000
 FEATURE_TASKS = ("rank", "rating")
 
 
@@ -42,6 +56,9 @@ class Recommendation:
     scores: list[float]
     titles: list[str]
     source: str  # SOURCE_MODEL or SOURCE_POPULARITY
+    # With explain=True and a model answer: per item (the first MAX_EXPLAINED), see explain.py
+    because_items: list[list[Attribution]] | None = None
+    because_features: list[list[Attribution]] | None = None
 
 
 class Recommender:
@@ -58,6 +75,9 @@ class Recommender:
         retrieval: Recommender | None = None,
         num_candidates: int = 200,
         item_refresh_s: float = 300.0,
+        degrade: bool = True,
+        ann=None,
+        user_index: dict[str, int] | None = None,
     ):
         if len(index.item_ids) != manifest.num_items or index.sha256 != manifest.item_index_sha256:
             raise FailedPrecondition("item_index.json does not match the manifest's item index checksum")
@@ -75,11 +95,16 @@ class Recommender:
         self.retrieval = retrieval
         self.num_candidates = num_candidates
         self.inputs: FeatureInputs | None = None
+        # next_item models that read user features besides the history (two-tower): feature_inputs.py
+        self.user_inputs: FeatureInputs | None = None
         if manifest.task == "next_item":
-            if [i.source for i in manifest.inputs] != [SOURCE_USER_HISTORY]:
-                raise FailedPrecondition(f"next_item model inputs {[i.source for i in manifest.inputs]} are not supported")
+            sources = [i.source for i in manifest.inputs]
+            if SOURCE_USER_HISTORY not in sources or not set(sources) <= USER_SOURCES:
+                raise FailedPrecondition(f"next_item model inputs {sources} are not supported")
+            if sources != [SOURCE_USER_HISTORY]:
+                self.user_inputs = FeatureInputs(manifest, index.item_ids)
         elif manifest.task in FEATURE_TASKS:
-            self.inputs = FeatureInputs(manifest, index.item_ids)
+            self.inputs = FeatureInputs(manifest, index.item_ids, user_index)
             if retrieval is not None and retrieval.manifest.task != "next_item":
                 raise FailedPrecondition("the retrieval stage must be a next_item model")
         else:
@@ -87,6 +112,10 @@ class Recommender:
         if retrieval is not None and self.inputs is None:
             raise FailedPrecondition("a retrieval stage only goes in front of a rank or rating model")
         self.item_refresh_s = item_refresh_s
+        self.degrade = degrade
+        # inference_server.retrieval.Retriever: approximate top-k for next-item models over
+        # large catalogues (Recommend); Score stays exact through it.
+        self.ann = ann
         self._items_loaded_at = -np.inf
         self._items_lock = threading.Lock()
 
@@ -97,7 +126,13 @@ class Recommender:
         return self.manifest.model_version
 
     def warm_up(self) -> None:
-        if self.inputs is None:
+        if self.ann is not None:
+            self.ann.warm_up()
+        elif self.user_inputs is not None:
+            out = self._next_item_scores(UserView("", False, ()))
+            if out.shape != (self.manifest.num_items,):
+                raise FailedPrecondition(f"model output shape {out.shape} != ({self.manifest.num_items},) for one user")
+        elif self.inputs is None:
             self.session.warm_up()
         else:
             tokens = np.array([FIRST_TOKEN], dtype=np.int64)
@@ -105,16 +140,27 @@ class Recommender:
             if out.shape != (1,):
                 raise FailedPrecondition(f"model output shape {out.shape} != (1,) for one row")
 
-    def recommend(self, user_id: str, k: int, exclude_seen: bool) -> Recommendation:
+    def recommend(self, user_id: str, k: int, exclude_seen: bool, explain: bool = False, *,
+                  history: Sequence[str] = (), timeout_s: float | None = None) -> Recommendation:
         _check_user_id(user_id)
         if not 1 <= k <= self.max_k:
             raise InvalidArgument(f"k must be between 1 and {self.max_k}, got {k}")
-        user = self.features.get_user(user_id, self.seen_window)
+        _check_history(history)
+        user, degraded = self._user(user_id, history, timeout_s)
         seen = self._seen(user)
-        if self._fallback(user, seen):
+        if degraded and (self.inputs is not None or not len(seen)):
+            scores, source = self.popularity.copy(), SOURCE_FALLBACK
+        elif self._fallback(user, seen):
             scores, source = self.popularity.copy(), SOURCE_POPULARITY
+        elif self.inputs is None and self.ann is not None:
+            cols, top_scores = self.ann.top_k(self._window(user), k, seen if exclude_seen else None)
+            why = self._explain(user, np.asarray(cols, dtype=np.int64)[:MAX_EXPLAINED]) if explain else None
+            return Recommendation([self.index.item_ids[i] for i in cols], [float(s) for s in top_scores],
+                                  [self.index.titles[i] for i in cols], SOURCE_REQUEST_HISTORY if degraded else SOURCE_MODEL,
+                                  because_items=why.because_items if why else None,
+                                  because_features=why.because_features if why else None)
         elif self.inputs is None:
-            scores, source = self._next_item_scores(user), SOURCE_MODEL
+            scores, source = self._next_item_scores(user), SOURCE_REQUEST_HISTORY if degraded else SOURCE_MODEL
         else:
             candidates = self._candidates(user, seen if exclude_seen else None)
             scores = np.full(self.manifest.num_items, -np.inf, dtype=np.float32)
@@ -125,14 +171,27 @@ class Recommender:
         k = min(k, int(np.isfinite(scores).sum()))
         top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
         top = top[np.argsort(-scores[top], kind="stable")]
+        explained = explain and source in (SOURCE_MODEL, SOURCE_REQUEST_HISTORY)
+        why = self._explain(user, top[:MAX_EXPLAINED]) if explained else None
         return Recommendation(
             item_ids=[self.index.item_ids[i] for i in top],
             scores=[float(scores[i]) for i in top],
             titles=[self.index.titles[i] for i in top],
             source=source,
+            because_items=why.because_items if why else None,
+            because_features=why.because_features if why else None,
         )
 
-    def score(self, user_id: str, item_ids: list[str]) -> tuple[list[float], str]:
+    def _explain(self, user: UserView, cols: np.ndarray) -> Explanation:
+        """Attributions of the scores of catalogue columns `cols` (see explain.py)."""
+        ids, titles = self.index.item_ids, self.index.titles
+        if self.inputs is None:
+            score, length = window_scorer(self.session, self.user_inputs, user.features, self.manifest.max_history)
+            return explain_next_item(score, self._tokens(user), length, cols, ids, titles)
+        return explain_feature_ranker(self.session, self.inputs, user.features, self._tokens(user),
+                                      np.asarray(cols, dtype=np.int64) + FIRST_TOKEN, ids, titles, user_id=user.user_id)
+
+    def score(self, user_id: str, item_ids: list[str], *, timeout_s: float | None = None) -> tuple[list[float], str]:
         _check_user_id(user_id)
         if not item_ids:
             raise InvalidArgument("item_ids is empty")
@@ -144,14 +203,28 @@ class Recommender:
             more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
             raise InvalidArgument(f"unknown item_ids: {shown}{more}")
         tokens = np.array([self.token[i] for i in item_ids], dtype=np.int64)
-        user = self.features.get_user(user_id, self.seen_window)
+        user, degraded = self._user(user_id, (), timeout_s)
+        if degraded:
+            return [float(s) for s in self.popularity[tokens - FIRST_TOKEN]], SOURCE_FALLBACK
         if self._fallback(user, self._seen(user)):
             return [float(s) for s in self.popularity[tokens - FIRST_TOKEN]], SOURCE_POPULARITY
+        if self.inputs is None and self.ann is not None:
+            return [float(s) for s in self.ann.score_items(self._window(user), tokens - FIRST_TOKEN)], SOURCE_MODEL
         if self.inputs is None:
             return [float(s) for s in self._next_item_scores(user)[tokens - FIRST_TOKEN]], SOURCE_MODEL
         return [float(s) for s in self._feature_scores(user, tokens)], SOURCE_MODEL
 
     # -- stages -------------------------------------------------------------------------
+
+    def _user(self, user_id: str, history: Sequence[str], timeout_s: float | None) -> tuple[UserView, bool]:
+        """The feature service's view of the user, or (with `degrade`, when it fails or is too
+        slow) one built from the request's `history`; the flag says which."""
+        try:
+            return self.features.get_user(user_id, self.seen_window, timeout_s=timeout_s), False
+        except Unavailable:
+            if not self.degrade:
+                raise
+            return UserView(user_id, bool(history), tuple(history[-self.seen_window :])), True
 
     def _tokens(self, user: UserView) -> np.ndarray:
         return np.array([self.token.get(i, OOV) for i in user.history], dtype=np.int64)
@@ -164,13 +237,20 @@ class Recommender:
         """Unknown users, and next-item models without one known item to read, get popularity."""
         return not user.found or (self.inputs is None and not len(seen))
 
-    def _next_item_scores(self, user: UserView) -> np.ndarray:
+    def _window(self, user: UserView) -> np.ndarray:
+        """(1, max_history) int64: the user's most recent item tokens, left-padded."""
         tokens = self._tokens(user)
         window = np.full((1, self.manifest.max_history), PAD, dtype=np.int64)
         tail = tokens[-self.manifest.max_history :]
         if len(tail):
             window[0, -len(tail) :] = tail
-        return self.session.scores(window)[0].astype(np.float32, copy=True)
+        return window
+
+    def _next_item_scores(self, user: UserView) -> np.ndarray:
+        if self.user_inputs is not None:
+            feeds = self.user_inputs.feeds(user.features, self._tokens(user), np.zeros(1, dtype=np.int64))
+            return self.session.run(feeds)[0].astype(np.float32, copy=True)
+        return self.session.scores(self._window(user))[0].astype(np.float32, copy=True)
 
     def _candidates(self, user: UserView, seen: np.ndarray | None) -> np.ndarray:
         """Item tokens to rank: the retrieval stage's top `num_candidates`, or every item."""
@@ -188,7 +268,7 @@ class Recommender:
 
     def _feature_scores(self, user: UserView, tokens: np.ndarray) -> np.ndarray:
         self._refresh_items()
-        feeds = self.inputs.feeds(user.features, self._tokens(user), tokens)
+        feeds = self.inputs.feeds(user.features, self._tokens(user), tokens, user.user_id)
         return self.session.run(feeds).astype(np.float32, copy=False)
 
     def _refresh_items(self) -> None:
@@ -205,6 +285,13 @@ class Recommender:
 
             self.inputs.load_items(fetch)
             self._items_loaded_at = time.monotonic()
+
+
+def _check_history(history: Sequence[str]) -> None:
+    if len(history) > MAX_REQUEST_HISTORY:
+        raise InvalidArgument(f"history has {len(history)} items, more than the maximum of {MAX_REQUEST_HISTORY}")
+    if any(len(i) > MAX_ID_CHARS for i in history):
+        raise InvalidArgument(f"history holds an item id longer than {MAX_ID_CHARS} characters")
 
 
 def _check_user_id(user_id: str) -> None:

@@ -1,125 +1,251 @@
-"""Builds and runs the inference server: artifact + feature service address -> gRPC server.
+"""Builds and runs the inference server: a model (artifact directory or repository) + the
+feature service's address -> gRPC server.
 
-Health is SERVING only while the feature service answers with the model's feature schema:
-`HealthWatch` asks for its schema hash at startup and every `health_interval_s`, and turns
-health NOT_SERVING (with a log line saying why) on a mismatch or when it cannot be reached,
-SERVING again once it can. Requests check the hash on every feature answer as well, so a
-mismatch fails them with FAILED_PRECONDITION even between two checks.
+Model: `artifact_dir` serves one artifact; `repo` + `model` serve a versioned model repository
+(`inference_server.model_repository`): the newest version that passes its checks, or a pinned
+`version`; with `watch_interval_s` > 0 new versions are picked up as they are published, and the
+AdminService on the same port loads, pins and rolls back versions. Every response names the
+version that produced it.
+
+Health follows the feature service: `HealthWatch` asks for its schema hash at startup and every
+`health_interval_s`. On a schema mismatch the server turns NOT_SERVING (requests fail with
+FAILED_PRECONDITION: scoring features of another schema would be wrong). When the feature
+service cannot be reached, a server with `degrade=True` (the default) stays SERVING and answers
+from fallbacks marked `degraded` (see inference_server/pipeline.py); the health entry
+"recsys.v1.FeatureService" and the metric `recsys_feature_service_up` say the dependency is
+down. With `degrade=False` the server turns NOT_SERVING and requests fail with UNAVAILABLE.
+
+Load: at most `max_concurrent_rpcs` calls are in flight (running or queued); more are refused
+with RESOURCE_EXHAUSTED at once. `request_timeout_s` bounds each call's feature fetch even when
+the caller set no deadline. Metrics: Prometheus text on `metrics_port` (`recsys.metrics`).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health
+from grpc_health.v1 import health, health_pb2
 
-from recsys.artifact import ItemIndex, read_manifest, verify_files
-from recsys.grpc_server import HealthWatch, ServiceBinding, create_server, run_until_signal
+from recsys.artifact import ItemIndex, read_manifest, read_user_index, verify_files
+from recsys.errors import RecsysError, Unavailable
+from recsys.grpc_server import MAX_MESSAGE_BYTES, HealthWatch, ServiceBinding, create_server, run_until_signal
+from recsys.metrics import InferenceMetrics
 from recsys.security import ClientSecurity, ServerSecurity
-from recsys.v1 import inference_pb2_grpc
+from recsys.v1 import admin_pb2_grpc, inference_pb2_grpc
 from inference_server.feature_client import FeatureClient
+from inference_server.model_repository import ModelManager, ModelRepository, ServedModel
 from inference_server.pipeline import Recommender
-from inference_server.servicer import InferenceServicer
-from recsys.onnx_session import ModelSession
+from inference_server.servicer import AdminServicer, InferenceServicer
+from inference_server.speed import SpeedOptions, open_model
 
-__all__ = ["SERVICE_NAME", "create_inference_server", "serve"]
+__all__ = ["ADMIN_SERVICE_NAME", "FEATURES_HEALTH_NAME", "SERVICE_NAME", "InferenceService",
+           "create_inference_server", "serve", "start_inference_service"]
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "recsys.v1.InferenceService"
+ADMIN_SERVICE_NAME = "recsys.v1.AdminService"
+FEATURES_HEALTH_NAME = "recsys.v1.FeatureService"  # health entry mirroring the dependency
 
 
-def load_recommender(
-    artifact_dir: str | Path, features_target: str, *, device: str = "cpu", threads: int = 1, max_k: int = 1000,
-    feature_timeout_s: float = 1.0, retrieval_dir: str | Path | None = None, num_candidates: int = 200,
-    feature_security: ClientSecurity | None = None,
-) -> Recommender:
-    """Reads and checks the artifact(s), opens the model(s) on `device`, warms them up.
-
-    With `retrieval_dir`, that next-item model proposes `num_candidates` items per request and
-    the model in `artifact_dir` (a rank or rating model) re-scores them: two-stage serving.
-    """
-    manifest = read_manifest(artifact_dir)
-    client = FeatureClient(features_target, timeout_s=feature_timeout_s, expected_schema_hash=manifest.schema_hash,
-                           security=feature_security)
-    retrieval = None
-    if retrieval_dir is not None:
-        retrieval = _stage(retrieval_dir, client, device=device, threads=threads, max_k=max_k)
-    return _stage(artifact_dir, client, device=device, threads=threads, max_k=max_k,
-                  retrieval=retrieval, num_candidates=num_candidates)
-
-
-def _stage(artifact_dir, client: FeatureClient, *, device: str, threads: int, max_k: int, **extra) -> Recommender:
+def _stage(artifact_dir, client: FeatureClient, *, device: str, threads: int, max_k: int,
+           speed: SpeedOptions | None = None, **extra) -> Recommender:
+    """Reads and checks one artifact, opens its model on `device` (tuned, batched and with ANN
+    retrieval per `speed`), warms it up."""
     manifest = read_manifest(artifact_dir)
     verify_files(artifact_dir, manifest)
-    session = ModelSession(artifact_dir, manifest, device=device, threads=threads)
+    session, ann = open_model(artifact_dir, manifest, device=device, threads=threads, speed=speed)
+    if ann is not None:
+        extra["ann"] = ann
+    if any(i.source == "user.id" for i in manifest.inputs):
+        extra["user_index"] = read_user_index(artifact_dir)
     recommender = Recommender(manifest, ItemIndex.read(artifact_dir), session, client, max_k=max_k, **extra)
     recommender.warm_up()
     return recommender
 
 
-def create_inference_server(
-    artifact_dir: str | Path,
+@dataclass
+class InferenceService:
+    """A started inference server and what it owns; `stop()` releases all of it."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    manager: ModelManager
+    metrics: InferenceMetrics
+    watch: HealthWatch
+    metrics_port: int | None = None
+
+    @property
+    def recommender(self) -> Recommender:
+        return self.manager.current.recommender
+
+    def stop(self, grace_s: float | None = None) -> None:
+        self.server.stop(grace_s).wait()
+        self.close()
+
+    def close(self) -> None:
+        self.manager.stop()
+        self.watch.stop()
+        self.metrics.close()
+        self.manager.features.close()
+
+
+def start_inference_service(
+    artifact_dir: str | Path | None,
     features_target: str,
     *,
+    repo: str | Path | None = None,
+    model: str | None = None,
+    version: int | None = None,
+    watch_interval_s: float = 2.0,
     host: str = "[::]",
     port: int = 0,
     device: str = "cpu",
     threads: int = 1,
     max_k: int = 1000,
+    max_candidates: int = 10000,
     max_workers: int = 8,
+    max_concurrent_rpcs: int | None = 256,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
     health_interval_s: float = 2.0,
+    feature_timeout_s: float = 1.0,
+    request_timeout_s: float | None = 1.0,
+    degrade: bool = True,
     retrieval_dir: str | Path | None = None,
     num_candidates: int = 200,
     security: ServerSecurity | None = None,
     feature_security: ClientSecurity | None = None,
-) -> tuple[grpc.Server, int, health.HealthServicer, Recommender]:
-    """Loads the model, then starts a server whose health is SERVING while the feature
-    service answers with the model's schema (checked once before returning).
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
+    access_log: bool = False,
+    speed: SpeedOptions | None = None,
+) -> InferenceService:
+    """Loads the model, then starts the server; health is checked once before returning.
 
-    `security`: this server's TLS and accepted tokens; `feature_security`: the TLS and token
-    of its channel to the feature service."""
-    recommender = load_recommender(artifact_dir, features_target, device=device, threads=threads, max_k=max_k,
-                                   retrieval_dir=retrieval_dir, num_candidates=num_candidates,
-                                   feature_security=feature_security)
+    Give `artifact_dir`, or `repo` and `model` (and optionally a pinned `version`). With
+    `retrieval_dir`, that next-item model proposes `num_candidates` items per request and the
+    served model (a rank or rating model) re-scores them: two-stage serving; hot swaps change
+    the served model, not the retrieval stage. `security`: this server's TLS and accepted
+    tokens; `feature_security`: the TLS and token of its channel to the feature service.
+    """
+    if (artifact_dir is None) == (repo is None):
+        raise ValueError("serve an artifact directory or a model repository (repo and model), not both")
+    first_manifest = read_manifest(artifact_dir) if artifact_dir is not None else None
+    client = FeatureClient(features_target, timeout_s=feature_timeout_s,
+                           expected_schema_hash=first_manifest.schema_hash if first_manifest else None,
+                           security=feature_security)
+    metrics = InferenceMetrics()
+    client.on_call = metrics.feature_call
     try:
+        retrieval = None
+        if retrieval_dir is not None:
+            retrieval = _stage(retrieval_dir, client, device=device, threads=threads, max_k=max_k, degrade=degrade,
+                               speed=speed)
+
+        def build(path: Path) -> Recommender:
+            return _stage(path, client, device=device, threads=threads, max_k=max_k, max_candidates=max_candidates,
+                          retrieval=retrieval, num_candidates=num_candidates, degrade=degrade, speed=speed)
+
+        def changed(served: ServedModel) -> None:
+            metrics.model_changed(served.label, served.version)
+
+        manager = ModelManager(
+            build, client, artifact_dir=artifact_dir,
+            repository=ModelRepository(repo) if repo is not None else None, model=model, version=version,
+            on_change=changed, on_reject=metrics.model_rejected,
+        )
+        client.expected_schema_hash = manager.current.recommender.manifest.schema_hash
+        bindings = [
+            ServiceBinding(InferenceServicer(manager, request_timeout_s=request_timeout_s,
+                                             on_degraded=metrics.degraded_answer),
+                           inference_pb2_grpc.add_InferenceServiceServicer_to_server, SERVICE_NAME),
+            ServiceBinding(AdminServicer(manager), admin_pb2_grpc.add_AdminServiceServicer_to_server,
+                           ADMIN_SERVICE_NAME),
+        ]
         server, bound, health_servicer = create_server(
-            [ServiceBinding(InferenceServicer(recommender), inference_pb2_grpc.add_InferenceServiceServicer_to_server, SERVICE_NAME)],
-            host=host,
-            port=port,
-            max_workers=max_workers,
-            security=security,
+            bindings, host=host, port=port, max_workers=max_workers, security=security,
+            max_concurrent_rpcs=max_concurrent_rpcs, max_message_bytes=max_message_bytes,
+            interceptors=[metrics.interceptor(access_log=access_log)],
         )
     except BaseException:
-        recommender.features.close()
+        client.close()
         raise
-    features = recommender.features
-    watch = HealthWatch(features.check_schema, health_servicer, [SERVICE_NAME], health_interval_s,
-                        what=f"feature service at {features.target} with schema {features.expected_schema_hash}")
+    metrics.watch_batches(lambda: _batch_stats(manager.current.recommender))
+    bound_metrics = metrics.serve_http(metrics_port, metrics_host) if metrics_port is not None else None
+    watch = HealthWatch(_probe(client, health_servicer, metrics, degrade), health_servicer,
+                        [SERVICE_NAME, ADMIN_SERVICE_NAME], health_interval_s,
+                        what=f"feature service at {client.target}")
     watch.check()
     watch.start()
-    return server, bound, health_servicer, recommender
+    manager.start_watch(watch_interval_s)
+    return InferenceService(server, bound, health_servicer, manager, metrics, watch, bound_metrics)
 
 
-def serve(artifact_dir: str, features_target: str, *, host: str, port: int, device: str, threads: int, max_k: int,
-          retrieval_dir: str | None = None, num_candidates: int = 200, security: ServerSecurity | None = None,
-          feature_security: ClientSecurity | None = None) -> None:
+def _batch_stats(recommender: Recommender) -> tuple[int, int] | None:
+    batcher = getattr(recommender.session, "batcher", None)
+    return None if batcher is None else (batcher.batches, batcher.batch_rows)
+
+
+def _probe(client: FeatureClient, health_servicer: health.HealthServicer, metrics: InferenceMetrics, degrade: bool):
+    """One health round: the feature service answers with the served model's schema. A service
+    that cannot be reached fails the round only without `degrade` (see the module docstring)."""
+    state = {"up": None}
+
+    def mark(up: bool) -> None:
+        if up == state["up"]:
+            return
+        if degrade and (state["up"] is not None or not up):
+            log.warning("feature service at %s %s", client.target,
+                        "answers again: full answers" if up else "cannot be reached: answering degraded (fallbacks)")
+        state["up"] = up
+        metrics.feature_up.set(1 if up else 0)
+        health_servicer.set(FEATURES_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING if up
+                            else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def probe() -> None:
+        try:
+            client.check_schema()
+        except Unavailable:
+            mark(False)
+            if not degrade:
+                raise
+            return
+        except RecsysError:  # it answers, with another schema
+            mark(True)
+            raise
+        mark(True)
+
+    return probe
+
+
+def create_inference_server(
+    artifact_dir: str | Path | None, features_target: str, **options
+) -> tuple[grpc.Server, int, health.HealthServicer, Recommender]:
+    """`start_inference_service` returning (server, port, health, recommender at start); the
+    caller stops the server and closes `recommender.features`."""
+    service = start_inference_service(artifact_dir, features_target, **options)
+    return service.server, service.port, service.health, service.recommender
+
+
+def serve(artifact_dir: str | None, features_target: str, *, host: str, port: int, device: str, threads: int,
+          max_k: int, security: ServerSecurity | None = None, **options) -> None:
+    """Runs the inference server until SIGTERM/SIGINT, then drains (see `start_inference_service`)."""
     security = security or ServerSecurity()
-    server, bound, health_servicer, recommender = create_inference_server(
-        artifact_dir, features_target, host=host, port=port, device=device, threads=threads, max_k=max_k,
-        retrieval_dir=retrieval_dir, num_candidates=num_candidates, security=security,
-        feature_security=feature_security,
-    )
+    service = start_inference_service(artifact_dir, features_target, host=host, port=port, device=device,
+                                      threads=threads, max_k=max_k, security=security, **options)
+    feature_security = options.get("feature_security")
     feature_tls = "TLS" if feature_security is not None and feature_security.tls is not None else "plaintext"
+    served = service.manager.current
     log.info(
-        "inference server on %s:%d (%s): model %s (%d items) on %s, features from %s (%s)",
-        host, bound, security.describe(), recommender.model_version, recommender.manifest.num_items, device,
-        features_target, feature_tls,
+        "inference server on %s:%d (%s): model %s (%d items) on %s, features from %s (%s)%s",
+        host, service.port, security.describe(), served.label, served.recommender.manifest.num_items, device,
+        features_target, feature_tls, f", metrics on :{service.metrics_port}" if service.metrics_port else "",
     )
-    print(f"inference server listening on {host}:{bound} (model {recommender.model_version}, device {device})", flush=True)
+    print(f"inference server listening on {host}:{service.port} (model {served.label}, device {device})", flush=True)
     try:
-        run_until_signal(server, health_servicer)
+        run_until_signal(service.server, service.health)
     finally:
-        recommender.features.close()
-
+        service.close()

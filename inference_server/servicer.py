@@ -1,36 +1,127 @@
-"""gRPC adapter: InferenceService protos <-> Recommender calls."""
+"""gRPC adapters: InferenceService and AdminService protos <-> Recommender / ModelManager calls.
+
+Each call reads the served model once (`manager.current`), so a hot swap never splits a call
+between two versions, and the response names the version that produced it. Deadlines: the
+feature fetch gets what is left of the call's deadline (or of the server's own per-request
+timeout, whichever ends first) minus a reserve for the model, so a slow feature service turns
+into a degraded answer before the caller gives up, not into DEADLINE_EXCEEDED.
+"""
 
 from __future__ import annotations
 
-from recsys.v1 import inference_pb2, inference_pb2_grpc
-from inference_server.pipeline import SOURCE_MODEL, Recommender
+import logging
 
-__all__ = ["InferenceServicer"]
+import grpc
 
-_SOURCES = {SOURCE_MODEL: inference_pb2.SOURCE_MODEL}
+from recsys.logs import user_ref
+from recsys.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
+from inference_server.model_repository import ModelManager
+from inference_server.pipeline import (
+    DEGRADED_SOURCES,
+    SOURCE_FALLBACK,
+    SOURCE_MODEL,
+    SOURCE_REQUEST_HISTORY,
+)
+
+__all__ = ["AdminServicer", "InferenceServicer", "fetch_timeout"]
+
+log = logging.getLogger(__name__)
+
+_SOURCES = {
+    SOURCE_MODEL: inference_pb2.SOURCE_MODEL,
+    SOURCE_REQUEST_HISTORY: inference_pb2.SOURCE_REQUEST_HISTORY,
+    SOURCE_FALLBACK: inference_pb2.SOURCE_POPULARITY,
+}
+# Of a call's time budget, what the model and the answer keep back from the feature fetch:
+# a quarter of the budget, at most this much.
+MODEL_RESERVE_S = 0.25
 
 
 def _source(name: str) -> int:
     return _SOURCES.get(name, inference_pb2.SOURCE_POPULARITY)
 
 
+def _attributions(attributions) -> list:
+    return [inference_pb2.Attribution(name=a.name, contribution=a.contribution, title=a.title) for a in attributions]
+
+
+def fetch_timeout(remaining_s: float | None, request_timeout_s: float | None, feature_timeout_s: float) -> float:
+    """Seconds the feature fetch may take: the call's budget (the earlier of the caller's
+    deadline and the server's per-request timeout) less a reserve for the model (a quarter of
+    the budget, at most `MODEL_RESERVE_S`), never more than `feature_timeout_s` and never below
+    a millisecond."""
+    budgets = [b for b in (remaining_s, request_timeout_s) if b is not None and b < 1e6]
+    if not budgets:
+        return feature_timeout_s
+    budget = min(budgets)
+    return max(0.001, min(feature_timeout_s, budget - min(MODEL_RESERVE_S, budget / 4)))
+
+
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, recommender: Recommender):
-        self.recommender = recommender
+    """`on_degraded(rpc, source)` hears about every degraded answer (the server's metrics)."""
+
+    def __init__(self, manager: ModelManager, *, request_timeout_s: float | None = None, on_degraded=None):
+        self.manager = manager
+        self.request_timeout_s = request_timeout_s
+        self.on_degraded = on_degraded
+
+    def _timeout(self, context: grpc.ServicerContext) -> float:
+        return fetch_timeout(context.time_remaining(), self.request_timeout_s, self.manager.features.timeout_s)
+
+    def _degraded(self, rpc: str, source: str, user_id: str) -> bool:
+        if source not in DEGRADED_SOURCES:
+            return False
+        log.debug("%s for %s answered degraded (%s)", rpc, user_ref(user_id), source)
+        if self.on_degraded is not None:
+            self.on_degraded(rpc, source)
+        return True
 
     def Recommend(self, request, context):
-        rec = self.recommender.recommend(request.user_id, request.k, request.exclude_seen)
+        served = self.manager.current
+        rec = served.recommender.recommend(request.user_id, request.k, request.exclude_seen, explain=request.explain,
+                                           history=request.history, timeout_s=self._timeout(context))
+        items = [
+            inference_pb2.ScoredItem(item_id=i, score=s, title=t) for i, s, t in zip(rec.item_ids, rec.scores, rec.titles)
+        ]
+        for item, because in zip(items, rec.because_items or []):
+            item.because_items.extend(_attributions(because))
+        for item, because in zip(items, rec.because_features or []):
+            item.because_features.extend(_attributions(because))
         return inference_pb2.RecommendResponse(
-            items=[
-                inference_pb2.ScoredItem(item_id=i, score=s, title=t)
-                for i, s, t in zip(rec.item_ids, rec.scores, rec.titles)
-            ],
-            model_version=self.recommender.model_version,
+            items=items,
+            model_version=served.label,
             source=_source(rec.source),
+            degraded=self._degraded("Recommend", rec.source, request.user_id),
         )
 
     def Score(self, request, context):
-        scores, source = self.recommender.score(request.user_id, list(request.item_ids))
+        served = self.manager.current
+        scores, source = served.recommender.score(request.user_id, list(request.item_ids),
+                                                  timeout_s=self._timeout(context))
         return inference_pb2.ScoreResponse(
-            scores=scores, model_version=self.recommender.model_version, source=_source(source)
+            scores=scores, model_version=served.label, source=_source(source),
+            degraded=self._degraded("Score", source, request.user_id),
         )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Model status, load a version, roll back (see protos/recsys/v1/admin.proto)."""
+
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def GetModelStatus(self, request, context):
+        status = self.manager.status()
+        return admin_pb2.GetModelStatusResponse(
+            model=status["model"], policy=status["policy"], serving_version=status["serving_version"],
+            model_version=status["label"], versions=status["versions"],
+            rejected=[admin_pb2.RejectedVersion(version=v, reason=r) for v, r in sorted(status["rejected"].items())],
+        )
+
+    def LoadModelVersion(self, request, context):
+        served = self.manager.load_version(request.version or None)
+        return admin_pb2.LoadModelVersionResponse(serving_version=served.version or 0, model_version=served.label)
+
+    def RollbackModel(self, request, context):
+        served = self.manager.rollback(request.version or None)
+        return admin_pb2.RollbackModelResponse(serving_version=served.version or 0, model_version=served.label)

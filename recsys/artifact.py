@@ -9,6 +9,8 @@
       histories.jsonl   {"user_id", "item_ids", "timestamps"} per user, oldest event first
       users.jsonl       {"user_id", "features": {name: value}} raw user features
       items.jsonl       {"item_id", "features": {name: value}} raw item features
+      user_index.json   {"user_ids": [...]}, only for a model with a user.id input: the user id
+                        token is the position + 2 (1 = a user unseen in training)
 
 Servers read only this directory; they never see the trainer's config or data.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.errors import FailedPrecondition
-from recsys.schema import FeatureSchema, canonical_json, sha256_hex
+from recsys.schema import FIRST_TOKEN, FeatureSchema, canonical_json, sha256_hex
 
 __all__ = [
     "FORMAT_VERSION",
@@ -34,8 +36,10 @@ __all__ = [
     "Manifest",
     "ModelInput",
     "file_sha256",
+    "fsync_dir",
     "read_jsonl",
     "read_manifest",
+    "read_user_index",
     "write_atomically",
     "write_jsonl",
 ]
@@ -47,6 +51,7 @@ ITEM_INDEX = "item_index.json"
 HISTORIES = "histories.jsonl"
 USERS = "users.jsonl"
 ITEMS = "items.jsonl"
+USER_INDEX = "user_index.json"  # only for models with a user.id input
 
 # Where a model input's values come from at serving time.
 SOURCE_USER_HISTORY = "user.history"  # item tokens of the user's most recent events, left-padded
@@ -74,6 +79,9 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    # Differentially private training: {"epsilon", "delta", "unit", "noise_multiplier", ...}
+    # spent by the whole run (trainer/private.py); empty for ordinary training.
+    privacy: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -104,6 +112,7 @@ class Manifest:
             "metrics": self.metrics,
             "versions": self.versions,
             "files": self.files,
+            "privacy": self.privacy,
             "created_at": self.created_at,
         }
 
@@ -136,6 +145,7 @@ class Manifest:
             metrics=d.get("metrics", {}),
             versions=d.get("versions", {}),
             files=d.get("files", {}),
+            privacy=d.get("privacy", {}),
             created_at=d.get("created_at", ""),
         )
 
@@ -164,6 +174,15 @@ class ItemIndex:
         if not (len(ids) == len(titles) == len(popularity)):
             raise FailedPrecondition(f"{ITEM_INDEX}: item_ids, titles and popularity differ in length")
         return cls(ids, titles, popularity)
+
+
+def read_user_index(artifact_dir: str | Path) -> dict[str, int]:
+    """user id -> its user.id token (position in user_index.json + 2)."""
+    path = Path(artifact_dir) / USER_INDEX
+    if not path.is_file():
+        raise FailedPrecondition(f"artifact {artifact_dir} reads user ids but has no {USER_INDEX}")
+    ids = json.loads(path.read_text())["user_ids"]
+    return {str(u): i + FIRST_TOKEN for i, u in enumerate(ids)}
 
 
 def item_ids_sha256(item_ids: tuple[str, ...] | list[str]) -> str:
@@ -230,7 +249,7 @@ def write_atomically(target: str | Path, fill: Callable[[Path], None]) -> Path:
             if child.is_file():
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
@@ -238,14 +257,15 @@ def write_atomically(target: str | Path, fill: Callable[[Path], None]) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Makes a directory's entries (new names, renames) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recsys.security import ClientSecurity, open_channel
 from recsys.v1 import inference_pb2, inference_pb2_grpc
 
-__all__ = ["RecommendError", "format_recommendations", "free_port", "recommend", "wait_serving"]
+__all__ = ["RecommendError", "format_explanations", "format_recommendations", "free_port", "recommend", "wait_serving"]
 
 
 class RecommendError(RuntimeError):
@@ -21,17 +21,35 @@ class RecommendError(RuntimeError):
 
 
 def recommend(target: str, user_id: str, k: int, *, exclude_seen: bool = True, timeout_s: float = 5.0,
-              security: ClientSecurity | None = None):
+              security: ClientSecurity | None = None, explain: bool = False):
     """One Recommend call (over TLS and with a token per `security`); raises RecommendError
     with the status code and details."""
     with open_channel(target, security) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         try:
             return stub.Recommend(
-                inference_pb2.RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen), timeout=timeout_s
+                inference_pb2.RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen, explain=explain),
+                timeout=timeout_s,
             )
         except grpc.RpcError as exc:
             raise RecommendError(f"{target}: {exc.code().name}: {exc.details()}") from None
+
+
+def format_explanations(user_id: str, response: inference_pb2.RecommendResponse, shown: int = 2) -> str:
+    """Each item with "because you watched X, Y" (its `shown` strongest history items, by title
+    where known) and, for feature-based rankers, its strongest signed feature contributions."""
+    source = inference_pb2.Source.Name(response.source).removeprefix("SOURCE_").lower()
+    lines = [f"top {len(response.items)} for user {user_id} (model {response.model_version}, from {source})"]
+    for rank, item in enumerate(response.items, 1):
+        lines.append(f"{rank:>3}. {item.title or item.item_id} ({item.item_id}, score {item.score:.3f})")
+        because = [a.title or a.name for a in item.because_items[:shown]]
+        if because:
+            lines.append(f"     because you watched {', '.join(because)}")
+        elif response.source != inference_pb2.SOURCE_MODEL:
+            lines.append("     popular with everyone (no history the model can read)")
+        if item.because_features:
+            lines.append("     features: " + ", ".join(f"{a.name} {a.contribution:+.3f}" for a in item.because_features))
+    return "\n".join(lines)
 
 
 def format_recommendations(user_id: str, response: inference_pb2.RecommendResponse) -> str:

@@ -46,24 +46,31 @@ def create_server(
     port: int = 0,
     max_workers: int = 8,
     security: ServerSecurity | None = None,
+    max_concurrent_rpcs: int | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Builds and starts a server; returns it, the bound port and its health servicer.
 
     Health starts NOT_SERVING for every service and for "" (the whole server): call
     `set_serving` once the model or store is loaded and checked. With `security.tls` the port
     speaks only TLS; with `security.tokens` every call but health needs a bearer token.
+    Load shedding: with `max_concurrent_rpcs`, a call arriving while that many are in flight
+    (running or queued for a worker) is refused at once with RESOURCE_EXHAUSTED instead of
+    queueing without bound. `interceptors` (e.g. metrics) run outermost, before authentication.
     """
     security = security or ServerSecurity()
     credentials = security.credentials()  # reads the PEM files first: a bad path fails before binding
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         # Authentication first, so an unauthenticated call never reaches a servicer.
-        interceptors=[*security.interceptors(), ErrorMappingInterceptor()],
+        interceptors=[*interceptors, *security.interceptors(), ErrorMappingInterceptor()],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -3,11 +3,21 @@
 The device check is strict: onnxruntime-gpu lists CUDAExecutionProvider even on machines
 without a GPU and silently falls back to CPU, so after creating the session we check which
 provider it really got and refuse to start otherwise.
+
+Tuning (`SessionTuning`): graph optimisation level, intra-/inter-op threads, the CPU memory
+arena and thread spinning. Thread counts are sized against the server's own concurrency
+(`threads_for`): N worker threads each running ORT with M intra-op threads would ask for N*M
+cores, and on a small machine that oversubscription collapses under load. Spinning is off by
+default: a spinning ORT pool burns the cores the gRPC threads need between runs. On CUDA the
+inputs and outputs go through I/O binding (one host->device copy in, one device->host copy out,
+no staging by `run`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +26,68 @@ import onnxruntime as ort
 from recsys.artifact import MODEL, Manifest
 from recsys.errors import FailedPrecondition
 
-__all__ = ["DEVICES", "ModelSession"]
+__all__ = ["DEVICES", "GRAPH_OPT_LEVELS", "ModelSession", "SessionTuning", "threads_for"]
 
 log = logging.getLogger(__name__)
 
 DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+GRAPH_OPT_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class SessionTuning:
+    graph_opt: str = "all"  # key of GRAPH_OPT_LEVELS
+    intra_threads: int = 1  # threads inside one operator; 0 = ONNX Runtime's default (all cores)
+    inter_threads: int = 1  # threads across independent operators (only with parallel=True)
+    parallel: bool = False  # ORT_PARALLEL execution mode (rarely helps these small graphs)
+    arena: bool = True  # CPU memory arena: reuses buffers between runs instead of malloc/free
+    spinning: bool = False  # intra-op threads busy-wait for work (fast when idle cores exist)
+
+    def check(self) -> None:
+        if self.graph_opt not in GRAPH_OPT_LEVELS:
+            raise FailedPrecondition(f"unknown graph optimisation level {self.graph_opt!r}; use one of "
+                                     f"{', '.join(GRAPH_OPT_LEVELS)}")
+        if self.intra_threads < 0 or self.inter_threads < 0:
+            raise FailedPrecondition("ONNX Runtime thread counts must be >= 0")
+
+    def options(self) -> ort.SessionOptions:
+        self.check()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = GRAPH_OPT_LEVELS[self.graph_opt]
+        options.intra_op_num_threads = self.intra_threads
+        options.inter_op_num_threads = self.inter_threads
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if self.parallel else ort.ExecutionMode.ORT_SEQUENTIAL
+        options.enable_cpu_mem_arena = self.arena
+        spin = "1" if self.spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        options.log_severity_level = 3
+        return options
+
+
+def threads_for(concurrent_runs: int, cores: int | None = None) -> int:
+    """Intra-op threads per session so that `concurrent_runs` simultaneous runs fill, but do
+    not oversubscribe, the machine: max(1, cores // concurrent_runs). A server that batches
+    requests into one run at a time passes 1; one that runs ORT in each of N workers passes N."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, concurrent_runs))
 
 
 class ModelSession:
-    """Runs the artifact's model: `scores(item_seq) -> (batch, num_items)` float32."""
+    """Runs the artifact's model: `scores(item_seq) -> (batch, num_items)` float32.
 
-    def __init__(self, artifact_dir: str | Path, manifest: Manifest, *, device: str = "cpu", threads: int = 1):
+    `model_file` picks another graph of the artifact (an int8 or fp16 variant, or the user
+    encoder of an ANN artifact); `output` then names the output to return (default the
+    manifest's). `threads` is kept for callers that set only the intra-op thread count.
+    """
+
+    def __init__(self, artifact_dir: str | Path, manifest: Manifest, *, device: str = "cpu", threads: int | None = None,
+                 tuning: SessionTuning | None = None, model_file: str = MODEL, output: str | None = None):
         if device not in DEVICES:
             raise FailedPrecondition(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
         wanted = DEVICES[device]
@@ -37,13 +98,15 @@ class ModelSession:
             )
         if device == "cuda" and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN from pip's nvidia-* wheels, where installed
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        tuning = tuning or SessionTuning()
+        if threads is not None:
+            tuning = SessionTuning(**{**tuning.__dict__, "intra_threads": threads})
+        self.tuning = tuning
         providers = [wanted] if device == "cpu" else [wanted, "CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(Path(artifact_dir) / MODEL), options, providers=providers)
+        path = Path(artifact_dir) / model_file
+        if not path.is_file():
+            raise FailedPrecondition(f"artifact {artifact_dir} has no {model_file}")
+        self.session = ort.InferenceSession(str(path), tuning.options(), providers=providers)
         got = self.session.get_providers()[0]
         if got != wanted:
             raise FailedPrecondition(
@@ -52,17 +115,27 @@ class ModelSession:
             )
         self.device = device
         self.input_name = manifest.inputs[0].name
-        self.output_name = manifest.output
+        self.output_name = output or manifest.output
         self.num_items = manifest.num_items
         self.max_len = manifest.max_history
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Named inputs -> the manifest's output."""
+        """Named inputs -> the chosen output."""
+        if self.device == "cuda":
+            return self._run_bound(feeds)
         return self.session.run([self.output_name], feeds)[0]
 
     def scores(self, item_seq: np.ndarray) -> np.ndarray:
-        """item_seq (B, L) int64 left-padded tokens -> (B, num_items) float32."""
-        return self.session.run([self.output_name], {self.input_name: item_seq})[0]
+        """item_seq (B, L) int64 left-padded tokens -> (B, num_items) float32 (or the chosen output)."""
+        return self.run({self.input_name: item_seq})
+
+    def _run_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        binding.bind_output(self.output_name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
     def warm_up(self) -> None:
         """One run, so the first request does not pay for lazy initialisation; checks the shape.

@@ -28,9 +28,13 @@ RECBOLE_DEEPFM = {"test_auc": 0.7861, "test_logloss": 0.5718}
 # equal lengths let a ranker share a feature service with SASRec (200 scored ~0.005 higher).
 COMMON = dict(history_len=50, epochs=40, patience=3)
 SETTINGS: dict[str, dict] = {
-    "deepfm": dict(model="deepfm", dropout=0.5, history_attention=True, lr=3e-3, batch_size=2048, **COMMON),
-    "dcn": dict(model="dcn", dropout=0.5, lr=3e-3, batch_size=2048, **COMMON),
-    "conv_ctr": dict(model="conv_ctr", lr=3e-3, batch_size=2048, **COMMON),
+    # user_id: the user id as one more field (users unseen in training share an OOV vector): seed-0
+    # validation AUC 0.7608 -> 0.7891; ordinal: trained on every rating level (cumulative logits):
+    # 0.7891 -> 0.7911; dcn 0.7641 -> 0.7893, conv_ctr 0.7652 -> 0.7853 with both.
+    "deepfm": dict(model="deepfm", dropout=0.5, history_attention=True, lr=3e-3, batch_size=2048, user_id=True,
+                   ordinal=True, **COMMON),
+    "dcn": dict(model="dcn", dropout=0.5, lr=3e-3, batch_size=2048, user_id=True, ordinal=True, **COMMON),
+    "conv_ctr": dict(model="conv_ctr", lr=3e-3, batch_size=2048, user_id=True, ordinal=True, **COMMON),
     "rating": dict(model="rating", lr=1e-3, batch_size=1024, weight_decay=1e-5, **COMMON),
 }
 
@@ -42,6 +46,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default=",".join(SETTINGS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--set", default="{}", help='JSON of RankConfig settings over every model\'s, e.g. {"user_id": false}')
     args = parser.parse_args()
     data = Path(args.data)
     tables = load_tables(data / "interactions.csv", data / "users.csv", data / "items.csv")
@@ -50,7 +55,7 @@ def main() -> None:
     for name in args.models.split(","):
         runs = []
         for seed in seeds:
-            cfg = RankConfig(**SETTINGS[name], seed=seed, threads=args.threads)
+            cfg = RankConfig(**{**SETTINGS[name], **json.loads(args.set)}, seed=seed, threads=args.threads)
             start = time.perf_counter()
             run = train_ranker(cfg, tables=tables, progress=False, log=lambda *_: None)
             row = {"seed": seed, "best_epoch": run.fit.best_epoch, "seconds": round(time.perf_counter() - start, 1),
@@ -60,7 +65,8 @@ def main() -> None:
         keys = [k for k in runs[0] if k.startswith(("test_", "valid_"))]
         summary = {k: {"mean": statistics.mean(r[k] for r in runs),
                        "sd": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0} for k in keys}
-        results[name] = {"config": asdict(RankConfig(**SETTINGS[name])), "runs": runs, "summary": summary}
+        results[name] = {"config": asdict(RankConfig(**{**SETTINGS[name], **json.loads(args.set)})), "runs": runs,
+                         "summary": summary}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"seeds": seeds, "recbole_deepfm": RECBOLE_DEEPFM,

@@ -20,7 +20,15 @@ from hypothesis import strategies as st
 from feature_service.server import create_feature_server
 from inference_server.server import create_inference_server
 from recsys.feature_values import from_proto_map
-from recsys.v1 import features_pb2, features_pb2_grpc, inference_pb2, inference_pb2_grpc, types_pb2
+from recsys.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    features_pb2,
+    features_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    types_pb2,
+)
 
 EXAMPLES = int(os.environ.get("RECSYS_FUZZ_EXAMPLES", "50"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -204,8 +212,8 @@ def test_feature_service_still_serves_after_the_fuzzing(features):
 
 
 @FUZZ
-@given(user_id=ids, k=int32, exclude_seen=st.booleans(), events=interactions)
-def test_recommend_survives_anything(inference, user_id, k, exclude_seen, events):
+@given(user_id=ids, k=int32, exclude_seen=st.booleans(), events=interactions, history=id_lists)
+def test_recommend_survives_anything(inference, user_id, k, exclude_seen, events, history):
     # Give some odd users odd histories (unknown items, odd ids) before asking for them.
     survives(lambda: inference["features"].RecordInteractions(
         features_pb2.RecordInteractionsRequest(interactions=[
@@ -213,7 +221,7 @@ def test_recommend_survives_anything(inference, user_id, k, exclude_seen, events
             for e in events
         ]), timeout=10))
     reply = survives(lambda: inference["stub"].Recommend(
-        inference_pb2.RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen), timeout=10))
+        inference_pb2.RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen, history=history), timeout=10))
     if not isinstance(reply, grpc.StatusCode):
         assert 1 <= k <= 50 and len(reply.items) <= k
         assert all(math.isfinite(i.score) for i in reply.items)
@@ -234,6 +242,44 @@ def test_score_survives_anything(inference, user_id, item_ids):
 def test_inference_server_refuses_malformed_bytes(inference, method, data):
     call = inference["channel"].unary_unary(f"/recsys.v1.InferenceService/{method}")
     survives(lambda: call(data, timeout=10))
+
+
+@pytest.fixture(scope="module")
+def admin(trained_artifact, tmp_path_factory):
+    """An inference server over a model repository with two versions (no watcher)."""
+    from inference_server.model_repository import ModelRepository
+    from inference_server.server import start_inference_service
+
+    repo = ModelRepository(tmp_path_factory.mktemp("fuzz-repo"))
+    repo.publish(trained_artifact, "m")
+    repo.publish(trained_artifact, "m")
+    fserver, fport, _, fcore = create_feature_server(trained_artifact, "memory://")
+    service = start_inference_service(None, f"localhost:{fport}", repo=repo.root, model="m", watch_interval_s=0)
+    channel = grpc.insecure_channel(f"localhost:{service.port}")
+    yield {"channel": channel, "stub": admin_pb2_grpc.AdminServiceStub(channel)}
+    channel.close()
+    service.stop()
+    fserver.stop(None)
+    fcore.close()
+
+
+@FUZZ
+@given(method=st.sampled_from(["GetModelStatus", "LoadModelVersion", "RollbackModel"]),
+       version=st.one_of(int64, st.sampled_from([0, 1, 2, 3])), data=st.one_of(st.none(), garbage))
+def test_admin_service_survives_anything(admin, method, version, data):
+    if data is not None:
+        call = admin["channel"].unary_unary(f"/recsys.v1.AdminService/{method}")
+        survives(lambda: call(data, timeout=30))
+        return
+    stub = admin["stub"]
+    if method == "GetModelStatus":
+        reply = survives(lambda: stub.GetModelStatus(admin_pb2.GetModelStatusRequest(), timeout=30))
+    elif method == "LoadModelVersion":
+        reply = survives(lambda: stub.LoadModelVersion(admin_pb2.LoadModelVersionRequest(version=version), timeout=30))
+    else:
+        reply = survives(lambda: stub.RollbackModel(admin_pb2.RollbackModelRequest(version=version), timeout=30))
+    if not isinstance(reply, grpc.StatusCode):
+        assert reply.serving_version in (1, 2)
 
 
 def test_unknown_huge_item_ids_are_named_briefly(inference):

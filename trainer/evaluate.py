@@ -3,6 +3,11 @@
 It ranks with ONNX Runtime exactly as the inference server does: the user's history is what
 the artifact holds; users with no usable history get popularity scores; items already in the
 history are excluded; a held-out item outside the item index counts as a miss.
+
+Besides accuracy it reports long-tail exposure: catalogue coverage, the Gini
+of recommendation counts, the share of tail items in the lists and recall on tail targets,
+where the tail is every item outside the most popular 20 % by training interactions
+(`trainer.metrics.tail_items`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,14 @@ import pandas as pd
 
 from recsys.artifact import HISTORIES, ItemIndex, read_jsonl, read_manifest
 from recsys.schema import FIRST_TOKEN, OOV, PAD
-from trainer.metrics import catalogue_metrics, rank_of_targets, ranking_metrics, top_k
+from trainer.metrics import (
+    HEAD_SHARE,
+    catalogue_metrics,
+    long_tail_metrics,
+    rank_of_targets,
+    ranking_metrics,
+    top_k,
+)
 
 __all__ = ["evaluate_artifact", "read_pairs"]
 
@@ -75,6 +87,7 @@ def evaluate_artifact(
     rng = np.random.default_rng(seed)
     draw = popularity.astype(np.float64) + 1e-9 if sampling == "popularity" else np.ones(n)
     ranks = np.empty(len(test))
+    target_cols = np.array([token[item] - FIRST_TOKEN if item in token else -1 for item in test["item_id"]])
     candidates = np.empty(len(test))
     tops = []
     fallback = 0
@@ -111,7 +124,10 @@ def evaluate_artifact(
     if protocol == "sampled":
         result["negatives"], result["sampling"] = negatives, sampling
     result.update(ranking_metrics(ranks, k, candidates))
-    result.update(catalogue_metrics(np.concatenate(tops), popularity, k))
+    top = np.concatenate(tops)
+    result.update(catalogue_metrics(top, popularity, k))
+    result.update(long_tail_metrics(top, popularity, ranks, target_cols, k))
+    result["tail_definition"] = f"items outside the most popular {HEAD_SHARE:.0%} by training interactions"
     result["popularity_fallback_cases"] = fallback
     result["unknown_item_cases"] = int((~test["item_id"].isin(token)).sum())
     return result

@@ -16,7 +16,7 @@ import platform
 import time
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +68,10 @@ class ExportInputs:
     items: Iterable[dict[str, Any]]  # {"item_id", "features"}
     training: dict[str, Any]
     metrics: dict[str, Any]
+    privacy: dict[str, Any] = field(default_factory=dict)  # DP training: (epsilon, delta) spent, see trainer/private.py
 
 
-def export_onnx(model: nn.Module, path: Path, max_len: int, num_items: int) -> None:
+def export_onnx(model: nn.Module, path: Path, max_len: int, num_items: int, output_name: str = "scores") -> None:
     """Writes `model` as one ONNX file with dynamic batch and sequence axes."""
     model.eval()
     # Example dims >= 2 and different from each other, else the exporter specialises them.
@@ -88,7 +89,7 @@ def export_onnx(model: nn.Module, path: Path, max_len: int, num_items: int) -> N
             (example,),
             str(path),
             input_names=["item_seq"],
-            output_names=["scores"],
+            output_names=[output_name],
             dynamic_shapes={"item_seq": {0: batch, 1: seq}},
             dynamo=True,
             external_data=False,
@@ -133,8 +134,19 @@ def set_metadata(onnx_path: Path, metadata: dict[str, str]) -> None:
     onnx.save(proto, str(onnx_path))
 
 
-def export_artifact(model: nn.Module, inputs: ExportInputs, out_dir: str | Path) -> Manifest:
-    """Writes the artifact directory atomically and returns its manifest."""
+def export_artifact(model: nn.Module, inputs: ExportInputs, out_dir: str | Path, *, ann: str = "auto",
+                    ann_backend: str | None = None, int8: bool = False) -> Manifest:
+    """Writes the artifact directory atomically and returns its manifest.
+
+    `ann` (auto | on | off) adds ANN retrieval files (trainer/ann_export.py: from 100k items up
+    with auto) built with `ann_backend` (default trainer.ann_export.DEFAULT_BACKEND); `int8` adds
+    the dynamically quantised model.int8.onnx and its measured quality (trainer/variants.py).
+
+    A model may offer `export_view()`: an equivalent module that is cheaper to serve (e.g. with
+    its item table folded into a constant); that view is exported and parity-checked.
+    """
+    if hasattr(model, "export_view"):
+        model = model.export_view()
     num_items = len(inputs.item_index.item_ids)
     manifest_box: dict[str, Manifest] = {}
 
@@ -142,6 +154,13 @@ def export_artifact(model: nn.Module, inputs: ExportInputs, out_dir: str | Path)
         onnx_path = tmp / MODEL
         export_onnx(model, onnx_path, inputs.max_len, num_items)
         max_diff = parity_check(model, onnx_path, inputs.max_len, num_items)
+        from trainer.ann_export import DEFAULT_BACKEND, export_ann
+
+        ann_files = export_ann(model, tmp, inputs.max_len, num_items, mode=ann, backend=ann_backend or DEFAULT_BACKEND)
+        if int8:
+            from trainer.variants import export_int8
+
+            ann_files += export_int8(tmp, MODEL, inputs.max_len, num_items)
         (tmp / ITEM_INDEX).write_text(json.dumps(inputs.item_index.to_dict(), ensure_ascii=False))
         counts = {
             "histories": write_jsonl(tmp / HISTORIES, inputs.histories),
@@ -160,13 +179,14 @@ def export_artifact(model: nn.Module, inputs: ExportInputs, out_dir: str | Path)
             item_index_sha256=inputs.item_index.sha256,
             training={**inputs.training, "artifact_rows": counts},
             metrics={**inputs.metrics, "export_parity_max_abs_diff": max_diff},
+            privacy=dict(inputs.privacy),
             versions=versions(),
             created_at=created,
         )
         # The manifest rides inside the model too, so model.onnx alone still describes itself.
         set_metadata(onnx_path, {"recsys.manifest": manifest.to_json()})
         reports = write_report(tmp, inputs.training, manifest.metrics) if inputs.training.get("history") else []
-        files = {name: file_sha256(tmp / name) for name in (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports)}
+        files = {name: file_sha256(tmp / name) for name in (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports, *ann_files)}
         version = f"{inputs.model_kind}-{created.replace(':', '').replace('-', '')}-{sha256_hex(files[MODEL])[:8]}"
         manifest = Manifest(**{**manifest.__dict__, "model_version": version, "files": files})
         (tmp / MANIFEST).write_text(manifest.to_json())

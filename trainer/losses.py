@@ -7,9 +7,21 @@ as item columns, (M,). Models provide `output_embeddings() -> (N, D)` and `outpu
 
 - `ce`               full-catalogue softmax cross-entropy (the default; exact, N logits per row)
 - `sampled_softmax`  softmax over the target and `negatives` shared sampled items, each logit
-                     corrected by -log q(item) (log-Q correction), accidental hits masked
+                     corrected by -log q(item) (log-Q correction, on unless `logq=False`),
+                     accidental hits masked
 - `bce`              binary cross-entropy: target vs `negatives` sampled items per row
 - `bpr`              Bayesian personalised ranking: -log sigmoid(target - negative)
+
+Popularity debiasing. Training logs are skewed towards popular items, and a model fitted to
+them learns that skew. Two options counter it:
+- popularity-weighted negatives (`NegativeSampler(kind="popularity", alpha=...)`): popular
+  items are drawn as negatives more often; without log-Q correction this pushes them down,
+  with it the sampled softmax estimates the full softmax again (unbiased, popularity kept).
+- logit adjustment (`debias=tau`, Menon et al. 2021, "Long-tail learning via logit
+  adjustment"): during training every logit gets `tau * log p(item)` added, p the items'
+  training frequency, so the model itself only has to explain what popularity does not; the
+  served scores are the model's own, without the prior, so popular items lose the boost.
+  tau = 0 is plain training, tau = 1 removes the prior entirely (for the softmax losses).
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ from torch.nn import functional as F
 
 from recsys.schema import FIRST_TOKEN, PAD
 
-__all__ = ["LOSSES", "NegativeSampler", "next_item_loss"]
+__all__ = ["LOSSES", "NegativeSampler", "log_prior", "next_item_loss"]
 
 LOSSES = ("ce", "sampled_softmax", "bce", "bpr")
 
@@ -31,6 +43,8 @@ class NegativeSampler:
     def __init__(self, popularity: torch.Tensor, kind: str = "uniform", alpha: float = 0.75):
         if kind not in ("uniform", "popularity"):
             raise ValueError(f"negative_sampling must be uniform or popularity, got {kind!r}")
+        if not alpha >= 0:
+            raise ValueError(f"negative_alpha must be >= 0, got {alpha}")
         n = len(popularity)
         weights = torch.ones(n) if kind == "uniform" else popularity.double().clamp(min=1) ** alpha
         self.probs = (weights / weights.sum()).float()  # (N,)
@@ -43,6 +57,12 @@ class NegativeSampler:
         if self.uniform:
             return torch.randint(0, self.n, shape, generator=generator)
         return torch.multinomial(self.probs, count, replacement=True, generator=generator).view(shape)
+
+
+def log_prior(counts: torch.Tensor) -> torch.Tensor:
+    """(N,) training interaction counts -> (N,) log of the items' frequency; unseen items count 1."""
+    counts = counts.double().clamp(min=1)
+    return (counts / counts.sum()).log().float()
 
 
 def _scores(model: nn.Module, hidden: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -64,31 +84,45 @@ def next_item_loss(
     loss: str = "ce",
     sampler: NegativeSampler | None = None,
     negatives: int = 1,
+    logq: bool = True,
+    debias: float = 0.0,
+    prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Loss over every non-padded position of a sequential model.
 
     inputs, targets (B, L) tokens, left-padded: targets[b, t] is the item after inputs[b, :t+1];
-    PAD targets are ignored.
+    PAD targets are ignored. `logq` turns the sampled softmax's log-Q correction on or off;
+    `debias` > 0 adds `debias * prior[item]` to every training logit (logit adjustment; `prior`
+    (N,) from `log_prior`, required then).
     """
+    if debias and prior is None:
+        raise ValueError("debias > 0 needs the items' log prior")
+
+    def adjusted(scores: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return scores + debias * prior[cols] if debias else scores
+
     hidden = model.encode(inputs)  # (B, L, D)
     mask = targets != PAD
     h = hidden[mask]  # (M, D)
     pos = targets[mask] - FIRST_TOKEN  # (M,)
     if loss == "ce":
-        return F.cross_entropy(model.score(h), pos)
+        logits = model.score(h)  # (M, N)
+        return F.cross_entropy(logits + debias * prior if debias else logits, pos)
     if sampler is None:
         raise ValueError(f"loss {loss!r} needs a negative sampler")
     if loss == "sampled_softmax":
         neg = sampler.sample((negatives,))  # (K,) shared by the batch
-        logits = torch.cat([_scores(model, h, pos.unsqueeze(1)), _scores(model, h, neg)], dim=1)  # (M, 1+K)
-        log_q = torch.cat([sampler.log_q[pos].unsqueeze(1), sampler.log_q[neg].expand(len(pos), -1)], dim=1)
-        logits = logits - log_q
+        logits = torch.cat([adjusted(_scores(model, h, pos.unsqueeze(1)), pos.unsqueeze(1)),
+                            adjusted(_scores(model, h, neg), neg)], dim=1)  # (M, 1+K)
+        if logq:
+            log_q = torch.cat([sampler.log_q[pos].unsqueeze(1), sampler.log_q[neg].expand(len(pos), -1)], dim=1)
+            logits = logits - log_q
         hit = torch.cat([torch.zeros_like(pos, dtype=torch.bool).unsqueeze(1), neg.unsqueeze(0) == pos.unsqueeze(1)], 1)
         logits = logits.masked_fill(hit, -1e9)
         return F.cross_entropy(logits, torch.zeros_like(pos))
     neg = sampler.sample((len(pos), negatives))  # (M, K)
-    s_pos = _scores(model, h, pos.unsqueeze(1))  # (M, 1)
-    s_neg = _scores(model, h, neg)  # (M, K)
+    s_pos = adjusted(_scores(model, h, pos.unsqueeze(1)), pos.unsqueeze(1))  # (M, 1)
+    s_neg = adjusted(_scores(model, h, neg), neg)  # (M, K)
     if loss == "bce":
         return F.binary_cross_entropy_with_logits(s_pos, torch.ones_like(s_pos)) + F.binary_cross_entropy_with_logits(
             s_neg, torch.zeros_like(s_neg)

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["catalogue_metrics", "rank_of_targets", "ranking_metrics", "top_k"]
+__all__ = ["HEAD_SHARE", "catalogue_metrics", "gini", "long_tail_metrics", "rank_of_targets", "ranking_metrics",
+           "tail_items", "top_k"]
+
+# The head: the most popular 20 % of the catalogue by training interactions; the rest is the tail.
+HEAD_SHARE = 0.2
 
 
 def rank_of_targets(scores: np.ndarray, targets: np.ndarray, excluded: np.ndarray | None = None) -> np.ndarray:
@@ -75,4 +79,53 @@ def catalogue_metrics(top: np.ndarray, popularity: np.ndarray, k: int) -> dict[s
     return {
         f"coverage@{k}": float(len(np.unique(top)) / len(popularity)) if len(popularity) else 0.0,
         f"mean_popularity@{k}": float(popularity[top].mean() / max(popularity.mean(), 1e-12)) if top.size else 0.0,
+    }
+
+
+def gini(counts: np.ndarray) -> float:
+    """Gini coefficient of non-negative counts (0 = all equal, -> 1 = all on one item).
+
+    Over every entry given, zeros included: pass one count per catalogue item, so items never
+    recommended count as zeros. All-zero or empty input -> 0.
+    """
+    x = np.sort(np.asarray(counts, dtype=np.float64))
+    n, total = len(x), x.sum()
+    if n == 0 or total <= 0:
+        return 0.0
+    i = np.arange(1, n + 1)
+    return float(((2 * i - n - 1) * x).sum() / (n * total))
+
+
+def tail_items(popularity: np.ndarray, head_share: float = HEAD_SHARE) -> np.ndarray:
+    """(N,) bool: True for tail items, i.e. outside the ceil(head_share * N) most popular by
+    training interactions (ties broken by column order, as in the artifact's item index,
+    which lists items most popular first)."""
+    popularity = np.asarray(popularity, dtype=np.float64)
+    n_head = int(np.ceil(head_share * len(popularity)))
+    order = np.argsort(-popularity, kind="stable")
+    tail = np.ones(len(popularity), dtype=bool)
+    tail[order[:n_head]] = False
+    return tail
+
+
+def long_tail_metrics(top: np.ndarray, popularity: np.ndarray, ranks: np.ndarray, targets: np.ndarray, k: int,
+                      head_share: float = HEAD_SHARE) -> dict[str, float]:
+    """Exposure and accuracy on the long tail.
+
+    top (U, k) recommended columns per case; popularity (N,) training counts; ranks (U,) as from
+    `rank_of_targets`; targets (U,) target columns, -1 for a target outside the catalogue.
+    - gini@k: Gini of how often each catalogue item is recommended (zeros included)
+    - tail_share@k: share of recommended slots that hold tail items
+    - tail_recall@k: HR@k over the cases whose target is a tail item (catalogue items only);
+      tail_cases: how many such cases
+    """
+    top, ranks, targets = np.asarray(top), np.asarray(ranks, dtype=np.float64), np.asarray(targets)
+    tail = tail_items(popularity, head_share)
+    counts = np.bincount(top.ravel(), minlength=len(tail)) if top.size else np.zeros(len(tail))
+    on_tail = (targets >= 0) & tail[np.clip(targets, 0, None)] if len(targets) else np.zeros(0, dtype=bool)
+    return {
+        f"gini@{k}": gini(counts),
+        f"tail_share@{k}": float(tail[top].mean()) if top.size else 0.0,
+        f"tail_recall@{k}": float((ranks[on_tail] < k).mean()) if on_tail.any() else 0.0,
+        "tail_cases": int(on_tail.sum()),
     }

@@ -14,9 +14,13 @@ import numpy as np
 import pandas as pd
 
 from recsys.artifact import ItemIndex, Manifest
+from recsys.pseudonym import Pseudonymiser
 from recsys.schema import FIRST_TOKEN, FeatureSchema
+from trainer import distributed
 from trainer.data import Tables, feature_rows, infer_feature_specs, load_tables
+from trainer.content import CONTENT_CHECKPOINT, prepare_content_model, save_content_model
 from trainer.export import ExportInputs, export_artifact
+from trainer.models import CONTENT_MODELS
 from trainer.train import TrainConfig, fit
 
 __all__ = ["build_item_index", "encode_histories", "train_and_export"]
@@ -26,6 +30,16 @@ def read_forgotten(path: str | Path) -> set[str]:
     """User ids from a `recsys features forgotten` file (one JSON object per line)."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return {json.loads(line)["user_id"] for line in lines if line.strip()}
+
+
+def pseudonymise_tables(tables: Tables, key_file: str | Path) -> Pseudonymiser:
+    """Replaces user ids by their keyed pseudonyms (recsys/pseudonym.py) in place, at ingestion."""
+    pseudonym = Pseudonymiser.from_file(key_file)
+    for frame in (tables.interactions, tables.users):
+        if frame is not None:
+            mapping = {u: pseudonym(u) for u in frame["user_id"].unique()}
+            frame["user_id"] = frame["user_id"].map(mapping)
+    return pseudonym
 
 
 def build_item_index(interactions: pd.DataFrame, items: pd.DataFrame | None) -> ItemIndex:
@@ -81,17 +95,31 @@ def train_and_export(
     resume: bool = False,
     checkpoint_dir: str | Path | None = None,
     forget_users: str | Path | None = None,
+    pseudonymise_key: str | Path | None = None,
+    item_vectors: str | Path | None = None,
+    private=None,
     log=print,
-) -> Manifest:
+) -> Manifest | None:
     """Trains `cfg.model` on the tables and writes the artifact to `out_dir`.
+
+    Under DDP every rank trains; rank 0 exports and returns the manifest, the others None.
 
     The training state is checkpointed every epoch into `checkpoint_dir` (default: `<out_dir>.ckpt`
     beside the artifact); `resume=True` continues an interrupted run from there. `forget_users`
     is a file from `recsys features forgotten`: those users are left out of training and export.
+    Content models (trainer.models.CONTENT_MODELS) need `items` and take optional `item_vectors`
+    (trainer/content.py); their catalogue is every item of the item table, and their weights go
+    to `<checkpoint_dir>/content_model.pt` for adding items later. `private`: a
+    trainer.private.PrivacyConfig for DP-SGD training (Opacus; fixed length, no early stopping);
+    the (ε, δ) spent goes into the manifest's `privacy`.
     """
     tables = load_tables(interactions, users, items)
+    # `pseudonymise_key`: user ids become HMAC pseudonyms before anything else sees them; a
+    # forget file may then name users by pseudonym (from the store) or by raw id.
+    pseudonym = pseudonymise_tables(tables, pseudonymise_key) if pseudonymise_key else None
     if forget_users:
         gone = read_forgotten(forget_users)
+        gone |= {pseudonym(u) for u in gone} if pseudonym else set()
         before = len(tables.interactions)
         tables.interactions = tables.interactions[~tables.interactions["user_id"].isin(gone)].reset_index(drop=True)
         if tables.users is not None:
@@ -101,11 +129,27 @@ def train_and_export(
     index = build_item_index(tables.interactions, tables.items)
     _, sequences = encode_histories(tables.interactions, index)
     checkpoint_dir = checkpoint_dir or Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
-    result = fit(cfg, sequences, len(index.item_ids), progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
+    prebuilt, content_spec = None, None
+    if cfg.model in CONTENT_MODELS:
+        index, prebuilt, content_spec = prepare_content_model(cfg, tables.items, index, sequences, item_vectors)
+    if private is not None:
+        from trainer.private import fit_private
+
+        result = fit_private(cfg, private, sequences, len(index.item_ids), progress=progress, model=prebuilt)
+    else:
+        result = fit(cfg, sequences, len(index.item_ids), progress=progress, checkpoint_dir=checkpoint_dir,
+                     resume=resume, model=prebuilt)
+    if not distributed.current().is_main:
+        return None  # under DDP only rank 0 holds the selected model and writes the artifact
     if result.resumed_from:
         log(f"resumed from epoch {result.resumed_from} ({checkpoint_dir})")
     log(f"best epoch {result.best_epoch} of {len(result.history)} in {result.seconds:.0f} s: "
         + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items() if "@" in k))
+    privacy = getattr(result, "privacy", {})
+    if privacy:
+        log(f"privacy spent: epsilon {privacy['epsilon']:.3f} at delta {privacy['delta']:.2e} ({privacy['unit']}-level)")
+    if content_spec is not None and not privacy:
+        save_content_model(Path(checkpoint_dir) / CONTENT_CHECKPOINT, result.model, content_spec, index.item_ids)
     schema = build_schema(tables, index, cfg.max_len)
     user_rows = feature_rows(tables.users, schema.user_features, "user_id") if tables.users is not None else iter(())
     item_rows = feature_rows(tables.items, schema.item_features, "item_id") if tables.items is not None else iter(())
@@ -125,6 +169,8 @@ def train_and_export(
                 "epochs_run": len(result.history),
                 "seconds": round(result.seconds, 1),
                 "history": result.history,
+                **({"pseudonymised": pseudonym.describe()} if pseudonym else {}),
+                **({"content": content_spec.to_dict()} if content_spec is not None else {}),
                 "data": {
                     "users": tables.report.users,
                     "items": tables.report.items,
@@ -133,8 +179,12 @@ def train_and_export(
                 },
             },
             metrics={f"valid_{k}": v for k, v in result.best_metrics.items() if "@" in k},
+            privacy=privacy,
         ),
         out_dir,
+        ann=cfg.ann,
+        ann_backend=cfg.ann_backend,
+        int8=cfg.int8,
     )
     log(f"wrote {out_dir} ({manifest.model_version})")
     return manifest

@@ -14,7 +14,7 @@ import copy
 import math
 import random
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from torch import nn
 
 from recsys.artifact import ItemIndex
 from recsys.schema import FeatureSchema
+from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.data import Tables, load_tables
 from trainer.models.conv_ctr import ConvCTR, ConvCTRConfig
 from trainer.models.dcn import DCNv2, DCNv2Config
@@ -31,12 +32,22 @@ from trainer.models.deepfm import DeepFM, DeepFMConfig
 from trainer.models.fields import FieldLayout
 from trainer.models.rating import RatingModel, RatingModelConfig
 from trainer.pipeline import build_item_index, build_schema
-from trainer.train import make_optimizer
-from trainer.ranking_data import (LABELS, TEST, TRAIN, VALID, FeatureEncoder, RankingData, build_ranking_data, field_layout,
-                                  longest_multi)
+from trainer.ranking_data import (
+    LABELS,
+    TEST,
+    TRAIN,
+    VALID,
+    FeatureEncoder,
+    RankingData,
+    build_ranking_data,
+    field_layout,
+    longest_multi,
+)
 from trainer.ranking_metrics import classification_metrics, rating_metrics
+from trainer.train import init_weights, lr_factor, make_optimizer, set_seed
 
-__all__ = ["RANKERS", "RankConfig", "RankFit", "RankRun", "batch_inputs", "fit_ranker", "predict", "train_ranker"]
+__all__ = ["RANKERS", "RankConfig", "RankFit", "RankRun", "batch_inputs", "fit_ranker", "predict", "reads_user_id",
+           "train_ranker"]
 
 # name -> (config class, module class); every forward takes the inputs of fields.py -> (B,)
 RANKERS: dict[str, tuple[type, type[nn.Module]]] = {
@@ -45,7 +56,7 @@ RANKERS: dict[str, tuple[type, type[nn.Module]]] = {
     "conv_ctr": (ConvCTRConfig, ConvCTR),
     "rating": (RatingModelConfig, RatingModel),
 }
-INPUTS = ("user_cat", "user_num", "item_id", "item_cat", "item_num", "item_multi", "history")
+INPUTS = ("user_cat", "user_num", "item_id", "item_cat", "item_num", "item_multi", "history", "user_id")
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,7 @@ class RankConfig:
     history_len: int = 50  # recent items read as one field; 0 = no history input
     history_count: bool = True  # with history: log(1 + its length) as one more field
     history_attention: bool = False  # with history: also pool it by attention to the candidate
+    user_id: bool = False  # read the user id as a field (users unseen in training share one OOV vector)
     multi_len: int = 16  # at most this many tokens per multi-valued feature
     # Model hyperparameters; None keeps the model's own default (trainer/models/<model>.py).
     dim: int | None = None  # field embedding width
@@ -70,9 +82,17 @@ class RankConfig:
     filters: int | None = None  # conv_ctr: conv channels
     # Objective and optimisation
     class_weight: str = "none"  # none | balanced (BCE positives weighted n_neg / n_pos)
-    optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9)
-    lr: float = 1e-3  # learning rate
+    ordinal: bool = False  # label=threshold: learn P(rating >= t) for every rating level t with one
+    #   score plus an offset per level (cumulative logits), so the whole rating trains the model;
+    #   the served output is still P(rating >= threshold)
+    optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9); shared with trainer/train.py
+    lr: float = 1e-3  # (peak) learning rate
     weight_decay: float = 0.0  # L2 (adam, sgd) or decoupled (adamw)
+    schedule: str = "constant"  # constant | cosine (to 0 over `epochs`) | warmup_cosine
+    warmup_epochs: int = 2  # linear warm-up length for warmup_cosine
+    init: str = "xavier_uniform"  # xavier_uniform | xavier_normal | normal (N(0, 0.02)) of linear and
+    #   embedding weights; conv kernels and numeric-feature vectors stay Xavier-uniform
+    deterministic: bool = False  # torch deterministic algorithms
     batch_size: int = 1024  # examples per step
     epochs: int = 30  # upper bound; early stopping usually ends sooner
     eval_every: int = 1  # epochs between validations
@@ -105,17 +125,21 @@ class RankConfig:
     def check(self) -> None:
         """Raises ValueError naming the first bad setting."""
         choices = {"model": tuple(RANKERS), "label": LABELS[:2], "negative_sampling": ("uniform", "popularity"),
-                   "class_weight": ("none", "balanced"), "optimizer": ("adam", "adamw", "sgd")}
+                   "class_weight": ("none", "balanced"), "optimizer": ("adam", "adamw", "sgd"),
+                   "schedule": ("constant", "cosine", "warmup_cosine"),
+                   "init": ("xavier_uniform", "xavier_normal", "normal")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "eval_every", "patience", "multi_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if self.history_len < 0 or self.negatives < 0:
-            raise ValueError("history_len and negatives must be >= 0")
+        if self.history_len < 0 or self.negatives < 0 or self.warmup_epochs < 0:
+            raise ValueError("history_len, negatives and warmup_epochs must be >= 0")
         if self.label == "implicit" and self.model != "rating" and self.negatives < 1:
             raise ValueError("label=implicit needs negatives >= 1")
+        if self.ordinal and (self.label != "threshold" or self.model == "rating" or self.class_weight != "none"):
+            raise ValueError("ordinal needs label=threshold, a ranker (not rating) and class_weight=none")
         if not (self.lr > 0 and self.valid_share > 0 and self.test_share > 0
                 and self.valid_share + self.test_share < 1):
             raise ValueError("lr must be > 0 and valid_share, test_share > 0 with a sum below 1")
@@ -128,6 +152,7 @@ class RankFit:
     best_metrics: dict[str, float]  # validation metrics of the kept model
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    resumed_from: int = 0  # epochs restored from a checkpoint
 
 
 @dataclass
@@ -143,17 +168,20 @@ class RankRun:
     test_metrics: dict[str, float]
 
 
-def batch_inputs(data: RankingData, rows: np.ndarray) -> dict[str, torch.Tensor]:
-    """Model inputs for example `rows` (see trainer/models/fields.py); absent inputs left out."""
+def batch_inputs(data: RankingData, rows: np.ndarray, with_user_id: bool = False) -> dict[str, torch.Tensor]:
+    """Model inputs for example `rows` (see trainer/models/fields.py); absent inputs left out,
+    and user_id unless `with_user_id`."""
     users, items = data.user_row[rows], data.item[rows]
     out = {
         "user_cat": data.user_cat[users], "user_num": data.user_num[users], "item_id": items,
         "item_cat": data.item_cat[items], "item_num": data.item_num[items],
         "item_multi": data.item_multi[items], "history": data.history[rows],
+        "user_id": data.user_token[users],
     }
     present = {"user_cat": out["user_cat"].shape[1], "user_num": out["user_num"].shape[1], "item_id": 1,
                "item_cat": out["item_cat"].shape[1], "item_num": out["item_num"].shape[1],
-               "item_multi": out["item_multi"].shape[1], "history": out["history"].shape[1]}
+               "item_multi": out["item_multi"].shape[1], "history": out["history"].shape[1],
+               "user_id": int(with_user_id)}
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items() if present[k]}
 
 
@@ -161,7 +189,9 @@ def batch_inputs(data: RankingData, rows: np.ndarray) -> dict[str, torch.Tensor]
 def predict(model: nn.Module, data: RankingData, rows: np.ndarray, batch: int = 8192) -> np.ndarray:
     """Scores (len(rows),) float32 in eval mode: probabilities, or ratings for the rating model."""
     model.eval()
-    parts = [model(**_full(batch_inputs(data, rows[i : i + batch]))).numpy() for i in range(0, len(rows), batch)]
+    with_user_id = reads_user_id(model)
+    parts = [model(**_full(batch_inputs(data, rows[i : i + batch], with_user_id))).numpy()
+             for i in range(0, len(rows), batch)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
@@ -174,16 +204,49 @@ def evaluate(model: nn.Module, data: RankingData, rows: np.ndarray, task: str) -
     return rating_metrics(labels, scores) if task == "rating" else classification_metrics(labels, scores)
 
 
-def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True) -> RankFit:
+class OrdinalBCE(nn.Module):
+    """Cumulative-logit (proportional-odds) BCE: for every rating level t above the lowest,
+    BCE(logit + offset_t, rating >= t), averaged. The offset of the label threshold is pinned
+    at 0, so sigmoid(logit) stays P(rating >= threshold); the others start at the training
+    log-odds differences. logits (B,), ratings (B,) -> scalar."""
+
+    def __init__(self, train_ratings: np.ndarray, threshold: float):
+        super().__init__()
+        levels = sorted(set(np.unique(train_ratings)[1:].tolist()) | {float(threshold)})
+        self.register_buffer("levels", torch.tensor(levels, dtype=torch.float32))
+        self.anchor = levels.index(float(threshold))
+        share = np.array([np.clip((train_ratings >= t).mean(), 1e-3, 1 - 1e-3) for t in levels])
+        log_odds = np.log(share / (1 - share))
+        self.offsets = nn.Parameter(torch.tensor(log_odds - log_odds[self.anchor], dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+        offsets = self.offsets - self.offsets[self.anchor]  # (T,), 0 at the threshold
+        z = logits.unsqueeze(1) + offsets  # (B, T)
+        y = (ratings.unsqueeze(1) >= self.levels).to(z.dtype)
+        return nn.functional.binary_cross_entropy_with_logits(z, y)
+
+
+def reads_user_id(model: nn.Module) -> bool:
+    """Whether a ranker built by fit_ranker takes the user_id input."""
+    return model.cfg.fields.user_ids > 0
+
+
+def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True,
+               checkpoint_dir: str | Path | None = None, resume: bool = False) -> RankFit:
     """Trains on the train split; keeps the best model by validation AUC (or RMSE); never reads
-    the test split."""
+    the test split.
+
+    With `checkpoint_dir`, the whole training state (model, optimizer, best state, random
+    generators) is saved after every epoch; `resume=True` continues from it (same config and
+    examples required, else ValueError) and reaches the same model as an uninterrupted run.
+    """
     from tqdm.auto import tqdm
 
     cfg.check()
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    set_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(cfg.deterministic)
     rng = np.random.default_rng(cfg.seed + 1)  # batch order; the split used cfg.seed
     train, valid = data.rows(TRAIN), data.rows(VALID)
     labels = data.label[train]
@@ -191,28 +254,56 @@ def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True) -> 
     if rating_range[1] <= rating_range[0]:
         rating_range = (rating_range[0], rating_range[0] + 1.0)
     layout = replace(field_layout(data.encoder, data.num_items), history_count=cfg.history_count,
-                     history_attention=cfg.history_attention)
+                     history_attention=cfg.history_attention, user_ids=data.user_vocab if cfg.user_id else 0)
     model = RANKERS[cfg.model][1](cfg.model_config(layout, rating_range))
-    optimizer = make_optimizer(cfg, model)
+    if cfg.init != "xavier_uniform":  # the models' own init is Xavier-uniform (fields.init_xavier)
+        init_weights(model, cfg.init)
     if cfg.task == "rating":
         loss_fn: nn.Module = nn.MSELoss()
+    elif cfg.ordinal:
+        if data.rating is None:
+            raise ValueError("ordinal needs the ratings (label=threshold)")
+        loss_fn = OrdinalBCE(data.rating[train], cfg.threshold)
     else:
         pos = float(labels.sum())
         weight = (len(labels) - pos) / max(pos, 1.0) if cfg.class_weight == "balanced" else 1.0
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight))
+    optimizer = make_optimizer(cfg, nn.ModuleList([model, loss_fn]))  # the ordinal offsets learn too
+    targets = data.rating if cfg.ordinal else data.label
     key, sign = ("rmse", -1.0) if cfg.task == "rating" else ("auc", 1.0)
     best: dict[str, Any] = {"value": -math.inf, "epoch": 0, "metrics": {}, "state": None}
     history: list[dict[str, float]] = []
-    bad, start = 0, time.perf_counter()
-    bar = tqdm(range(1, cfg.epochs + 1), disable=not progress, unit="epoch", dynamic_ncols=True)
+    bad, first_epoch, elapsed = 0, 1, 0.0
+    fingerprint = {"examples": len(data.label), "train": len(train), "num_items": int(data.num_items),
+                   "label_sum": float(data.label.sum()), "user_vocab": data.user_vocab}
+    saved = load_checkpoint(checkpoint_dir) if (checkpoint_dir and resume) else None
+    if saved is not None:
+        if saved["config"] != asdict(cfg) or saved["data"] != fingerprint:
+            raise ValueError(f"checkpoint in {checkpoint_dir} was made with another config or data; not resuming")
+        model.load_state_dict(saved["model"])
+        loss_fn.load_state_dict(saved["loss"])
+        optimizer.load_state_dict(saved["optimizer"])
+        best, history, bad, elapsed = saved["best"], saved["history"], saved["bad"], saved["elapsed"]
+        first_epoch = saved["epoch"] + 1
+        rng.bit_generator.state = saved["numpy_rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        random.setstate(_tuple_state(saved["python_rng"]))
+    with_user_id = reads_user_id(model)
+    start = time.perf_counter() - elapsed
+    bar = tqdm(range(first_epoch, cfg.epochs + 1), disable=not progress, unit="epoch", dynamic_ncols=True,
+               initial=first_epoch - 1, total=cfg.epochs)
     for epoch in bar:
+        if bad >= cfg.patience:
+            break
         model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, epoch)
         order = train[rng.permutation(len(train))]
         total, steps, tick = 0.0, 0, time.perf_counter()
         for i in range(0, len(order), cfg.batch_size):
             rows = order[i : i + cfg.batch_size]
-            inputs = _full(batch_inputs(data, rows))
-            target = torch.from_numpy(data.label[rows])
+            inputs = _full(batch_inputs(data, rows, with_user_id))
+            target = torch.from_numpy(targets[rows])
             out = model(**inputs) if cfg.task == "rating" else model.logits(**inputs)
             loss = loss_fn(out, target)
             optimizer.zero_grad(set_to_none=True)
@@ -233,20 +324,32 @@ def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True) -> 
         history.append(row)
         bar.set_postfix({"loss": f"{row['loss']:.4f}", key: f"{row.get(f'valid_{key}', float('nan')):.4f}",
                          "best": f"{sign * best['value']:.4f}@{best['epoch']}"})
-        if bad >= cfg.patience:
-            break
+        if checkpoint_dir:
+            save_checkpoint(checkpoint_dir, {
+                "config": asdict(cfg), "data": fingerprint, "epoch": epoch, "model": model.state_dict(),
+                "loss": loss_fn.state_dict(),
+                "optimizer": optimizer.state_dict(), "best": best, "history": history, "bad": bad,
+                "elapsed": time.perf_counter() - start, "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+            })
     bar.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
     metrics = {k: v for k, v in best["metrics"].items() if k.startswith("valid_")}
-    return RankFit(model, best["epoch"], metrics, history, time.perf_counter() - start)
+    return RankFit(model, best["epoch"], metrics, history, time.perf_counter() - start, first_epoch - 1)
+
+
+def _tuple_state(state):
+    """random.getstate() comes back from torch.load with lists where tuples were."""
+    return tuple(_tuple_state(s) if isinstance(s, list) else s for s in state)
 
 
 def train_ranker(cfg: RankConfig, interactions: str | Path | None = None, *, users: str | Path | None = None,
                  items: str | Path | None = None, tables: Tables | None = None, progress: bool = True,
-                 log=print) -> RankRun:
-    """Loads (or takes) the tables, builds examples, fits, and scores the test split once."""
+                 log=print, checkpoint_dir: str | Path | None = None, resume: bool = False) -> RankRun:
+    """Loads (or takes) the tables, builds examples, fits (checkpointing every epoch into
+    `checkpoint_dir` when given; `resume` continues from there), and scores the test split once."""
     cfg.check()
     if tables is None:
         if interactions is None:
@@ -261,7 +364,9 @@ def train_ranker(cfg: RankConfig, interactions: str | Path | None = None, *, use
                               shares=(cfg.valid_share, cfg.test_share), seed=cfg.seed)
     log(f"{len(data.label):,} examples: {len(data.rows(TRAIN)):,} train, {len(data.rows(VALID)):,} validation, "
         f"{len(data.rows(TEST)):,} test; inputs {encoder.describe()}")
-    result = fit_ranker(cfg, data, progress=progress)
+    result = fit_ranker(cfg, data, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
+    if result.resumed_from:
+        log(f"resumed from epoch {result.resumed_from} ({checkpoint_dir})")
     test = {f"test_{k}": v for k, v in evaluate(result.model, data, data.rows(TEST), cfg.task).items()}
     log(f"best epoch {result.best_epoch} of {len(result.history)} in {result.seconds:.0f} s: "
         + ", ".join(f"{k} {v:.4f}" for k, v in {**result.best_metrics, **test}.items()))

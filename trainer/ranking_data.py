@@ -24,7 +24,7 @@ import pandas as pd
 
 from recsys.artifact import ItemIndex
 from recsys.encoding import FeatureEncoder
-from recsys.schema import FIRST_TOKEN, PAD, FeatureSchema
+from recsys.schema import FIRST_TOKEN, OOV, PAD, FeatureSchema
 from trainer.data import Tables, feature_rows
 from trainer.models.fields import FieldLayout
 
@@ -60,14 +60,28 @@ class RankingData:
     item_cat: np.ndarray  # (N + 2, n_item_cat) int64
     item_num: np.ndarray  # (N + 2, n_item_num) float32
     item_multi: np.ndarray  # (N + 2, n_item_multi, M) int64
+    user_token: np.ndarray  # (U,) int64 user-id token per user row: FIRST_TOKEN + position among
+    #   users with training examples (the artifact's user index), OOV for the others
     user_row: np.ndarray  # (E,) int64, one per example
     item: np.ndarray  # (E,) int64 item tokens
     history: np.ndarray  # (E, L) int64, left-padded
     label: np.ndarray  # (E,) float32: 0/1 or the rating
     split: np.ndarray  # (E,) int8: 0 train, 1 validation, 2 test
+    rating: np.ndarray | None = None  # (E,) float32 raw ratings (label "threshold"), for ordinal training
 
     def rows(self, part: int) -> np.ndarray:
         return np.flatnonzero(self.split == part)
+
+    @property
+    def user_index(self) -> list[str]:
+        """Ids of the users with a user-id token, in token order (token = position + 2)."""
+        known = np.flatnonzero(self.user_token >= FIRST_TOKEN)
+        return [self.user_ids[r] for r in known[np.argsort(self.user_token[known])]]
+
+    @property
+    def user_vocab(self) -> int:
+        """User-id vocabulary size: known users + PAD + OOV."""
+        return int(self.user_token.max(initial=OOV)) + 1
 
 
 def _encode_tables(tables: Tables, index: ItemIndex, schema: FeatureSchema, encoder: FeatureEncoder,
@@ -134,6 +148,7 @@ def build_ranking_data(tables: Tables, index: ItemIndex, schema: FeatureSchema, 
     else:
         ratings = inter["rating"].to_numpy(dtype=np.float32)
         labels = (ratings >= threshold).astype(np.float32) if label == "threshold" else ratings
+    raw = ratings if label == "threshold" else None
     if label == "implicit" and negatives > 0:
         train_counts = np.bincount(items[split == TRAIN], minlength=len(index.item_ids) + FIRST_TOKEN)
         neg = _sample_negatives(users, items, negatives, negative_sampling, train_counts, rng)  # (n, k)
@@ -143,8 +158,13 @@ def build_ranking_data(tables: Tables, index: ItemIndex, schema: FeatureSchema, 
         items = np.concatenate([items, neg.ravel()])
         labels = np.concatenate([labels, np.zeros(n * negatives, dtype=np.float32)])
     encoded = _encode_tables(tables, index, schema, encoder, user_ids)
+    trained = np.zeros(len(user_ids), dtype=bool)
+    trained[users[split == TRAIN]] = True
+    user_token = np.full(len(user_ids), OOV, dtype=np.int64)
+    user_token[trained] = np.arange(int(trained.sum())) + FIRST_TOKEN
     return RankingData(encoder=encoder, num_items=len(index.item_ids), user_ids=user_ids, **encoded,
-                       user_row=users, item=items, history=history, label=labels, split=split)
+                       user_token=user_token, user_row=users, item=items, history=history, label=labels, split=split,
+                       rating=raw)
 
 
 def _histories(users: np.ndarray, items: np.ndarray, length: int) -> np.ndarray:

@@ -15,6 +15,8 @@ dynamic; an input whose feature count is 0 is left out of the graph and the mani
                                                                   M tokens, right-padded with 0
     history     int64    (B, L'), 1 <= L' <= L   user.history     item tokens of the user's most recent
                                                                   events, oldest first, left-padded with 0
+    user_id     int64    (B,)                    user.id          user_index.json position + 2; 1 = a user
+                                                                  unseen in training (RankConfig.user_id)
     output: score float32 (B,): probability (task "rank") or predicted rating (task "rating").
 
 Features are in schema order within each input; the names per input, M (`item_multi_len`) and
@@ -40,20 +42,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsys.artifact import (HISTORIES, ITEM_INDEX, ITEMS, MANIFEST, MODEL, USERS, Manifest, ModelInput,
-                             file_sha256, write_atomically, write_jsonl)
+from recsys.artifact import (
+    HISTORIES,
+    ITEM_INDEX,
+    ITEMS,
+    MANIFEST,
+    MODEL,
+    USER_INDEX,
+    USERS,
+    Manifest,
+    ModelInput,
+    file_sha256,
+    write_atomically,
+    write_jsonl,
+)
 from recsys.schema import FIRST_TOKEN, OOV, PAD, sha256_hex
 from trainer.data import feature_rows
 from trainer.export import PARITY_TOLERANCE, ExportError, set_metadata, versions
 from trainer.pipeline import history_rows
-from trainer.report import write_report
-from trainer.ranking import INPUTS, RankConfig, RankRun, train_ranker
+from trainer.ranking import INPUTS, RankConfig, RankRun, reads_user_id, train_ranker
 from trainer.ranking_data import RankingData, field_layout
+from trainer.report import write_report
 
 __all__ = ["SOURCES", "RankerInputs", "export_ranker", "parity_check", "ranker_inputs", "train_and_export_ranker"]
 
 SOURCES = {"user_cat": "user.cat", "user_num": "user.num", "item_id": "item.id", "item_cat": "item.cat",
-           "item_num": "item.num", "item_multi": "item.multi", "history": "user.history"}
+           "item_num": "item.num", "item_multi": "item.multi", "history": "user.history", "user_id": "user.id"}
 OUTPUT = "score"
 RANK_KEYS, RATING_KEYS = ("valid_auc", "valid_logloss"), ("valid_rmse", "valid_mae")
 
@@ -68,22 +82,24 @@ class RankerInputs(nn.Module):
     def forward(self, user_cat: torch.Tensor | None = None, user_num: torch.Tensor | None = None,
                 item_id: torch.Tensor | None = None, item_cat: torch.Tensor | None = None,
                 item_num: torch.Tensor | None = None, item_multi: torch.Tensor | None = None,
-                history: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(user_cat, user_num, item_id, item_cat, item_num, item_multi, history)
+                history: torch.Tensor | None = None, user_id: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(user_cat, user_num, item_id, item_cat, item_num, item_multi, history, user_id)
 
 
-def ranker_inputs(data: RankingData) -> list[ModelInput]:
-    """The present inputs, in INPUTS order, with their sources and shapes."""
+def ranker_inputs(data: RankingData, with_user_id: bool = False) -> list[ModelInput]:
+    """The present inputs, in INPUTS order, with their sources and shapes (user_id only
+    `with_user_id`)."""
     enc = data.encoder
     shapes: dict[str, tuple[str, ...]] = {
         "user_cat": ("batch", str(len(enc.user_cat))), "user_num": ("batch", str(len(enc.user_num))),
         "item_id": ("batch",), "item_cat": ("batch", str(len(enc.item_cat))),
         "item_num": ("batch", str(len(enc.item_num))),
         "item_multi": ("batch", str(len(enc.item_multi)), str(enc.multi_len)), "history": ("batch", "seq"),
+        "user_id": ("batch",),
     }
     present = {"user_cat": len(enc.user_cat), "user_num": len(enc.user_num), "item_id": 1,
                "item_cat": len(enc.item_cat), "item_num": len(enc.item_num),
-               "item_multi": len(enc.item_multi), "history": enc.history_len}
+               "item_multi": len(enc.item_multi), "history": enc.history_len, "user_id": int(with_user_id)}
     return [ModelInput(n, SOURCES[n], "float32" if n.endswith("_num") else "int64", shapes[n])
             for n in INPUTS if present[n]]
 
@@ -98,6 +114,8 @@ def random_inputs(specs: list[ModelInput], data: RankingData, batch: int, seq: i
         n = spec.name
         if n.endswith("_num"):
             out[n] = torch.randn(batch, int(spec.shape[1]), generator=gen)
+        elif n == "user_id":
+            out[n] = torch.randint(OOV, data.user_vocab, (batch,), generator=gen)
         elif n in ("item_id", "history"):
             shape = (batch,) if n == "item_id" else (batch, seq)
             out[n] = torch.randint(OOV, data.num_items + FIRST_TOKEN, shape, generator=gen)
@@ -161,7 +179,7 @@ def parity_check(model: nn.Module, onnx_path: Path, specs: list[ModelInput], dat
 def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
     """Writes the artifact of `run` to `out_dir` atomically and returns its manifest."""
     cfg, data, model = run.config, run.data, run.fit.model
-    specs = ranker_inputs(data)
+    specs = ranker_inputs(data, reads_user_id(model))
     box: dict[str, Manifest] = {}
 
     def fill(tmp: Path) -> None:
@@ -169,6 +187,9 @@ def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
         export_onnx(model, onnx_path, specs, data)
         max_diff = parity_check(model, onnx_path, specs, data)
         (tmp / ITEM_INDEX).write_text(json.dumps(run.index.to_dict(), ensure_ascii=False))
+        extra = [USER_INDEX] if reads_user_id(model) else []
+        if extra:
+            (tmp / USER_INDEX).write_text(json.dumps({"user_ids": data.user_index}, ensure_ascii=False))
         tables, schema = run.tables, run.schema
         write_jsonl(tmp / HISTORIES, history_rows(tables.interactions))
         write_jsonl(tmp / USERS, feature_rows(tables.users, schema.user_features, "user_id")
@@ -192,7 +213,7 @@ def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
                             versions=versions(), created_at=created)
         set_metadata(onnx_path, {"recsys.manifest": manifest.to_json()})
         reports = write_report(tmp, training, metrics, RATING_KEYS if cfg.task == "rating" else RANK_KEYS)
-        files = {name: file_sha256(tmp / name) for name in (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports)}
+        files = {name: file_sha256(tmp / name) for name in (MODEL, ITEM_INDEX, *extra, HISTORIES, USERS, ITEMS, *reports)}
         version = f"{cfg.model}-{created.replace(':', '').replace('-', '')}-{sha256_hex(files[MODEL])[:8]}"
         manifest = Manifest(**{**manifest.__dict__, "model_version": version, "files": files})
         (tmp / MANIFEST).write_text(manifest.to_json())
@@ -204,9 +225,15 @@ def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
 
 def train_and_export_ranker(cfg: RankConfig, interactions: str | Path, out_dir: str | Path, *,
                             users: str | Path | None = None, items: str | Path | None = None,
-                            progress: bool = True, log=print) -> Manifest:
-    """`recsys train-ranker`: tables -> examples -> fit -> test once -> artifact."""
-    run = train_ranker(cfg, interactions, users=users, items=items, progress=progress, log=log)
+                            progress: bool = True, log=print, resume: bool = False,
+                            checkpoint_dir: str | Path | None = None) -> Manifest:
+    """`recsys train --model deepfm|...`: tables -> examples -> fit -> test once -> artifact.
+
+    The training state is checkpointed every epoch into `checkpoint_dir` (default `<out_dir>.ckpt`
+    beside the artifact); `resume=True` continues an interrupted run from there."""
+    checkpoint_dir = checkpoint_dir or Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
+    run = train_ranker(cfg, interactions, users=users, items=items, progress=progress, log=log,
+                       checkpoint_dir=checkpoint_dir, resume=resume)
     manifest = export_ranker(run, out_dir)
     log(f"wrote {out_dir} ({manifest.model_version})")
     return manifest

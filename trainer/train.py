@@ -9,6 +9,7 @@ user's last event is held out; a test file is never seen here.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 import time
@@ -20,9 +21,10 @@ import torch
 from torch import nn
 
 from recsys.schema import FIRST_TOKEN
+from trainer import distributed
 from trainer.batches import bucketed_batches, last_window, training_windows
 from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.losses import LOSSES, NegativeSampler, next_item_loss
+from trainer.losses import LOSSES, NegativeSampler, log_prior, next_item_loss
 from trainer.metrics import rank_of_targets, ranking_metrics
 from trainer.models import MODELS
 
@@ -42,10 +44,14 @@ class TrainConfig:
     layers: int | None = None  # Transformer blocks (sasrec) or GRU layers (gru4rec)
     inner: int | None = None  # feed-forward width (sasrec)
     dropout: float | None = None  # dropout rate
+    id_dropout: float | None = None  # content_sasrec: chance an item's id embedding is dropped per step
     # Objective
     loss: str = "ce"  # ce | sampled_softmax | bce | bpr (see trainer/losses.py)
     negatives: int = 100  # sampled items per step (sampled_softmax) or per target (bce, bpr)
-    negative_sampling: str = "uniform"  # uniform | popularity (popularity ** 0.75)
+    negative_sampling: str = "uniform"  # uniform | popularity (popularity ** negative_alpha)
+    negative_alpha: float = 0.75  # exponent of popularity-weighted sampling (0 = uniform)
+    logq_correction: bool = True  # sampled_softmax: subtract log q(item) (unbiased); false keeps the sampling bias
+    popularity_debias: float = 0.0  # logit adjustment tau: train on logits + tau * log p(item); 0 = off
     # Optimisation
     optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9)
     lr: float = 3e-3  # peak learning rate
@@ -59,7 +65,15 @@ class TrainConfig:
     eval_every: int = 3  # epochs between validations
     patience: int = 4  # validations without improvement before stopping
     k: int = 10  # cut-off of the validation metric (NDCG@k selects the model)
+    # After selection, train the chosen model this many more epochs on every event, the
+    # validation targets included (each user's most recent event, the most telling one for
+    # what comes next); 0 serves the selected model as it is. The test file is never seen.
+    refit_epochs: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # Export
+    ann: str = "auto"  # ANN retrieval index: auto (from 100k items), on, off (trainer/ann_export.py)
+    ann_backend: str = "faiss-hnsw"  # faiss-hnsw | faiss-ivf | usearch (recsys/ann.py)
+    int8: bool = False  # also export model.int8.onnx (dynamic quantisation, quality measured)
 
     def model_config(self, num_items: int):
         """The model's own config: the fields it shares with this one, its defaults for the rest."""
@@ -78,6 +92,8 @@ class TrainConfig:
             "optimizer": ("adam", "adamw", "sgd"),
             "schedule": ("constant", "cosine", "warmup_cosine"),
             "init": ("xavier_uniform", "xavier_normal", "normal"),
+            "ann": ("auto", "on", "off"),
+            "ann_backend": ("faiss-hnsw", "faiss-ivf", "usearch"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -87,6 +103,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0; got {self.lr}")
+        if self.refit_epochs < 0:
+            raise ValueError(f"refit_epochs must be >= 0; got {self.refit_epochs}")
+        for name in ("negative_alpha", "popularity_debias"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
         self.model_config(1)
 
 
@@ -147,10 +168,11 @@ def lr_factor(cfg: TrainConfig, epoch: int) -> float:
 def score_histories(model: nn.Module, histories: list[np.ndarray], max_len: int, batch: int = 512) -> np.ndarray:
     """Scores (U, N) of every item after each token history, in eval mode."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for i in range(0, len(histories), batch):
         x = np.stack([last_window(h, max_len) for h in histories[i : i + batch]])
-        out.append(model(torch.from_numpy(x)).numpy())
+        out.append(model(torch.from_numpy(x).to(device)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -172,13 +194,18 @@ def fit(
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    model: nn.Module | None = None,
 ) -> FitResult:
     """Trains on every user's sequence minus its last event; selects on that last event.
 
     sequences: per user, int64 tokens oldest first. Users with fewer than 3 events train but
     are not validated. With `checkpoint_dir`, the full training state is saved after every
     epoch; `resume=True` continues from it (same config required) and reaches the same result
-    as an uninterrupted run.
+    as an uninterrupted run. `model`: a prebuilt, untrained model to train instead of building
+    `cfg.model` from the registry (content models carry their item tables from construction).
+
+    Under DDP (trainer/distributed.py, started by torchrun) each rank trains on its slice of
+    every batch; only rank 0 validates and checkpoints, and only its result holds the best model.
     """
     from tqdm.auto import tqdm
 
@@ -193,10 +220,18 @@ def fit(
     val_histories = [h for h, _ in val]
     val_targets = np.array([t for _, t in val], dtype=np.int64)
     counts = np.bincount(np.concatenate(train_seqs) - FIRST_TOKEN, minlength=num_items) if train_seqs else np.ones(num_items)
-    sampler = None if cfg.loss == "ce" else NegativeSampler(torch.from_numpy(counts), cfg.negative_sampling)
+    sampler = None if cfg.loss == "ce" else NegativeSampler(torch.from_numpy(counts), cfg.negative_sampling, cfg.negative_alpha)
+    prior = log_prior(torch.from_numpy(counts)) if cfg.popularity_debias else None
 
-    model = MODELS[cfg.model][1](cfg.model_config(num_items))
+    model = model if model is not None else MODELS[cfg.model][1](cfg.model_config(num_items))
     init_weights(model, cfg.init)
+    dist = distributed.current()
+    if dist.enabled:
+        model.to(dist.device)
+        torch.manual_seed(cfg.seed + dist.rank)  # own dropout masks and negatives per rank
+    loss_fn = functools.partial(next_item_loss, loss=cfg.loss, sampler=sampler, negatives=cfg.negatives,
+                                logq=cfg.logq_correction, debias=cfg.popularity_debias, prior=prior)
+    step = dist.wrap(distributed.TrainStep(model, loss_fn))
     optimizer = make_optimizer(cfg, model)
     key = f"ndcg@{cfg.k}"
     best = {"metric": -math.inf, "epoch": 0, "metrics": {}, "state": None}
@@ -217,7 +252,7 @@ def fit(
         random.setstate(_tuple_state(saved["python_rng"]))
 
     start = time.perf_counter() - elapsed
-    bar = tqdm(range(first_epoch, cfg.epochs + 1), disable=not progress, unit="epoch", dynamic_ncols=True,
+    bar = tqdm(range(first_epoch, cfg.epochs + 1), disable=not (progress and dist.is_main), unit="epoch", dynamic_ncols=True,
                initial=first_epoch - 1, total=cfg.epochs)
     for epoch in bar:
         if bad_evals >= cfg.patience:
@@ -225,23 +260,16 @@ def fit(
         model.train()
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch)
-        inputs, targets = training_windows(train_seqs, cfg.max_len, rng)
-        total, steps, tick = 0.0, 0, time.perf_counter()
-        for batch_inputs, batch_targets in _batches(inputs, targets, cfg, rng):
-            loss = next_item_loss(model, batch_inputs, batch_targets, loss=cfg.loss, sampler=sampler, negatives=cfg.negatives)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, steps = total + loss.item(), steps + 1
-        events_per_s = int((targets != 0).sum()) / max(time.perf_counter() - tick, 1e-9)
-        row = {"epoch": epoch, "loss": total / max(steps, 1), "events_per_s": round(events_per_s)}
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+        loss, events_per_s = _train_epoch(step, optimizer, train_seqs, cfg, rng, dist)
+        row = {"epoch": epoch, "loss": loss, "events_per_s": round(events_per_s)}
+        if (epoch % cfg.eval_every == 0 or epoch == cfg.epochs) and dist.is_main:
             row.update(validate(model, val_histories, val_targets, num_items, cfg))
             if row[key] > best["metric"]:
                 best = {"metric": row[key], "epoch": epoch, "metrics": dict(row), "state": copy.deepcopy(model.state_dict())}
                 bad_evals = 0
             else:
                 bad_evals += 1
+        bad_evals = dist.from_main(bad_evals)  # every rank stops when rank 0 does
         history.append(row)
         shown = {"loss": f"{row['loss']:.4f}", "events/s": row["events_per_s"]}
         if key in row:
@@ -249,7 +277,7 @@ def fit(
         if best["epoch"]:
             shown["best"] = f"{best['metric']:.4f}@{best['epoch']}"
         bar.set_postfix(shown)
-        if checkpoint_dir:
+        if checkpoint_dir and dist.is_main:
             save_checkpoint(checkpoint_dir, {
                 "config": asdict(cfg), "num_items": num_items, "epoch": epoch,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "best": best,
@@ -260,8 +288,32 @@ def fit(
     bar.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-    model.eval()
+    if cfg.refit_epochs and dist.from_main(best["state"] is not None):
+        dist.copy_from_main(model)  # under DDP only rank 0 holds the selected weights
+        full = [s for s in sequences if len(s) >= 2]
+        last = history[-1]["epoch"] if history else 0
+        for epoch in range(last + 1, last + cfg.refit_epochs + 1):
+            model.train()
+            loss, events_per_s = _train_epoch(step, optimizer, full, cfg, rng, dist)
+            history.append({"epoch": epoch, "loss": loss, "events_per_s": round(events_per_s), "refit": True})
+    model.to("cpu").eval()
     return FitResult(model, best["epoch"], best["metrics"], history, time.perf_counter() - start, first_epoch - 1)
+
+
+def _train_epoch(step, optimizer, sequences: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator, dist):
+    """One pass over fresh windows of `sequences`; returns (mean loss over ranks, events/s)."""
+    inputs, targets = training_windows(sequences, cfg.max_len, rng)
+    total, steps, tick = 0.0, 0, time.perf_counter()
+    for batch_inputs, batch_targets in _batches(inputs, targets, cfg, rng):
+        if len(batch_inputs) < dist.world_size:
+            continue  # a tail batch too small to give every rank a row (never with one process)
+        loss = step(*dist.shard(batch_inputs, batch_targets))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, steps = total + loss.item(), steps + 1
+    events_per_s = int((targets != 0).sum()) / max(time.perf_counter() - tick, 1e-9)
+    return dist.mean(total / max(steps, 1)), events_per_s
 
 
 def _batches(inputs: np.ndarray, targets: np.ndarray, cfg: TrainConfig, rng: np.random.Generator):

@@ -69,6 +69,7 @@ def test_schema_mismatch_is_not_serving_and_failed_precondition(trained_artifact
 
 
 def test_serving_follows_the_feature_service(trained_artifact: Path, tmp_path: Path) -> None:
+    """Without degradation; with it, test_degradation.py checks the dependency's own entry."""
     manifest = json.loads((trained_artifact / MANIFEST).read_text())
     assert manifest["schema_hash"]
     # The feature service is not up yet: NOT_SERVING; it comes up on that port: SERVING.
@@ -76,7 +77,7 @@ def test_serving_follows_the_feature_service(trained_artifact: Path, tmp_path: P
     fserver.stop(None).wait()
     fcore.close()
     iserver, iport, _, recommender = create_inference_server(
-        trained_artifact, f"127.0.0.1:{fport}", host="127.0.0.1", health_interval_s=0.05
+        trained_artifact, f"127.0.0.1:{fport}", host="127.0.0.1", health_interval_s=0.05, degrade=False
     )
     try:
         assert health_of(iport) == NOT_SERVING

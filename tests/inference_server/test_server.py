@@ -127,8 +127,16 @@ def test_score_names_unknown_items(services):
     assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_feature_service_down_is_unavailable_with_a_clear_message(services):
+def test_feature_service_down_is_unavailable_with_a_clear_message(services, trained_artifact):
+    """Without degradation (see test_degradation.py for the default, degraded answers)."""
+    iserver, iport, _, recommender = create_inference_server(
+        trained_artifact, services["recommender"].features.target, degrade=False)
     services["feature_server"].stop(None).wait()
-    error = code_of(lambda: recommend(services["infer"], "u000"))
-    assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert "feature service" in error.details()
+    try:
+        with grpc.insecure_channel(f"localhost:{iport}") as channel:
+            error = code_of(lambda: recommend(inference_pb2_grpc.InferenceServiceStub(channel), "u000"))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "feature service" in error.details()
+    finally:
+        iserver.stop(None)
+        recommender.features.close()

@@ -17,8 +17,8 @@ def make(name: str) -> torch.nn.Module:
     return MODELS[name][1](cfg).eval()
 
 
-def test_registry_holds_the_three_sequential_families():
-    assert set(MODELS) == {"sasrec", "gru4rec", "caser"}
+def test_registry_holds_the_three_sequential_families_and_content_sasrec():
+    assert set(MODELS) == {"sasrec", "gru4rec", "caser", "content_sasrec"}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

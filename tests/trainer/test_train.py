@@ -93,3 +93,24 @@ def test_length_bucketed_batches_train_as_well():
     cfg = TrainConfig(model="sasrec", epochs=12, bucket=True, **SMALL)
     result = fit(cfg, ring_sequences(), NUM_ITEMS, progress=False)
     assert result.best_metrics["ndcg@10"] > 0.5
+
+
+def test_refit_learns_the_held_out_last_events():
+    """Selection holds every user's last event out; refit_epochs then trains on it too, so a
+    transition seen only as a last event is learned with refit and not without."""
+    rng = np.random.default_rng(1)
+    late, final = FIRST_TOKEN + NUM_ITEMS - 2, FIRST_TOKEN + NUM_ITEMS - 1  # only ever: late -> final, last
+    sequences = []
+    for _ in range(40):
+        body = [int(t) + FIRST_TOKEN for t in rng.integers(0, NUM_ITEMS - 2, size=int(rng.integers(4, 8)))]
+        sequences.append(np.array([*body, late, final], dtype=np.int64))
+    probe = [np.array([FIRST_TOKEN, FIRST_TOKEN + 1, late], dtype=np.int64)]
+
+    def score_of_final(refit_epochs: int) -> float:
+        cfg = TrainConfig(**{**SMALL, "epochs": 6, "patience": 50, "refit_epochs": refit_epochs})
+        result = fit(cfg, sequences, NUM_ITEMS, progress=False)
+        scores = train_module.score_histories(result.model, probe, cfg.max_len)[0]
+        assert [r["epoch"] for r in result.history] == list(range(1, 7 + refit_epochs))
+        return float(scores[final - FIRST_TOKEN] - np.median(scores))
+
+    assert score_of_final(6) > score_of_final(0) + 1.0

@@ -3,6 +3,7 @@
 training at every position."""
 
 from trainer.models.caser import Caser, CaserConfig
+from trainer.models.content import ContentSASRec, ContentSASRecConfig
 from trainer.models.gru4rec import GRU4Rec, GRU4RecConfig
 from trainer.models.sasrec import SASRec, SASRecConfig
 
@@ -10,6 +11,12 @@ MODELS = {
     "sasrec": (SASRecConfig, SASRec),
     "gru4rec": (GRU4RecConfig, GRU4Rec),
     "caser": (CaserConfig, Caser),
+    # SASRec over fused id + content item vectors (cold start); built with its item tables by
+    # trainer/content.py. Built from the registry alone it has no content (plain id vectors).
+    "content_sasrec": (ContentSASRecConfig, ContentSASRec),
 }
+# Models whose item vectors come from the item table: the pipeline builds them with their content.
+CONTENT_MODELS = ("content_sasrec",)
 
-__all__ = ["MODELS", "Caser", "CaserConfig", "GRU4Rec", "GRU4RecConfig", "SASRec", "SASRecConfig"]
+__all__ = ["CONTENT_MODELS", "MODELS", "Caser", "CaserConfig", "ContentSASRec", "ContentSASRecConfig", "GRU4Rec",
+           "GRU4RecConfig", "SASRec", "SASRecConfig"]

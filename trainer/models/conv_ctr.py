@@ -48,15 +48,18 @@ class ConvCTR(nn.Module):
 
     def logits(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
                item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-               item_multi: torch.Tensor | None, history: torch.Tensor | None) -> torch.Tensor:
+               item_multi: torch.Tensor | None, history: torch.Tensor | None,
+               user_id: torch.Tensor | None = None) -> torch.Tensor:
         """Inputs (see fields.py) -> logits (B,)."""
-        e = self.embed(user_cat, user_num, item_id, item_cat, item_num, item_multi, history)  # (B, F, D)
+        e = self.embed(user_cat, user_num, item_id, item_cat, item_num, item_multi, history, user_id)  # (B, F, D)
         h = torch.relu(self.conv(e.transpose(1, 2)))  # (B, C, F)
         pooled = self.pool(h)  # (B, C, F // pool)
         return self.dense(pooled.flatten(1)).squeeze(-1)  # (B,)
 
     def forward(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
                 item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-                item_multi: torch.Tensor | None, history: torch.Tensor | None) -> torch.Tensor:
+                item_multi: torch.Tensor | None, history: torch.Tensor | None,
+               user_id: torch.Tensor | None = None) -> torch.Tensor:
         """Inputs -> probabilities (B,)."""
-        return torch.sigmoid(self.logits(user_cat, user_num, item_id, item_cat, item_num, item_multi, history))
+        return torch.sigmoid(self.logits(user_cat, user_num, item_id, item_cat, item_num, item_multi, history,
+                                         user_id))

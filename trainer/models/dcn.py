@@ -50,9 +50,10 @@ class DCNv2(nn.Module):
 
     def logits(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
                item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-               item_multi: torch.Tensor | None, history: torch.Tensor | None) -> torch.Tensor:
+               item_multi: torch.Tensor | None, history: torch.Tensor | None,
+               user_id: torch.Tensor | None = None) -> torch.Tensor:
         """Inputs (see fields.py) -> logits (B,)."""
-        x0 = self.embed(user_cat, user_num, item_id, item_cat, item_num, item_multi, history).flatten(1)  # (B, F·D)
+        x0 = self.embed(user_cat, user_num, item_id, item_cat, item_num, item_multi, history, user_id).flatten(1)  # (B, F·D)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
@@ -60,6 +61,8 @@ class DCNv2(nn.Module):
 
     def forward(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
                 item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-                item_multi: torch.Tensor | None, history: torch.Tensor | None) -> torch.Tensor:
+                item_multi: torch.Tensor | None, history: torch.Tensor | None,
+               user_id: torch.Tensor | None = None) -> torch.Tensor:
         """Inputs -> probabilities (B,)."""
-        return torch.sigmoid(self.logits(user_cat, user_num, item_id, item_cat, item_num, item_multi, history))
+        return torch.sigmoid(self.logits(user_cat, user_num, item_id, item_cat, item_num, item_multi, history,
+                                         user_id))

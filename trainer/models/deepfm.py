@@ -52,9 +52,10 @@ class DeepFM(nn.Module):
 
     def logits(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
                item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-               item_multi: torch.Tensor | None, history: torch.Tensor | None) -> torch.Tensor:
+               item_multi: torch.Tensor | None, history: torch.Tensor | None,
+               user_id: torch.Tensor | None = None) -> torch.Tensor:
         """Inputs (see fields.py) -> logits (B,)."""
-        args = (user_cat, user_num, item_id, item_cat, item_num, item_multi, history)
+        args = (user_cat, user_num, item_id, item_cat, item_num, item_multi, history, user_id)
         e = self.embed(*args)  # (B, F, D)
         first = self.linear(*args).sum(dim=(1, 2))  # (B,)
         deep = self.out(self.deep(e.flatten(1))).squeeze(-1)  # (B,)
@@ -62,6 +63,8 @@ class DeepFM(nn.Module):
 
     def forward(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
                 item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-                item_multi: torch.Tensor | None, history: torch.Tensor | None) -> torch.Tensor:
+                item_multi: torch.Tensor | None, history: torch.Tensor | None,
+               user_id: torch.Tensor | None = None) -> torch.Tensor:
         """Inputs -> probabilities (B,)."""
-        return torch.sigmoid(self.logits(user_cat, user_num, item_id, item_cat, item_num, item_multi, history))
+        return torch.sigmoid(self.logits(user_cat, user_num, item_id, item_cat, item_num, item_multi, history,
+                                         user_id))

@@ -11,8 +11,11 @@ absent (None):
     item_num    (B, n_item_num)       float32
     item_multi  (B, n_item_multi, M)  int64   right-padded with PAD
     history     (B, L)                int64   most recent item tokens, left-padded with PAD
+    user_id     (B,)                  int64   user token (artifact user index position + 2;
+                                              OOV = 1 for users unseen in training); optional
 
-Each feature becomes one field vector of width `dim`: categorical -> its embedding; numeric ->
+Each feature becomes one field vector of width `dim`: the user id (when the layout reads it)
+and categorical -> its embedding; numeric ->
 value * a learned vector; multi-valued -> masked mean of its tokens' embeddings (no tokens ->
 zeros). The history gives up to three fields: the masked mean of its items' embeddings (a
 table of its own), log(1 + number of real items) * a learned vector, and optionally an
@@ -40,6 +43,7 @@ class FieldLayout:
     """Which features a model reads; vocabulary sizes count PAD and OOV."""
 
     num_items: int  # real items; item tokens run to num_items + FIRST_TOKEN - 1
+    user_ids: int = 0  # user-id vocabulary (known users + PAD + OOV); 0 = no user-id field
     user_cat: tuple[int, ...] = ()  # vocabulary size per user categorical feature
     n_user_num: int = 0  # user numeric features
     item_cat: tuple[int, ...] = ()  # vocabulary size per item categorical feature
@@ -51,13 +55,13 @@ class FieldLayout:
 
     @property
     def num_fields(self) -> int:
-        return (len(self.user_cat) + self.n_user_num + 1 + len(self.item_cat) + self.n_item_num
-                + len(self.item_multi) + self._num_history_fields)
+        return (int(self.user_ids > 0) + len(self.user_cat) + self.n_user_num + 1 + len(self.item_cat)
+                + self.n_item_num + len(self.item_multi) + self._num_history_fields)
 
     @property
     def num_user_fields(self) -> int:
         """Fields describing the user; they come first in FieldEmbedding's output."""
-        return len(self.user_cat) + self.n_user_num + self._num_history_fields
+        return int(self.user_ids > 0) + len(self.user_cat) + self.n_user_num + self._num_history_fields
 
     @property
     def _num_history_fields(self) -> int:
@@ -72,13 +76,14 @@ def _masked_mean(emb: nn.Embedding, tokens: torch.Tensor) -> torch.Tensor:
 
 
 class FieldEmbedding(nn.Module):
-    """Inputs -> field vectors (B, F, dim), user fields first: user_cat, user_num, history
+    """Inputs -> field vectors (B, F, dim), user fields first: user_id, user_cat, user_num, history
     (mean, count, attention), then item_id, item_cat, item_num, item_multi
     (F = layout.num_fields)."""
 
     def __init__(self, layout: FieldLayout, dim: int):
         super().__init__()
         self.layout = layout
+        self.user_id = nn.Embedding(layout.user_ids, dim, padding_idx=PAD) if layout.user_ids else None
         self.user_cat = nn.ModuleList(nn.Embedding(v, dim, padding_idx=PAD) for v in layout.user_cat)
         self.user_num = nn.Parameter(torch.empty(layout.n_user_num, dim))
         items = layout.num_items + FIRST_TOKEN
@@ -91,8 +96,13 @@ class FieldEmbedding(nn.Module):
 
     def forward(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
                 item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-                item_multi: torch.Tensor | None, history: torch.Tensor | None) -> torch.Tensor:
+                item_multi: torch.Tensor | None, history: torch.Tensor | None,
+                user_id: torch.Tensor | None = None) -> torch.Tensor:
         fields: list[torch.Tensor] = []  # each (B, k, D)
+        if self.user_id is not None:
+            if user_id is None:
+                raise ValueError("this model reads the user id: pass user_id")
+            fields.append(self.user_id(user_id).unsqueeze(1))
         if user_cat is not None and len(self.user_cat):
             fields.append(torch.stack([e(user_cat[:, j]) for j, e in enumerate(self.user_cat)], dim=1))
         if user_num is not None and self.layout.n_user_num:

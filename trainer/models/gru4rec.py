@@ -24,12 +24,13 @@ class GRU4RecConfig:
     hidden: int = 64  # item embedding width D (the GRU state is projected back to D)
     gru_hidden: int = 128  # GRU state width
     layers: int = 1  # stacked GRU layers
-    dropout: float = 0.3  # on item embeddings
+    dropout: float = 0.3  # on item embeddings (the GRU's input)
+    out_dropout: float = 0.0  # on the GRU's output states, before the projection to D
 
 
 def right_align(item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, L) left-padded -> (right-padded (B, L), number of pads per row (B, 1))."""
-    b, l = item_seq.shape
+    l = item_seq.shape[1]
     pads = (item_seq == PAD).sum(dim=1, keepdim=True)  # (B, 1)
     idx = torch.arange(l, device=item_seq.device).view(1, l) + pads  # (B, L)
     shifted = torch.gather(item_seq, 1, idx.clamp(max=l - 1))
@@ -43,6 +44,7 @@ class GRU4Rec(nn.Module):
         self.item_emb = nn.Embedding(cfg.num_items + FIRST_TOKEN, cfg.hidden, padding_idx=PAD)
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.gru = nn.GRU(cfg.hidden, cfg.gru_hidden, num_layers=cfg.layers, batch_first=True, bias=False)
+        self.out_drop = nn.Dropout(cfg.out_dropout)
         self.proj = nn.Linear(cfg.gru_hidden, cfg.hidden)
 
     def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
@@ -50,7 +52,7 @@ class GRU4Rec(nn.Module):
         b, l = item_seq.shape
         aligned, pads = right_align(item_seq)
         out, _ = self.gru(self.emb_drop(self.item_emb(aligned)))  # (B, L, G), real items first
-        out = self.proj(out)  # (B, L, D)
+        out = self.proj(self.out_drop(out))  # (B, L, D)
         back = (torch.arange(l, device=item_seq.device).view(1, l) - pads).clamp(min=0)  # (B, L)
         hidden = torch.gather(out, 1, back.unsqueeze(-1).expand(b, l, out.shape[-1]))
         return hidden * (item_seq != PAD).unsqueeze(-1)

@@ -46,9 +46,10 @@ class RatingModel(nn.Module):
 
     def forward(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
                 item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-                item_multi: torch.Tensor | None, history: torch.Tensor | None) -> torch.Tensor:
+                item_multi: torch.Tensor | None, history: torch.Tensor | None,
+               user_id: torch.Tensor | None = None) -> torch.Tensor:
         """Inputs (see fields.py) -> predicted ratings (B,) in [low, high]."""
-        args = (user_cat, user_num, item_id, item_cat, item_num, item_multi, history)
+        args = (user_cat, user_num, item_id, item_cat, item_num, item_multi, history, user_id)
         e = self.embed(*args)  # (B, F, D), user fields first
         n_user = self.cfg.fields.num_user_fields
         u, v = e[:, :n_user].sum(dim=1), e[:, n_user:].sum(dim=1)  # (B, D) each

@@ -97,6 +97,9 @@ class SASRec(nn.Module):
         valid = item_seq != PAD  # (B, L)
         idx = torch.arange(l, device=item_seq.device)
         positions = idx + (self.cfg.max_len - l)  # the most recent item is always max_len - 1
+        # (B, L), not (L,): per-sample gradients (Opacus, trainer/private.py) need every
+        # embedding lookup to carry the batch dimension; the result is the same.
+        positions = positions.unsqueeze(0).expand(b, l)
         x = self.item_emb(item_seq) * math.sqrt(self.cfg.hidden) + self.pos_emb(positions)  # (B, L, D)
         x = self.emb_drop(self.emb_norm(x)) * valid.unsqueeze(-1)
         causal = idx.view(1, l) <= idx.view(l, 1)  # (L, L): query i sees keys j <= i

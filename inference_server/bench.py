@@ -1,0 +1,468 @@
+"""`recsys bench`: load against a running inference server, measured against its floor.
+
+For each concurrency level, `clients` concurrent callers (asyncio tasks on one gRPC channel)
+send Recommend or Score requests for users drawn from the artifact, back to back, for
+`duration_s` seconds (or `requests` calls) after `warmup_s` seconds whose calls are not
+counted. Each level reports latency p50/p95/p99/mean (ms), throughput (calls/s) and errors by
+status code.
+
+In the same run, two floors:
+- compute: the model work of the same requests in this process, no network: ONNX Runtime
+  time (plus the ANN search where the artifact has an index) at batch 1 on one thread, and
+  the whole in-process pipeline around it;
+- echo: a bare gRPC server in its own process (same worker-thread count) answering every
+  request with a real response of the server's (same bytes, so the client decodes the same
+  message), driven by the same load generator at the same levels.
+
+The floor of one request is compute p50 + `hops` x echo p50 at one client (hops = 2: client
+-> inference server -> feature service). Torch-free; matplotlib only for the optional plot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from recsys.artifact import (
+    HISTORIES,
+    ITEMS,
+    USERS,
+    ItemIndex,
+    read_jsonl,
+    read_manifest,
+)
+from recsys.v1 import inference_pb2
+
+__all__ = ["ArtifactFeatures", "BenchConfig", "run_bench", "summarise", "write_plot"]
+
+RPCS = ("recommend", "score")
+ECHO_METHOD = "/recsys.bench.Echo/Echo"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    server: str  # inference server HOST:PORT
+    artifact: str  # the artifact it serves (users, items and the model for the compute floor)
+    rpc: str = "recommend"  # recommend | score
+    k: int = 10  # Recommend k
+    candidates: int = 1000  # Score: item ids per request (drawn from the catalogue)
+    levels: tuple[int, ...] = (1, 8, 32)  # concurrent clients per level
+    duration_s: float = 5.0  # measured seconds per level (ignored when requests > 0)
+    requests: int = 0  # measured calls per level; 0 = run for duration_s
+    warmup_s: float = 1.0  # unmeasured seconds before each level
+    users: int = 1000  # distinct users drawn from the artifact's histories
+    seed: int = 0
+    timeout_s: float = 5.0  # per call; a call over it counts as an error
+    hops: int = 2  # network round trips in one request (Recommend and Score fetch the user)
+    echo: bool = True  # measure the echo floor
+    compute: bool = True  # measure the in-process compute floor
+    server_pid: int = 0  # where known, the server's RSS is reported (Linux /proc)
+    label: str = ""  # free text carried into the report (e.g. "batching on")
+
+    def check(self) -> None:
+        if self.rpc not in RPCS:
+            raise ValueError(f"rpc must be one of {', '.join(RPCS)}, got {self.rpc!r}")
+        if not self.levels or min(self.levels) < 1:
+            raise ValueError("levels must be positive client counts")
+        if self.duration_s <= 0 and self.requests <= 0:
+            raise ValueError("give a positive duration_s or requests")
+        if self.users < 1 or self.k < 1 or self.candidates < 1:
+            raise ValueError("users, k and candidates must be >= 1")
+
+
+# -- workload ---------------------------------------------------------------------------
+
+
+def draw_users(artifact: str | Path, n: int) -> list[str]:
+    """The first `n` users of the artifact's histories that have at least one event."""
+    rows = read_jsonl(Path(artifact) / HISTORIES)
+    users = [r["user_id"] for r in islice((r for r in rows if r["item_ids"]), n)]
+    if not users:
+        raise ValueError(f"artifact {artifact} has no user with a history to benchmark")
+    return users
+
+
+def build_requests(cfg: BenchConfig, users: list[str], item_ids: tuple[str, ...]) -> list:
+    """One request per drawn user, shuffled; Score requests get `candidates` random item ids."""
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(users))
+    if cfg.rpc == "recommend":
+        return [inference_pb2.RecommendRequest(user_id=users[i], k=cfg.k, exclude_seen=True) for i in order]
+    n = min(cfg.candidates, len(item_ids))
+    return [
+        inference_pb2.ScoreRequest(user_id=users[i], item_ids=[item_ids[j] for j in rng.choice(len(item_ids), n, replace=False)])
+        for i in order
+    ]
+
+
+def summarise(latencies_ms: list[float], seconds: float, errors: Counter) -> dict[str, Any]:
+    """Latency percentiles (ms) of successful calls, throughput (successful calls/s), errors."""
+    lat = np.asarray(latencies_ms, dtype=np.float64)
+    out: dict[str, Any] = {"calls": len(lat), "seconds": round(seconds, 3),
+                           "throughput_per_s": round(len(lat) / seconds, 1) if seconds > 0 else 0.0,
+                           "errors": int(sum(errors.values())), "errors_by_code": dict(errors)}
+    if len(lat):
+        p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+        out.update(p50_ms=round(float(p50), 3), p95_ms=round(float(p95), 3), p99_ms=round(float(p99), 3),
+                   mean_ms=round(float(lat.mean()), 3), max_ms=round(float(lat.max()), 3))
+    return out
+
+
+async def _drive(call, requests: list, clients: int, cfg: BenchConfig) -> dict[str, Any]:
+    """`clients` tasks calling back to back: warm-up, then the measured window."""
+    state = {"next": 0, "measuring": False, "stop": False, "count": 0}
+    latencies: list[float] = []
+    errors: Counter = Counter()
+
+    async def client() -> None:
+        while not state["stop"]:
+            request = requests[state["next"] % len(requests)]
+            state["next"] += 1
+            start = time.perf_counter()
+            try:
+                await call(request, timeout=cfg.timeout_s)
+                ok = True
+            except grpc.aio.AioRpcError as exc:
+                ok = False
+                code = exc.code().name
+            elapsed = (time.perf_counter() - start) * 1000
+            if state["measuring"] and not state["stop"]:
+                if ok:
+                    latencies.append(elapsed)
+                else:
+                    errors[code] += 1
+                state["count"] += 1
+                if cfg.requests and state["count"] >= cfg.requests:
+                    state["stop"] = True
+
+    tasks = [asyncio.create_task(client()) for _ in range(clients)]
+    await asyncio.sleep(cfg.warmup_s)
+    state["measuring"] = True
+    started = time.perf_counter()
+    if cfg.requests:
+        while not state["stop"] and not all(t.done() for t in tasks):
+            await asyncio.sleep(0.01)
+    else:
+        await asyncio.sleep(cfg.duration_s)
+    seconds = time.perf_counter() - started
+    state["stop"] = True
+    await asyncio.gather(*tasks)
+    return summarise(latencies, seconds, errors)
+
+
+async def _levels(target: str, method: str, request_cls, response_cls, requests: list, cfg: BenchConfig) -> list[dict]:
+    results = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(method, request_serializer=request_cls.SerializeToString,
+                                   response_deserializer=response_cls.FromString)
+        for clients in cfg.levels:
+            results.append({"clients": clients, **await _drive(call, requests, clients, cfg)})
+    return results
+
+
+# -- floors -----------------------------------------------------------------------------
+
+
+class ArtifactFeatures:
+    """The feature client's interface over the artifact's own files, in memory: what the
+    in-process compute floor uses instead of the feature service."""
+
+    def __init__(self, artifact: str | Path, user_ids: list[str]):
+        wanted = set(user_ids)
+        self.target = f"artifact:{artifact}"
+        self.expected_schema_hash = None
+        self.histories = {r["user_id"]: r["item_ids"] for r in read_jsonl(Path(artifact) / HISTORIES) if r["user_id"] in wanted}
+        path = Path(artifact) / USERS
+        self.users = {r["user_id"]: r.get("features", {}) for r in read_jsonl(path) if r["user_id"] in wanted} if path.is_file() else {}
+        self._artifact = Path(artifact)
+        self._items: dict[str, dict] | None = None
+
+    def get_user(self, user_id: str, max_history: int, timeout_s: float | None = None):
+        from inference_server.feature_client import UserView
+
+        history = self.histories.get(user_id)
+        found = history is not None or user_id in self.users
+        return UserView(user_id, found, tuple((history or [])[-max_history:]), dict(self.users.get(user_id, {})))
+
+    def get_items(self, item_ids):
+        if self._items is None:
+            path = self._artifact / ITEMS
+            self._items = {r["item_id"]: r.get("features", {}) for r in read_jsonl(path)} if path.is_file() else {}
+        return {i: self._items[i] for i in item_ids if i in self._items}
+
+    def check_schema(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Timed:
+    """Proxy that adds the time spent in `run`/`scores`/`top_k` to `spent_ms`."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.spent_ms = 0.0
+
+    def _timed(self, name):
+        method = getattr(self.inner, name)
+
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.spent_ms += (time.perf_counter() - start) * 1000
+
+        return wrapper
+
+    def __getattr__(self, name):
+        if name in ("run", "scores", "top_k", "score_items"):
+            return self._timed(name)
+        return getattr(self.inner, name)
+
+
+def compute_floor(cfg: BenchConfig, requests: list, users: list[str]) -> dict[str, Any]:
+    """Model time (ORT, plus ANN search) and whole-pipeline time per request, in this process,
+    on one thread, for the same requests; with an ANN index, also its recall@k against exact."""
+    from inference_server.pipeline import Recommender
+    from recsys.onnx_session import ModelSession
+
+    manifest = read_manifest(cfg.artifact)
+    features = ArtifactFeatures(cfg.artifact, users)
+    ann = _load_ann(cfg.artifact, manifest)
+    session = _Timed(ModelSession(cfg.artifact, manifest, threads=1)) if ann is None else None
+    timed_ann = _Timed(ann) if ann is not None else None
+    extra = {"ann": timed_ann} if timed_ann is not None else {}
+    recommender = Recommender(manifest, ItemIndex.read(cfg.artifact), session if session is not None else ann.encoder,
+                              features, **extra)
+    recommender.warm_up()
+    timed = timed_ann if timed_ann is not None else session
+    model_ms, pipeline_ms = [], []
+    sample = requests[: min(len(requests), 300)]
+    for rounds in (0, 1):  # a first unmeasured pass warms caches and shapes
+        for request in sample:
+            timed.spent_ms = 0.0
+            start = time.perf_counter()
+            if cfg.rpc == "recommend":
+                recommender.recommend(request.user_id, request.k, request.exclude_seen)
+            else:
+                recommender.score(request.user_id, list(request.item_ids))
+            if rounds:
+                pipeline_ms.append((time.perf_counter() - start) * 1000)
+                model_ms.append(timed.spent_ms)
+    out = {"model_ms": summarise(model_ms, 1.0, Counter()), "in_process_ms": summarise(pipeline_ms, 1.0, Counter())}
+    for part in out.values():
+        part.pop("throughput_per_s"), part.pop("seconds"), part.pop("errors"), part.pop("errors_by_code")
+    if ann is not None:
+        out["ann"] = {**ann.describe(), f"recall_at_{cfg.k}": ann_recall(ann, recommender, users[:200], cfg.k)}
+    return out
+
+
+def _load_ann(artifact: str, manifest):
+    from inference_server.retrieval import Retriever, has_ann
+
+    return Retriever(artifact, manifest, threads=1) if has_ann(artifact) else None
+
+
+def ann_recall(ann, recommender, users: list[str], k: int) -> float:
+    """Mean |ANN top-k ∩ exact top-k| / k over `users` (seen items excluded in both)."""
+    hits = total = 0
+    for user_id in users:
+        user = recommender.features.get_user(user_id, recommender.seen_window)
+        window = recommender._window(user)
+        seen = recommender._seen(user)
+        approx, _ = ann.top_k(window, k, seen)
+        exact, _ = ann.exact_top_k(window, k, seen)
+        hits += len(set(approx.tolist()) & set(exact.tolist()))
+        total += len(exact)
+    return round(hits / total, 4) if total else float("nan")
+
+
+def start_echo_server(response: bytes, workers: int = 8) -> tuple[subprocess.Popen, str]:
+    """A bare gRPC server in its own process that answers every call with `response`."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(delete=False, suffix=".bin") as f:
+        f.write(response)
+    process = subprocess.Popen([sys.executable, "-m", "inference_server.bench", f.name, str(workers)],
+                               stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    line = process.stdout.readline()
+    os.unlink(f.name)
+    if not line.startswith("port "):
+        process.kill()
+        process.wait()
+        process.stdout.close()
+        raise RuntimeError("the echo server did not start")
+    return process, f"127.0.0.1:{int(line.split()[1])}"
+
+
+def _echo_main(payload_path: str, workers: int) -> None:
+    from concurrent import futures
+
+    payload = Path(payload_path).read_bytes()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: payload)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("recsys.bench.Echo", {"Echo": handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"port {port}", flush=True)
+    server.wait_for_termination()
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+def rss_mib(pid: int) -> dict[str, float] | None:
+    """Resident and peak resident memory of `pid` in MiB (Linux)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    except OSError:
+        return None
+    return {key: round(int(fields[name].split()[0]) / 1024, 1) for key, name in (("rss_mib", "VmRSS"), ("peak_rss_mib", "VmHWM"))
+            if name in fields}
+
+
+def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
+    """Runs the floors and the levels; returns the report (see the module docstring)."""
+    cfg.check()
+    index = ItemIndex.read(cfg.artifact)
+    users = draw_users(cfg.artifact, cfg.users)
+    requests = build_requests(cfg, users, index.item_ids)
+    if cfg.rpc == "recommend":
+        method, req_cls, resp_cls = "/recsys.v1.InferenceService/Recommend", inference_pb2.RecommendRequest, inference_pb2.RecommendResponse
+    else:
+        method, req_cls, resp_cls = "/recsys.v1.InferenceService/Score", inference_pb2.ScoreRequest, inference_pb2.ScoreResponse
+    report: dict[str, Any] = {"config": {**asdict(cfg), "levels": list(cfg.levels)}, "machine": _machine()}
+    with grpc.insecure_channel(cfg.server) as channel:  # one real call: the response the echo returns
+        sample = channel.unary_unary(method, request_serializer=req_cls.SerializeToString,
+                                     response_deserializer=resp_cls.FromString)(requests[0], timeout=cfg.timeout_s)
+    report["request_bytes"] = requests[0].ByteSize()
+    report["response_bytes"] = sample.ByteSize()
+    report["model_version"] = sample.model_version
+    if cfg.compute:
+        log("compute floor (in process, one thread) ...")
+        report["compute"] = compute_floor(cfg, requests, users)
+    log(f"server {cfg.server}: levels {list(cfg.levels)} ...")
+    report["levels"] = asyncio.run(_levels(cfg.server, method, req_cls, resp_cls, requests, cfg))
+    if cfg.server_pid:
+        report["server_memory"] = rss_mib(cfg.server_pid)
+    if cfg.echo:
+        log("echo floor ...")
+        process, target = start_echo_server(sample.SerializeToString())
+        try:
+            echo = asyncio.run(_levels(target, ECHO_METHOD, req_cls, resp_cls, requests, cfg))
+        finally:
+            process.kill()
+            process.wait()
+            process.stdout.close()
+        for level, e in zip(report["levels"], echo):
+            level["echo"] = {k: v for k, v in e.items() if k != "clients"}
+    report["floor"] = floor_of(report, cfg.hops)
+    report["machine"]["load_average_end"] = list(os.getloadavg())
+    return report
+
+
+def floor_of(report: dict[str, Any], hops: int) -> dict[str, Any]:
+    """compute p50 + hops x echo p50 at the smallest level, and how far the server is from it."""
+    out: dict[str, Any] = {"hops": hops}
+    first = report["levels"][0]
+    echo = first.get("echo", {}).get("p50_ms")
+    model = report.get("compute", {}).get("model_ms", {}).get("p50_ms")
+    if echo is not None and model is not None:
+        out["floor_p50_ms"] = round(model + hops * echo, 3)
+        if "p50_ms" in first:
+            out["server_p50_over_floor"] = round(first["p50_ms"] / out["floor_p50_ms"], 2)
+    for level in report["levels"]:
+        if level.get("echo", {}).get("throughput_per_s"):
+            level["throughput_vs_echo"] = round(level["throughput_per_s"] / level["echo"]["throughput_per_s"], 3)
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    import onnxruntime
+
+    return {"cpus": os.cpu_count(), "load_average_start": list(os.getloadavg()), "python": platform.python_version(),
+            "grpcio": grpc.__version__, "onnxruntime": onnxruntime.__version__,
+            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def write_plot(reports: list[dict[str, Any]], path: str | Path) -> bool:
+    """Latency (p50 solid, p99 dashed) against throughput, one line per report and its echo
+    floor; False (and no file) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for report in reports:
+        name = report["config"].get("label") or f"{report['config']['rpc']}"
+        for key, series, style in (("server", report["levels"], "-"), ("echo", [lv.get("echo") for lv in report["levels"]], ":")):
+            series = [s for s in series if s and "p50_ms" in s]
+            if not series:
+                continue
+            label = name if key == "server" else f"echo ({name})"
+            x = [s["throughput_per_s"] for s in series]
+            line, = ax.plot(x, [s["p50_ms"] for s in series], style, marker="o", label=f"{label} p50")
+            ax.plot(x, [s["p99_ms"] for s in series], "--", color=line.get_color(), marker="x", label=f"{label} p99")
+    ax.set_xlabel("throughput (calls/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("recsys bench: latency vs throughput (points = concurrency levels)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(reports: list[dict[str, Any]], out_dir: str | Path, name: str = "bench") -> tuple[Path, Path | None]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"{name}.json"
+    json_path.write_text(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
+    png = out / f"{name}.png"
+    return json_path, png if write_plot(reports, png) else None
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [(f"{report['config']['rpc']} on {report['config']['server']} ({report.get('model_version', '?')})"
+             f"{' [' + report['config']['label'] + ']' if report['config'].get('label') else ''}")]
+    if "compute" in report:
+        c = report["compute"]
+        lines.append(f"  compute floor: model p50 {c['model_ms'].get('p50_ms')} ms, in-process pipeline p50 "
+                     f"{c['in_process_ms'].get('p50_ms')} ms" + (f", ANN recall {c['ann']}" if "ann" in c else ""))
+    floor = report.get("floor", {})
+    if "floor_p50_ms" in floor:
+        lines.append(f"  floor p50 {floor['floor_p50_ms']} ms (compute + {floor['hops']} echo round trips); "
+                     f"server p50 / floor = {floor.get('server_p50_over_floor')}")
+    lines.append(f"  {'clients':>7} {'p50':>8} {'p95':>8} {'p99':>8} {'calls/s':>9} {'errors':>6} | {'echo p50':>8} {'echo/s':>8} {'vs echo':>7}")
+    for lv in report["levels"]:
+        e = lv.get("echo", {})
+        lines.append(f"  {lv['clients']:>7} {lv.get('p50_ms', '-'):>8} {lv.get('p95_ms', '-'):>8} {lv.get('p99_ms', '-'):>8} "
+                     f"{lv['throughput_per_s']:>9} {lv['errors']:>6} | {e.get('p50_ms', '-'):>8} {e.get('throughput_per_s', '-'):>8} "
+                     f"{lv.get('throughput_vs_echo', '-'):>7}")
+    if report.get("server_memory"):
+        lines.append(f"  server memory: {report['server_memory']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the echo server's process: python -m inference_server.bench PAYLOAD WORKERS
+    _echo_main(sys.argv[1], int(sys.argv[2]))

@@ -1,0 +1,94 @@
+"""1 process against N DDP processes: wall time, training throughput and validation NDCG@10.
+
+    python scripts/bench_ddp.py --data data/ml-100k --epochs 6 --runs 1x1,1x2,2x1
+
+Each run `PxT` trains SASRec (TrainConfig defaults, the given --epochs, validation every 3
+epochs, no early stop) on P processes of T torch threads each, through torchrun as `recsys
+train --nproc P` does, and prints one JSON line per run. It reads interactions.csv with the
+csv module and calls `trainer.train.fit` directly (no export), so it needs only torch and
+numpy, and runs on hosts without the data stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from recsys.schema import FIRST_TOKEN
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_sequences(interactions: Path):
+    """Per user, item tokens oldest first; items numbered by popularity (ties by id) as the pipeline does."""
+    rows = defaultdict(list)
+    with open(interactions, newline="") as f:
+        for row in csv.DictReader(f):
+            rows[row["user_id"]].append((int(float(row["timestamp"])), row["item_id"]))
+    counts = Counter(item for events in rows.values() for _, item in events)
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    token = {item: i + FIRST_TOKEN for i, (item, _) in enumerate(order)}
+    return [[token[item] for _, item in sorted(events, key=lambda e: e[0])] for events in rows.values()], len(order)
+
+
+def worker(args) -> None:
+    import numpy as np
+
+    from trainer import distributed
+    from trainer.train import TrainConfig, fit
+
+    dist = distributed.init_from_env()
+    sequences, num_items = read_sequences(Path(args.data) / "interactions.csv")
+    cfg = TrainConfig(epochs=args.epochs, eval_every=3, patience=100, seed=args.seed, threads=args.threads)
+    start = time.perf_counter()
+    result = fit(cfg, [np.array(s, dtype=np.int64) for s in sequences], num_items, progress=False)
+    seconds = time.perf_counter() - start
+    if dist.is_main:
+        rates = [row["events_per_s"] for row in result.history]
+        Path(args.result).write_text(json.dumps({
+            "processes": dist.world_size, "threads": args.threads, "epochs": len(result.history),
+            "train_seconds": round(seconds, 1), "events_per_s_median": sorted(rates)[len(rates) // 2],
+            "ndcg@10": round(result.best_metrics["ndcg@10"], 4), "hr@10": round(result.best_metrics["hr@10"], 4),
+            "best_epoch": result.best_epoch,
+        }))
+    distributed.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data/ml-100k")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", default="1x1,2x1", help="Comma-separated PROCESSESxTHREADS.")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    for run in args.runs.split(","):
+        procs, threads = (int(x) for x in run.split("x"))
+        result = Path(f"/tmp/bench_ddp_{os.getpid()}_{run}.json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
+               __file__, "--worker", "--data", args.data, "--epochs", str(args.epochs), "--seed", str(args.seed),
+               "--threads", str(threads), "--result", str(result)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
+        load = os.getloadavg()[0]
+        tick = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env)
+        out = json.loads(result.read_text())
+        result.unlink()
+        out.update(wall_seconds=round(time.perf_counter() - tick, 1), load_before=round(load, 1), cpus=os.cpu_count())
+        print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""ANN retrieval files of a next-item artifact (see recsys/ann.py for the layout): the user
+encoder graph, the item vectors and the index, with the index's recall measured at export.
+
+Every next-item model scores `encode(item_seq)[:, -1] @ output_embeddings().T (+ output_bias())`,
+so the user vector is the last hidden state (with a trailing 1 when there is a bias) and the
+item vectors are the output embeddings (with the bias as a last column): user . item equals
+the model's score, which export checks against ONNX Runtime.
+
+Whether to build one: `mode` "auto" builds it from `ANN_MIN_ITEMS` items up (below that exact
+scoring is fast and exact), "on" always, "off" never.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsys.ann import (
+    ANN_INDEX,
+    BACKENDS,
+    ITEM_VECTORS,
+    RETRIEVAL,
+    USER_ENCODER,
+    AnnSpec,
+    build_index,
+    exact_top_k,
+)
+from recsys.schema import FIRST_TOKEN, PAD
+
+__all__ = ["ANN_MIN_ITEMS", "ANN_MODES", "DEFAULT_BACKEND", "UserVector", "export_ann", "item_vectors", "wants_ann"]
+
+ANN_MIN_ITEMS = 100_000
+ANN_MODES = ("auto", "on", "off")
+DEFAULT_BACKEND = "faiss-hnsw"  # chosen by measurement: see README "Serving speed"
+ENCODER_TOLERANCE = 1e-3  # |user . item - model score|, float32 over D terms
+
+
+class UserVector(nn.Module):
+    """item_seq (B, L) -> user vector (B, D) or (B, D + 1) with a trailing 1 for the bias."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.with_bias = model.output_bias() is not None
+
+    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.encode(item_seq)[:, -1, :]  # (B, D)
+        if self.with_bias:
+            hidden = torch.cat([hidden, torch.ones_like(hidden[:, :1])], dim=-1)
+        return hidden
+
+
+def item_vectors(model: nn.Module) -> np.ndarray:
+    """(N, D) or (N, D + 1) float32, model column order."""
+    with torch.no_grad():
+        vectors = model.output_embeddings()
+        bias = model.output_bias()
+        if bias is not None:
+            vectors = torch.cat([vectors, bias.unsqueeze(-1)], dim=-1)
+        return np.ascontiguousarray(vectors.detach().cpu().numpy(), dtype=np.float32)
+
+
+def wants_ann(mode: str, num_items: int) -> bool:
+    if mode not in ANN_MODES:
+        raise ValueError(f"ann must be one of {', '.join(ANN_MODES)}, got {mode!r}")
+    return mode == "on" or (mode == "auto" and num_items >= ANN_MIN_ITEMS)
+
+
+def export_ann(model: nn.Module, directory: Path, max_len: int, num_items: int, *, mode: str = "auto",
+               backend: str = DEFAULT_BACKEND, params: dict | None = None, recall_queries: int = 200,
+               seed: int = 0) -> list[str]:
+    """Writes the retrieval files into `directory` when `wants_ann`; returns their names."""
+    from trainer.export import ExportError, export_onnx
+
+    if not wants_ann(mode, num_items):
+        return []
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown ANN backend {backend!r}; known: {', '.join(BACKENDS)}")
+    model.eval()
+    encoder = UserVector(model).eval()
+    export_onnx(encoder, directory / USER_ENCODER, max_len, num_items, output_name="user_vector")
+    vectors = item_vectors(model)
+    np.save(directory / ITEM_VECTORS, vectors)
+    queries, worst = _check_encoder(model, directory / USER_ENCODER, vectors, max_len, num_items, recall_queries, seed)
+    if not worst <= ENCODER_TOLERANCE * max(1.0, float(np.abs(vectors).max())):
+        raise ExportError(f"user encoder . item vectors differs from the model's scores by {worst:.2e}")
+    start = time.perf_counter()
+    index = build_index(vectors, backend, params)
+    build_s = time.perf_counter() - start
+    index.save(directory / ANN_INDEX)
+    recall = ann_recall(index, vectors, queries, 10)
+    spec = AnnSpec(backend=backend, dim=vectors.shape[1], num_items=num_items, params=index.params,
+                   metrics={"recall_at_10_random_histories": recall, "build_seconds": round(build_s, 1),
+                            "encoder_max_abs_diff": worst})
+    (directory / RETRIEVAL).write_text(spec.to_json())
+    return [USER_ENCODER, ITEM_VECTORS, ANN_INDEX, RETRIEVAL]
+
+
+def _check_encoder(model, path: Path, vectors: np.ndarray, max_len: int, num_items: int, n: int,
+                   seed: int) -> tuple[np.ndarray, float]:
+    """User vectors (ORT) of `n` random histories, and max |user . item - model(torch)|."""
+    import onnxruntime as ort
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(FIRST_TOKEN, num_items + FIRST_TOKEN, (n, max_len), generator=gen)
+    lengths = torch.randint(1, max_len + 1, (n,), generator=gen)
+    x[torch.arange(max_len).unsqueeze(0) < (max_len - lengths).unsqueeze(1)] = PAD
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    queries = session.run(["user_vector"], {"item_seq": x.numpy()})[0]
+    worst = 0.0
+    with torch.no_grad():
+        for start in range(0, n, 16):
+            expected = model(x[start : start + 16]).numpy()
+            got = queries[start : start + 16] @ vectors.T
+            worst = max(worst, float(np.abs(got - expected).max()))
+    return queries, worst
+
+
+def ann_recall(index, vectors: np.ndarray, queries: np.ndarray, k: int) -> float:
+    """Mean |ANN top-k ∩ exact top-k| / k."""
+    approx, _ = index.search(queries, k)
+    exact = np.concatenate([exact_top_k(vectors, queries[i : i + 64], k)[0] for i in range(0, len(queries), 64)])
+    hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact))
+    return round(hits / (k * len(queries)), 4)

@@ -1,0 +1,318 @@
+"""Item content for content-aware models: item table (+ optional vector file) -> model tensors,
+and adding new items to a trained content model by re-export.
+
+Item features come as `feature_rows` give them ({name: str | float | list[str]}) with the kinds
+of the schema's item FeatureSpecs:
+
+- CATEGORICAL `v`            -> attribute token "name=v"
+- MULTI_CATEGORICAL [a, b]   -> attribute tokens "name=a", "name=b" (genres)
+- NUMERIC x                  -> attribute token "name#k", k its quantile bucket (release year)
+- TEXT (title, description)  -> lower-cased words, hashed into `text_buckets` (crc32, stable
+                                across processes and machines)
+- a vector file              -> `item_id` + float vector, L2-normalised; zeros when missing
+
+`ContentSpec` (JSON-able, fitted once on the training item table) fixes the vocabulary, bucket
+edges and widths, so items added later are encoded exactly as the training items were. Tokens
+the vocabulary lacks are dropped (an unseen genre contributes nothing rather than noise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recsys.schema import FIRST_TOKEN, PAD, FeatureKind, FeatureSpec
+
+__all__ = ["CONTENT_CHECKPOINT", "ContentSpec", "ItemContent", "build_content_model", "load_content_model",
+           "read_item_vectors", "save_content_model", "with_catalogue"]
+
+CONTENT_CHECKPOINT = "content_model.pt"
+_WORD = re.compile(r"[^\W_]+")
+
+
+@dataclass(frozen=True)
+class ItemContent:
+    """Per item token row (R = num_items + FIRST_TOKEN; rows PAD and OOV zero): attrs (R, A)
+    int64, words (R, W) int64, vectors (R, V) float32, known (R, 1) float32 (1 = the item had
+    training interactions, so its id embedding is trained)."""
+
+    attrs: np.ndarray
+    words: np.ndarray
+    vectors: np.ndarray
+    known: np.ndarray
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(a) for a in (self.attrs, self.words, self.vectors, self.known))
+
+
+@dataclass(frozen=True)
+class ContentSpec:
+    features: tuple[tuple[str, str], ...]  # (name, kind) of the item features used
+    attributes: tuple[str, ...]  # attribute tokens; id = position + FIRST_TOKEN
+    numeric_edges: dict[str, list[float]]  # bucket edges per numeric feature
+    max_attributes: int = 1
+    text_buckets: int = 4096  # hashed word ids 1 .. text_buckets - 1
+    max_words: int = 16
+    vector_dim: int = 0
+
+    @classmethod
+    def fit(cls, rows: list[dict[str, Any]], specs: tuple[FeatureSpec, ...], *, vector_dim: int = 0,
+            numeric_buckets: int = 8, text_buckets: int = 4096, max_words: int = 16) -> ContentSpec:
+        """Fits the vocabulary and numeric bucket edges on `rows` ({"item_id", "features"})."""
+        edges: dict[str, list[float]] = {}
+        for spec in specs:
+            if spec.kind is FeatureKind.NUMERIC:
+                values = np.array([r["features"][spec.name] for r in rows if spec.name in r["features"]], dtype=np.float64)
+                qs = np.quantile(values, np.arange(1, numeric_buckets) / numeric_buckets) if values.size else []
+                edges[spec.name] = sorted({float(q) for q in qs})
+        features = tuple((s.name, s.kind.value) for s in specs)
+        draft = cls(features, (), edges, 1, text_buckets, max_words, vector_dim)
+        tokens = [draft.attribute_tokens(r["features"]) for r in rows]
+        vocabulary = tuple(sorted({t for ts in tokens for t in ts}))
+        width = max([len(ts) for ts in tokens] + [1])
+        return dataclasses.replace(draft, attributes=vocabulary, max_attributes=width)
+
+    def attribute_tokens(self, features: dict[str, Any]) -> list[str]:
+        out: list[str] = []
+        for name, kind in self.features:
+            value = features.get(name)
+            if value is None:
+                continue
+            if kind == FeatureKind.CATEGORICAL:
+                out.append(f"{name}={value}")
+            elif kind == FeatureKind.MULTI_CATEGORICAL:
+                out.extend(f"{name}={v}" for v in value)
+            elif kind == FeatureKind.NUMERIC and name in self.numeric_edges and math.isfinite(float(value)):
+                out.append(f"{name}#{int(np.searchsorted(self.numeric_edges[name], float(value), side='right'))}")
+        return out
+
+    def word_ids(self, features: dict[str, Any]) -> list[int]:
+        """Hashed ids (1 .. text_buckets - 1) of the first `max_words` distinct words of the text features."""
+        seen: dict[int, None] = {}
+        for name, kind in self.features:
+            if kind != FeatureKind.TEXT or not isinstance(features.get(name), str):
+                continue
+            for word in _WORD.findall(features[name].lower()):
+                seen.setdefault(1 + zlib.crc32(f"{name}:{word}".encode()) % (self.text_buckets - 1), None)
+        return list(seen)[: self.max_words]
+
+    def encode(self, item_ids: tuple[str, ...] | list[str], rows: dict[str, dict[str, Any]],
+               vectors: dict[str, np.ndarray] | None = None, known: np.ndarray | None = None) -> ItemContent:
+        """Content of `item_ids` (model column order). rows: item_id -> features; items without a
+        row get no content. known (N,) bool: items whose id embedding is trained (default all)."""
+        n, rows_total = len(item_ids), len(item_ids) + FIRST_TOKEN
+        vocab = {t: i + FIRST_TOKEN for i, t in enumerate(self.attributes)}
+        attrs = np.full((rows_total, self.max_attributes), PAD, dtype=np.int64)
+        words = np.full((rows_total, self.max_words), PAD, dtype=np.int64)
+        vecs = np.zeros((rows_total, max(self.vector_dim, 1)), dtype=np.float32)
+        for j, item in enumerate(item_ids):
+            features = rows.get(item, {})
+            ids = [vocab[t] for t in self.attribute_tokens(features) if t in vocab][: self.max_attributes]
+            attrs[j + FIRST_TOKEN, : len(ids)] = ids
+            w = self.word_ids(features)
+            words[j + FIRST_TOKEN, : len(w)] = w
+            if vectors and item in vectors and self.vector_dim:
+                vecs[j + FIRST_TOKEN] = vectors[item]
+        flags = np.zeros((rows_total, 1), dtype=np.float32)
+        flags[FIRST_TOKEN:, 0] = 1.0 if known is None else np.asarray(known, dtype=np.float32)[:n]
+        return ItemContent(attrs, words, vecs, flags)
+
+    def model_fields(self) -> dict[str, int]:
+        """The ContentSASRecConfig fields this spec fixes."""
+        return {"num_attributes": len(self.attributes) + FIRST_TOKEN, "max_attributes": self.max_attributes,
+                "text_buckets": self.text_buckets, "max_words": self.max_words, "vector_dim": self.vector_dim}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["features"] = [list(f) for f in self.features]
+        d["attributes"] = list(self.attributes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ContentSpec:
+        return cls(features=tuple((n, k) for n, k in d["features"]), attributes=tuple(d["attributes"]),
+                   numeric_edges={k: list(v) for k, v in d["numeric_edges"].items()},
+                   max_attributes=int(d["max_attributes"]), text_buckets=int(d["text_buckets"]),
+                   max_words=int(d["max_words"]), vector_dim=int(d["vector_dim"]))
+
+
+def read_item_vectors(path: str | Path) -> dict[str, np.ndarray]:
+    """Precomputed item vectors, L2-normalised: item_id -> (V,) float32.
+
+    Formats: CSV/TSV with a header whose first column is `item_id` and every other column a
+    component; or JSON lines {"item_id": ..., "vector": [...]}. Raises ValueError on ragged,
+    non-numeric or non-finite vectors and on duplicate ids.
+    """
+    path = Path(path)
+    out: dict[str, np.ndarray] = {}
+    if path.suffix in (".jsonl", ".json"):
+        entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        pairs = [(str(e["item_id"]), e["vector"]) for e in entries]
+    elif path.suffix in (".csv", ".tsv"):
+        df = pd.read_csv(path, sep="," if path.suffix == ".csv" else "\t", dtype={0: str})
+        if df.columns[0] != "item_id" or df.shape[1] < 2:
+            raise ValueError(f"{path}: expected columns item_id, then the vector's components")
+        pairs = list(zip(df["item_id"].astype(str), df.iloc[:, 1:].to_numpy().tolist(), strict=True))
+    else:
+        raise ValueError(f"{path}: item vectors must be .csv, .tsv or .jsonl")
+    dim = None
+    for item, values in pairs:
+        try:
+            vec = np.asarray(values, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: item {item!r} has a non-numeric vector") from None
+        if vec.ndim != 1 or (dim is not None and len(vec) != dim) or not np.isfinite(vec).all():
+            raise ValueError(f"{path}: item {item!r} has a vector of the wrong length or with non-finite values")
+        if item in out:
+            raise ValueError(f"{path}: item {item!r} appears twice")
+        dim = len(vec)
+        out[item] = vec / max(float(np.linalg.norm(vec)), 1e-12)
+    if not out:
+        raise ValueError(f"{path}: no item vectors")
+    return out
+
+
+def with_catalogue(index, items: pd.DataFrame | None):
+    """The item index plus items of the item table that have no interactions (popularity 0),
+    appended in id order: content models can recommend them."""
+    from recsys.artifact import ItemIndex
+
+    if items is None:
+        return index
+    have = set(index.item_ids)
+    extra = sorted({str(i) for i in items["item_id"].dropna()} - have)
+    titles = dict(zip(items["item_id"].astype(str), items["title"], strict=True)) if "title" in items.columns else {}
+    return ItemIndex(index.item_ids + tuple(extra),
+                     index.titles + tuple("" if pd.isna(titles.get(i, "")) else str(titles.get(i, "")) for i in extra),
+                     index.popularity + (0,) * len(extra))
+
+
+def build_content_model(cfg, spec: ContentSpec, content: ItemContent, num_items: int):
+    """A ContentSASRec sized by `cfg` (TrainConfig) and `spec`, carrying `content`."""
+    from trainer.models.content import ContentSASRec
+
+    model_cfg = dataclasses.replace(cfg.model_config(num_items), **spec.model_fields())
+    model = ContentSASRec(model_cfg)
+    model.item_emb.set_content(*content.tensors())
+    return model
+
+
+def save_content_model(path: str | Path, model, spec: ContentSpec, item_ids: tuple[str, ...]) -> Path:
+    """One self-describing dict: model config, content spec, item ids (column order), weights."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": dataclasses.asdict(model.content_cfg), "spec": spec.to_dict(), "item_ids": list(item_ids),
+                "state": model.state_dict()}, path)
+    return path
+
+
+def load_content_model(path: str | Path):
+    """-> (ContentSASRec in eval mode, ContentSpec, item ids) from `save_content_model`."""
+    from trainer.models.content import ContentSASRec, ContentSASRecConfig
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = ContentSASRec(ContentSASRecConfig(**saved["config"]))
+    model.load_state_dict(saved["state"])
+    return model.eval(), ContentSpec.from_dict(saved["spec"]), tuple(saved["item_ids"])
+
+
+def prepare_content_model(cfg, items: pd.DataFrame | None, index, sequences: list[np.ndarray],
+                          item_vectors: str | Path | None = None):
+    """-> (index with the whole catalogue, untrained ContentSASRec, ContentSpec) for `cfg`.
+
+    The spec is fitted on the item table; items without training events (not in any
+    sequence's training part, i.e. all but its last event) get content only.
+    """
+    from trainer.data import feature_rows, infer_feature_specs
+
+    if items is None:
+        raise ValueError(f"model {cfg.model} needs an item table (--items)")
+    index = with_catalogue(index, items)
+    specs = infer_feature_specs(items, "item_id")
+    rows = list(feature_rows(items, specs, "item_id"))
+    vectors = read_item_vectors(item_vectors) if item_vectors else None
+    dim = len(next(iter(vectors.values()))) if vectors else 0
+    spec = ContentSpec.fit(rows, specs, vector_dim=dim)
+    n = len(index.item_ids)
+    trained = [s[:-1] for s in sequences if len(s) >= 2]
+    counts = np.bincount(np.concatenate(trained) - FIRST_TOKEN, minlength=n) if trained else np.zeros(n)
+    content = spec.encode(index.item_ids, {r["item_id"]: r["features"] for r in rows}, vectors, counts > 0)
+    return index, build_content_model(cfg, spec, content, n), spec
+
+
+def add_items(artifact_dir: str | Path, items: str | Path, out_dir: str | Path, *,
+              content_checkpoint: str | Path | None = None, item_vectors: str | Path | None = None):
+    """Re-exports a content model's artifact with the items of table `items` it lacks.
+
+    New items are appended after the existing columns (popularity 0, no id embedding: content
+    only); existing items keep their columns and vectors, so nothing is retrained. Feature rows
+    in `items` also update existing items' content. The content checkpoint defaults to
+    `<artifact>.ckpt/content_model.pt`; an updated one is written to `<out>.ckpt/`. Returns
+    the new manifest. The feature service must load the new artifact too (its schema carries
+    the new item index checksum).
+    """
+    from recsys.artifact import (
+        HISTORIES,
+        ITEMS,
+        USERS,
+        ItemIndex,
+        read_jsonl,
+        read_manifest,
+    )
+    from trainer.data import feature_rows, read_table
+    from trainer.export import ExportInputs, export_artifact
+    from trainer.models.content import ContentSASRec
+
+    artifact_dir, out_dir = Path(artifact_dir), Path(out_dir)
+    manifest = read_manifest(artifact_dir)
+    ckpt = Path(content_checkpoint or artifact_dir.with_name(artifact_dir.name + ".ckpt") / CONTENT_CHECKPOINT)
+    if not ckpt.is_file():
+        raise ValueError(f"{ckpt}: no content model checkpoint (only content models trained here can add items)")
+    model, spec, trained_ids = load_content_model(ckpt)
+    index = ItemIndex.read(artifact_dir)
+    if index.item_ids != trained_ids:
+        raise ValueError(f"{ckpt} does not belong to {artifact_dir}: the item ids differ")
+    table = read_table(items, "items").drop_duplicates("item_id", keep="last")
+    rows = {r["item_id"]: r["features"] for r in read_jsonl(artifact_dir / ITEMS)}
+    rows.update({r["item_id"]: r["features"] for r in feature_rows(table, manifest.schema.item_features, "item_id")})
+    vectors = read_item_vectors(item_vectors) if item_vectors else None
+    if vectors and len(next(iter(vectors.values()))) != spec.vector_dim:
+        raise ValueError(f"{item_vectors}: vectors must have {spec.vector_dim} components, as in training")
+    new_index = with_catalogue(index, table)
+    n_old, n_new = len(index.item_ids), len(new_index.item_ids)
+    known = np.zeros(n_new, dtype=bool)
+    known[:n_old] = model.item_emb.known[FIRST_TOKEN:, 0].numpy() > 0
+    content = spec.encode(new_index.item_ids, rows, vectors, known)
+    grown = ContentSASRec(dataclasses.replace(model.content_cfg, num_items=n_new))
+    state = model.state_dict()
+    id_rows = torch.zeros(n_new + FIRST_TOKEN, state["item_emb.id_emb.weight"].shape[1])
+    id_rows[: n_old + FIRST_TOKEN] = state["item_emb.id_emb.weight"]
+    state["item_emb.id_emb.weight"] = id_rows
+    for name, value in zip(("attrs", "words", "vectors", "known"), content.tensors(), strict=True):
+        state[f"item_emb.{name}"] = value
+    grown.load_state_dict(state)
+    grown.eval()
+    added = new_index.item_ids[n_old:]
+    new_manifest = export_artifact(grown, ExportInputs(
+        model_kind=manifest.model_kind,
+        max_len=manifest.max_history,
+        item_index=new_index,
+        schema=dataclasses.replace(manifest.schema, item_index_sha256=new_index.sha256),
+        histories=read_jsonl(artifact_dir / HISTORIES),
+        users=read_jsonl(artifact_dir / USERS),
+        items=({"item_id": i, "features": rows[i]} for i in new_index.item_ids if i in rows),
+        training={**manifest.training, "added_items": {"count": len(added), "from": manifest.model_version}},
+        metrics={k: v for k, v in manifest.metrics.items() if k != "export_parity_max_abs_diff"},
+    ), out_dir)
+    save_content_model(out_dir.with_name(out_dir.name + ".ckpt") / CONTENT_CHECKPOINT, grown, spec, new_index.item_ids)
+    return new_manifest

@@ -1,0 +1,208 @@
+"""Export of the two-tower retrieval model: a next-item artifact that reads user features too.
+
+The served graph (`model.onnx`, task "next_item") computes the user vector and scores it
+against every item's vector, precomputed by the item tower at export and stored in the graph:
+
+    name       dtype    shape                 manifest source  values
+    user_cat   int64    (B, n_user_cat)       user.cat         as trainer/ranking_export.py
+    user_num   float32  (B, n_user_num)       user.num         as trainer/ranking_export.py
+    history    int64    (B, L'), 1 <= L' <= L user.history     most recent item tokens, left-padded
+    output: scores float32 (B, N), columns in item_index.json order.
+
+An input whose feature count is 0 is left out. The artifact also carries, for an ANN index:
+`item_embeddings.npy` (N, D) float32, the item vectors in item-index order (L2-normalised),
+and `user_tower.onnx`, the same inputs -> `user_vector` (B, D) already divided by the
+temperature, so scores = user_vector @ item_embeddings.T (manifest.training["retrieval"]).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsys.artifact import (
+    HISTORIES,
+    ITEM_INDEX,
+    ITEMS,
+    MANIFEST,
+    MODEL,
+    USERS,
+    Manifest,
+    ModelInput,
+    file_sha256,
+    write_atomically,
+    write_jsonl,
+)
+from recsys.schema import FIRST_TOKEN, OOV, PAD, sha256_hex
+from trainer.data import feature_rows
+from trainer.export import PARITY_TOLERANCE, ExportError, set_metadata, versions
+from trainer.models.two_tower import TwoTower, TwoTowerScorer
+from trainer.pipeline import history_rows
+from trainer.ranking_export import SOURCES
+from trainer.report import write_report
+from trainer.retrieval import (
+    RetrievalConfig,
+    RetrievalData,
+    RetrievalRun,
+    all_item_vectors,
+    train_two_tower,
+)
+
+__all__ = ["ITEM_EMBEDDINGS", "USER_TOWER", "export_two_tower", "train_and_export_two_tower"]
+
+ITEM_EMBEDDINGS = "item_embeddings.npy"
+USER_TOWER = "user_tower.onnx"
+OUTPUT, USER_OUTPUT = "scores", "user_vector"
+USER_INPUTS = ("user_cat", "user_num", "history")
+
+
+class UserTower(nn.Module):
+    """user inputs -> user_vector (B, D) / temperature: dot products with item_embeddings are scores."""
+
+    def __init__(self, model: TwoTower):
+        super().__init__()
+        self.model = model
+
+    def forward(self, user_cat: torch.Tensor | None = None, user_num: torch.Tensor | None = None,
+                history: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.user_vectors(user_cat, user_num, history) / self.model.cfg.temperature
+
+
+def user_inputs(data: RetrievalData) -> list[ModelInput]:
+    enc = data.encoder
+    sizes = {"user_cat": len(enc.user_cat), "user_num": len(enc.user_num), "history": enc.history_len}
+    return [ModelInput(n, SOURCES[n], "float32" if n == "user_num" else "int64",
+                       ("batch", "seq") if n == "history" else ("batch", str(sizes[n])))
+            for n in USER_INPUTS if sizes[n]]
+
+
+def _random_inputs(specs: list[ModelInput], model: TwoTower, batch: int, seq: int, gen: torch.Generator,
+                   pad: int) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    layout = model.cfg.fields
+    for spec in specs:
+        if spec.name == "user_num":
+            out["user_num"] = torch.randn(batch, int(spec.shape[1]), generator=gen)
+        elif spec.name == "user_cat":
+            out["user_cat"] = torch.stack([torch.randint(PAD, v, (batch,), generator=gen) for v in layout.user_cat], 1)
+        else:
+            h = torch.randint(OOV, layout.num_items + FIRST_TOKEN, (batch, seq), generator=gen)
+            h[:, : min(pad, seq)] = PAD
+            out["history"] = h
+    return out
+
+
+def _export(module: nn.Module, path: Path, specs: list[ModelInput], model: TwoTower, output: str) -> None:
+    seq = model.cfg.history_len
+    static = {int(d) for s in specs for d in s.shape if d.isdigit()} | {seq, model.cfg.dim}
+    batch = next(b for b in (7, 11, 13, 17, 19, 23, 29) if b not in static)  # >= 2, unlike any other dim
+    example = _random_inputs(specs, model, batch, seq, torch.Generator().manual_seed(0), pad=seq // 2)
+    b_dim = torch.export.Dim("batch", min=1, max=65536)
+    dynamic: dict[str, dict[int, Any]] = {n: {0: b_dim} for n in example}
+    if "history" in example and seq >= 2:
+        dynamic["history"][1] = torch.export.Dim("seq", min=1, max=seq)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # deprecations raised inside torch.onnx itself
+        torch.onnx.export(module, (), str(path), kwargs=example, input_names=list(example), output_names=[output],
+                          dynamic_shapes=dynamic, dynamo=True, external_data=False, verbose=False)
+    quiet.setLevel(level)
+
+
+def parity_check(module: nn.Module, path: Path, specs: list[ModelInput], model: TwoTower, output: str,
+                 seed: int = 0) -> float:
+    """Max |torch - ORT| over batch 1, larger batches, padded, all-PAD and short histories;
+    raises ExportError above PARITY_TOLERANCE or on a shape mismatch."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(seed)
+    seq = model.cfg.history_len
+    worst = 0.0
+    module.eval()
+    with torch.no_grad():
+        for batch, length, pad in [(1, seq, 0), (8, seq, seq - 1), (5, max(1, seq // 3), 1), (3, seq, seq),
+                                   (32, seq, seq // 2)]:
+            x = _random_inputs(specs, model, batch, length, gen, pad)
+            expected = module(**x).numpy()
+            got = session.run([output], {k: v.numpy() for k, v in x.items()})[0]
+            if got.shape != expected.shape:
+                raise ExportError(f"ONNX output shape {got.shape} != torch {expected.shape} (batch {batch})")
+            worst = max(worst, float(np.abs(got - expected).max()))
+    if not worst <= PARITY_TOLERANCE:
+        raise ExportError(f"torch vs ONNX Runtime max abs difference {worst:.2e} exceeds {PARITY_TOLERANCE:.0e}")
+    return worst
+
+
+def export_two_tower(run: RetrievalRun, out_dir: str | Path) -> Manifest:
+    """Writes the artifact of `run` to `out_dir` atomically and returns its manifest."""
+    cfg, data, model = run.config, run.data, run.fit.model
+    model.eval()
+    specs = user_inputs(data)
+    vectors = all_item_vectors(model, data)  # (N, D)
+    scorer, tower = TwoTowerScorer(model, vectors).eval(), UserTower(model).eval()
+    box: dict[str, Manifest] = {}
+
+    def fill(tmp: Path) -> None:
+        _export(scorer, tmp / MODEL, specs, model, OUTPUT)
+        _export(tower, tmp / USER_TOWER, specs, model, USER_OUTPUT)
+        diff = max(parity_check(scorer, tmp / MODEL, specs, model, OUTPUT),
+                   parity_check(tower, tmp / USER_TOWER, specs, model, USER_OUTPUT))
+        np.save(tmp / ITEM_EMBEDDINGS, vectors.numpy().astype(np.float32))
+        (tmp / ITEM_INDEX).write_text(json.dumps(run.index.to_dict(), ensure_ascii=False))
+        tables, schema = run.tables, run.schema
+        write_jsonl(tmp / HISTORIES, history_rows(tables.interactions))
+        write_jsonl(tmp / USERS, feature_rows(tables.users, schema.user_features, "user_id")
+                    if tables.users is not None else [])
+        write_jsonl(tmp / ITEMS, feature_rows(tables.items, schema.item_features, "item_id")
+                    if tables.items is not None else [])
+        training = {
+            "config": asdict(cfg), "inputs": {**data.encoder.describe(), "order": [s.name for s in specs]},
+            "retrieval": {"item_embeddings": ITEM_EMBEDDINGS, "user_tower": USER_TOWER, "user_output": USER_OUTPUT,
+                          "dim": int(vectors.shape[1]), "metric": "inner_product",
+                          "note": "scores = user_vector @ item_embeddings.T; rows in item_index.json order"},
+            "best_epoch": run.fit.best_epoch, "epochs_run": len(run.fit.history),
+            "seconds": round(run.fit.seconds, 1), "history": run.fit.history,
+            "data": {"users": tables.report.users, "items": tables.report.items,
+                     "interactions": tables.report.interactions, "dropped": tables.report.dropped},
+        }
+        metrics = {**run.fit.best_metrics, "export_parity_max_abs_diff": diff}
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest = Manifest(model_kind=cfg.model, task="next_item", model_version="", inputs=tuple(specs),
+                            output=OUTPUT, num_items=len(run.index.item_ids), schema=schema,
+                            item_index_sha256=run.index.sha256, training=training, metrics=metrics,
+                            versions=versions(), created_at=created)
+        set_metadata(tmp / MODEL, {"recsys.manifest": manifest.to_json()})
+        reports = write_report(tmp, training, metrics, (f"ndcg@{cfg.k}", f"hr@{cfg.k}"))
+        names = (MODEL, USER_TOWER, ITEM_EMBEDDINGS, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports)
+        files = {name: file_sha256(tmp / name) for name in names}
+        version = f"{cfg.model}-{created.replace(':', '').replace('-', '')}-{sha256_hex(files[MODEL])[:8]}"
+        manifest = Manifest(**{**manifest.__dict__, "model_version": version, "files": files})
+        (tmp / MANIFEST).write_text(manifest.to_json())
+        box["m"] = manifest
+
+    write_atomically(out_dir, fill)
+    return box["m"]
+
+
+def train_and_export_two_tower(cfg: RetrievalConfig, interactions: str | Path, out_dir: str | Path, *,
+                               users: str | Path | None = None, items: str | Path | None = None,
+                               progress: bool = True, log=print) -> Manifest:
+    """`recsys train --model two_tower`: tables -> pairs -> fit -> artifact."""
+    run = train_two_tower(cfg, interactions, users=users, items=items, progress=progress, log=log)
+    manifest = export_two_tower(run, out_dir)
+    log(f"wrote {out_dir} ({manifest.model_version})")
+    return manifest
