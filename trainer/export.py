@@ -44,7 +44,7 @@ from recsys.schema import FIRST_TOKEN, PAD, FeatureSchema, sha256_hex
 from trainer.report import write_report
 
 __all__ = [
-    "PARITY_TOLERANCE", "ExportError", "ExportInputs", "export_artifact", "export_onnx", "parity_check", "set_metadata",
+    "PARITY_TOLERANCE", "ExportError", "ExportInputs", "compare_with_onnx", "export_artifact", "export_onnx", "parity_check", "set_metadata",
     "versions",
 ]
 
@@ -98,29 +98,36 @@ def export_onnx(model: nn.Module, path: Path, max_len: int, num_items: int, outp
     quiet.setLevel(level)
 
 
-def parity_check(model: nn.Module, onnx_path: Path, max_len: int, num_items: int, seed: int = 0) -> float:
-    """Max |torch - ORT| over padded, unpadded, short and batch-1 inputs; raises above tolerance."""
+def compare_with_onnx(module: nn.Module, onnx_path: Path, output: str, inputs: list[dict[str, torch.Tensor]]) -> float:
+    """Max |torch - ORT| of `output` over the input dicts (name -> tensor), `module` called with
+    them as keywords; raises ExportError on a shape mismatch or above PARITY_TOLERANCE."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    module.eval()
+    with torch.no_grad():
+        for x in inputs:
+            expected = module(**x).numpy()
+            got = session.run([output], {k: v.numpy() for k, v in x.items()})[0]
+            if got.shape != expected.shape:
+                shapes = {k: tuple(v.shape) for k, v in x.items()}
+                raise ExportError(f"ONNX output shape {got.shape} != torch {expected.shape} for inputs {shapes}")
+            worst = max(worst, float(np.abs(got - expected).max()))
+    if not worst <= PARITY_TOLERANCE:
+        raise ExportError(f"torch vs ONNX Runtime max abs difference {worst:.2e} exceeds {PARITY_TOLERANCE:.0e}")
+    return worst
+
+
+def parity_check(model: nn.Module, onnx_path: Path, max_len: int, num_items: int, seed: int = 0) -> float:
+    """Max |torch - ORT| over padded, unpadded, short and batch-1 inputs; raises above tolerance."""
     gen = torch.Generator().manual_seed(seed)
     cases = []
     for batch, length, pad in [(1, max_len, 0), (8, max_len, max_len - 3), (5, max(1, max_len // 3), 2), (3, max_len, 0)]:
         x = torch.randint(FIRST_TOKEN, num_items + FIRST_TOKEN, (batch, length), generator=gen)
         x[:, : min(pad, length - 1)] = PAD
-        cases.append(x)
-    worst = 0.0
-    model.eval()
-    with torch.no_grad():
-        for x in cases:
-            expected = model(x).numpy()
-            got = session.run(["scores"], {"item_seq": x.numpy()})[0]
-            if got.shape != expected.shape:
-                raise ExportError(f"ONNX output shape {got.shape} != torch {expected.shape} for input {tuple(x.shape)}")
-            worst = max(worst, float(np.abs(got - expected).max()))
-    if not worst <= PARITY_TOLERANCE:
-        raise ExportError(f"torch vs ONNX Runtime max abs difference {worst:.2e} exceeds {PARITY_TOLERANCE:.0e}")
-    return worst
+        cases.append({"item_seq": x})
+    return compare_with_onnx(model, onnx_path, "scores", cases)
 
 
 def set_metadata(onnx_path: Path, metadata: dict[str, str]) -> None:

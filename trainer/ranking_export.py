@@ -38,7 +38,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -58,7 +57,7 @@ from recsys.artifact import (
 )
 from recsys.schema import FIRST_TOKEN, OOV, PAD, sha256_hex
 from trainer.data import feature_rows
-from trainer.export import PARITY_TOLERANCE, ExportError, set_metadata, versions
+from trainer.export import compare_with_onnx, set_metadata, versions
 from trainer.pipeline import history_rows
 from trainer.ranking import INPUTS, RankConfig, RankRun, reads_user_id, train_ranker
 from trainer.ranking_data import RankingData, field_layout
@@ -156,24 +155,11 @@ def parity_check(model: nn.Module, onnx_path: Path, specs: list[ModelInput], dat
                  seed: int = 0) -> float:
     """Max |torch - ORT| over batch 1, larger batches, padded and all-PAD histories and a short
     history; raises ExportError above PARITY_TOLERANCE or on a shape mismatch."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(seed)
     seq = max(1, data.encoder.history_len)
     cases = [(1, seq, 0), (8, seq, seq - 1), (5, max(1, seq // 3), 1), (3, seq, seq), (64, seq, seq // 2)]
-    wrapped, worst = RankerInputs(model).eval(), 0.0
-    with torch.no_grad():
-        for batch, length, pad in cases:
-            x = random_inputs(specs, data, batch, length, gen, pad_history=pad)
-            expected = wrapped(**x).numpy()
-            got = session.run([OUTPUT], {k: v.numpy() for k, v in x.items()})[0]
-            if got.shape != expected.shape:
-                raise ExportError(f"ONNX output shape {got.shape} != torch {expected.shape} (batch {batch})")
-            worst = max(worst, float(np.abs(got - expected).max()))
-    if not worst <= PARITY_TOLERANCE:
-        raise ExportError(f"torch vs ONNX Runtime max abs difference {worst:.2e} exceeds {PARITY_TOLERANCE:.0e}")
-    return worst
+    inputs = [random_inputs(specs, data, batch, length, gen, pad_history=pad) for batch, length, pad in cases]
+    return compare_with_onnx(RankerInputs(model), onnx_path, OUTPUT, inputs)
 
 
 def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:

@@ -46,7 +46,7 @@ from recsys.artifact import (
 )
 from recsys.schema import FIRST_TOKEN, OOV, PAD, sha256_hex
 from trainer.data import feature_rows
-from trainer.export import PARITY_TOLERANCE, ExportError, set_metadata, versions
+from trainer.export import compare_with_onnx, set_metadata, versions
 from trainer.models.two_tower import TwoTower, TwoTowerScorer
 from trainer.pipeline import history_rows
 from trainer.ranking_export import SOURCES
@@ -126,25 +126,11 @@ def parity_check(module: nn.Module, path: Path, specs: list[ModelInput], model: 
                  seed: int = 0) -> float:
     """Max |torch - ORT| over batch 1, larger batches, padded, all-PAD and short histories;
     raises ExportError above PARITY_TOLERANCE or on a shape mismatch."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(seed)
     seq = model.cfg.history_len
-    worst = 0.0
-    module.eval()
-    with torch.no_grad():
-        for batch, length, pad in [(1, seq, 0), (8, seq, seq - 1), (5, max(1, seq // 3), 1), (3, seq, seq),
-                                   (32, seq, seq // 2)]:
-            x = _random_inputs(specs, model, batch, length, gen, pad)
-            expected = module(**x).numpy()
-            got = session.run([output], {k: v.numpy() for k, v in x.items()})[0]
-            if got.shape != expected.shape:
-                raise ExportError(f"ONNX output shape {got.shape} != torch {expected.shape} (batch {batch})")
-            worst = max(worst, float(np.abs(got - expected).max()))
-    if not worst <= PARITY_TOLERANCE:
-        raise ExportError(f"torch vs ONNX Runtime max abs difference {worst:.2e} exceeds {PARITY_TOLERANCE:.0e}")
-    return worst
+    cases = [(1, seq, 0), (8, seq, seq - 1), (5, max(1, seq // 3), 1), (3, seq, seq), (32, seq, seq // 2)]
+    inputs = [_random_inputs(specs, model, batch, length, gen, pad) for batch, length, pad in cases]
+    return compare_with_onnx(module, path, output, inputs)
 
 
 def export_two_tower(run: RetrievalRun, out_dir: str | Path) -> Manifest:
