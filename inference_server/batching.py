@@ -3,9 +3,11 @@
 Each gRPC worker thread that needs scores puts its row on a queue and waits; one batching
 thread takes the first waiting row, then keeps taking rows until it holds `max_batch` of them
 or `max_wait_us` microseconds have passed since the first one, runs the model once on the
-stacked rows and hands each caller its own row of the output. With `max_wait_us=0` it never
-waits: it batches only the rows that are already queued, so a lone request pays no extra
-latency while a loaded server still runs one large batch instead of many small ones.
+stacked rows and hands each caller its own row of the output. With `max_wait_us=0` there is
+no batching thread at all (`CombiningBatcher`, inference_server/combine.py): a caller that
+finds no run in progress runs its own row at once, and rows that arrive meanwhile are run
+together by the first of their callers when it ends; so a lone request pays no hand-off and
+no wait, while a loaded server runs one large batch instead of many small ones.
 
 It pays where one run of B rows costs much less than B runs of one row: a large catalogue
 (the (B, D) x (D, N) scoring matmul) and CUDA. On a small catalogue on few CPU cores the
@@ -23,9 +25,10 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from inference_server.combine import Combiner
 from recsys.errors import FailedPrecondition, Unavailable
 
-__all__ = ["BatchingSession", "MicroBatcher"]
+__all__ = ["BatchingSession", "CombiningBatcher", "MicroBatcher"]
 
 _STOP = object()
 
@@ -126,12 +129,46 @@ class MicroBatcher:
                 item[1].set_exception(Unavailable("the model's batching thread has stopped"))
 
 
+class CombiningBatcher:
+    """MicroBatcher's interface with no thread and no wait: rows of concurrent callers are run
+    together by one of those callers (inference_server/combine.py). `max_batch` counts calls."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 32):
+        if max_batch < 1:
+            raise FailedPrecondition(f"max_batch must be >= 1, got {max_batch}")
+        self._run = run
+        self.max_batch = max_batch
+        self._combiner = Combiner(self._run_stacked, max_batch=max_batch)
+        self.batch_rows = 0
+
+    @property
+    def batches(self) -> int:
+        return self._combiner.runs
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return self._combiner.call(rows)
+
+    def _run_stacked(self, parts: list[np.ndarray]) -> list[np.ndarray]:
+        stacked = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        out = self._run(stacked)
+        self.batch_rows += len(stacked)
+        bounds = np.cumsum([0, *(len(p) for p in parts)])
+        return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def close(self) -> None:
+        pass
+
+
 class BatchingSession:
-    """A ModelSession whose `scores` go through a MicroBatcher; everything else is the session's."""
+    """A ModelSession whose `scores` are batched across concurrent callers (a CombiningBatcher
+    with `max_wait_us=0`, else a MicroBatcher); everything else is the session's."""
 
     def __init__(self, session, *, max_batch: int = 32, max_wait_us: int = 0):
         self.inner = session
-        self.batcher = MicroBatcher(session.scores, max_batch=max_batch, max_wait_us=max_wait_us)
+        if max_wait_us > 0:
+            self.batcher = MicroBatcher(session.scores, max_batch=max_batch, max_wait_us=max_wait_us)
+        else:
+            self.batcher = CombiningBatcher(session.scores, max_batch=max_batch)
 
     def scores(self, item_seq: np.ndarray) -> np.ndarray:
         return self.batcher(item_seq)

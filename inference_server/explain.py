@@ -144,7 +144,7 @@ def explain_feature_ranker(session, inputs, user_features: dict, tokens: np.ndar
     """
     item_tokens = np.asarray(item_tokens, dtype=np.int64)
     k = len(item_tokens)
-    base = inputs.feeds(user_features, tokens, item_tokens, user_id)  # each (k, ...)
+    base = inputs.feeds(user_features, tokens, item_tokens, user_id, row_per_candidate=True)  # each (k, ...)
     removed = np.zeros(0, dtype=np.int64)
     blocks = [base]
     if "user.history" in inputs.names:

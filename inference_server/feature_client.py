@@ -9,7 +9,15 @@ other reason it cannot answer.
 
 Deadlines: each call waits at most `timeout_s`, or the `timeout_s` the caller passes (the
 inference server passes what is left of its own request's deadline). The request id of the call
-being served (`recsys.logs.REQUEST_ID`) goes along as `x-request-id` metadata. `on_call(method,
+being served (`recsys.logs.REQUEST_ID`) goes along as `x-request-id` metadata.
+
+Combining (`combine_users`, on by default): user look-ups made by concurrent threads while a
+look-up is in flight are gathered into one GetUserFeatures call (inference_server/combine.py),
+so a loaded server makes one round trip per batch of requests, not one per request; a lone
+request is sent at once, exactly as without combining. A combined call carries the request id
+of the request that sent it, waits as long as the most patient request in it allows, and each
+request still gives up at its own deadline. One bad id in a combined call fails only its own
+request: the batch is retried one user at a time. `on_call(method,
 seconds, code)`, when set, hears about every call (the server's metrics).
 """
 
@@ -27,6 +35,7 @@ from recsys.feature_values import from_proto_map
 from recsys.logs import REQUEST_ID, REQUEST_ID_HEADER
 from recsys.security import ClientSecurity, open_channel
 from recsys.v1 import features_pb2, features_pb2_grpc
+from inference_server.combine import Combiner
 
 __all__ = ["ITEM_BATCH", "FeatureClient", "SchemaMismatch", "UserView"]
 
@@ -47,6 +56,15 @@ class SchemaMismatch(FailedPrecondition):
 
 # Ids per GetItemFeatures call: the feature service's per-request maximum.
 ITEM_BATCH = 1000
+# Most users per combined GetUserFeatures call.
+USER_BATCH = 64
+
+
+@dataclass(frozen=True)
+class _UserAsk:
+    user_id: str
+    max_history: int
+    deadline: float  # time.monotonic() by which the asker wants its answer
 
 
 @dataclass(frozen=True)
@@ -55,11 +73,14 @@ class UserView:
     found: bool
     history: tuple[str, ...]  # item ids, oldest first
     features: dict[str, Any] = field(default_factory=dict)  # plain values (recsys.feature_values)
+    # Derived arrays computed once per request by whoever reads this view (the pipeline's item
+    # tokens of `history`, keyed by the item index that encoded them); not part of its value.
+    derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class FeatureClient:
     def __init__(self, target: str, *, timeout_s: float = 1.0, expected_schema_hash: str | None = None,
-                 security: ClientSecurity | None = None):
+                 security: ClientSecurity | None = None, combine_users: bool = True):
         self.target = target
         self.timeout_s = timeout_s
         self.expected_schema_hash = expected_schema_hash
@@ -76,13 +97,47 @@ class FeatureClient:
         )
         self.stub = features_pb2_grpc.FeatureServiceStub(self.channel)
         self.on_call: Callable[[str, float, str], None] | None = None
+        self.users = Combiner(self._fetch_users, max_batch=USER_BATCH) if combine_users else None
 
     def get_user(self, user_id: str, max_history: int, *, timeout_s: float | None = None) -> UserView:
-        request = features_pb2.GetUserFeaturesRequest(user_ids=[user_id], max_history=max_history)
-        response = self._call(self.stub.GetUserFeatures, request, timeout_s)
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        ask = _UserAsk(user_id, max_history, time.monotonic() + timeout_s)
+        if self.users is None:
+            return self._fetch_users([ask])[0]
+        try:
+            view = self.users.call(ask, timeout_s)
+        except TimeoutError:
+            raise Unavailable(
+                f"feature service at {self.target} did not answer within {timeout_s * 1000:.0f} ms"
+            ) from None
+        return view
+
+    def _fetch_users(self, asks: list[_UserAsk]) -> list[UserView | Exception]:
+        """One GetUserFeatures call per distinct `max_history` among `asks` (one, in practice)."""
+        views: list[UserView | Exception | None] = [None] * len(asks)
+        groups: dict[int, list[int]] = {}
+        for n, ask in enumerate(asks):
+            groups.setdefault(ask.max_history, []).append(n)
+        for max_history, members in groups.items():
+            try:
+                fetched = self._get_users([asks[n] for n in members], max_history)
+            except InvalidArgument as exc:
+                if len(members) == 1:
+                    fetched = [exc]
+                else:  # one bad id must not fail the others: ask one at a time
+                    fetched = [self._fetch_users([asks[n]])[0] for n in members]
+            for n, view in zip(members, fetched):
+                views[n] = view
+        return views
+
+    def _get_users(self, asks: list[_UserAsk], max_history: int) -> list[UserView]:
+        request = features_pb2.GetUserFeaturesRequest(user_ids=[a.user_id for a in asks], max_history=max_history)
+        wait_s = max(0.001, max(a.deadline for a in asks) - time.monotonic())
+        response = self._call(self.stub.GetUserFeatures, request, wait_s)
         self._check_schema(response.schema_hash)
-        user = response.users[0]
-        return UserView(user.user_id, user.found, tuple(user.history), from_proto_map(user.features))
+        if len(response.users) != len(asks):
+            raise Unavailable(f"feature service at {self.target} answered {len(response.users)} users for {len(asks)}")
+        return [UserView(u.user_id, u.found, tuple(u.history), from_proto_map(u.features)) for u in response.users]
 
     def get_items(self, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Features (plain values) of the items the feature service knows, by id; unknown ids

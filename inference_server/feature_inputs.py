@@ -52,6 +52,9 @@ class FeatureInputs:
         if unknown:
             raise FailedPrecondition(f"model inputs from {unknown} are not supported by this server")
         self.names = {i.source: i.name for i in manifest.inputs}
+        # User-side inputs whose graph takes one row for every candidate (first axis "users",
+        # trainer/ranking_export.py): fed once, not repeated per candidate.
+        self.shared_user_rows = {i.source for i in manifest.inputs if i.shape and i.shape[0] == "users"}
         if "user.id" in self.names and user_index is None:
             raise FailedPrecondition("the model reads user ids but no user index was given")
         self.user_index = user_index or {}
@@ -87,24 +90,30 @@ class FeatureInputs:
         return found
 
     def feeds(self, user_features: dict[str, Any], history: np.ndarray, item_tokens: np.ndarray,
-              user_id: str = "") -> dict[str, np.ndarray]:
-        """One row per candidate: item_tokens (B,) int64; history: the user's tokens, oldest first;
-        user_id feeds a user.id input (unknown or empty: OOV)."""
+              user_id: str = "", *, row_per_candidate: bool = False) -> dict[str, np.ndarray]:
+        """Rows for the candidates item_tokens (B,) int64; history: the user's tokens, oldest
+        first; user_id feeds a user.id input (unknown or empty: OOV). User-side inputs get one
+        row where the graph shares it across candidates, else (or with `row_per_candidate`,
+        for callers that vary them per row) B copies."""
         b = len(item_tokens)
         enc = self.encoder
         with self._lock:
             item_cat, item_num, item_multi = self.item_cat, self.item_num, self.item_multi
         out: dict[str, np.ndarray] = {}
         user_cat, user_num = enc.encode_user(user_features)
+
+        def rows(source: str) -> int:
+            return 1 if source in self.shared_user_rows and not row_per_candidate else b
+
         columns = {
-            "user.cat": lambda: np.tile(np.asarray(user_cat, dtype=np.int64), (b, 1)),
-            "user.num": lambda: np.tile(np.asarray(user_num, dtype=np.float32), (b, 1)),
+            "user.cat": lambda: np.tile(np.asarray(user_cat, dtype=np.int64), (rows("user.cat"), 1)),
+            "user.num": lambda: np.tile(np.asarray(user_num, dtype=np.float32), (rows("user.num"), 1)),
             "item.id": lambda: item_tokens.astype(np.int64),
             "item.cat": lambda: item_cat[item_tokens],
             "item.num": lambda: item_num[item_tokens],
             "item.multi": lambda: item_multi[item_tokens],
-            "user.history": lambda: np.tile(_left_pad(history, max(1, enc.history_len)), (b, 1)),
-            "user.id": lambda: np.full(b, self.user_index.get(user_id, OOV), dtype=np.int64),
+            "user.history": lambda: np.tile(_left_pad(history, max(1, enc.history_len)), (rows("user.history"), 1)),
+            "user.id": lambda: np.full(rows("user.id"), self.user_index.get(user_id, OOV), dtype=np.int64),
         }
         for source, name in self.names.items():
             out[name] = columns[source]()

@@ -197,22 +197,25 @@ class Recommender:
             raise InvalidArgument("item_ids is empty")
         if len(item_ids) > self.max_candidates:
             raise InvalidArgument(f"{len(item_ids)} item_ids exceeds the maximum of {self.max_candidates}")
-        unknown = [i for i in item_ids if i not in self.token]
-        if unknown:
+        get = self.token.get
+        tokens = np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        if (tokens < 0).any():
+            unknown = [item_ids[j] for j in np.flatnonzero(tokens < 0)]
             shown = ", ".join(repr(i) for i in unknown[:10])
             more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
             raise InvalidArgument(f"unknown item_ids: {shown}{more}")
-        tokens = np.array([self.token[i] for i in item_ids], dtype=np.int64)
         user, degraded = self._user(user_id, (), timeout_s)
         if degraded:
-            return [float(s) for s in self.popularity[tokens - FIRST_TOKEN]], SOURCE_FALLBACK
+            return self.popularity[tokens - FIRST_TOKEN].tolist(), SOURCE_FALLBACK
         if self._fallback(user, self._seen(user)):
-            return [float(s) for s in self.popularity[tokens - FIRST_TOKEN]], SOURCE_POPULARITY
+            return self.popularity[tokens - FIRST_TOKEN].tolist(), SOURCE_POPULARITY
         if self.inputs is None and self.ann is not None:
-            return [float(s) for s in self.ann.score_items(self._window(user), tokens - FIRST_TOKEN)], SOURCE_MODEL
-        if self.inputs is None:
-            return [float(s) for s in self._next_item_scores(user)[tokens - FIRST_TOKEN]], SOURCE_MODEL
-        return [float(s) for s in self._feature_scores(user, tokens)], SOURCE_MODEL
+            scores = self.ann.score_items(self._window(user), tokens - FIRST_TOKEN)
+        elif self.inputs is None:
+            scores = self._next_item_scores(user)[tokens - FIRST_TOKEN]
+        else:
+            scores = self._feature_scores(user, tokens)
+        return np.asarray(scores, dtype=np.float32).tolist(), SOURCE_MODEL
 
     # -- stages -------------------------------------------------------------------------
 
@@ -227,11 +230,25 @@ class Recommender:
             return UserView(user_id, bool(history), tuple(history[-self.seen_window :])), True
 
     def _tokens(self, user: UserView) -> np.ndarray:
-        return np.array([self.token.get(i, OOV) for i in user.history], dtype=np.int64)
+        """The user's history as item tokens (OOV for items this model does not know); computed
+        once per request per item index, however many stages read it. Read-only."""
+        key = ("tokens", id(self.token))
+        tokens = user.derived.get(key)
+        if tokens is None:
+            get = self.token.get
+            tokens = np.fromiter((get(i, OOV) for i in user.history), dtype=np.int64, count=len(user.history))
+            tokens.flags.writeable = False
+            user.derived[key] = tokens
+        return tokens
 
     def _seen(self, user: UserView) -> np.ndarray:
-        tokens = self._tokens(user)
-        return tokens[tokens >= FIRST_TOKEN] - FIRST_TOKEN
+        key = ("seen", id(self.token))
+        seen = user.derived.get(key)
+        if seen is None:
+            tokens = self._tokens(user)
+            seen = user.derived[key] = tokens[tokens >= FIRST_TOKEN] - FIRST_TOKEN
+            seen.flags.writeable = False
+        return seen
 
     def _fallback(self, user: UserView, seen: np.ndarray) -> bool:
         """Unknown users, and next-item models without one known item to read, get popularity."""

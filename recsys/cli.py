@@ -26,7 +26,7 @@ def _logging(verbose: bool, json_logs: bool = False, log_user_ids: bool = False)
 
 
 def _ops_options(command):
-    """--metrics-port/--json-logs/--access-log/--log-user-ids/--max-concurrent-rpcs, shared by both `serve` commands."""
+    """--metrics-port/--json-logs/--access-log/--log-user-ids/--max-concurrent-rpcs/--workers, shared by both `serve` commands."""
     for option in reversed([
         click.option("--metrics-port", type=click.IntRange(min=0, max=65535),
                      help="Serve Prometheus metrics over HTTP on this port (text format, any path)."),
@@ -36,6 +36,9 @@ def _ops_options(command):
                      help="Write user ids in clear in logs (default: a keyed hash; key from RECSYS_LOG_KEY)."),
         click.option("--max-concurrent-rpcs", type=click.IntRange(min=1),
                      help="Calls in flight (running or queued) beyond which new ones get RESOURCE_EXHAUSTED."),
+        click.option("--workers", default=8, show_default=True, type=click.IntRange(min=1, max=1024),
+                     help="Threads serving calls at once (more lets concurrent calls share feature fetches and "
+                          "model runs; each costs memory and GIL hand-offs)."),
     ]):
         command = option(command)
     return command
@@ -385,7 +388,7 @@ STORE_HELP = ("Online store URL: sqlite://PATH (embedded, persistent; sqlite:///
 @_ops_options
 @click.option("-v", "--verbose", is_flag=True)
 def serve_features(artifact, store, host, port, tls_cert, tls_key, tls_client_ca, auth_token_file, metrics_port,
-                   json_logs, access_log, log_user_ids, max_concurrent_rpcs, verbose) -> None:
+                   json_logs, access_log, log_user_ids, max_concurrent_rpcs, workers, verbose) -> None:
     """Serve user and item features (and record events) from an online store."""
     _logging(verbose, json_logs, log_user_ids)
     security = _server_security(tls_cert, tls_key, tls_client_ca, auth_token_file)
@@ -393,7 +396,7 @@ def serve_features(artifact, store, host, port, tls_cert, tls_key, tls_client_ca
     from feature_service.stores import StoreUnavailable
     from recsys.errors import RecsysError
 
-    options = {"metrics_port": metrics_port, "access_log": access_log}
+    options = {"metrics_port": metrics_port, "access_log": access_log, "max_workers": workers}
     if max_concurrent_rpcs is not None:
         options["max_concurrent_rpcs"] = max_concurrent_rpcs
     try:
@@ -526,7 +529,7 @@ def features_forgotten(store, out) -> None:
 def serve_inference(artifact, repo, model_name, model_version, watch_interval, features_target, host, port, device,
                     threads, max_k, retrieval_dir, candidates, max_candidates, max_message_mb, request_timeout,
                     feature_timeout, no_degrade, tls_cert, tls_key, tls_client_ca, auth_token_file, metrics_port,
-                    json_logs, access_log, log_user_ids, max_concurrent_rpcs, features_tls_ca, features_tls_cert,
+                    json_logs, access_log, log_user_ids, max_concurrent_rpcs, workers, features_tls_ca, features_tls_cert,
                     features_tls_key, features_token_file, batch_max, batch_wait_us, ann, graph_opt, spin,
                     variant, verbose) -> None:
     """Serve Recommend and Score from an artifact's ONNX model, or from a model repository."""
@@ -552,7 +555,8 @@ def serve_inference(artifact, repo, model_name, model_version, watch_interval, f
             watch_interval_s=watch_interval, max_candidates=max_candidates,
             max_message_bytes=max_message_mb * 1024 * 1024, request_timeout_s=request_timeout,
             feature_timeout_s=feature_timeout, degrade=not no_degrade, metrics_port=metrics_port,
-            access_log=access_log, **({"max_concurrent_rpcs": max_concurrent_rpcs} if max_concurrent_rpcs else {}),
+            access_log=access_log, max_workers=workers,
+            **({"max_concurrent_rpcs": max_concurrent_rpcs} if max_concurrent_rpcs else {}),
             speed=SpeedOptions(batch_max=batch_max, batch_wait_us=batch_wait_us, ann=ann, variant=variant,
                                tuning=SessionTuning(graph_opt=graph_opt, intra_threads=threads, spinning=spin)))
     except (ValueError, RecsysError) as exc:

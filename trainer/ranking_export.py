@@ -1,7 +1,11 @@
 """Export of a feature-based ranker (DeepFM, DCN-v2, Conv1D CTR) or rating model to an artifact.
 
 The ONNX input contract (what the serving side builds, per (user, candidate item) row; B is
-dynamic; an input whose feature count is 0 is left out of the graph and the manifest):
+dynamic; an input whose feature count is 0 is left out of the graph and the manifest). The
+user-side inputs (user_cat, user_num, history, user_id; first axis "users" in the manifest)
+take either B rows or ONE row that serves all B candidates: the server feeds one, so a
+request's history is pooled once, not once per candidate (artifacts from before this have
+"batch" there, and the server repeats the user's row for them):
 
     name        dtype    shape                   manifest source  values
     user_cat    int64    (B, n_user_cat)         user.cat         FeatureSpec.encode_category of the
@@ -68,6 +72,7 @@ __all__ = ["SOURCES", "RankerInputs", "export_ranker", "parity_check", "ranker_i
 SOURCES = {"user_cat": "user.cat", "user_num": "user.num", "item_id": "item.id", "item_cat": "item.cat",
            "item_num": "item.num", "item_multi": "item.multi", "history": "user.history", "user_id": "user.id"}
 OUTPUT = "score"
+USER_INPUTS = ("user_cat", "user_num", "history", "user_id")  # one row may serve every candidate
 RANK_KEYS, RATING_KEYS = ("valid_auc", "valid_logloss"), ("valid_rmse", "valid_mae")
 
 
@@ -90,11 +95,11 @@ def ranker_inputs(data: RankingData, with_user_id: bool = False) -> list[ModelIn
     `with_user_id`)."""
     enc = data.encoder
     shapes: dict[str, tuple[str, ...]] = {
-        "user_cat": ("batch", str(len(enc.user_cat))), "user_num": ("batch", str(len(enc.user_num))),
+        "user_cat": ("users", str(len(enc.user_cat))), "user_num": ("users", str(len(enc.user_num))),
         "item_id": ("batch",), "item_cat": ("batch", str(len(enc.item_cat))),
         "item_num": ("batch", str(len(enc.item_num))),
-        "item_multi": ("batch", str(len(enc.item_multi)), str(enc.multi_len)), "history": ("batch", "seq"),
-        "user_id": ("batch",),
+        "item_multi": ("batch", str(len(enc.item_multi)), str(enc.multi_len)), "history": ("users", "seq"),
+        "user_id": ("users",),
     }
     present = {"user_cat": len(enc.user_cat), "user_num": len(enc.user_num), "item_id": 1,
                "item_cat": len(enc.item_cat), "item_num": len(enc.item_num),
@@ -104,28 +109,30 @@ def ranker_inputs(data: RankingData, with_user_id: bool = False) -> list[ModelIn
 
 
 def random_inputs(specs: list[ModelInput], data: RankingData, batch: int, seq: int,
-                  gen: torch.Generator, pad_history: int = 0) -> dict[str, torch.Tensor]:
-    """Random valid inputs (PAD and OOV included) for export examples and parity cases."""
+                  gen: torch.Generator, pad_history: int = 0, users: int | None = None) -> dict[str, torch.Tensor]:
+    """Random valid inputs (PAD and OOV included) for export examples and parity cases; the
+    user-side inputs get `users` rows (default: `batch`)."""
     out: dict[str, torch.Tensor] = {}
     layout = field_layout(data.encoder, data.num_items)
     vocab = {"user_cat": layout.user_cat, "item_cat": layout.item_cat}
     for spec in specs:
         n = spec.name
+        rows = users if users is not None and n in USER_INPUTS else batch
         if n.endswith("_num"):
-            out[n] = torch.randn(batch, int(spec.shape[1]), generator=gen)
+            out[n] = torch.randn(rows, int(spec.shape[1]), generator=gen)
         elif n == "user_id":
-            out[n] = torch.randint(OOV, data.user_vocab, (batch,), generator=gen)
+            out[n] = torch.randint(OOV, data.user_vocab, (rows,), generator=gen)
         elif n in ("item_id", "history"):
-            shape = (batch,) if n == "item_id" else (batch, seq)
+            shape = (rows,) if n == "item_id" else (rows, seq)
             out[n] = torch.randint(OOV, data.num_items + FIRST_TOKEN, shape, generator=gen)
             if n == "history":
                 out[n][:, : min(pad_history, seq)] = PAD
         elif n == "item_multi":
             sizes = layout.item_multi
-            out[n] = torch.stack([torch.randint(PAD, v, (batch, data.encoder.multi_len), generator=gen)
+            out[n] = torch.stack([torch.randint(PAD, v, (rows, data.encoder.multi_len), generator=gen)
                                   for v in sizes], dim=1)
         else:
-            out[n] = torch.stack([torch.randint(PAD, v, (batch,), generator=gen) for v in vocab[n]], dim=1)
+            out[n] = torch.stack([torch.randint(PAD, v, (rows,), generator=gen) for v in vocab[n]], dim=1)
     return out
 
 
@@ -134,10 +141,12 @@ def export_onnx(model: nn.Module, path: Path, specs: list[ModelInput], data: Ran
     model.eval()
     seq = max(1, data.encoder.history_len)
     static = {int(d) for s in specs for d in s.shape if d.isdigit()} | {seq}
-    batch = next(b for b in (7, 11, 13, 17, 19, 23, 29) if b not in static)  # >= 2, unlike any other dim
-    example = random_inputs(specs, data, batch, seq, torch.Generator().manual_seed(0), pad_history=seq // 2)
+    batch, users = [b for b in (7, 11, 13, 17, 19, 23, 29, 31, 37) if b not in static][:2]  # >= 2, unlike any other dim
+    example = random_inputs(specs, data, batch, seq, torch.Generator().manual_seed(0), pad_history=seq // 2,
+                            users=users)
     b_dim = torch.export.Dim("batch", min=1, max=65536)
-    dynamic: dict[str, dict[int, Any]] = {n: {0: b_dim} for n in example}
+    u_dim = torch.export.Dim("users", min=1, max=65536)
+    dynamic: dict[str, dict[int, Any]] = {n: {0: u_dim if n in USER_INPUTS else b_dim} for n in example}
     if "history" in example and seq >= 2:
         dynamic["history"][1] = torch.export.Dim("seq", min=1, max=seq)
     quiet = logging.getLogger("torch.onnx")
@@ -157,8 +166,10 @@ def parity_check(model: nn.Module, onnx_path: Path, specs: list[ModelInput], dat
     history; raises ExportError above PARITY_TOLERANCE or on a shape mismatch."""
     gen = torch.Generator().manual_seed(seed)
     seq = max(1, data.encoder.history_len)
-    cases = [(1, seq, 0), (8, seq, seq - 1), (5, max(1, seq // 3), 1), (3, seq, seq), (64, seq, seq // 2)]
-    inputs = [random_inputs(specs, data, batch, length, gen, pad_history=pad) for batch, length, pad in cases]
+    cases = [(1, seq, 0, None), (8, seq, seq - 1, None), (5, max(1, seq // 3), 1, None), (3, seq, seq, None),
+             (64, seq, seq // 2, None), (64, seq, seq // 2, 1), (9, max(1, seq // 3), 0, 1)]  # users = 1: serving
+    inputs = [random_inputs(specs, data, batch, length, gen, pad_history=pad, users=users)
+              for batch, length, pad, users in cases]
     return compare_with_onnx(RankerInputs(model), onnx_path, OUTPUT, inputs)
 
 

@@ -137,6 +137,13 @@ def test_user_id_field_exports_and_serves_through_the_user_index(tables, tmp_pat
                 x[name] = torch.from_numpy(getattr(data, name)[tokens])
         expected = model(**{n: x.get(n) for n in ranking_module.INPUTS}).numpy()
     np.testing.assert_allclose(session.run(["score"], feeds)[0], expected, atol=1e-5)
+    # the user's side goes in once for all 5 candidates (its history pooled once), and scores
+    # exactly like one copy per candidate row
+    assert {i.source for i in manifest.inputs if i.shape[0] == "users"} == {"user.cat", "user.num", "user.history", "user.id"} & {i.source for i in manifest.inputs}
+    assert all(len(feeds[inputs.names[s]]) == 1 for s in inputs.shared_user_rows) and len(feeds["item_id"]) == 5
+    per_row = inputs.feeds(raw.get(user, {}), history, tokens, user, row_per_candidate=True)
+    assert all(len(v) == 5 for v in per_row.values())
+    np.testing.assert_allclose(session.run(["score"], per_row)[0], session.run(["score"], feeds)[0], atol=1e-6)
     assert (inputs.feeds({}, history, tokens, "somebody-new")["user_id"] == OOV).all()
 
 

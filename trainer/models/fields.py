@@ -14,6 +14,11 @@ absent (None):
     user_id     (B,)                  int64   user token (artifact user index position + 2;
                                               OOV = 1 for users unseen in training); optional
 
+User-side inputs (user_id, user_cat, user_num, history) may instead carry ONE row for all B
+candidates (batch 1, what serving one user over many candidates feeds): their fields are
+computed once and repeated to the B rows, so the history is pooled once per request, not once
+per candidate. With B user rows each row pairs with its own candidate (training, explanations).
+
 Each feature becomes one field vector of width `dim`: the user id (when the layout reads it)
 and categorical -> its embedding; numeric ->
 value * a learned vector; multi-valued -> masked mean of its tokens' embeddings (no tokens ->
@@ -98,18 +103,28 @@ class FieldEmbedding(nn.Module):
                 item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
                 item_multi: torch.Tensor | None, history: torch.Tensor | None,
                 user_id: torch.Tensor | None = None) -> torch.Tensor:
-        fields: list[torch.Tensor] = []  # each (B, k, D)
+        user: list[torch.Tensor] = []  # each (U, k, D), U = 1 or B user rows
         if self.user_id is not None:
             if user_id is None:
                 raise ValueError("this model reads the user id: pass user_id")
-            fields.append(self.user_id(user_id).unsqueeze(1))
+            user.append(self.user_id(user_id).unsqueeze(1))
         if user_cat is not None and len(self.user_cat):
-            fields.append(torch.stack([e(user_cat[:, j]) for j, e in enumerate(self.user_cat)], dim=1))
+            user.append(torch.stack([e(user_cat[:, j]) for j, e in enumerate(self.user_cat)], dim=1))
         if user_num is not None and self.layout.n_user_num:
-            fields.append(user_num.unsqueeze(-1) * self.user_num)  # (B, n, 1) * (n, D)
+            user.append(user_num.unsqueeze(-1) * self.user_num)  # (U, n, 1) * (n, D)
         query = self.item_id(item_id)  # (B, D)
+        attention: torch.Tensor | None = None
         if self.history is not None and history is not None:
-            fields += self._history_fields(history, query)
+            pooled, attention = self._history_fields(history, query)
+            user += pooled
+        fields: list[torch.Tensor] = []  # each (B, k, D)
+        if user:
+            # Row b of the candidates reads user row b % U: all B rows of one user (U = 1), or
+            # row-for-row (U = B). A gather rather than expand: no size guard in the exported graph.
+            u = torch.cat(user, dim=1)
+            fields.append(u.index_select(0, _user_rows(query, u)))
+        if attention is not None:
+            fields.append(attention)
         fields.append(query.unsqueeze(1))
         if item_cat is not None and len(self.item_cat):
             fields.append(torch.stack([e(item_cat[:, j]) for j, e in enumerate(self.item_cat)], dim=1))
@@ -120,19 +135,31 @@ class FieldEmbedding(nn.Module):
             fields.append(torch.stack(pooled, dim=1))
         return torch.cat(fields, dim=1)  # (B, F, D)
 
-    def _history_fields(self, history: torch.Tensor, query: torch.Tensor) -> list[torch.Tensor]:
-        """history (B, L), candidate embedding query (B, D) -> list of (B, 1, D) fields."""
-        mask = (history != PAD).to(query.dtype).unsqueeze(-1)  # (B, L, 1)
-        h = self.history(history) * mask  # (B, L, D)
-        count = mask.sum(dim=1)  # (B, 1)
+    def _history_fields(self, history: torch.Tensor, query: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """history (U, L), candidate embedding query (B, D) -> the user-side fields (mean, count:
+        (U, 1, D) each) and, with attention pooling, the (B, 1, D) field it gives each candidate."""
+        mask = (history != PAD).to(query.dtype).unsqueeze(-1)  # (U, L, 1)
+        h = self.history(history) * mask  # (U, L, D)
+        count = mask.sum(dim=1)  # (U, 1)
         out = [(h.sum(dim=1) / count.clamp(min=1.0)).unsqueeze(1)]
         if self.layout.history_count:
             out.append((torch.log1p(count) * self.history_count).unsqueeze(1))
+        attention = None
         if self.layout.history_attention:
+            rows = _user_rows(query, h)
+            h, mask = h.index_select(0, rows), mask.index_select(0, rows)  # (B, L, D), (B, L, 1)
             logits = (h @ query.unsqueeze(-1)) / math.sqrt(query.shape[-1])  # (B, L, 1)
             weights = logits.masked_fill(mask == 0, NEG_LARGE).softmax(dim=1)  # all-PAD rows: uniform over zeros
-            out.append((weights * h).sum(dim=1).unsqueeze(1))
-        return out
+            attention = (weights * h).sum(dim=1).unsqueeze(1)
+        return out, attention
+
+
+def _user_rows(candidates: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+    """(B,) int64: the user row of each candidate row, b % U. U is counted as a tensor, not
+    read as a size, so the exported graph computes it (a modulo by a symbolic size does not
+    export with torch 2.13)."""
+    users = torch.ones_like(user[:, 0, 0], dtype=torch.long).sum()
+    return torch.remainder(torch.arange(candidates.shape[0], device=candidates.device), users)
 
 
 def init_xavier(module: nn.Module) -> None:
