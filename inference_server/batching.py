@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from itertools import pairwise
 
 import numpy as np
 
@@ -153,7 +154,7 @@ class CombiningBatcher:
         out = self._run(stacked)
         self.batch_rows += len(stacked)
         bounds = np.cumsum([0, *(len(p) for p in parts)])
-        return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return [out[a:b] for a, b in pairwise(bounds)]
 
     def close(self) -> None:
         pass

@@ -35,7 +35,7 @@ class _Pending:
     """One caller's item. `state` changes under the Combiner's lock only; `wake` is a plain lock
     held from the start and released once (the cheapest wake-up CPython has)."""
 
-    __slots__ = ("item", "wake", "state", "result", "error")
+    __slots__ = ("error", "item", "result", "state", "wake")
 
     def __init__(self, item):
         self.item = item

@@ -30,12 +30,12 @@ from typing import Any
 
 import grpc
 
+from inference_server.combine import Combiner
 from recsys.errors import FailedPrecondition, InvalidArgument, Unavailable
 from recsys.feature_values import from_proto_map
 from recsys.logs import REQUEST_ID, REQUEST_ID_HEADER
 from recsys.security import ClientSecurity, open_channel
 from recsys.v1 import features_pb2, features_pb2_grpc
-from inference_server.combine import Combiner
 
 __all__ = ["ITEM_BATCH", "FeatureClient", "SchemaMismatch", "UserView"]
 

@@ -23,20 +23,26 @@ SOURCE_REQUEST_HISTORY), and without one, or for feature-based rankers, populari
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from inference_server.explain import (
+    MAX_EXPLAINED,
+    Attribution,
+    Explanation,
+    explain_feature_ranker,
+    explain_next_item,
+    window_scorer,
+)
+from inference_server.feature_client import FeatureClient, UserView
+from inference_server.feature_inputs import USER_SOURCES, FeatureInputs
 from recsys.artifact import SOURCE_USER_HISTORY, ItemIndex, Manifest
 from recsys.errors import FailedPrecondition, InvalidArgument, Unavailable
 from recsys.onnx_session import ModelSession
 from recsys.schema import FIRST_TOKEN, OOV, PAD
-from inference_server.feature_client import FeatureClient, UserView
-from inference_server.explain import (MAX_EXPLAINED, Attribution, Explanation, explain_feature_ranker,
-                                      explain_next_item, window_scorer)
-from inference_server.feature_inputs import USER_SOURCES, FeatureInputs
 
 __all__ = ["MAX_ID_CHARS", "Recommendation", "Recommender"]
 
