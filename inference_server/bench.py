@@ -16,6 +16,12 @@ In the same run, two floors:
 
 The floor of one request is compute p50 + `hops` x echo p50 at one client (hops = 2: client
 -> inference server -> feature service). Torch-free; matplotlib only for the optional plot.
+
+CPU per call: for each level, the CPU time (user + system, Linux /proc) that each known
+process spent during the measured window, divided by the calls answered: this load generator
+("client"), the inference server (`server_pid`), the feature service (`features_pid`) and, for
+the echo levels, the echo server. With every process on the same cores, throughput at high
+concurrency is bounded by the sum of these.
 """
 
 from __future__ import annotations
@@ -69,7 +75,8 @@ class BenchConfig:
     hops: int = 2  # network round trips in one request (Recommend and Score fetch the user)
     echo: bool = True  # measure the echo floor
     compute: bool = True  # measure the in-process compute floor
-    server_pid: int = 0  # where known, the server's RSS is reported (Linux /proc)
+    server_pid: int = 0  # where known, the server's RSS and CPU per call are reported (Linux /proc)
+    features_pid: int = 0  # where known, the feature service's CPU per call is reported
     label: str = ""  # free text carried into the report (e.g. "batching on")
 
     def check(self) -> None:
@@ -121,7 +128,17 @@ def summarise(latencies_ms: list[float], seconds: float, errors: Counter) -> dic
     return out
 
 
-async def _drive(call, requests: list, clients: int, cfg: BenchConfig) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds `pid` has used so far (Linux), None if unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _drive(call, requests: list, clients: int, cfg: BenchConfig,
+                 cpu_pids: dict[str, int] | None = None) -> dict[str, Any]:
     """`clients` tasks calling back to back: warm-up, then the measured window."""
     state = {"next": 0, "measuring": False, "stop": False, "count": 0}
     latencies: list[float] = []
@@ -150,6 +167,8 @@ async def _drive(call, requests: list, clients: int, cfg: BenchConfig) -> dict[s
 
     tasks = [asyncio.create_task(client()) for _ in range(clients)]
     await asyncio.sleep(cfg.warmup_s)
+    pids = {"client": os.getpid(), **{name: pid for name, pid in (cpu_pids or {}).items() if pid}}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     state["measuring"] = True
     started = time.perf_counter()
     if cfg.requests:
@@ -158,18 +177,26 @@ async def _drive(call, requests: list, clients: int, cfg: BenchConfig) -> dict[s
     else:
         await asyncio.sleep(cfg.duration_s)
     seconds = time.perf_counter() - started
+    cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
     state["stop"] = True
     await asyncio.gather(*tasks)
-    return summarise(latencies, seconds, errors)
+    out = summarise(latencies, seconds, errors)
+    calls = len(latencies) + sum(errors.values())
+    if calls:
+        out["cpu_ms_per_call"] = {name: round((cpu_after[name] - before) * 1000 / calls, 3)
+                                  for name, before in cpu_before.items()
+                                  if before is not None and cpu_after[name] is not None}
+    return out
 
 
-async def _levels(target: str, method: str, request_cls, response_cls, requests: list, cfg: BenchConfig) -> list[dict]:
+async def _levels(target: str, method: str, request_cls, response_cls, requests: list, cfg: BenchConfig,
+                  cpu_pids: dict[str, int] | None = None) -> list[dict]:
     results = []
     async with grpc.aio.insecure_channel(target) as channel:
         call = channel.unary_unary(method, request_serializer=request_cls.SerializeToString,
                                    response_deserializer=response_cls.FromString)
         for clients in cfg.levels:
-            results.append({"clients": clients, **await _drive(call, requests, clients, cfg)})
+            results.append({"clients": clients, **await _drive(call, requests, clients, cfg, cpu_pids)})
     return results
 
 
@@ -357,14 +384,15 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
         log("compute floor (in process, one thread) ...")
         report["compute"] = compute_floor(cfg, requests, users)
     log(f"server {cfg.server}: levels {list(cfg.levels)} ...")
-    report["levels"] = asyncio.run(_levels(cfg.server, method, req_cls, resp_cls, requests, cfg))
+    report["levels"] = asyncio.run(_levels(cfg.server, method, req_cls, resp_cls, requests, cfg,
+                                           {"server": cfg.server_pid, "features": cfg.features_pid}))
     if cfg.server_pid:
         report["server_memory"] = rss_mib(cfg.server_pid)
     if cfg.echo:
         log("echo floor ...")
         process, target = start_echo_server(sample.SerializeToString())
         try:
-            echo = asyncio.run(_levels(target, ECHO_METHOD, req_cls, resp_cls, requests, cfg))
+            echo = asyncio.run(_levels(target, ECHO_METHOD, req_cls, resp_cls, requests, cfg, {"echo": process.pid}))
         finally:
             process.kill()
             process.wait()
@@ -459,6 +487,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {lv['clients']:>7} {lv.get('p50_ms', '-'):>8} {lv.get('p95_ms', '-'):>8} {lv.get('p99_ms', '-'):>8} "
                      f"{lv['throughput_per_s']:>9} {lv['errors']:>6} | {e.get('p50_ms', '-'):>8} {e.get('throughput_per_s', '-'):>8} "
                      f"{lv.get('throughput_vs_echo', '-'):>7}")
+    for lv in report["levels"]:
+        cpu = {**lv.get("cpu_ms_per_call", {}), **{f"echo {k}": v for k, v in lv.get("echo", {}).get("cpu_ms_per_call", {}).items()}}
+        if cpu:
+            lines.append(f"  CPU ms per call at {lv['clients']} clients: " + ", ".join(f"{k} {v}" for k, v in cpu.items()))
     if report.get("server_memory"):
         lines.append(f"  server memory: {report['server_memory']}")
     return "\n".join(lines)

@@ -70,7 +70,7 @@ def run_case(name: str, case: dict, args, out: Path) -> dict | None:
         wait_serving(f"localhost:{iport}", inference, timeout_s=600)
         cfg = BenchConfig(server=f"localhost:{iport}", artifact=artifact, rpc=case["rpc"], levels=case["levels"],
                           candidates=case.get("candidates", 1000), duration_s=args.duration, warmup_s=args.warmup,
-                          users=args.users, server_pid=inference.pid, label=name)
+                          users=args.users, server_pid=inference.pid, features_pid=features.pid, label=name)
         report = run_bench(cfg, log=lambda m: print(f"[{name}] {m}", flush=True))
         report["server_flags"] = case["flags"]
     finally:

@@ -5,6 +5,7 @@ timed tests)."""
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import pytest
@@ -51,7 +52,7 @@ def served(request, trained_artifact):
 def test_bench_reports_levels_and_both_floors(served, trained_artifact, rpc, tmp_path):
     target, batch = served
     cfg = BenchConfig(server=target, artifact=str(trained_artifact), rpc=rpc, candidates=7, levels=(1, 3),
-                      duration_s=0.3, warmup_s=0.1, users=10, label=f"batch {batch}")
+                      duration_s=0.3, warmup_s=0.1, users=10, label=f"batch {batch}", server_pid=os.getpid())
     report = run_bench(cfg, log=lambda *_: None)
     assert [lv["clients"] for lv in report["levels"]] == [1, 3]
     for level in report["levels"]:
@@ -59,6 +60,9 @@ def test_bench_reports_levels_and_both_floors(served, trained_artifact, rpc, tmp
         assert level["p50_ms"] <= level["p95_ms"] <= level["p99_ms"] <= level["max_ms"]
         assert level["echo"]["calls"] > 0 and level["echo"]["errors"] == 0
         assert level["throughput_vs_echo"] > 0
+        # CPU per call of each known process (the servers run in this one here); the echo's own
+        assert set(level["cpu_ms_per_call"]) == {"client", "server"} and level["cpu_ms_per_call"]["server"] > 0
+        assert set(level["echo"]["cpu_ms_per_call"]) == {"client", "echo"}
     assert report["response_bytes"] > 0 and report["model_version"].startswith("sasrec-")
     assert 0 < report["compute"]["model_ms"]["p50_ms"] <= report["compute"]["in_process_ms"]["p50_ms"]
     floor = report["floor"]
