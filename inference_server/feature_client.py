@@ -15,8 +15,8 @@ Combining (`combine_users`, on by default): user look-ups made by concurrent thr
 look-up is in flight are gathered into one GetUserFeatures call (inference_server/combine.py),
 so a loaded server makes one round trip per batch of requests, not one per request; a lone
 request is sent at once, exactly as without combining. A combined call carries the request id
-of the request that sent it, waits as long as the most patient request in it allows, and each
-request still gives up at its own deadline. One bad id in a combined call fails only its own
+of the request that sent it and waits as long as the most patient request in it allows; every
+other request in it still gives up at its own deadline (the sender waits for its call). One bad id in a combined call fails only its own
 request: the batch is retried one user at a time. `on_call(method,
 seconds, code)`, when set, hears about every call (the server's metrics).
 """
@@ -103,7 +103,10 @@ class FeatureClient:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         ask = _UserAsk(user_id, max_history, time.monotonic() + timeout_s)
         if self.users is None:
-            return self._fetch_users([ask])[0]
+            view = self._fetch_users([ask])[0]
+            if isinstance(view, Exception):
+                raise view
+            return view
         try:
             view = self.users.call(ask, timeout_s)
         except TimeoutError:

@@ -227,5 +227,7 @@ def test_combining_can_be_turned_off(users_server):
     client = FeatureClient(target, expected_schema_hash="s", combine_users=False)
     try:
         assert client.users is None and client.get_user("u1", 50).history == ("u1-item",) * 3
+        with pytest.raises(InvalidArgument):
+            client.get_user("bad", 50)
     finally:
         client.close()
