@@ -42,7 +42,8 @@ class Retriever:
 
     `encoder` is a ModelSession over user_encoder.onnx (its `scores` returns (B, D) user
     vectors); the server may wrap it in a BatchingSession. Excluded columns (seen items) are
-    filtered after the search, which asks for k + len(exclude) neighbours.
+    skipped inside the search where the index can (norm-pruned), else filtered after a search
+    for k + len(exclude) neighbours.
     """
 
     def __init__(self, artifact_dir: str | Path, manifest, *, device: str = "cpu", threads: int = 1,
@@ -69,6 +70,9 @@ class Retriever:
 
     def top_k(self, window: np.ndarray, k: int, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         vector = self.encoder.scores(window)
+        if self.index.filters:  # the index skips excluded items itself: no extra neighbours needed
+            cols, scores = self.index.search(vector, min(self.num_items, k), exclude)
+            return _keep(cols[0], scores[0], None, k)
         n = min(self.num_items, k + (len(exclude) if exclude is not None else 0))
         cols, scores = self.index.search(vector, n)
         return _keep(cols[0], scores[0], exclude, k)

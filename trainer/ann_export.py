@@ -8,6 +8,11 @@ the model's score, which export checks against ONNX Runtime.
 
 Whether to build one: `mode` "auto" builds it from `ANN_MIN_ITEMS` items up (below that exact
 scoring is fast and exact), "on" always, "off" never.
+
+Recall is measured against exact scoring on user vectors of `windows` (real histories, when the
+caller has them; users the benchmark does not use) and of random histories. With
+`target_recall`, faiss-ivf's nprobe is the smallest of 1, 2, 4, ... reaching it on `windows`,
+norm-pruned's cosine cap the smallest of 1, 0.9, ..., 0.5; the sweep goes into retrieval.json.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ __all__ = ["ANN_MIN_ITEMS", "ANN_MODES", "DEFAULT_BACKEND", "UserVector", "expor
 
 ANN_MIN_ITEMS = 100_000
 ANN_MODES = ("auto", "on", "off")
-DEFAULT_BACKEND = "faiss-hnsw"  # chosen by measurement: see README "Serving speed"
+DEFAULT_BACKEND = "norm-pruned"  # chosen by measurement: see README "Serving speed and scale"
 ENCODER_TOLERANCE = 1e-3  # |user . item - model score|, float32 over D terms
 
 
@@ -72,8 +77,13 @@ def wants_ann(mode: str, num_items: int) -> bool:
 
 def export_ann(model: nn.Module, directory: Path, max_len: int, num_items: int, *, mode: str = "auto",
                backend: str = DEFAULT_BACKEND, params: dict | None = None, recall_queries: int = 200,
-               seed: int = 0) -> list[str]:
-    """Writes the retrieval files into `directory` when `wants_ann`; returns their names."""
+               seed: int = 0, windows: np.ndarray | None = None, target_recall: float | None = None) -> list[str]:
+    """Writes the retrieval files into `directory` when `wants_ann`; returns their names.
+
+    windows: (n, max_len) int64 left-padded token histories for the recall measurement (and the
+    nprobe choice with `target_recall`, faiss-ivf only); recall is always also measured on
+    `recall_queries` random histories.
+    """
     from trainer.export import ExportError, export_onnx
 
     if not wants_ann(mode, num_items):
@@ -91,11 +101,20 @@ def export_ann(model: nn.Module, directory: Path, max_len: int, num_items: int, 
     start = time.perf_counter()
     index = build_index(vectors, backend, params)
     build_s = time.perf_counter() - start
+    metrics = {"build_seconds": round(build_s, 1), "encoder_max_abs_diff": worst}
+    if windows is not None and len(windows):
+        users = _user_vectors(directory / USER_ENCODER, windows)
+        if target_recall is not None and backend == "faiss-ivf":
+            metrics["nprobe_sweep"] = tune_nprobe(index, vectors, users, 10, target_recall)
+            metrics["target_recall"] = target_recall
+        if target_recall is not None and backend == "norm-pruned":
+            metrics["alpha_sweep"] = tune_alpha(index, vectors, users, 10, target_recall)
+            metrics["target_recall"] = target_recall
+        metrics["recall_at_10_user_histories"] = ann_recall(index, vectors, users, 10)
+        metrics["user_histories"] = len(windows)
+    metrics["recall_at_10_random_histories"] = ann_recall(index, vectors, queries, 10)
     index.save(directory / ANN_INDEX)
-    recall = ann_recall(index, vectors, queries, 10)
-    spec = AnnSpec(backend=backend, dim=vectors.shape[1], num_items=num_items, params=index.params,
-                   metrics={"recall_at_10_random_histories": recall, "build_seconds": round(build_s, 1),
-                            "encoder_max_abs_diff": worst})
+    spec = AnnSpec(backend=backend, dim=vectors.shape[1], num_items=num_items, params=index.params, metrics=metrics)
     (directory / RETRIEVAL).write_text(spec.to_json())
     return [USER_ENCODER, ITEM_VECTORS, ANN_INDEX, RETRIEVAL]
 
@@ -120,9 +139,50 @@ def _check_encoder(model, path: Path, vectors: np.ndarray, max_len: int, num_ite
     return queries, worst
 
 
-def ann_recall(index, vectors: np.ndarray, queries: np.ndarray, k: int) -> float:
-    """Mean |ANN top-k ∩ exact top-k| / k."""
+def _user_vectors(path: Path, windows: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(["user_vector"], {"item_seq": np.ascontiguousarray(windows[i : i + 64])})[0]
+                           for i in range(0, len(windows), 64)])
+
+
+def ann_recall(index, vectors: np.ndarray, queries: np.ndarray, k: int, exact: np.ndarray | None = None) -> float:
+    """Mean |ANN top-k ∩ exact top-k| / k (`exact`: the exact top-k columns, when known)."""
     approx, _ = index.search(queries, k)
-    exact = np.concatenate([exact_top_k(vectors, queries[i : i + 64], k)[0] for i in range(0, len(queries), 64)])
+    if exact is None:
+        exact = np.concatenate([exact_top_k(vectors, queries[i : i + 64], k)[0] for i in range(0, len(queries), 64)])
     hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact))
     return round(hits / (k * len(queries)), 4)
+
+
+def tune_nprobe(index, vectors: np.ndarray, queries: np.ndarray, k: int, target: float) -> dict[str, float]:
+    """Sets the IVF index's nprobe to the smallest power of two whose recall@k on `queries`
+    reaches `target` (nlist when none does); returns {nprobe: recall} of the sweep."""
+    exact = np.concatenate([exact_top_k(vectors, queries[i : i + 64], k)[0] for i in range(0, len(queries), 64)])
+    nlist, sweep, nprobe = int(index.params["nlist"]), {}, 1
+    while True:
+        index.set_search(nprobe=nprobe)
+        sweep[str(nprobe)] = ann_recall(index, vectors, queries, k, exact)
+        if sweep[str(nprobe)] >= target or nprobe >= nlist:
+            return sweep
+        nprobe = min(2 * nprobe, nlist)
+
+
+ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+
+
+def tune_alpha(index, vectors: np.ndarray, queries: np.ndarray, k: int, target: float) -> dict[str, float]:
+    """Sets the norm-pruned index's cosine cap to the smallest of ALPHAS (the fastest) whose
+    recall@k on `queries` reaches `target` (1.0, exact, when none below does); returns
+    {alpha: recall} of the sweep, which stops at the first alpha that misses the target."""
+    exact = np.concatenate([exact_top_k(vectors, queries[i : i + 64], k)[0] for i in range(0, len(queries), 64)])
+    sweep, chosen = {}, 1.0
+    for alpha in ALPHAS:
+        index.set_search(alpha=alpha)
+        sweep[str(alpha)] = ann_recall(index, vectors, queries, k, exact)
+        if sweep[str(alpha)] < target:
+            break
+        chosen = alpha
+    index.set_search(alpha=chosen)
+    return sweep

@@ -142,11 +142,12 @@ def set_metadata(onnx_path: Path, metadata: dict[str, str]) -> None:
 
 
 def export_artifact(model: nn.Module, inputs: ExportInputs, out_dir: str | Path, *, ann: str = "auto",
-                    ann_backend: str | None = None, int8: bool = False) -> Manifest:
+                    ann_backend: str | None = None, int8: bool = False, ann_options: dict | None = None) -> Manifest:
     """Writes the artifact directory atomically and returns its manifest.
 
     `ann` (auto | on | off) adds ANN retrieval files (trainer/ann_export.py: from 100k items up
-    with auto) built with `ann_backend` (default trainer.ann_export.DEFAULT_BACKEND); `int8` adds
+    with auto) built with `ann_backend` (default trainer.ann_export.DEFAULT_BACKEND) and `ann_options`
+    (export_ann's params / windows / target_recall); `int8` adds
     the dynamically quantised model.int8.onnx and its measured quality (trainer/variants.py).
 
     A model may offer `export_view()`: an equivalent module that is cheaper to serve (e.g. with
@@ -163,7 +164,8 @@ def export_artifact(model: nn.Module, inputs: ExportInputs, out_dir: str | Path,
         max_diff = parity_check(model, onnx_path, inputs.max_len, num_items)
         from trainer.ann_export import DEFAULT_BACKEND, export_ann
 
-        ann_files = export_ann(model, tmp, inputs.max_len, num_items, mode=ann, backend=ann_backend or DEFAULT_BACKEND)
+        ann_files = export_ann(model, tmp, inputs.max_len, num_items, mode=ann, backend=ann_backend or DEFAULT_BACKEND,
+                               **(ann_options or {}))
         if int8:
             from trainer.variants import export_int8
 

@@ -128,3 +128,55 @@ def test_server_answers_through_the_index_as_it_would_exactly(ann_artifact):
             recommender.features.close()
         fserver.stop(None)
         fcore.close()
+
+
+def test_ivf_nprobe_is_tuned_to_the_smallest_that_reaches_the_target_recall():
+    from trainer.ann_export import ann_recall, tune_nprobe
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(20, 16))
+    vectors = (centres[rng.integers(0, 20, 4000)] + 0.5 * rng.normal(size=(4000, 16))).astype(np.float32)
+    queries = (centres[rng.integers(0, 20, 100)] + 0.5 * rng.normal(size=(100, 16))).astype(np.float32)
+    index = build_index(vectors, "faiss-ivf", {"nlist": 64, "nprobe": 1})
+    sweep = tune_nprobe(index, vectors, queries, 10, 0.95)
+    chosen = int(index.params["nprobe"])
+    assert list(sweep) == [str(2**i) for i in range(len(sweep))] and list(sweep)[-1] == str(chosen)
+    assert sweep[str(chosen)] >= 0.95 and all(r < 0.95 for r in list(sweep.values())[:-1])
+    assert index.index.nprobe == chosen and ann_recall(index, vectors, queries, 10) == sweep[str(chosen)]
+    assert list(sweep.values()) == sorted(sweep.values())  # more lists scanned, never worse
+
+
+def test_norm_pruned_is_exact_at_alpha_1_skips_excluded_items_and_prunes():
+    vectors = vectors_with_spread_norms(5000, 16, seed=4)
+    queries = vectors_with_spread_norms(30, 16, seed=5)
+    index = build_index(vectors, "norm-pruned", {"block": 256})
+    assert index.filters and index.params["alpha"] == 1.0
+    cols, scores = index.search(queries, 10)
+    exact, exact_scores = exact_top_k(vectors, queries, 10)
+    np.testing.assert_array_equal(cols, exact)
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-5, atol=1e-4)
+    skip = exact[0, [0, 2, 5]]
+    got, _ = index.search(queries[:1], 10, skip)
+    wider, _ = exact_top_k(vectors, queries[:1], 13)
+    assert got[0].tolist() == [c for c in wider[0].tolist() if c not in set(skip.tolist())][:10]
+    # The Cauchy-Schwarz stop: with one dominant item and the rest tiny, one block is enough.
+    skewed = np.vstack([np.full((1, 16), 10.0, np.float32), vectors * 1e-3]).astype(np.float32)
+    pruned = build_index(skewed, "norm-pruned", {"block": 64})
+    calls = []
+    real = pruned.index.sorted
+
+    class Counting(np.ndarray):
+        def __getitem__(self, key):
+            if isinstance(key, slice):  # a block of rows (products of blocks are Counting too)
+                calls.append(key)
+            return np.ndarray.__getitem__(self, key)
+
+    pruned.index.sorted = real.view(Counting)
+    assert pruned.search(np.ones((1, 16), np.float32), 1)[0][0, 0] == 0
+    assert len(calls) == 1  # the first block only
+    # max_scan bounds the rows scored: only the first (largest-norm) block is looked at.
+    index.set_search(max_scan=256)
+    capped, _ = index.search(queries, 10)
+    assert (np.isin(capped, index.index.order[:256])).all()
+    with pytest.raises(ValueError, match="does not filter"):
+        build_index(vectors[:500], "faiss-ivf", {"nlist": 4}).search(queries, 5, skip)
