@@ -91,29 +91,41 @@ def data_split(interactions: str, out_dir: str) -> None:
 @click.option("--interactions", default=50_000_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--zipf", default=0.9, show_default=True, type=float, help="Popularity power-law exponent.")
 @click.option("--follow", default=0.6, show_default=True, type=float, help="Probability the next item follows the current one.")
+@click.option("--topics", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="Latent item topics (categories) users have tastes for; 0 = none.")
+@click.option("--taste", default=0.7, show_default=True, type=float,
+              help="Probability a fresh event / a successor stays in the user's / item's topics.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--format", "fmt", default="parquet", show_default=True, type=click.Choice(["parquet", "csv"]))
-@click.option("--steps", default=200, show_default=True, type=click.IntRange(min=1), help="--artifact: training steps.")
+@click.option("--steps", default=1500, show_default=True, type=click.IntRange(min=1),
+              help="--artifact: training steps (batches of 128 windows).")
 @click.option("--export-users", default=5000, show_default=True, type=click.IntRange(min=1),
               help="--artifact: users whose histories go into the artifact (for the feature service and benchmarks).")
 @click.option("--ann", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
               help="--artifact: build an ANN index (auto: from 100k items).")
-@click.option("--ann-backend", default="faiss-hnsw", show_default=True, type=click.Choice(["faiss-hnsw", "faiss-ivf", "usearch"]))
-def data_synth(out_dir, artifact, items, users, interactions, zipf, follow, seed, fmt, steps, export_users, ann,
-               ann_backend) -> None:
-    """Synthetic interactions at scale: power-law popularity, sequential structure, streamed to disk."""
+@click.option("--ann-backend", default="norm-pruned", show_default=True,
+              type=click.Choice(["norm-pruned", "faiss-ivf", "faiss-hnsw", "usearch"]))
+@click.option("--target-recall", default=0.97, show_default=True, type=click.FloatRange(0, 1),
+              help="--artifact: the fastest search setting (norm-pruned cosine cap, faiss-ivf nprobe) whose recall@10 "
+                   "on held-apart users reaches this.")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0), help="--artifact: torch threads (0 = torch's choice).")
+def data_synth(out_dir, artifact, items, users, interactions, zipf, follow, topics, taste, seed, fmt, steps, export_users,
+               ann, ann_backend, target_recall, threads) -> None:
+    """Synthetic interactions at scale: power-law popularity, topics and tastes, sequential structure, streamed to disk."""
     from trainer.synth import SynthConfig, train_synth_artifact, write_synth
 
     if not out_dir and not artifact:
         raise click.UsageError("give --out (data files), --artifact (a benchmark model), or both")
-    cfg = SynthConfig(items=items, users=users, interactions=interactions, zipf=zipf, follow=follow, seed=seed)
+    cfg = SynthConfig(items=items, users=users, interactions=interactions, zipf=zipf, follow=follow, topics=topics,
+                      taste=taste, seed=seed)
     try:
         cfg.check()
         if out_dir:
             click.echo(json.dumps(write_synth(cfg, out_dir, fmt=fmt, log=lambda m: click.echo(m, err=True)), indent=2))
         if artifact:
             manifest = train_synth_artifact(cfg, artifact, steps=steps, export_users=export_users, ann=ann,
-                                            ann_backend=ann_backend, log=lambda m: click.echo(m, err=True))
+                                            ann_backend=ann_backend, target_recall=target_recall, threads=threads,
+                                            log=lambda m: click.echo(m, err=True))
             click.echo(f"wrote {artifact} ({manifest.model_version})")
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -609,12 +621,14 @@ def recommend(server, user_id, k, include_seen, timeout, tls_ca, tls_cert, tls_k
 @click.option("--users", default=1000, show_default=True, type=click.IntRange(min=1), help="Users drawn from the artifact.")
 @click.option("--no-echo", is_flag=True, help="Skip the echo floor.")
 @click.option("--no-compute", is_flag=True, help="Skip the in-process compute floor.")
-@click.option("--server-pid", default=0, type=int, help="Report this process's RSS (the server's, on this machine).")
+@click.option("--server-pid", default=0, type=int,
+              help="Report this process's RSS and CPU per call (the server's, on this machine).")
+@click.option("--features-pid", default=0, type=int, help="Report this process's CPU per call (the feature service's).")
 @click.option("--label", default="", help="Name of this run in the report and plot.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write NAME.json and NAME.png here.")
 @click.option("--name", default="bench", show_default=True, help="File name stem under --out.")
 def bench(server, artifact, rpc, k, candidates, levels, duration, requests, warmup, users, no_echo, no_compute,
-          server_pid, label, out_dir, name) -> None:
+          server_pid, features_pid, label, out_dir, name) -> None:
     """Load a running inference server; report latency/throughput per level against its floor."""
     from inference_server.bench import BenchConfig, format_report, run_bench, write_report
 
@@ -624,7 +638,7 @@ def bench(server, artifact, rpc, k, candidates, levels, duration, requests, warm
         raise click.BadParameter("comma-separated integers, e.g. 1,8,32", param_hint="--levels") from None
     cfg = BenchConfig(server=server, artifact=artifact, rpc=rpc, k=k, candidates=candidates, levels=level_list,
                       duration_s=duration, requests=requests, warmup_s=warmup, users=users, echo=not no_echo,
-                      compute=not no_compute, server_pid=server_pid, label=label)
+                      compute=not no_compute, server_pid=server_pid, features_pid=features_pid, label=label)
     try:
         report = run_bench(cfg, log=lambda m: click.echo(m, err=True))
     except ValueError as exc:

@@ -8,7 +8,10 @@ of the schema's item FeatureSpecs:
 - MULTI_CATEGORICAL [a, b]   -> attribute tokens "name=a", "name=b" (genres)
 - NUMERIC x                  -> attribute token "name#k", k its quantile bucket (release year)
 - TEXT (title, description)  -> lower-cased words, hashed into `text_buckets` (crc32, stable
-                                across processes and machines)
+                                across processes and machines); a word only counts if at least
+                                `min_word_items` items of the fitting table have it: a word of a
+                                single item is its id in disguise, and for a new item its
+                                never-trained embedding would be noise
 - a vector file              -> `item_id` + float vector, L2-normalised; zeros when missing
 
 `ContentSpec` (JSON-able, fitted once on the training item table) fixes the vocabulary, bucket
@@ -33,8 +36,8 @@ import torch
 
 from recsys.schema import FIRST_TOKEN, PAD, FeatureKind, FeatureSpec
 
-__all__ = ["CONTENT_CHECKPOINT", "ContentSpec", "ItemContent", "build_content_model", "load_content_model",
-           "read_item_vectors", "save_content_model", "with_catalogue"]
+__all__ = ["CONTENT_CHECKPOINT", "ColdShelf", "ContentSpec", "ItemContent", "build_content_model", "fit_content",
+           "load_content_model", "read_item_vectors", "save_content_model", "with_catalogue"]
 
 CONTENT_CHECKPOINT = "content_model.pt"
 _WORD = re.compile(r"[^\W_]+")
@@ -64,11 +67,13 @@ class ContentSpec:
     text_buckets: int = 4096  # hashed word ids 1 .. text_buckets - 1
     max_words: int = 16
     vector_dim: int = 0
+    word_buckets: tuple[int, ...] | None = None  # hashed word ids kept; None keeps all
 
     @classmethod
     def fit(cls, rows: list[dict[str, Any]], specs: tuple[FeatureSpec, ...], *, vector_dim: int = 0,
-            numeric_buckets: int = 8, text_buckets: int = 4096, max_words: int = 16) -> ContentSpec:
-        """Fits the vocabulary and numeric bucket edges on `rows` ({"item_id", "features"})."""
+            numeric_buckets: int = 8, text_buckets: int = 4096, max_words: int = 16,
+            min_word_items: int = 1) -> ContentSpec:
+        """Fits the vocabulary, numeric bucket edges and kept words on `rows` ({"item_id", "features"})."""
         edges: dict[str, list[float]] = {}
         for spec in specs:
             if spec.kind is FeatureKind.NUMERIC:
@@ -80,7 +85,11 @@ class ContentSpec:
         tokens = [draft.attribute_tokens(r["features"]) for r in rows]
         vocabulary = tuple(sorted({t for ts in tokens for t in ts}))
         width = max([len(ts) for ts in tokens] + [1])
-        return dataclasses.replace(draft, attributes=vocabulary, max_attributes=width)
+        kept = None
+        if min_word_items > 1:
+            items_with = np.bincount([w for r in rows for w in draft.word_ids(r["features"])], minlength=text_buckets)
+            kept = tuple(int(w) for w in np.flatnonzero(items_with >= min_word_items))
+        return dataclasses.replace(draft, attributes=vocabulary, max_attributes=width, word_buckets=kept)
 
     def attribute_tokens(self, features: dict[str, Any]) -> list[str]:
         out: list[str] = []
@@ -97,13 +106,16 @@ class ContentSpec:
         return out
 
     def word_ids(self, features: dict[str, Any]) -> list[int]:
-        """Hashed ids (1 .. text_buckets - 1) of the first `max_words` distinct words of the text features."""
+        """Hashed ids (1 .. text_buckets - 1) of the first `max_words` distinct kept words of the text features."""
+        kept = None if self.word_buckets is None else set(self.word_buckets)
         seen: dict[int, None] = {}
         for name, kind in self.features:
             if kind != FeatureKind.TEXT or not isinstance(features.get(name), str):
                 continue
             for word in _WORD.findall(features[name].lower()):
-                seen.setdefault(1 + zlib.crc32(f"{name}:{word}".encode()) % (self.text_buckets - 1), None)
+                bucket = 1 + zlib.crc32(f"{name}:{word}".encode()) % (self.text_buckets - 1)
+                if kept is None or bucket in kept:
+                    seen.setdefault(bucket, None)
         return list(seen)[: self.max_words]
 
     def encode(self, item_ids: tuple[str, ...] | list[str], rows: dict[str, dict[str, Any]],
@@ -136,6 +148,7 @@ class ContentSpec:
         d = dataclasses.asdict(self)
         d["features"] = [list(f) for f in self.features]
         d["attributes"] = list(self.attributes)
+        d["word_buckets"] = None if self.word_buckets is None else list(self.word_buckets)
         return d
 
     @classmethod
@@ -143,7 +156,8 @@ class ContentSpec:
         return cls(features=tuple((n, k) for n, k in d["features"]), attributes=tuple(d["attributes"]),
                    numeric_edges={k: list(v) for k, v in d["numeric_edges"].items()},
                    max_attributes=int(d["max_attributes"]), text_buckets=int(d["text_buckets"]),
-                   max_words=int(d["max_words"]), vector_dim=int(d["vector_dim"]))
+                   max_words=int(d["max_words"]), vector_dim=int(d["vector_dim"]),
+                   word_buckets=None if d.get("word_buckets") is None else tuple(d["word_buckets"]))
 
 
 def read_item_vectors(path: str | Path) -> dict[str, np.ndarray]:
@@ -226,28 +240,74 @@ def load_content_model(path: str | Path):
     return model.eval(), ContentSpec.from_dict(saved["spec"]), tuple(saved["item_ids"])
 
 
-def prepare_content_model(cfg, items: pd.DataFrame | None, index, sequences: list[np.ndarray],
-                          item_vectors: str | Path | None = None):
-    """-> (index with the whole catalogue, untrained ContentSASRec, ContentSpec) for `cfg`.
-
-    The spec is fitted on the item table; items without training events (not in any
-    sequence's training part, i.e. all but its last event) get content only.
-    """
+def fit_content(items: pd.DataFrame, item_vectors: str | Path | None = None, *, min_word_items: int = 1):
+    """-> (ContentSpec, rows {item_id: features}, vectors or None) fitted on the item table."""
     from trainer.data import feature_rows, infer_feature_specs
 
-    if items is None:
-        raise ValueError(f"model {cfg.model} needs an item table (--items)")
-    index = with_catalogue(index, items)
     specs = infer_feature_specs(items, "item_id")
     rows = list(feature_rows(items, specs, "item_id"))
     vectors = read_item_vectors(item_vectors) if item_vectors else None
     dim = len(next(iter(vectors.values()))) if vectors else 0
-    spec = ContentSpec.fit(rows, specs, vector_dim=dim)
+    spec = ContentSpec.fit(rows, specs, vector_dim=dim, min_word_items=min_word_items)
+    return spec, {r["item_id"]: r["features"] for r in rows}, vectors
+
+
+def prepare_content_model(cfg, items: pd.DataFrame | None, index, sequences: list[np.ndarray],
+                          item_vectors: str | Path | None = None):
+    """-> (index with the whole catalogue, untrained ContentSASRec, ContentSpec) for `cfg`.
+
+    The spec is fitted on the item table (`cfg.min_word_items`); items without training events
+    (not in any sequence's training part, i.e. all but its last event) get content only.
+    """
+    if items is None:
+        raise ValueError(f"model {cfg.model} needs an item table (--items)")
+    index = with_catalogue(index, items)
+    spec, rows, vectors = fit_content(items, item_vectors, min_word_items=cfg.min_word_items)
     n = len(index.item_ids)
     trained = [s[:-1] for s in sequences if len(s) >= 2]
     counts = np.bincount(np.concatenate(trained) - FIRST_TOKEN, minlength=n) if trained else np.zeros(n)
-    content = spec.encode(index.item_ids, {r["item_id"]: r["features"] for r in rows}, vectors, counts > 0)
+    content = spec.encode(index.item_ids, rows, vectors, counts > 0)
     return index, build_content_model(cfg, spec, content, n), spec
+
+
+class ColdShelf:
+    """Validation on items a content model has never trained on (cold start), for `fit(validator=...)`.
+
+    windows (U, L) int64: each case's history as model tokens, left-padded; targets (U,): the
+    position of each case's item in `shelf_ids`; the shelf items are encoded with the model's
+    own spec and scored by their content alone (what a new item gets when it is added).
+    `rows` must hold the shelf items' features. Calling it with a ContentSASRec returns
+    {"cold_hr@k", "cold_ndcg@k"}: the target ranked among the shelf, 0-based rank = items scored
+    higher + half of the other items scored the same (the expected rank under random tie-breaking,
+    so identical vectors cannot win by luck of the order).
+    """
+
+    def __init__(self, spec: ContentSpec, rows: dict[str, dict[str, Any]], shelf_ids: list[str],
+                 windows: np.ndarray, targets: np.ndarray, vectors: dict[str, np.ndarray] | None = None, k: int = 10):
+        if len(windows) != len(targets) or not len(targets):
+            raise ValueError("a cold shelf needs one target per history, and at least one")
+        missing = [i for i in shelf_ids if i not in rows]
+        if missing:
+            raise ValueError(f"no features for {len(missing)} shelf item(s), e.g. {missing[0]!r}")
+        content = spec.encode(tuple(shelf_ids), rows, vectors)
+        self.attrs, self.words, self.vectors, _ = (t[FIRST_TOKEN:] for t in content.tensors())
+        self.windows = torch.from_numpy(np.asarray(windows, dtype=np.int64))
+        self.targets = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+        self.k = k
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        items = model.item_emb.content_of(self.attrs, self.words, self.vectors)  # (S, D)
+        hidden = torch.cat([model.encode(self.windows[i : i + 512])[:, -1] for i in range(0, len(self.windows), 512)])
+        scores = model.score_content(hidden, items)  # (U, S)
+        target = scores.gather(1, self.targets[:, None])  # (U, 1)
+        ranks = (scores > target).sum(1).double() + ((scores == target).sum(1).double() - 1) / 2  # (U,)
+        hit = ranks < self.k
+        model.train(was_training)
+        return {f"cold_hr@{self.k}": float(hit.double().mean()),
+                f"cold_ndcg@{self.k}": float(torch.where(hit, 1.0 / torch.log2(ranks + 2.0), 0.0).mean())}
 
 
 def add_items(artifact_dir: str | Path, items: str | Path, out_dir: str | Path, *,

@@ -99,6 +99,8 @@ def train_and_export(
     item_vectors: str | Path | None = None,
     private=None,
     log=print,
+    validator=None,
+    select: str | None = None,
 ) -> Manifest | None:
     """Trains `cfg.model` on the tables and writes the artifact to `out_dir`.
 
@@ -111,7 +113,8 @@ def train_and_export(
     (trainer/content.py); their catalogue is every item of the item table, and their weights go
     to `<checkpoint_dir>/content_model.pt` for adding items later. `private`: a
     trainer.private.PrivacyConfig for DP-SGD training (Opacus; fixed length, no early stopping);
-    the (ε, δ) spent goes into the manifest's `privacy`.
+    the (ε, δ) spent goes into the manifest's `privacy`. `validator` and `select` go to `fit`
+    (extra validation metrics and the one that selects the epoch).
     """
     tables = load_tables(interactions, users, items)
     # `pseudonymise_key`: user ids become HMAC pseudonyms before anything else sees them; a
@@ -138,7 +141,7 @@ def train_and_export(
         result = fit_private(cfg, private, sequences, len(index.item_ids), progress=progress, model=prebuilt)
     else:
         result = fit(cfg, sequences, len(index.item_ids), progress=progress, checkpoint_dir=checkpoint_dir,
-                     resume=resume, model=prebuilt)
+                     resume=resume, model=prebuilt, validator=validator, select=select)
     if not distributed.current().is_main:
         return None  # under DDP only rank 0 holds the selected model and writes the artifact
     if result.resumed_from:

@@ -45,6 +45,9 @@ class TrainConfig:
     inner: int | None = None  # feed-forward width (sasrec)
     dropout: float | None = None  # dropout rate
     id_dropout: float | None = None  # content_sasrec: chance an item's id embedding is dropped per step
+    content_loss: float | None = None  # content_sasrec: weight of the content-only softmax loss (cold start)
+    min_word_items: int = 2  # content_sasrec: a title/description word counts if this many items have it
+    content_bias: bool = True  # content_sasrec: add a per-item score bias predicted from content
     # Objective
     loss: str = "ce"  # ce | sampled_softmax | bce | bpr (see trainer/losses.py)
     negatives: int = 100  # sampled items per step (sampled_softmax) or per target (bce, bpr)
@@ -72,7 +75,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     # Export
     ann: str = "auto"  # ANN retrieval index: auto (from 100k items), on, off (trainer/ann_export.py)
-    ann_backend: str = "faiss-hnsw"  # faiss-hnsw | faiss-ivf | usearch (recsys/ann.py)
+    ann_backend: str = "norm-pruned"  # norm-pruned (exact at its default alpha 1) | faiss-ivf | faiss-hnsw | usearch (recsys/ann.py)
     int8: bool = False  # also export model.int8.onnx (dynamic quantisation, quality measured)
 
     def model_config(self, num_items: int):
@@ -93,12 +96,12 @@ class TrainConfig:
             "schedule": ("constant", "cosine", "warmup_cosine"),
             "init": ("xavier_uniform", "xavier_normal", "normal"),
             "ann": ("auto", "on", "off"),
-            "ann_backend": ("faiss-hnsw", "faiss-ivf", "usearch"),
+            "ann_backend": ("norm-pruned", "faiss-hnsw", "faiss-ivf", "usearch"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "max_len", "negatives", "eval_every", "patience", "k"):
+        for name in ("epochs", "batch_size", "max_len", "negatives", "eval_every", "patience", "k", "min_word_items"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not self.lr > 0:
@@ -195,6 +198,8 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     model: nn.Module | None = None,
+    validator=None,
+    select: str | None = None,
 ) -> FitResult:
     """Trains on every user's sequence minus its last event; selects on that last event.
 
@@ -203,6 +208,9 @@ def fit(
     epoch; `resume=True` continues from it (same config required) and reaches the same result
     as an uninterrupted run. `model`: a prebuilt, untrained model to train instead of building
     `cfg.model` from the registry (content models carry their item tables from construction).
+    `validator`: a callable (model in eval mode) -> {metric: value} whose metrics join every
+    validation row (e.g. cold-item metrics, scripts/cold_start.py); `select` names the row metric
+    that picks the best epoch (default NDCG@k of the last-event validation).
 
     Under DDP (trainer/distributed.py, started by torchrun) each rank trains on its slice of
     every batch; only rank 0 validates and checkpoints, and only its result holds the best model.
@@ -231,9 +239,14 @@ def fit(
         torch.manual_seed(cfg.seed + dist.rank)  # own dropout masks and negatives per rank
     loss_fn = functools.partial(next_item_loss, loss=cfg.loss, sampler=sampler, negatives=cfg.negatives,
                                 logq=cfg.logq_correction, debias=cfg.popularity_debias, prior=prior)
+    if hasattr(model, "auxiliary_loss"):  # a model's own extra objective (content_sasrec's content loss)
+        main_loss = loss_fn
+
+        def loss_fn(m, inputs, targets):
+            return main_loss(m, inputs, targets) + m.auxiliary_loss(inputs, targets)
     step = dist.wrap(distributed.TrainStep(model, loss_fn))
     optimizer = make_optimizer(cfg, model)
-    key = f"ndcg@{cfg.k}"
+    key = select or f"ndcg@{cfg.k}"
     best = {"metric": -math.inf, "epoch": 0, "metrics": {}, "state": None}
     history: list[dict[str, float]] = []
     bad_evals, first_epoch, elapsed = 0, 1, 0.0
@@ -264,6 +277,8 @@ def fit(
         row = {"epoch": epoch, "loss": loss, "events_per_s": round(events_per_s)}
         if (epoch % cfg.eval_every == 0 or epoch == cfg.epochs) and dist.is_main:
             row.update(validate(model, val_histories, val_targets, num_items, cfg))
+            if validator is not None:
+                row.update(validator(model.eval()))
             if row[key] > best["metric"]:
                 best = {"metric": row[key], "epoch": epoch, "metrics": dict(row), "state": copy.deepcopy(model.state_dict())}
                 bad_evals = 0

@@ -3,6 +3,7 @@ so items without interactions (cold start) still get a meaningful vector.
 
     item(i) = id_emb(i) * keep(i) + content(i)
     content(i) = MLP([mean attr_emb(attrs_i) ; mean text_emb(words_i) ; W_v vector_i])
+    score(u, i) = h_u . item(i) [+ w . content(i) + b]   (the bracket with `content_bias`)
 
 - attrs: attribute tokens (categorical values, each genre of a multi-valued column, numeric
   buckets such as the release-year bucket), one vocabulary, PAD = 0;
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from recsys.schema import FIRST_TOKEN, PAD
 from trainer.models.sasrec import SASRec, SASRecConfig
@@ -42,6 +44,8 @@ class ContentSASRecConfig:
     inner: int = 256  # feed-forward width
     dropout: float = 0.2  # SASRec dropout
     id_dropout: float = 0.5  # training: probability an item's id embedding is dropped per step
+    content_loss: float = 0.0  # training: weight of the content-only softmax (see auxiliary_loss)
+    content_bias: bool = False  # add a per-item score bias predicted from content alone
     num_attributes: int = 2  # attribute vocabulary size, PAD and OOV included
     max_attributes: int = 1  # attribute tokens per item (padded)
     text_buckets: int = 2  # hashed word buckets, PAD included
@@ -69,14 +73,16 @@ class FusedItemEmbedding(nn.Module):
         self.word_emb = nn.Embedding(cfg.text_buckets, d, padding_idx=PAD)
         self.vector_proj = nn.Linear(max(cfg.vector_dim, 1), d, bias=False)
         self.mix = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Linear(d, d))
+        self.bias_head = nn.Linear(d, 1) if cfg.content_bias else None
         self.register_buffer("attrs", torch.zeros(rows, cfg.max_attributes, dtype=torch.int64))
         self.register_buffer("words", torch.zeros(rows, cfg.max_words, dtype=torch.int64))
         self.register_buffer("vectors", torch.zeros(rows, max(cfg.vector_dim, 1)))
         known = torch.ones(rows, 1)
         known[:FIRST_TOKEN] = 0.0
         self.register_buffer("known", known)
-        # Set by export_view: the whole table as one constant (not saved in the state dict).
+        # Set by export_view: the whole table (and bias) as constants (not saved in the state dict).
         self.register_buffer("frozen", None, persistent=False)
+        self.register_buffer("frozen_bias", None, persistent=False)
 
     def set_content(self, attrs: torch.Tensor, words: torch.Tensor, vectors: torch.Tensor, known: torch.Tensor) -> None:
         """Replaces the content buffers (shapes as in the class docstring, same sizes as configured)."""
@@ -88,13 +94,17 @@ class FusedItemEmbedding(nn.Module):
 
     def content(self) -> torch.Tensor:
         """(R, D): the content part of every item's vector."""
-        def masked_mean(emb: nn.Embedding, tokens: torch.Tensor) -> torch.Tensor:
-            mask = (tokens != PAD).unsqueeze(-1).float()  # (R, T, 1)
-            return (emb(tokens) * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (R, D)
+        return self.content_of(self.attrs, self.words, self.vectors)
 
-        parts = [masked_mean(self.attr_emb, self.attrs), masked_mean(self.word_emb, self.words),
-                 self.vector_proj(self.vectors)]
-        return self.mix(torch.cat(parts, dim=-1))  # (R, D)
+    def content_of(self, attrs: torch.Tensor, words: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """Content vectors of any items encoded by the same spec: attrs (M, A), words (M, W),
+        vectors (M, V) -> (M, D). Items outside the table (new arrivals) are scored this way."""
+        def masked_mean(emb: nn.Embedding, tokens: torch.Tensor) -> torch.Tensor:
+            mask = (tokens != PAD).unsqueeze(-1).float()  # (M, T, 1)
+            return (emb(tokens) * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (M, D)
+
+        parts = [masked_mean(self.attr_emb, attrs), masked_mean(self.word_emb, words), self.vector_proj(vectors)]
+        return self.mix(torch.cat(parts, dim=-1))  # (M, D)
 
     def has_content(self) -> bool:
         """False for a model built without content (registry default): id dropout would only hurt it."""
@@ -116,6 +126,16 @@ class FusedItemEmbedding(nn.Module):
         """tokens (...) int64 -> (..., D)."""
         return self.weight[tokens]
 
+    def bias(self) -> torch.Tensor | None:
+        """(R,) score bias of every item from its content alone (row PAD 0); None without a bias head."""
+        if self.frozen_bias is not None or self.bias_head is None:
+            return self.frozen_bias
+        return self.content_bias(self.content()).masked_fill(torch.arange(len(self.attrs), device=self.attrs.device) == PAD, 0.0)
+
+    def content_bias(self, content: torch.Tensor) -> torch.Tensor | float:
+        """content (M, D) -> (M,) score bias; 0.0 without a bias head."""
+        return 0.0 if self.bias_head is None else self.bias_head(content).squeeze(-1)
+
 
 class ContentSASRec(SASRec):
     """SASRec over fused id + content item vectors (see module docstring)."""
@@ -125,10 +145,42 @@ class ContentSASRec(SASRec):
         self.content_cfg = cfg
         self.item_emb = FusedItemEmbedding(cfg)
 
+    def auxiliary_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """content_loss * cross-entropy of the targets against every item's content vector alone.
+
+        inputs, targets (B, L) as in trainer/losses.py. The main loss ranks fused (id + content)
+        vectors; this one ranks content vectors only, against each other, which is exactly how new
+        items compete on a "new arrivals" shelf. 0 (no work) when content_loss is 0 or the
+        model has no content.
+        """
+        if not self.content_cfg.content_loss or not self.item_emb.has_content():
+            return torch.zeros((), device=inputs.device)
+        mask = targets != PAD
+        h = self.encode(inputs)[mask]  # (M, D)
+        items = self.item_emb.content()[FIRST_TOKEN:]  # (N, D)
+        return self.content_cfg.content_loss * F.cross_entropy(self.score_content(h, items), targets[mask] - FIRST_TOKEN)
+
+    def score_content(self, hidden: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        """hidden (U, D), content (S, D) from `item_emb.content_of` -> (U, S): the scores items
+        with that content and no id embedding get (new items, as add_items serves them)."""
+        return hidden @ content.T + self.item_emb.content_bias(content)
+
+    def output_bias(self) -> torch.Tensor | None:
+        bias = self.item_emb.bias()
+        return None if bias is None else bias[FIRST_TOKEN:]
+
+    def score(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (..., D) -> (..., N): dot product with every fused item vector, plus the content bias."""
+        scores = hidden @ self.item_embeddings().T
+        bias = self.output_bias()
+        return scores if bias is None else scores + bias
+
     def export_view(self) -> ContentSASRec:
         """An equivalent eval-mode copy whose fused item table is one constant tensor."""
         view = copy.deepcopy(self).eval()
         with torch.no_grad():
             table = view.item_emb.weight.detach().clone()
+            bias = view.item_emb.bias()
         view.item_emb.frozen = table
+        view.item_emb.frozen_bias = None if bias is None else bias.detach().clone()
         return view
