@@ -29,7 +29,8 @@ MAKE = {
     "runs/demo/sasrec": "make demo (or: recsys train --interactions data/ml-100k/interactions.csv --out runs/demo/sasrec)",
     "runs/bench/deepfm": "recsys train --model deepfm --interactions data/ml-100k/interactions.csv "
                          "--users data/ml-100k/users.csv --items data/ml-100k/items.csv --out runs/bench/deepfm --epochs 3",
-    "runs/synth1m/sasrec": "recsys data synth --artifact runs/synth1m/sasrec --users 20000 --interactions 2000000",
+    "runs/synth1m/sasrec": "make bench-synth (recsys data synth --artifact runs/synth1m/sasrec --users 20000 "
+                           "--interactions 2000000 --steps 1500)",
 }
 
 
