@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -203,8 +204,7 @@ class Recommender:
             raise InvalidArgument("item_ids is empty")
         if len(item_ids) > self.max_candidates:
             raise InvalidArgument(f"{len(item_ids)} item_ids exceeds the maximum of {self.max_candidates}")
-        get = self.token.get
-        tokens = np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        tokens = np.fromiter(map(self.token.get, item_ids, repeat(-1)), dtype=np.int64, count=len(item_ids))
         if (tokens < 0).any():
             unknown = [item_ids[j] for j in np.flatnonzero(tokens < 0)]
             shown = ", ".join(repr(i) for i in unknown[:10])
@@ -241,8 +241,8 @@ class Recommender:
         key = ("tokens", id(self.token))
         tokens = user.derived.get(key)
         if tokens is None:
-            get = self.token.get
-            tokens = np.fromiter((get(i, OOV) for i in user.history), dtype=np.int64, count=len(user.history))
+            tokens = np.fromiter(map(self.token.get, user.history, repeat(OOV)), dtype=np.int64,
+                                 count=len(user.history))
             tokens.flags.writeable = False
             user.derived[key] = tokens
         return tokens
