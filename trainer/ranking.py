@@ -97,6 +97,8 @@ class RankConfig:
     epochs: int = 30  # upper bound; early stopping usually ends sooner
     eval_every: int = 1  # epochs between validations
     patience: int = 3  # validations without improvement before stopping
+    ema: float = 0.0  # decay of an exponential moving average of the weights, updated every step; the
+    #   average is what is validated, kept and exported (smooths the last steps' noise); 0 = off
     seed: int = 0  # seeds the split, negatives, initialisation and batches
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
@@ -134,6 +136,8 @@ class RankConfig:
         for name in ("epochs", "batch_size", "eval_every", "patience", "multi_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1); got {self.ema}")
         if self.history_len < 0 or self.negatives < 0 or self.warmup_epochs < 0:
             raise ValueError("history_len, negatives and warmup_epochs must be >= 0")
         if self.label == "implicit" and self.model != "rating" and self.negatives < 1:
@@ -269,6 +273,8 @@ def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True,
         weight = (len(labels) - pos) / max(pos, 1.0) if cfg.class_weight == "balanced" else 1.0
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight))
     optimizer = make_optimizer(cfg, nn.ModuleList([model, loss_fn]))  # the ordinal offsets learn too
+    average = copy.deepcopy(model) if cfg.ema else None  # what is validated and kept, with ema
+    kept = average if average is not None else model
     targets = data.rating if cfg.ordinal else data.label
     key, sign = ("rmse", -1.0) if cfg.task == "rating" else ("auc", 1.0)
     best: dict[str, Any] = {"value": -math.inf, "epoch": 0, "metrics": {}, "state": None}
@@ -281,6 +287,8 @@ def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True,
         if saved["config"] != asdict(cfg) or saved["data"] != fingerprint:
             raise ValueError(f"checkpoint in {checkpoint_dir} was made with another config or data; not resuming")
         model.load_state_dict(saved["model"])
+        if average is not None:
+            average.load_state_dict(saved["average"])
         loss_fn.load_state_dict(saved["loss"])
         optimizer.load_state_dict(saved["optimizer"])
         best, history, bad, elapsed = saved["best"], saved["history"], saved["bad"], saved["elapsed"]
@@ -309,15 +317,17 @@ def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                _ema_update(average, model, cfg.ema)
             total, steps = total + loss.item(), steps + 1
         row: dict[str, float] = {"epoch": epoch, "loss": total / max(steps, 1),
                                  "examples_per_s": round(len(order) / max(time.perf_counter() - tick, 1e-9))}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            row.update({f"valid_{k}": v for k, v in evaluate(model, data, valid, cfg.task).items()})
+            row.update({f"valid_{k}": v for k, v in evaluate(kept, data, valid, cfg.task).items()})
             value = sign * row[f"valid_{key}"]
             if value > best["value"]:
                 best = {"value": value, "epoch": epoch, "metrics": dict(row),
-                        "state": copy.deepcopy(model.state_dict())}
+                        "state": copy.deepcopy(kept.state_dict())}
                 bad = 0
             else:
                 bad += 1
@@ -327,7 +337,7 @@ def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True,
         if checkpoint_dir:
             save_checkpoint(checkpoint_dir, {
                 "config": asdict(cfg), "data": fingerprint, "epoch": epoch, "model": model.state_dict(),
-                "loss": loss_fn.state_dict(),
+                "average": average.state_dict() if average is not None else None, "loss": loss_fn.state_dict(),
                 "optimizer": optimizer.state_dict(), "best": best, "history": history, "bad": bad,
                 "elapsed": time.perf_counter() - start, "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
@@ -335,9 +345,20 @@ def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True,
     bar.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
+    elif average is not None:
+        model.load_state_dict(average.state_dict())
     model.eval()
     metrics = {k: v for k, v in best["metrics"].items() if k.startswith("valid_")}
     return RankFit(model, best["epoch"], metrics, history, time.perf_counter() - start, first_epoch - 1)
+
+
+@torch.no_grad()
+def _ema_update(average: nn.Module, model: nn.Module, decay: float) -> None:
+    """average <- decay * average + (1 - decay) * model, parameter by parameter; buffers copied."""
+    for a, p in zip(average.parameters(), model.parameters()):
+        a.lerp_(p, 1.0 - decay)
+    for a, b in zip(average.buffers(), model.buffers()):
+        a.copy_(b)
 
 
 def _tuple_state(state):

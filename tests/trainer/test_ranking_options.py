@@ -30,9 +30,10 @@ def quiet(cfg, tables, **kw):
     return train_ranker(cfg, tables=tables, progress=False, log=lambda *_: None, **kw)
 
 
-def test_resume_after_a_crash_reaches_the_same_ranker(tables, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_after_a_crash_reaches_the_same_ranker(tables, tmp_path, monkeypatch, ema):
     cfg = RankConfig(model="dcn", **{**SMALL, "epochs": 4, "patience": 4}, optimizer="adamw", weight_decay=1e-3,
-                     schedule="warmup_cosine", warmup_epochs=1)
+                     schedule="warmup_cosine", warmup_epochs=1, ema=ema)
     straight = quiet(cfg, tables, checkpoint_dir=tmp_path / "a")
     real_save = ranking_module.save_checkpoint
 
@@ -167,9 +168,25 @@ def test_ordinal_training_uses_every_rating_level_and_serves_p_of_the_threshold(
 
 def test_fit_ranker_refuses_bad_option_values(tables):
     for bad in ({"schedule": "linear"}, {"init": "he"}, {"warmup_epochs": -1},
-                {"ordinal": True, "label": "implicit"}, {"ordinal": True, "class_weight": "balanced"}):
+                {"ordinal": True, "label": "implicit"}, {"ordinal": True, "class_weight": "balanced"},
+                {"ema": 1.0}, {"ema": -0.1}):
         with pytest.raises(ValueError):
             RankConfig(**bad).check()
+
+
+def test_ema_update_is_the_moving_average():
+    average, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    before = average.weight.detach().clone()
+    ranking_module._ema_update(average, model, 0.75)
+    torch.testing.assert_close(average.weight, 0.75 * before + 0.25 * model.weight)
+
+
+def test_ema_validates_and_keeps_the_average(tables):
+    run = quiet(RankConfig(model="deepfm", **{**SMALL, "epochs": 3}, ema=0.9), tables)
+    plain = quiet(RankConfig(model="deepfm", **{**SMALL, "epochs": 3}), tables)
+    valid = ranking_module.evaluate(run.fit.model, run.data, run.data.rows(ranking_module.VALID), "rank")
+    assert valid["auc"] == run.fit.best_metrics["valid_auc"]  # the kept model is the one validated
+    assert run.fit.best_metrics["valid_auc"] != plain.fit.best_metrics["valid_auc"]
 
 
 def _rows(path):
