@@ -195,14 +195,22 @@ def export_artifact(model: nn.Module, inputs: ExportInputs, out_dir: str | Path,
         # The manifest rides inside the model too, so model.onnx alone still describes itself.
         set_metadata(onnx_path, {"recsys.manifest": manifest.to_json()})
         reports = write_report(tmp, inputs.training, manifest.metrics) if inputs.training.get("history") else []
-        files = {name: file_sha256(tmp / name) for name in (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports, *ann_files)}
-        version = f"{inputs.model_kind}-{created.replace(':', '').replace('-', '')}-{sha256_hex(files[MODEL])[:8]}"
-        manifest = Manifest(**{**manifest.__dict__, "model_version": version, "files": files})
-        (tmp / MANIFEST).write_text(manifest.to_json())
-        manifest_box["m"] = manifest
+        manifest_box["m"] = seal_manifest(tmp, manifest, (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports, *ann_files))
 
     write_atomically(out_dir, fill)
     return manifest_box["m"]
+
+
+def seal_manifest(directory: Path, manifest: Manifest, names) -> Manifest:
+    """The last step of every export: checksums the files `names` in `directory`, names the
+    version `<model kind>-<created, compact>-<model.onnx sha256[:8]>`, writes manifest.json and
+    returns the manifest as written."""
+    files = {name: file_sha256(directory / name) for name in names}
+    stamp = manifest.created_at.replace(":", "").replace("-", "")
+    version = f"{manifest.model_kind}-{stamp}-{sha256_hex(files[MODEL])[:8]}"
+    sealed = Manifest(**{**manifest.__dict__, "model_version": version, "files": files})
+    (directory / MANIFEST).write_text(sealed.to_json())
+    return sealed
 
 
 def versions() -> dict[str, str]:

@@ -49,19 +49,17 @@ from recsys.artifact import (
     HISTORIES,
     ITEM_INDEX,
     ITEMS,
-    MANIFEST,
     MODEL,
     USER_INDEX,
     USERS,
     Manifest,
     ModelInput,
-    file_sha256,
     write_atomically,
     write_jsonl,
 )
-from recsys.schema import FIRST_TOKEN, OOV, PAD, sha256_hex
+from recsys.schema import FIRST_TOKEN, OOV, PAD
 from trainer.data import feature_rows
-from trainer.export import compare_with_onnx, set_metadata, versions
+from trainer.export import compare_with_onnx, seal_manifest, set_metadata, versions
 from trainer.pipeline import history_rows
 from trainer.ranking import INPUTS, RankConfig, RankRun, reads_user_id, train_ranker
 from trainer.ranking_data import RankingData, field_layout
@@ -210,11 +208,7 @@ def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
                             versions=versions(), created_at=created)
         set_metadata(onnx_path, {"recsys.manifest": manifest.to_json()})
         reports = write_report(tmp, training, metrics, RATING_KEYS if cfg.task == "rating" else RANK_KEYS)
-        files = {name: file_sha256(tmp / name) for name in (MODEL, ITEM_INDEX, *extra, HISTORIES, USERS, ITEMS, *reports)}
-        version = f"{cfg.model}-{created.replace(':', '').replace('-', '')}-{sha256_hex(files[MODEL])[:8]}"
-        manifest = Manifest(**{**manifest.__dict__, "model_version": version, "files": files})
-        (tmp / MANIFEST).write_text(manifest.to_json())
-        box["m"] = manifest
+        box["m"] = seal_manifest(tmp, manifest, (MODEL, ITEM_INDEX, *extra, HISTORIES, USERS, ITEMS, *reports))
 
     write_atomically(out_dir, fill)
     return box["m"]

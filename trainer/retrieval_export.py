@@ -35,18 +35,16 @@ from recsys.artifact import (
     HISTORIES,
     ITEM_INDEX,
     ITEMS,
-    MANIFEST,
     MODEL,
     USERS,
     Manifest,
     ModelInput,
-    file_sha256,
     write_atomically,
     write_jsonl,
 )
-from recsys.schema import FIRST_TOKEN, OOV, PAD, sha256_hex
+from recsys.schema import FIRST_TOKEN, OOV, PAD
 from trainer.data import feature_rows
-from trainer.export import compare_with_onnx, set_metadata, versions
+from trainer.export import compare_with_onnx, seal_manifest, set_metadata, versions
 from trainer.models.two_tower import TwoTower, TwoTowerScorer
 from trainer.pipeline import history_rows
 from trainer.ranking_export import SOURCES
@@ -173,12 +171,8 @@ def export_two_tower(run: RetrievalRun, out_dir: str | Path) -> Manifest:
                             versions=versions(), created_at=created)
         set_metadata(tmp / MODEL, {"recsys.manifest": manifest.to_json()})
         reports = write_report(tmp, training, metrics, (f"ndcg@{cfg.k}", f"hr@{cfg.k}"))
-        names = (MODEL, USER_TOWER, ITEM_EMBEDDINGS, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports)
-        files = {name: file_sha256(tmp / name) for name in names}
-        version = f"{cfg.model}-{created.replace(':', '').replace('-', '')}-{sha256_hex(files[MODEL])[:8]}"
-        manifest = Manifest(**{**manifest.__dict__, "model_version": version, "files": files})
-        (tmp / MANIFEST).write_text(manifest.to_json())
-        box["m"] = manifest
+        box["m"] = seal_manifest(tmp, manifest,
+                                 (MODEL, USER_TOWER, ITEM_EMBEDDINGS, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports))
 
     write_atomically(out_dir, fill)
     return box["m"]
