@@ -1,9 +1,9 @@
 """Combining: concurrent calls of one batched function, gathered without a dispatcher thread.
 
 `Combiner(run)` turns `run(list of items) -> list of results` into `call(item) -> result` for
-many threads at once (the gRPC server's workers). A caller that finds fewer than
-`max_inflight` runs in progress runs at once, on its own thread, alone: an idle server pays no
-hand-off and no wait. Callers that arrive while runs are in progress queue up. When a run
+many threads at once (the gRPC server's workers). A caller that finds no run in progress runs
+at once, on its own thread, alone: an idle server pays no hand-off and no wait. Callers that
+arrive while a run is in progress queue up. When a run
 ends, the thread that made it hands the queue over to the first queued caller, which wakes and
 runs up to `max_batch` queued items as one batch on its own thread, then hands over in turn.
 So a loaded server makes one feature fetch or one model run per batch of requests instead of
@@ -52,25 +52,22 @@ _QUEUED, _TAKEN, _LEAD, _DONE, _GONE = range(5)  # queued; in a running batch; r
 class Combiner(Generic[T, R]):
     """`call(item) -> run([... item ...])[its index]`, batched across concurrent callers."""
 
-    def __init__(self, run: Callable[[list[T]], Sequence[R]], *, max_batch: int = 64, max_inflight: int = 1):
+    def __init__(self, run: Callable[[list[T]], Sequence[R]], *, max_batch: int = 64):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if max_inflight < 1:
-            raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
         self._run = run
         self.max_batch = max_batch
-        self.max_inflight = max_inflight
         self._lock = threading.Lock()
         self._queue: deque[_Pending] = deque()
-        self._inflight = 0
+        self._running = False  # a run is in progress (its caller, or its successor, holds the lead)
         self.runs = 0  # runs made, and the items they held: items / runs is the mean batch
         self.items = 0
 
     def call(self, item: T, timeout_s: float | None = None) -> R:
         me = _Pending(item)
         with self._lock:
-            if self._inflight < self.max_inflight:
-                self._inflight += 1
+            if not self._running:
+                self._running = True
                 me.state = _LEAD
             else:
                 self._queue.append(me)
@@ -115,9 +112,9 @@ class Combiner(Generic[T, R]):
             self.items += len(batch)
             successor = self._queue.popleft() if self._queue else None
             if successor is not None:
-                successor.state = _LEAD  # keeps our in-flight slot
+                successor.state = _LEAD  # the run goes on under its lead
             else:
-                self._inflight -= 1
+                self._running = False
             answered = [p for p in batch if p.state == _TAKEN]
             for p in answered:
                 p.state = _DONE

@@ -74,14 +74,14 @@ def test_calls_arriving_during_a_run_are_answered_together_in_order():
         t.join(5)
     assert waiting == [10, 20, 30, 40, 50, 60]
     assert batches[0] == [0] and sorted(batches[1]) == [1, 2, 3, 4, 5, 6] and len(batches) == 2
-    assert combiner.items == 7 and combiner._inflight == 0 and not combiner._queue
+    assert combiner.items == 7 and not combiner._running and not combiner._queue
 
 
 def test_max_batch_splits_the_queue_and_every_caller_gets_its_own_answer():
     combiner = Combiner(lambda items: (time.sleep(0.002), [x + 1 for x in items])[1], max_batch=3)
     out = _run_together(lambda i: combiner.call(i), 20)
     assert out == [i + 1 for i in range(20)]
-    assert combiner.items == 20 and combiner._inflight == 0
+    assert combiner.items == 20 and not combiner._running
 
 
 def test_an_error_of_the_run_reaches_its_whole_batch_and_a_per_item_error_only_its_caller():
@@ -95,7 +95,7 @@ def test_an_error_of_the_run_reaches_its_whole_batch_and_a_per_item_error_only_i
         combiner.call("boom")
     out = _run_together(lambda i: combiner.call(-1 if i == 3 else i), 8)
     assert isinstance(out[3], ValueError) and [o for i, o in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
-    assert combiner._inflight == 0
+    assert not combiner._running
 
 
 def test_a_queued_caller_gives_up_at_its_deadline_and_nothing_runs_for_it():
@@ -118,7 +118,7 @@ def test_a_queued_caller_gives_up_at_its_deadline_and_nothing_runs_for_it():
     assert time.monotonic() - started < 1.0
     gate.set()
     first.join(5)
-    assert ran == ["first"] and not combiner._queue and combiner._inflight == 0
+    assert ran == ["first"] and not combiner._queue and not combiner._running
     assert combiner.call("again") == "again"  # the combiner still works
 
 
@@ -137,7 +137,7 @@ def test_combining_batcher_stacks_rows_and_splits_the_output():
     assert sum(calls) == 12 and batcher.batch_rows == 12 and batcher.batches == len(calls)
 
 
-def test_batching_session_without_wait_uses_no_thread(monkeypatch):
+def test_batching_session_without_wait_uses_no_thread():
     class Session:
         max_len = 3
 
