@@ -13,7 +13,7 @@ DEFAULT_FEATURES_PORT = 50051
 DEFAULT_INFERENCE_PORT = 50052
 # trainer.models.MODELS (next-item) and trainer.ranking.RANKERS (feature-based), spelled out so
 # `recsys --help` needs no torch (a test keeps them equal)
-SEQUENTIAL_MODELS = ["sasrec", "gru4rec", "caser", "content_sasrec"]
+SEQUENTIAL_MODELS = ["sasrec", "gru4rec", "caser", "content_sasrec", "ensemble"]
 FEATURE_MODELS = ["deepfm", "dcn", "conv_ctr", "rating"]
 RETRIEVAL_MODELS = ["two_tower"]  # trainer/retrieval.py
 MODEL_NAMES = SEQUENTIAL_MODELS + FEATURE_MODELS + RETRIEVAL_MODELS
@@ -174,7 +174,8 @@ def train(interactions, users, items, model, out, epochs, seed, config_file, res
     --nproc N runs N DDP ranks through torchrun; so does `torchrun --nproc-per-node N -m recsys.cli
     train ...` (add --nnodes/--rdzv-endpoint for several machines). Only rank 0 writes the artifact.
 
-    Next-item models (sasrec, gru4rec, caser) take trainer/train.py TrainConfig settings;
+    Next-item models (sasrec, gru4rec, caser) take trainer/train.py TrainConfig settings; an
+    ensemble of them (--model ensemble) takes those plus its `members` (trainer/ensemble.py);
     feature-based rankers (deepfm, dcn, conv_ctr) and the rating model take
     trainer/ranking.py RankConfig settings (labels, negatives, history length, ...); the
     two-tower retrieval model takes trainer/retrieval.py RetrievalConfig settings.
@@ -186,6 +187,8 @@ def train(interactions, users, items, model, out, epochs, seed, config_file, res
         raise click.UsageError("--pseudonymise-key and --popularity-debias apply to next-item models only, for now")
     if private and (model != "sasrec" or resume or nproc > 1):
         raise click.UsageError("--private trains sasrec, without --resume or --nproc")
+    if model == "ensemble" and nproc > 1:
+        raise click.UsageError("--nproc (DDP) trains one model; train an ensemble's members on one process")
     if item_vectors and model != "content_sasrec":
         raise click.UsageError("--item-vectors applies to content_sasrec only")
     if model in RETRIEVAL_MODELS:

@@ -46,6 +46,13 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
             except json.JSONDecodeError:
                 return value
         return value
+    if isinstance(default, tuple) and isinstance(value, str):  # a list given as JSON text (environment)
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"config field {name!r}: expected a JSON list, got {value!r}") from None
+        if not isinstance(value, list):
+            raise ValueError(f"config field {name!r}: expected a JSON list, got {value!r}")
     return value if isinstance(value, type(default)) else type(default)(value)
 
 

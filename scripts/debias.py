@@ -47,6 +47,9 @@ def main() -> int:
     parser.add_argument("--variants", default="plain,logit_adjust_0.5,pop_neg_no_logq")
     parser.add_argument("--epochs", type=int, help="cap on epochs (default: TrainConfig's, early stopping decides)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per training (0 = torch's default)")
+    parser.add_argument("--mask-seen", choices=("false", "default"), default="false",
+                        help="TrainConfig.mask_seen: false (as the README table was measured, before the option "
+                             "existed) or the default (on with the ce loss)")
     args = parser.parse_args()
     split, out = Path(args.split), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +70,8 @@ def main() -> int:
             artifact = out / f"{name}-seed{seed}"
             if not (artifact / "manifest.json").exists():
                 budget = {"epochs": args.epochs} if args.epochs else {}
-                cfg = TrainConfig(seed=seed, threads=args.threads, **budget, **VARIANTS[name])
+                mask = {"mask_seen": False} if args.mask_seen == "false" else {}
+                cfg = TrainConfig(seed=seed, threads=args.threads, **budget, **mask, **VARIANTS[name])
                 train_and_export(split / "train.csv", artifact, cfg, progress=False)
             manifest = json.loads((artifact / "manifest.json").read_text())
             result = evaluate_artifact(artifact, split / "test.csv")

@@ -93,10 +93,10 @@ class TrainStep(nn.Module):
     def __init__(self, model: nn.Module, loss_fn):
         super().__init__()
         self.model = model
-        self.loss_fn = loss_fn  # (model, inputs, targets) -> scalar loss
+        self.loss_fn = loss_fn  # (model, inputs, targets, *extra) -> scalar loss
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(self.model, inputs, targets)
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.model, inputs, targets, *extra)
 
 
 def current() -> Dist:

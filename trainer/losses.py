@@ -65,6 +65,33 @@ def log_prior(counts: torch.Tensor) -> torch.Tensor:
     return (counts / counts.sum()).log().float()
 
 
+def seen_penalty(inputs: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, num_items: int,
+                 older: torch.Tensor | None = None) -> torch.Tensor:
+    """(M, N): -1e9 where the user has seen an item by the row's position, else 0.
+
+    inputs (B, L) tokens, mask (B, L) the positions with a target (M of them, row order of
+    `inputs[mask]`), pos (M,) their target columns, older (B, K) tokens seen before the window
+    (PAD-padded; None: only the window counts). A target is never penalised, even when it was
+    seen before (data with repeats).
+    """
+    b, l = inputs.shape
+    rows_b, rows_t = mask.nonzero(as_tuple=True)  # (M,) each
+    window = inputs[rows_b]  # (M, L)
+    before = torch.arange(l, device=inputs.device).unsqueeze(0) <= rows_t.unsqueeze(1)  # (M, L)
+    cols = window - FIRST_TOKEN
+    hide = before & (window >= FIRST_TOKEN) & (cols != pos.unsqueeze(1))
+    # Slots not hidden point at the target column with 0, so no column gets mixed values.
+    cols = torch.where(hide, cols, pos.unsqueeze(1))
+    values = torch.where(hide, torch.full_like(cols, -1e9, dtype=torch.float32), torch.zeros_like(cols, dtype=torch.float32))
+    penalty = torch.zeros(len(pos), num_items, device=inputs.device).scatter_(1, cols, values)
+    if older is not None:
+        earlier = torch.zeros(b, num_items + FIRST_TOKEN, dtype=torch.bool, device=inputs.device)
+        earlier = earlier.scatter_(1, older, True)[:, FIRST_TOKEN:][rows_b]  # (M, N)
+        earlier[torch.arange(len(pos), device=inputs.device), pos] = False
+        penalty = penalty.masked_fill(earlier, -1e9)
+    return penalty
+
+
 def _scores(model: nn.Module, hidden: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """hidden (M, D), cols (M, K) or (K,) -> (M, K) scores of those items."""
     emb = model.output_embeddings()[cols]  # (M, K, D) or (K, D)
@@ -80,6 +107,7 @@ def next_item_loss(
     model: nn.Module,
     inputs: torch.Tensor,
     targets: torch.Tensor,
+    older: torch.Tensor | None = None,
     *,
     loss: str = "ce",
     sampler: NegativeSampler | None = None,
@@ -87,13 +115,17 @@ def next_item_loss(
     logq: bool = True,
     debias: float = 0.0,
     prior: torch.Tensor | None = None,
+    mask_seen: bool = False,
 ) -> torch.Tensor:
     """Loss over every non-padded position of a sequential model.
 
     inputs, targets (B, L) tokens, left-padded: targets[b, t] is the item after inputs[b, :t+1];
     PAD targets are ignored. `logq` turns the sampled softmax's log-Q correction on or off;
     `debias` > 0 adds `debias * prior[item]` to every training logit (logit adjustment; `prior`
-    (N,) from `log_prior`, required then).
+    (N,) from `log_prior`, required then). `mask_seen` (ce only) leaves the items the user saw
+    up to each position out of that position's softmax (`seen_penalty`), as serving with
+    exclude_seen leaves them out of the ranking; `older` (B, K) tokens, PAD-padded: what each
+    window's user saw before the window (trainer.batches.older_items), masked too when given.
     """
     if debias and prior is None:
         raise ValueError("debias > 0 needs the items' log prior")
@@ -107,6 +139,8 @@ def next_item_loss(
     pos = targets[mask] - FIRST_TOKEN  # (M,)
     if loss == "ce":
         logits = model.score(h)  # (M, N)
+        if mask_seen:
+            logits = logits + seen_penalty(inputs, mask, pos, logits.shape[1], older)
         return F.cross_entropy(logits + debias * prior if debias else logits, pos)
     if sampler is None:
         raise ValueError(f"loss {loss!r} needs a negative sampler")

@@ -135,10 +135,17 @@ def train_and_export(
     prebuilt, content_spec = None, None
     if cfg.model in CONTENT_MODELS:
         index, prebuilt, content_spec = prepare_content_model(cfg, tables.items, index, sequences, item_vectors)
+    if private is not None and cfg.model == "ensemble":
+        raise ValueError("private (DP-SGD) training of an ensemble is not supported: train one model")
     if private is not None:
         from trainer.private import fit_private
 
         result = fit_private(cfg, private, sequences, len(index.item_ids), progress=progress, model=prebuilt)
+    elif cfg.model == "ensemble":
+        from trainer.ensemble import fit_ensemble
+
+        result = fit_ensemble(cfg, sequences, len(index.item_ids), progress=progress, checkpoint_dir=checkpoint_dir,
+                              resume=resume, log=log)
     else:
         result = fit(cfg, sequences, len(index.item_ids), progress=progress, checkpoint_dir=checkpoint_dir,
                      resume=resume, model=prebuilt, validator=validator, select=select)
@@ -174,6 +181,7 @@ def train_and_export(
                 "history": result.history,
                 **({"pseudonymised": pseudonym.describe()} if pseudonym else {}),
                 **({"content": content_spec.to_dict()} if content_spec is not None else {}),
+                **({"members": result.members} if result.members else {}),
                 "data": {
                     "users": tables.report.users,
                     "items": tables.report.items,

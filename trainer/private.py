@@ -8,6 +8,8 @@ Gaussian noise calibrated so that after `epochs` passes the whole run is (ε, δ
 `target_epsilon` and δ (default 1 / (10 · users)). Everything the model ever sees of a user
 goes through that one clipped gradient per step, so the guarantee covers all of a user's events.
 
+Seen items stay in every softmax here (`TrainConfig.mask_seen` is not applied).
+
 Two things differ from `train.fit`, both for the guarantee:
 - the run has a fixed length and the final model is kept: choosing an epoch on the users'
   validation events would spend privacy the accountant does not count. Validation metrics
@@ -157,6 +159,8 @@ def fit_private(
         raise ValueError(f"private training supports {', '.join(PRIVATE_MODELS)}; got {cfg.model!r}")
     if cfg.loss != "ce":
         raise ValueError("private training uses the full-catalogue cross-entropy (loss = ce)")
+    if cfg.mask_seen:
+        raise ValueError("private training does not mask seen items (mask_seen); leave it unset or false")
     set_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -228,7 +232,7 @@ def fit_private(
     }
     dp_net.remove_hooks()
     _strip_opacus(net)
-    return PrivateFitResult(net, cfg.epochs, dict(history[-1]), history, time.perf_counter() - start, 0, report)
+    return PrivateFitResult(net, cfg.epochs, dict(history[-1]), history, time.perf_counter() - start, 0, privacy=report)
 
 
 def _strip_opacus(net: nn.Module) -> None:

@@ -27,14 +27,19 @@ def write_report(
     from matplotlib import pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    epochs = [row["epoch"] for row in history]
-    left.plot(epochs, [row["loss"] for row in history], color="tab:blue")
-    left.set(xlabel="epoch", ylabel="training loss", title="loss")
     keys = list(keys) if keys is not None else sorted({k for row in history for k in row if "@" in k})
-    evaluated = [row for row in history if any(key in row for key in keys)]
-    for key in keys:
-        right.plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker="o", ms=3, label=key)
-    best = training.get("best_epoch")
+    runs = sorted({row.get("member") for row in history}, key=lambda m: -1 if m is None else m)
+    for run in runs:  # one run, or an ensemble's members (rows carry "member": i)
+        rows = [row for row in history if row.get("member") == run]
+        tag = "" if run is None else f"member {run} "
+        left.plot([row["epoch"] for row in rows], [row["loss"] for row in rows], label=tag or None)
+        evaluated = [row for row in rows if any(key in row for key in keys)]
+        for key in keys:
+            right.plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker="o", ms=3, label=tag + key)
+    left.set(xlabel="epoch", ylabel="training loss", title="loss")
+    if len(runs) > 1:
+        left.legend(fontsize=8)
+    best = training.get("best_epoch") if len(runs) == 1 else None
     if best:
         right.axvline(best, color="grey", ls="--", lw=1, label=f"best epoch {best}")
     right.set(xlabel="epoch", title="validation")

@@ -22,7 +22,7 @@ from torch import nn
 
 from recsys.schema import FIRST_TOKEN
 from trainer import distributed
-from trainer.batches import bucketed_batches, last_window, training_windows
+from trainer.batches import bucketed_batches, last_window, older_items, training_windows
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.losses import LOSSES, NegativeSampler, log_prior, next_item_loss
 from trainer.metrics import rank_of_targets, ranking_metrics
@@ -33,7 +33,7 @@ __all__ = ["FitResult", "TrainConfig", "fit", "score_histories", "set_seed"]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "sasrec"  # key of trainer.models.MODELS
+    model: str = "sasrec"  # key of trainer.models.MODELS, or "ensemble" (of `members`)
     epochs: int = 200  # upper bound; early stopping usually ends sooner
     batch_size: int = 256  # windows per step
     bucket: bool = False  # batch windows of similar length and trim their padding (faster for long max_len)
@@ -55,6 +55,10 @@ class TrainConfig:
     negative_alpha: float = 0.75  # exponent of popularity-weighted sampling (0 = uniform)
     logq_correction: bool = True  # sampled_softmax: subtract log q(item) (unbiased); false keeps the sampling bias
     popularity_debias: float = 0.0  # logit adjustment tau: train on logits + tau * log p(item); 0 = off
+    # Leave what the user has already seen out of each position's softmax, as serving with
+    # exclude_seen leaves it out of the ranking (ce only). None: on with ce. Turn it off for
+    # data where users repeat items and recommendations include seen ones.
+    mask_seen: bool | None = None
     # Optimisation
     optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9)
     lr: float = 3e-3  # peak learning rate
@@ -77,9 +81,19 @@ class TrainConfig:
     ann: str = "auto"  # ANN retrieval index: auto (from 100k items), on, off (trainer/ann_export.py)
     ann_backend: str = "norm-pruned"  # norm-pruned (exact at its default alpha 1) | faiss-ivf | faiss-hnsw | usearch (recsys/ann.py)
     int8: bool = False  # also export model.int8.onnx (dynamic quantisation, quality measured)
+    # model = "ensemble": one table of settings per member, each overriding the ones above for
+    # that member and naming its `model` (trainer/ensemble.py); the served scores are their sum,
+    # each member scaled by its scores' spread on the validation histories.
+    members: tuple = ()
+
+    @property
+    def masks_seen(self) -> bool:
+        return self.loss == "ce" if self.mask_seen is None else self.mask_seen
 
     def model_config(self, num_items: int):
         """The model's own config: the fields it shares with this one, its defaults for the rest."""
+        if self.model == "ensemble":
+            raise ValueError("an ensemble has no model config of its own; see trainer/ensemble.py member_configs")
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
         config_cls = MODELS[self.model][0]
@@ -106,12 +120,23 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0; got {self.lr}")
+        if self.mask_seen and self.loss != "ce":
+            raise ValueError(f"mask_seen applies to loss ce only; got loss {self.loss!r}")
         if self.refit_epochs < 0:
             raise ValueError(f"refit_epochs must be >= 0; got {self.refit_epochs}")
         for name in ("negative_alpha", "popularity_debias"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
-        self.model_config(1)
+        if self.model == "ensemble":
+            if not self.members:
+                raise ValueError("model ensemble needs `members`: one table of settings per member")
+            from trainer.ensemble import member_configs
+
+            member_configs(self)
+        elif self.members:
+            raise ValueError(f"`members` is for model ensemble only; model is {self.model!r}")
+        else:
+            self.model_config(1)
 
 
 @dataclass
@@ -122,6 +147,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: int = 0
+    members: list[dict] = field(default_factory=list)  # an ensemble's members: model, seed, best epoch, weight, metrics
 
 
 def set_seed(seed: int) -> None:
@@ -238,12 +264,13 @@ def fit(
         model.to(dist.device)
         torch.manual_seed(cfg.seed + dist.rank)  # own dropout masks and negatives per rank
     loss_fn = functools.partial(next_item_loss, loss=cfg.loss, sampler=sampler, negatives=cfg.negatives,
-                                logq=cfg.logq_correction, debias=cfg.popularity_debias, prior=prior)
+                                logq=cfg.logq_correction, debias=cfg.popularity_debias, prior=prior,
+                                mask_seen=cfg.masks_seen)
     if hasattr(model, "auxiliary_loss"):  # a model's own extra objective (content_sasrec's content loss)
         main_loss = loss_fn
 
-        def loss_fn(m, inputs, targets):
-            return main_loss(m, inputs, targets) + m.auxiliary_loss(inputs, targets)
+        def loss_fn(m, inputs, targets, *extra):
+            return main_loss(m, inputs, targets, *extra) + m.auxiliary_loss(inputs, targets)
     step = dist.wrap(distributed.TrainStep(model, loss_fn))
     optimizer = make_optimizer(cfg, model)
     key = select or f"ndcg@{cfg.k}"
@@ -317,12 +344,15 @@ def fit(
 
 def _train_epoch(step, optimizer, sequences: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator, dist):
     """One pass over fresh windows of `sequences`; returns (mean loss over ranks, events/s)."""
-    inputs, targets = training_windows(sequences, cfg.max_len, rng)
+    inputs, targets, origins = training_windows(sequences, cfg.max_len, rng, origins=True)
     total, steps, tick = 0.0, 0, time.perf_counter()
-    for batch_inputs, batch_targets in _batches(inputs, targets, cfg, rng):
+    for batch_inputs, batch_targets, rows in _batches(inputs, targets, cfg, rng):
         if len(batch_inputs) < dist.world_size:
             continue  # a tail batch too small to give every rank a row (never with one process)
-        loss = step(*dist.shard(batch_inputs, batch_targets))
+        batch = [batch_inputs, batch_targets]
+        if cfg.masks_seen:  # the loss also masks what each user saw before the window
+            batch.append(torch.from_numpy(older_items(sequences, origins, rows)))
+        loss = step(*dist.shard(*batch))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -332,16 +362,18 @@ def _train_epoch(step, optimizer, sequences: list[np.ndarray], cfg: TrainConfig,
 
 
 def _batches(inputs: np.ndarray, targets: np.ndarray, cfg: TrainConfig, rng: np.random.Generator):
-    """Shuffled batches of windows; with `cfg.bucket`, windows of similar length together."""
+    """Shuffled (inputs, targets, window rows) batches; with `cfg.bucket`, windows of similar
+    length together."""
     if cfg.bucket:
-        for batch_inputs, batch_targets in bucketed_batches(inputs, targets, cfg.batch_size, rng):
-            yield torch.from_numpy(batch_inputs), torch.from_numpy(batch_targets)
+        for batch_inputs, batch_targets, rows in bucketed_batches(inputs, targets, cfg.batch_size, rng):
+            yield torch.from_numpy(batch_inputs), torch.from_numpy(batch_targets), rows
         return
-    order = torch.from_numpy(rng.permutation(len(inputs)))
+    order = rng.permutation(len(inputs))
     inputs_t, targets_t = torch.from_numpy(inputs), torch.from_numpy(targets)
     for i in range(0, len(order), cfg.batch_size):
-        idx = order[i : i + cfg.batch_size]
-        yield inputs_t[idx], targets_t[idx]
+        rows = order[i : i + cfg.batch_size]
+        idx = torch.from_numpy(rows)
+        yield inputs_t[idx], targets_t[idx], rows
 
 
 def _tuple_state(state):

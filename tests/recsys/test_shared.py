@@ -49,6 +49,7 @@ class Example:
     lr: float = 0.1
     name: str = "a"
     fast: bool = False
+    parts: tuple = ()
 
 
 def test_config_precedence_defaults_file_environment_flags(tmp_path, monkeypatch):
@@ -67,6 +68,17 @@ def test_config_rejects_unknown_fields_and_bad_types(tmp_path):
         load_config(Example, file=path)
     with pytest.raises(ValueError, match="expected an integer"):
         load_config(Example, overrides={"epochs": "many"})
+
+
+def test_config_list_fields_from_a_file_or_json_in_the_environment(tmp_path, monkeypatch):
+    path = tmp_path / "c.toml"
+    path.write_text('[[parts]]\nmodel = "a"\n[[parts]]\nmodel = "b"\n')
+    assert load_config(Example, file=path).parts == ({"model": "a"}, {"model": "b"})
+    monkeypatch.setenv("T_PARTS", '[{"model": "c"}]')
+    assert load_config(Example, file=path, env_prefix="T_").parts == ({"model": "c"},)
+    monkeypatch.setenv("T_PARTS", "c")
+    with pytest.raises(ValueError, match="expected a JSON list"):
+        load_config(Example, env_prefix="T_")
 
 
 def test_atomic_write_replaces_whole_or_leaves_old(tmp_path):
@@ -92,5 +104,5 @@ def test_cli_model_names_match_the_registry():
     from trainer.models import MODELS
     from trainer.ranking import RANKERS
 
-    assert SEQUENTIAL_MODELS == list(MODELS)
+    assert SEQUENTIAL_MODELS == [*MODELS, "ensemble"]  # an ensemble combines registry models
     assert FEATURE_MODELS == list(RANKERS)

@@ -35,9 +35,25 @@ def test_bucketed_batches_keep_every_target_and_trim_padding():
     seqs = [np.arange(2, 2 + n) for n in (3, 4, 30, 31, 5)]
     inputs, targets = training_windows(seqs, 12, rng)
     batches = bucketed_batches(inputs, targets, 2, rng)
-    got = sorted(t for _, tb in batches for t in tb[tb != PAD].tolist())
+    got = sorted(t for _, tb, _ in batches for t in tb[tb != PAD].tolist())
     assert got == sorted(targets[targets != PAD].tolist())
-    widths = [ib.shape[1] for ib, _ in batches]
+    widths = [ib.shape[1] for ib, _, _ in batches]
     assert min(widths) < 12 and max(widths) == 12  # short windows travel in short batches
-    for ib, tb in batches:
+    for ib, tb, rows in batches:
         assert ib.shape == tb.shape and (tb[:, 0] != PAD).any() or ib.shape[1] == 1
+        np.testing.assert_array_equal(tb, targets[rows, -ib.shape[1]:])  # rows name the windows
+
+
+def test_older_items_are_what_the_user_saw_before_each_window():
+    from trainer.batches import older_items
+
+    seqs = [np.arange(2, 2 + 25), np.array([5, 6, 7])]
+    inputs, targets, origins = training_windows(seqs, 10, np.random.default_rng(1), origins=True)
+    assert len(origins) == len(inputs)
+    older = older_items(seqs, origins, np.arange(len(inputs)))
+    for row, (number, start) in enumerate(origins):
+        seq = seqs[number]
+        kept = older[row][older[row] != PAD]
+        np.testing.assert_array_equal(kept, seq[:start])
+        first = inputs[row][inputs[row] != PAD][0]
+        assert first == seq[start]  # the window's inputs begin where the older items end

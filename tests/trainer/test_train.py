@@ -114,3 +114,51 @@ def test_refit_learns_the_held_out_last_events():
         return float(scores[final - FIRST_TOKEN] - np.median(scores))
 
     assert score_of_final(6) > score_of_final(0) + 1.0
+
+
+def test_seen_penalty_hides_each_positions_earlier_items_but_never_its_target():
+    from trainer.losses import seen_penalty
+
+    inputs = torch.tensor([[0, 2, 3, 4], [5, 2, 5, 6]])  # tokens; 0 pads, items are token - 2
+    targets = torch.tensor([[2, 3, 4, 7], [2, 5, 6, 2]])
+    mask = targets != 0
+    hidden = (seen_penalty(inputs, mask, targets[mask] - FIRST_TOKEN, 6) < 0).int().tolist()
+    assert hidden == [
+        [0, 0, 0, 0, 0, 0],  # input so far: padding only
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0],  # second window: item 3 seen
+        [1, 0, 0, 0, 0, 0],  # target item 3 was seen before: kept
+        [1, 0, 0, 1, 0, 0],
+        [0, 0, 0, 1, 1, 0],  # target item 0 seen before: kept
+    ]
+    older = torch.tensor([[7, 0], [2, 6]])  # seen before each window: items 5; 0 and 4
+    hidden = (seen_penalty(inputs, mask, targets[mask] - FIRST_TOKEN, 6, older) < 0).int().tolist()
+    assert hidden == [
+        [0, 0, 0, 0, 0, 1],
+        [1, 0, 0, 0, 0, 1],
+        [1, 1, 0, 0, 0, 1],
+        [1, 1, 1, 0, 0, 0],  # item 5 is this row's target: kept
+        [0, 0, 0, 1, 1, 0],
+        [1, 0, 0, 0, 1, 0],
+        [1, 0, 0, 1, 0, 0],
+        [0, 0, 0, 1, 1, 0],
+    ]
+
+
+def test_mask_seen_lowers_the_loss_and_still_learns_the_ring():
+    from trainer.losses import next_item_loss
+    from trainer.models import MODELS
+
+    cfg = TrainConfig(**SMALL)
+    torch.manual_seed(0)
+    model = MODELS["sasrec"][1](cfg.model_config(NUM_ITEMS)).eval()
+    inputs = torch.tensor([[0, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]])
+    targets = torch.tensor([[2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13]])
+    with torch.no_grad():
+        plain = next_item_loss(model, inputs, targets)
+        masked = next_item_loss(model, inputs, targets, mask_seen=True)
+    assert masked < plain  # fewer competitors in every softmax with more than one earlier item
+    result = fit(TrainConfig(**{**SMALL, "mask_seen": True, "epochs": 12}), ring_sequences(), NUM_ITEMS, progress=False)
+    assert result.best_metrics["ndcg@10"] > 0.5, result.history[-1]
