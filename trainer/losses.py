@@ -65,31 +65,27 @@ def log_prior(counts: torch.Tensor) -> torch.Tensor:
     return (counts / counts.sum()).log().float()
 
 
-def seen_penalty(inputs: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, num_items: int,
-                 older: torch.Tensor | None = None) -> torch.Tensor:
-    """(M, N): -1e9 where the user has seen an item by the row's position, else 0.
+def seen_mask(inputs: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, num_items: int,
+              older: torch.Tensor | None = None) -> torch.Tensor:
+    """(M, N) bool: True where the user has seen the item by the row's position.
 
     inputs (B, L) tokens, mask (B, L) the positions with a target (M of them, row order of
     `inputs[mask]`), pos (M,) their target columns, older (B, K) tokens seen before the window
-    (PAD-padded; None: only the window counts). A target is never penalised, even when it was
-    seen before (data with repeats).
+    (PAD-padded; None: only the window counts). A target is never masked, even when it was seen
+    before (data with repeats).
     """
     b, l = inputs.shape
     rows_b, rows_t = mask.nonzero(as_tuple=True)  # (M,) each
-    window = inputs[rows_b]  # (M, L)
-    before = torch.arange(l, device=inputs.device).unsqueeze(0) <= rows_t.unsqueeze(1)  # (M, L)
-    cols = window - FIRST_TOKEN
-    hide = before & (window >= FIRST_TOKEN) & (cols != pos.unsqueeze(1))
-    # Slots not hidden point at the target column with 0, so no column gets mixed values.
-    cols = torch.where(hide, cols, pos.unsqueeze(1))
-    values = torch.where(hide, torch.full_like(cols, -1e9, dtype=torch.float32), torch.zeros_like(cols, dtype=torch.float32))
-    penalty = torch.zeros(len(pos), num_items, device=inputs.device).scatter_(1, cols, values)
     if older is not None:
-        earlier = torch.zeros(b, num_items + FIRST_TOKEN, dtype=torch.bool, device=inputs.device)
-        earlier = earlier.scatter_(1, older, True)[:, FIRST_TOKEN:][rows_b]  # (M, N)
-        earlier[torch.arange(len(pos), device=inputs.device), pos] = False
-        penalty = penalty.masked_fill(earlier, -1e9)
-    return penalty
+        seen = torch.zeros(b, num_items + FIRST_TOKEN, dtype=torch.bool, device=inputs.device).scatter_(1, older, True)
+        seen = seen[rows_b]  # (M, N + FIRST_TOKEN), a copy per row
+    else:
+        seen = torch.zeros(len(pos), num_items + FIRST_TOKEN, dtype=torch.bool, device=inputs.device)
+    before = torch.arange(l, device=inputs.device).unsqueeze(0) <= rows_t.unsqueeze(1)  # (M, L)
+    seen.scatter_(1, torch.where(before, inputs[rows_b], PAD), True)  # PAD and OOV columns dropped below
+    seen = seen[:, FIRST_TOKEN:]
+    seen[torch.arange(len(pos), device=inputs.device), pos] = False
+    return seen
 
 
 def _scores(model: nn.Module, hidden: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -123,7 +119,7 @@ def next_item_loss(
     PAD targets are ignored. `logq` turns the sampled softmax's log-Q correction on or off;
     `debias` > 0 adds `debias * prior[item]` to every training logit (logit adjustment; `prior`
     (N,) from `log_prior`, required then). `mask_seen` (ce only) leaves the items the user saw
-    up to each position out of that position's softmax (`seen_penalty`), as serving with
+    up to each position out of that position's softmax (`seen_mask`), as serving with
     exclude_seen leaves them out of the ranking; `older` (B, K) tokens, PAD-padded: what each
     window's user saw before the window (trainer.batches.older_items), masked too when given.
     """
@@ -140,7 +136,7 @@ def next_item_loss(
     if loss == "ce":
         logits = model.score(h)  # (M, N)
         if mask_seen:
-            logits = logits + seen_penalty(inputs, mask, pos, logits.shape[1], older)
+            logits = logits.masked_fill(seen_mask(inputs, mask, pos, logits.shape[1], older), -1e9)
         return F.cross_entropy(logits + debias * prior if debias else logits, pos)
     if sampler is None:
         raise ValueError(f"loss {loss!r} needs a negative sampler")

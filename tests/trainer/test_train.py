@@ -116,13 +116,13 @@ def test_refit_learns_the_held_out_last_events():
     assert score_of_final(6) > score_of_final(0) + 1.0
 
 
-def test_seen_penalty_hides_each_positions_earlier_items_but_never_its_target():
-    from trainer.losses import seen_penalty
+def test_seen_mask_hides_each_positions_earlier_items_but_never_its_target():
+    from trainer.losses import seen_mask
 
     inputs = torch.tensor([[0, 2, 3, 4], [5, 2, 5, 6]])  # tokens; 0 pads, items are token - 2
     targets = torch.tensor([[2, 3, 4, 7], [2, 5, 6, 2]])
     mask = targets != 0
-    hidden = (seen_penalty(inputs, mask, targets[mask] - FIRST_TOKEN, 6) < 0).int().tolist()
+    hidden = seen_mask(inputs, mask, targets[mask] - FIRST_TOKEN, 6).int().tolist()
     assert hidden == [
         [0, 0, 0, 0, 0, 0],  # input so far: padding only
         [1, 0, 0, 0, 0, 0],
@@ -134,7 +134,7 @@ def test_seen_penalty_hides_each_positions_earlier_items_but_never_its_target():
         [0, 0, 0, 1, 1, 0],  # target item 0 seen before: kept
     ]
     older = torch.tensor([[7, 0], [2, 6]])  # seen before each window: items 5; 0 and 4
-    hidden = (seen_penalty(inputs, mask, targets[mask] - FIRST_TOKEN, 6, older) < 0).int().tolist()
+    hidden = seen_mask(inputs, mask, targets[mask] - FIRST_TOKEN, 6, older).int().tolist()
     assert hidden == [
         [0, 0, 0, 0, 0, 1],
         [1, 0, 0, 0, 0, 1],
