@@ -136,7 +136,11 @@ def next_item_loss(
     if loss == "ce":
         logits = model.score(h)  # (M, N)
         if mask_seen:
-            logits = logits.masked_fill(seen_mask(inputs, mask, pos, logits.shape[1], older), -1e9)
+            # In place and outside autograd: a masked item's softmax probability is 0, so its
+            # gradient is 0 without a masking step in the backward pass (and no second copy of
+            # the (M, N) logits); cross_entropy keeps its own output for the backward.
+            with torch.no_grad():
+                logits.masked_fill_(seen_mask(inputs, mask, pos, logits.shape[1], older), -1e9)
         return F.cross_entropy(logits + debias * prior if debias else logits, pos)
     if sampler is None:
         raise ValueError(f"loss {loss!r} needs a negative sampler")

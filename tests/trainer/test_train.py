@@ -162,3 +162,27 @@ def test_mask_seen_lowers_the_loss_and_still_learns_the_ring():
     assert masked < plain  # fewer competitors in every softmax with more than one earlier item
     result = fit(TrainConfig(**{**SMALL, "mask_seen": True, "epochs": 12}), ring_sequences(), NUM_ITEMS, progress=False)
     assert result.best_metrics["ndcg@10"] > 0.5, result.history[-1]
+
+
+def test_mask_seen_gradients_equal_those_of_masking_inside_autograd():
+    from torch.nn import functional as F
+
+    from trainer.losses import next_item_loss, seen_mask
+    from trainer.models import MODELS
+
+    torch.manual_seed(0)
+    model = MODELS["sasrec"][1](TrainConfig(**SMALL).model_config(NUM_ITEMS)).eval()
+    inputs = torch.tensor([[0, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]])
+    targets = torch.tensor([[2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13]])
+    older = torch.tensor([[15, 16], [3, 0]])
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    fast = grads(next_item_loss(model, inputs, targets, older, mask_seen=True))
+    mask = targets != 0
+    pos = targets[mask] - FIRST_TOKEN
+    logits = model.score(model.encode(inputs)[mask]).masked_fill(seen_mask(inputs, mask, pos, NUM_ITEMS, older), -1e9)
+    torch.testing.assert_close(fast, grads(F.cross_entropy(logits, pos)))
