@@ -62,7 +62,7 @@ retrieval-quality: $(STAMP) ## Two-tower served NDCG@10 and recall@200 on ML-100
 .PHONY: cold-start dp-table
 cold-start: $(STAMP) ## Cold start on ML-100K, 3 seeds: 10 % of items held out, epoch chosen on 10 % other held-out items, vs popularity
 	nice -n 10 $(PY) scripts/cold_start.py --data $(DATA) --out runs/cold_start_3seeds --seeds 0,1,2 --epochs 12 \
-		--config '{"min_word_items": 2, "content_bias": true}'
+		--config '{"min_word_items": 2, "content_bias": true, "mask_seen": false}'
 
 dp-table: $(STAMP) ## DP-SGD SASRec on ML-100K: leave-last-out NDCG@10 at several epsilon (Opacus)
 	nice -n 10 $(PY) scripts/dp_table.py --data $(DATA) --out runs/dp_table --epochs 6 --max-len 20 --epsilons 1,4,16,64

@@ -62,7 +62,9 @@ def member_configs(cfg: TrainConfig) -> list[TrainConfig]:
 def fit_ensemble(cfg: TrainConfig, sequences: list[np.ndarray], num_items: int, *, progress: bool = True,
                  checkpoint_dir: str | Path | None = None, resume: bool = False, log=print) -> FitResult:
     """Trains every member in turn, then combines them; the result's metrics are the ensemble's
-    on the same validation events the members were selected on."""
+    on the same validation events the members were selected on, its `best_epoch` the latest of
+    the members' best epochs, its history every member's epochs (rows carry "member": i) and
+    its `members` one summary per member."""
     start = time.perf_counter()
     configs = member_configs(cfg)
     members, history, resumed = [], [], 0

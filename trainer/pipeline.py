@@ -153,8 +153,9 @@ def train_and_export(
         return None  # under DDP only rank 0 holds the selected model and writes the artifact
     if result.resumed_from:
         log(f"resumed from epoch {result.resumed_from} ({checkpoint_dir})")
-    log(f"best epoch {result.best_epoch} of {len(result.history)} in {result.seconds:.0f} s: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items() if "@" in k))
+    what = (f"ensemble of {len(result.members)} members" if result.members
+            else f"best epoch {result.best_epoch} of {len(result.history)}")
+    log(f"{what} in {result.seconds:.0f} s: " + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items() if "@" in k))
     privacy = getattr(result, "privacy", {})
     if privacy:
         log(f"privacy spent: epsilon {privacy['epsilon']:.3f} at delta {privacy['delta']:.2e} ({privacy['unit']}-level)")
