@@ -43,6 +43,9 @@ def member_configs(cfg: TrainConfig) -> list[TrainConfig]:
         unknown = sorted(set(own) - known)
         if unknown:
             raise ValueError(f"ensemble member {i}: unknown setting(s) {', '.join(unknown)}")
+        if "seed" in own:
+            raise ValueError(f"ensemble member {i}: members take their seeds from the ensemble's "
+                             f"(seed x members + i); remove `seed`")
         if own["model"] == "ensemble" or own["model"] in CONTENT_MODELS:
             raise ValueError(f"ensemble member {i}: members cannot be ensembles or content models "
                              f"({', '.join(CONTENT_MODELS)}); got {own['model']!r}")
@@ -82,8 +85,8 @@ def fit_ensemble(cfg: TrainConfig, sequences: list[np.ndarray], num_items: int, 
     model = Ensemble([r.model for r in members], weights).eval()
     metrics = validate(model, val, targets, num_items, cfg) if len(val) else {}
     summary = [{"model": c.model, "seed": c.seed, "best_epoch": r.best_epoch, "weight": w,
-                           **{k: v for k, v in r.best_metrics.items() if "@" in k}}
-                          for c, r, w in zip(configs, members, weights)]
+                **{k: v for k, v in r.best_metrics.items() if "@" in k}}
+               for c, r, w in zip(configs, members, weights)]
     return FitResult(model, max(r.best_epoch for r in members), metrics, history, time.perf_counter() - start, resumed,
                      members=summary)
 

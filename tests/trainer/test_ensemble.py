@@ -59,6 +59,7 @@ def test_members_inherit_the_ensemble_settings_and_get_their_own_seeds():
     (({"model": "ensemble"},), "cannot be ensembles"),
     (({"model": "content_sasrec"},), "cannot be ensembles or content models"),
     (({"model": "sasrec", "hidden_size": 8},), "unknown setting"),
+    (({"model": "sasrec", "seed": 3},), "take their seeds from the ensemble"),
     (({"model": "sasrec", "max_len": 99},), "raise the ensemble's max_len"),
     (({"model": "sasrec", "lr": -1},), "lr must be > 0"),
     (({"model": "sasrec", "max_len": 20}, {"model": "gru4rec", "max_len": 30}), "must be its longest member's"),
