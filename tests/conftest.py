@@ -85,3 +85,18 @@ def trained_artifact(ring_data, tmp_path_factory) -> Path:
     train_and_export(ring_data["train"], out, cfg, users=ring_data["users"], items=ring_data["items"],
                      progress=False, log=lambda *_: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def ensemble_artifact(ring_data, tmp_path_factory) -> Path:
+    """A small ensemble (SASRec over 8 items + GRU4Rec over 10) exported with an ANN index."""
+    from trainer.pipeline import train_and_export
+    from trainer.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("ensemble") / "ensemble"
+    cfg = TrainConfig(model="ensemble", epochs=6, batch_size=32, max_len=10, hidden=16, heads=2, layers=1, inner=32,
+                      eval_every=2, patience=2, lr=5e-3, ann="on",
+                      members=({"model": "sasrec", "max_len": 8}, {"model": "gru4rec"}))
+    train_and_export(ring_data["train"], out, cfg, users=ring_data["users"], items=ring_data["items"],
+                     progress=False, log=lambda *_: None)
+    return out

@@ -103,12 +103,14 @@ def test_exported_index_is_listed_checked_and_agrees_with_the_model(ann_artifact
         np.testing.assert_allclose(retriever.score_items(window, cols), scores, rtol=1e-5, atol=1e-5)
 
 
-def test_server_answers_through_the_index_as_it_would_exactly(ann_artifact):
-    fserver, fport, _, fcore = create_feature_server(ann_artifact, "memory://")
+@pytest.mark.parametrize("name", ["ann_artifact", "ensemble_artifact"])  # a SASRec; an ensemble (tests/conftest.py)
+def test_server_answers_through_the_index_as_it_would_exactly(name, request):
+    artifact = request.getfixturevalue(name)
+    fserver, fport, _, fcore = create_feature_server(artifact, "memory://")
     servers = {}
     try:
         for mode in ("on", "off"):
-            servers[mode] = create_inference_server(ann_artifact, f"localhost:{fport}", speed=SpeedOptions(ann=mode))
+            servers[mode] = create_inference_server(artifact, f"localhost:{fport}", speed=SpeedOptions(ann=mode))
         answers = {}
         for mode, (_, port, _, recommender) in servers.items():
             assert (recommender.ann is not None) == (mode == "on")
