@@ -100,3 +100,34 @@ def ensemble_artifact(ring_data, tmp_path_factory) -> Path:
     train_and_export(ring_data["train"], out, cfg, users=ring_data["users"], items=ring_data["items"],
                      progress=False, log=lambda *_: None)
     return out
+
+
+def _write_genre_data(directory: Path, *, users: int = 60, seed: int = 0, known: int = 24,
+                      history: tuple[int, int] = (8, 14), first_timestamp: int = 1_000) -> Path:
+    """Two tastes: half the users only watch genre A items, half only genre B. Items n0-n3
+    (A, B, A, B) are held back to be added after training. Writes inter.csv, items_train.csv
+    (the `known` items) and items_all.csv (with n0-n3)."""
+    rng = np.random.default_rng(seed)
+    items = [(f"i{j:02d}", f"Film {j}", "A" if j % 2 == 0 else "B") for j in range(known)]
+    items += [(f"n{j}", f"New {j}", "A" if j % 2 == 0 else "B") for j in range(4)]
+    rows, t = [], first_timestamp
+    for u in range(users):
+        genre = "A" if u % 2 == 0 else "B"
+        pool = [i for i, _, g in items[:known] if g == genre]
+        for item in rng.choice(pool, size=int(rng.integers(*history))):
+            t += 1
+            rows.append((f"u{u:02d}", item, t))
+    directory.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(directory / "inter.csv", index=False)
+    table = pd.DataFrame(items, columns=["item_id", "title", "genres"])
+    # "A|X" makes genres multi-valued; X is shared by all, so only A/B tells items apart
+    table["genres"] = table["genres"] + "|X"
+    table.iloc[:known].to_csv(directory / "items_train.csv", index=False)
+    table.to_csv(directory / "items_all.csv", index=False)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def genre_taste_data():
+    """The genre-taste data writer (content / cold-start tests): call it with a directory."""
+    return _write_genre_data

@@ -100,30 +100,11 @@ def test_fit_selects_the_epoch_with_the_best_validator_metric():
         torch.testing.assert_close(value, states[1][name])
 
 
-def write_taste_data(directory: Path, users: int = 40, seed: int = 0) -> Path:
-    """Half the users watch genre A items, half genre B; n0-n3 (A, B, A, B) arrive after training."""
-    rng = np.random.default_rng(seed)
-    items = [(f"i{j:02d}", f"Film {j}", "A|X" if j % 2 == 0 else "B|X") for j in range(16)]
-    items += [(f"n{j}", f"New {j}", "A|X" if j % 2 == 0 else "B|X") for j in range(4)]
-    rows, t = [], 0
-    for u in range(users):
-        pool = [i for i, _, g in items[:16] if g.startswith("A" if u % 2 == 0 else "B")]
-        for item in rng.choice(pool, size=int(rng.integers(6, 10))):
-            t += 1
-            rows.append((f"u{u:02d}", item, t))
-    directory.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(directory / "inter.csv", index=False)
-    table = pd.DataFrame(items, columns=["item_id", "title", "genres"])
-    table.iloc[:16].to_csv(directory / "items_train.csv", index=False)
-    table.to_csv(directory / "items_all.csv", index=False)
-    return directory
-
-
 @pytest.mark.slow
-def test_the_cold_shelf_ranks_new_items_as_the_re_exported_model_serves_them(tmp_path):
+def test_the_cold_shelf_ranks_new_items_as_the_re_exported_model_serves_them(tmp_path, genre_taste_data):
     import onnxruntime as ort
 
-    d = write_taste_data(tmp_path)
+    d = genre_taste_data(tmp_path, users=40, known=16, history=(6, 10), first_timestamp=0)
     cfg = TrainConfig(model="content_sasrec", epochs=3, eval_every=3, max_len=6, hidden=16, inner=32, layers=1,
                       batch_size=32, lr=1e-2, content_loss=1.0, min_word_items=1, seed=0)  # every word: no look-alikes
     train_and_export(d / "inter.csv", d / "trained", cfg, items=d / "items_train.csv", progress=False, log=lambda *_: None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -105,32 +104,9 @@ def test_export_view_folds_the_table_and_scores_the_same():
         model.item_emb.set_content(torch.zeros(3, 1), model.item_emb.words, model.item_emb.vectors, model.item_emb.known)
 
 
-def write_genre_data(directory, *, users: int = 60, seed: int = 0):
-    """Two tastes: half the users only watch genre A items, half only genre B. Items n0-n3 are
-    held back (two of each genre) to be added after training."""
-    rng = np.random.default_rng(seed)
-    items = [(f"i{j:02d}", f"Film {j}", "A" if j % 2 == 0 else "B") for j in range(24)]
-    items += [(f"n{j}", f"New {j}", "A" if j % 2 == 0 else "B") for j in range(4)]
-    rows, t = [], 1_000
-    for u in range(users):
-        genre = "A" if u % 2 == 0 else "B"
-        pool = [i for i, _, g in items[:24] if g == genre]
-        for item in rng.choice(pool, size=int(rng.integers(8, 14))):
-            t += 1
-            rows.append((f"u{u:02d}", item, t))
-    directory.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(directory / "inter.csv", index=False)
-    table = pd.DataFrame(items, columns=["item_id", "title", "genres"])
-    # "A|X" makes genres multi-valued; X is shared by all, so only A/B tells items apart
-    table["genres"] = table["genres"] + "|X"
-    table.iloc[:24].to_csv(directory / "items_train.csv", index=False)
-    table.to_csv(directory / "items_all.csv", index=False)
-    return directory
-
-
 @pytest.fixture(scope="module")
-def cold_artifacts(tmp_path_factory):
-    d = write_genre_data(tmp_path_factory.mktemp("genres"))
+def cold_artifacts(tmp_path_factory, genre_taste_data):
+    d = genre_taste_data(tmp_path_factory.mktemp("genres"))
     cfg = TrainConfig(model="content_sasrec", epochs=12, eval_every=4, max_len=8, hidden=16, inner=32, batch_size=64,
                       lr=1e-2, id_dropout=0.5, seed=0)
     train_and_export(d / "inter.csv", d / "trained", cfg, items=d / "items_train.csv", progress=False,
