@@ -149,7 +149,8 @@ def run_seed(args, seed: int, out: Path) -> dict:
     # (checked against what it wrote below), so validation cases can be put in its tokens.
     train_tables = load_tables(split / "train_interactions.csv", None, split / "train_items.csv")
     model_index = with_catalogue(build_item_index(train_tables.interactions, train_tables.items), train_tables.items)
-    spec, _, _ = fit_content(train_tables.items, min_word_items=cfg.min_word_items)
+    spec, _, vectors = fit_content(train_tables.items, args.item_vectors, min_word_items=cfg.min_word_items,
+                                   numeric_buckets=cfg.numeric_buckets, vector_components=cfg.vector_components)
     # Features of every item (the validation items' rows too), as the training spec reads them.
     rows = {r["item_id"]: r["features"] for r in feature_rows(items, infer_feature_specs(train_tables.items, "item_id"), "item_id")}
     validator, select, val_cases = None, None, 0
@@ -158,11 +159,12 @@ def run_seed(args, seed: int, out: Path) -> dict:
         shelf = sorted(val)
         histories, targets, _ = first_cases(inter, val, col, drop=held)
         validator = ColdShelf(spec, rows, shelf, windows_of(histories, cfg.max_len),
-                              np.array([shelf.index(t) for t in targets]), k=args.k)
+                              np.array([shelf.index(t) for t in targets]), vectors=vectors, k=args.k)
         select, val_cases = f"cold_hr@{args.k}", len(targets)
     tick = time.perf_counter()
     manifest = train_and_export(split / "train_interactions.csv", out / "trained", cfg, items=split / "train_items.csv",
-                                progress=False, validator=validator, select=select, log=lambda _: None)
+                                progress=False, item_vectors=args.item_vectors, validator=validator, select=select,
+                                log=lambda _: None)
     train_s = time.perf_counter() - tick
     _, saved_spec, saved_ids = load_content_model(out / "trained.ckpt" / CONTENT_CHECKPOINT)
     assert saved_ids == model_index.item_ids and saved_spec == spec, "validation used other columns or content"
@@ -174,7 +176,7 @@ def run_seed(args, seed: int, out: Path) -> dict:
     if args.validation_only:
         return report
 
-    served = add_items(out / "trained", split / "all_items.csv", out / "served")
+    served = add_items(out / "trained", split / "all_items.csv", out / "served", item_vectors=args.item_vectors)
     index = ItemIndex.read(out / "served")
     col = {item: j for j, item in enumerate(index.item_ids)}
     held_cols = np.array(sorted(col[i] for i in held))
@@ -237,6 +239,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--config", default="{}", help="JSON of extra TrainConfig settings")
+    ap.add_argument("--item-vectors", default=None,
+                    help="precomputed item vectors (CSV item_id,v1,...,vk or JSONL), e.g. from scripts/text_vectors.py")
     ap.add_argument("--validation-only", action="store_true", help="train and select only; never touch the test items")
     args = ap.parse_args()
     out = Path(args.out)

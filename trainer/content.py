@@ -12,7 +12,11 @@ of the schema's item FeatureSpecs:
                                 `min_word_items` items of the fitting table have it: a word of a
                                 single item is its id in disguise, and for a new item its
                                 never-trained embedding would be noise
-- a vector file              -> `item_id` + float vector, L2-normalised; zeros when missing
+- a vector file              -> `item_id` + float vector, L2-normalised; zeros when missing;
+                                optionally projected onto its top `vector_components`
+                                principal directions over the fitting table's items (a 384-wide
+                                text embedding is unique per item, an id in disguise; a few
+                                principal directions keep what items share)
 
 `ContentSpec` (JSON-able, fitted once on the training item table) fixes the vocabulary, bucket
 edges and widths, so items added later are encoded exactly as the training items were. Tokens
@@ -66,14 +70,18 @@ class ContentSpec:
     max_attributes: int = 1
     text_buckets: int = 4096  # hashed word ids 1 .. text_buckets - 1
     max_words: int = 16
-    vector_dim: int = 0
+    vector_dim: int = 0  # width of the vectors the model reads (the projection's, with one)
     word_buckets: tuple[int, ...] | None = None  # hashed word ids kept; None keeps all
+    vector_mean: tuple[float, ...] | None = None  # projection: centre (source width) ...
+    vector_basis: tuple[tuple[float, ...], ...] | None = None  # ... and vector_dim principal directions
 
     @classmethod
     def fit(cls, rows: list[dict[str, Any]], specs: tuple[FeatureSpec, ...], *, vector_dim: int = 0,
             numeric_buckets: int = 8, text_buckets: int = 4096, max_words: int = 16,
-            min_word_items: int = 1) -> ContentSpec:
-        """Fits the vocabulary, numeric bucket edges and kept words on `rows` ({"item_id", "features"})."""
+            min_word_items: int = 1, vectors: np.ndarray | None = None, vector_components: int = 0) -> ContentSpec:
+        """Fits the vocabulary, numeric bucket edges and kept words on `rows` ({"item_id", "features"}),
+        and with `vector_components` > 0 a projection of the item vectors onto their top principal
+        directions over `vectors` (M, vector_dim): the fitting table's items' vectors."""
         edges: dict[str, list[float]] = {}
         for spec in specs:
             if spec.kind is FeatureKind.NUMERIC:
@@ -89,7 +97,27 @@ class ContentSpec:
         if min_word_items > 1:
             items_with = np.bincount([w for r in rows for w in draft.word_ids(r["features"])], minlength=text_buckets)
             kept = tuple(int(w) for w in np.flatnonzero(items_with >= min_word_items))
-        return dataclasses.replace(draft, attributes=vocabulary, max_attributes=width, word_buckets=kept)
+        spec = dataclasses.replace(draft, attributes=vocabulary, max_attributes=width, word_buckets=kept)
+        if vector_components and vector_dim:
+            if vectors is None or len(vectors) < 2:
+                raise ValueError("vector_components needs item vectors for at least 2 items of the item table")
+            mean = vectors.mean(axis=0)
+            _, _, directions = np.linalg.svd(vectors - mean, full_matrices=False)
+            basis = directions[: min(vector_components, len(directions))]
+            spec = dataclasses.replace(spec, vector_dim=len(basis), vector_mean=tuple(float(v) for v in mean),
+                                       vector_basis=tuple(tuple(float(v) for v in row) for row in basis))
+        return spec
+
+    @property
+    def source_dim(self) -> int:
+        """Components of the vectors in the item-vector file (before any projection)."""
+        return len(self.vector_mean) if self.vector_mean is not None else self.vector_dim
+
+    def project(self, vector: np.ndarray) -> np.ndarray:
+        """A file vector as the model reads it (projected when the spec has a projection)."""
+        if self.vector_basis is None:
+            return vector
+        return (np.asarray(vector) - np.asarray(self.vector_mean)) @ np.asarray(self.vector_basis).T
 
     def attribute_tokens(self, features: dict[str, Any]) -> list[str]:
         out: list[str] = []
@@ -134,7 +162,7 @@ class ContentSpec:
             w = self.word_ids(features)
             words[j + FIRST_TOKEN, : len(w)] = w
             if vectors and item in vectors and self.vector_dim:
-                vecs[j + FIRST_TOKEN] = vectors[item]
+                vecs[j + FIRST_TOKEN] = self.project(vectors[item])
         flags = np.zeros((rows_total, 1), dtype=np.float32)
         flags[FIRST_TOKEN:, 0] = 1.0 if known is None else np.asarray(known, dtype=np.float32)[:n]
         return ItemContent(attrs, words, vecs, flags)
@@ -149,6 +177,8 @@ class ContentSpec:
         d["features"] = [list(f) for f in self.features]
         d["attributes"] = list(self.attributes)
         d["word_buckets"] = None if self.word_buckets is None else list(self.word_buckets)
+        d["vector_mean"] = None if self.vector_mean is None else list(self.vector_mean)
+        d["vector_basis"] = None if self.vector_basis is None else [list(r) for r in self.vector_basis]
         return d
 
     @classmethod
@@ -157,7 +187,9 @@ class ContentSpec:
                    numeric_edges={k: list(v) for k, v in d["numeric_edges"].items()},
                    max_attributes=int(d["max_attributes"]), text_buckets=int(d["text_buckets"]),
                    max_words=int(d["max_words"]), vector_dim=int(d["vector_dim"]),
-                   word_buckets=None if d.get("word_buckets") is None else tuple(d["word_buckets"]))
+                   word_buckets=None if d.get("word_buckets") is None else tuple(d["word_buckets"]),
+                   vector_mean=None if d.get("vector_mean") is None else tuple(d["vector_mean"]),
+                   vector_basis=None if d.get("vector_basis") is None else tuple(tuple(r) for r in d["vector_basis"]))
 
 
 def read_item_vectors(path: str | Path) -> dict[str, np.ndarray]:
@@ -240,15 +272,19 @@ def load_content_model(path: str | Path):
     return model.eval(), ContentSpec.from_dict(saved["spec"]), tuple(saved["item_ids"])
 
 
-def fit_content(items: pd.DataFrame, item_vectors: str | Path | None = None, *, min_word_items: int = 1):
-    """-> (ContentSpec, rows {item_id: features}, vectors or None) fitted on the item table."""
+def fit_content(items: pd.DataFrame, item_vectors: str | Path | None = None, *, min_word_items: int = 1,
+                numeric_buckets: int = 8, vector_components: int = 0):
+    """-> (ContentSpec, rows {item_id: features}, vectors or None) fitted on the item table (the
+    vectors' projection, with `vector_components`, on the vectors of its items only)."""
     from trainer.data import feature_rows, infer_feature_specs
 
     specs = infer_feature_specs(items, "item_id")
     rows = list(feature_rows(items, specs, "item_id"))
     vectors = read_item_vectors(item_vectors) if item_vectors else None
     dim = len(next(iter(vectors.values()))) if vectors else 0
-    spec = ContentSpec.fit(rows, specs, vector_dim=dim, min_word_items=min_word_items)
+    own = np.stack([vectors[r["item_id"]] for r in rows if r["item_id"] in vectors]) if vectors and vector_components else None
+    spec = ContentSpec.fit(rows, specs, vector_dim=dim, min_word_items=min_word_items, numeric_buckets=numeric_buckets,
+                           vectors=own, vector_components=vector_components)
     return spec, {r["item_id"]: r["features"] for r in rows}, vectors
 
 
@@ -256,13 +292,15 @@ def prepare_content_model(cfg, items: pd.DataFrame | None, index, sequences: lis
                           item_vectors: str | Path | None = None):
     """-> (index with the whole catalogue, untrained ContentSASRec, ContentSpec) for `cfg`.
 
-    The spec is fitted on the item table (`cfg.min_word_items`); items without training events
+    The spec is fitted on the item table (`cfg.min_word_items`, `cfg.numeric_buckets`,
+    `cfg.vector_components`); items without training events
     (not in any sequence's training part, i.e. all but its last event) get content only.
     """
     if items is None:
         raise ValueError(f"model {cfg.model} needs an item table (--items)")
     index = with_catalogue(index, items)
-    spec, rows, vectors = fit_content(items, item_vectors, min_word_items=cfg.min_word_items)
+    spec, rows, vectors = fit_content(items, item_vectors, min_word_items=cfg.min_word_items,
+                                      numeric_buckets=cfg.numeric_buckets, vector_components=cfg.vector_components)
     n = len(index.item_ids)
     trained = [s[:-1] for s in sequences if len(s) >= 2]
     counts = np.bincount(np.concatenate(trained) - FIRST_TOKEN, minlength=n) if trained else np.zeros(n)
@@ -346,8 +384,8 @@ def add_items(artifact_dir: str | Path, items: str | Path, out_dir: str | Path, 
     rows = {r["item_id"]: r["features"] for r in read_jsonl(artifact_dir / ITEMS)}
     rows.update({r["item_id"]: r["features"] for r in feature_rows(table, manifest.schema.item_features, "item_id")})
     vectors = read_item_vectors(item_vectors) if item_vectors else None
-    if vectors and len(next(iter(vectors.values()))) != spec.vector_dim:
-        raise ValueError(f"{item_vectors}: vectors must have {spec.vector_dim} components, as in training")
+    if vectors and len(next(iter(vectors.values()))) != spec.source_dim:
+        raise ValueError(f"{item_vectors}: vectors must have {spec.source_dim} components, as in training")
     new_index = with_catalogue(index, table)
     n_old, n_new = len(index.item_ids), len(new_index.item_ids)
     known = np.zeros(n_new, dtype=bool)

@@ -161,6 +161,8 @@ def fit_private(
         raise ValueError("private training uses the full-catalogue cross-entropy (loss = ce)")
     if cfg.mask_seen:
         raise ValueError("private training does not mask seen items (mask_seen); leave it unset or false")
+    if cfg.ema:
+        raise ValueError("private training keeps its final weights; ema is not supported with it")
     set_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

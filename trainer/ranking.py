@@ -44,7 +44,7 @@ from trainer.ranking_data import (
     longest_multi,
 )
 from trainer.ranking_metrics import classification_metrics, rating_metrics
-from trainer.train import init_weights, lr_factor, make_optimizer, set_seed
+from trainer.train import ema_update, init_weights, lr_factor, make_optimizer, set_seed
 
 __all__ = ["RANKERS", "RankConfig", "RankFit", "RankRun", "batch_inputs", "fit_ranker", "predict", "reads_user_id",
            "train_ranker"]
@@ -318,7 +318,7 @@ def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True,
             loss.backward()
             optimizer.step()
             if average is not None:
-                _ema_update(average, model, cfg.ema)
+                ema_update(average, model, cfg.ema)
             total, steps = total + loss.item(), steps + 1
         row: dict[str, float] = {"epoch": epoch, "loss": total / max(steps, 1),
                                  "examples_per_s": round(len(order) / max(time.perf_counter() - tick, 1e-9))}
@@ -350,15 +350,6 @@ def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True,
     model.eval()
     metrics = {k: v for k, v in best["metrics"].items() if k.startswith("valid_")}
     return RankFit(model, best["epoch"], metrics, history, time.perf_counter() - start, first_epoch - 1)
-
-
-@torch.no_grad()
-def _ema_update(average: nn.Module, model: nn.Module, decay: float) -> None:
-    """average <- decay * average + (1 - decay) * model, parameter by parameter; buffers copied."""
-    for a, p in zip(average.parameters(), model.parameters()):
-        a.lerp_(p, 1.0 - decay)
-    for a, b in zip(average.buffers(), model.buffers()):
-        a.copy_(b)
 
 
 def _tuple_state(state):

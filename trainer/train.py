@@ -48,6 +48,8 @@ class TrainConfig:
     content_loss: float | None = None  # content_sasrec: weight of the content-only softmax loss (cold start)
     min_word_items: int = 2  # content_sasrec: a title/description word counts if this many items have it
     content_bias: bool = True  # content_sasrec: add a per-item score bias predicted from content
+    numeric_buckets: int = 8  # content_sasrec: quantile buckets of a numeric item feature (release year)
+    vector_components: int = 0  # content_sasrec: project item vectors onto this many principal directions; 0 = as given
     # Objective
     loss: str = "ce"  # ce | sampled_softmax | bce | bpr (see trainer/losses.py)
     negatives: int = 100  # sampled items per step (sampled_softmax) or per target (bce, bpr)
@@ -76,6 +78,9 @@ class TrainConfig:
     # validation targets included (each user's most recent event, the most telling one for
     # what comes next); 0 serves the selected model as it is. The test file is never seen.
     refit_epochs: int = 0
+    # Decay of an exponential moving average of the weights, updated every step: the average
+    # is what is validated, selected and exported (epoch-to-epoch noise smoothed); 0 = off.
+    ema: float = 0.0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     # Export
     ann: str = "auto"  # ANN retrieval index: auto (from 100k items), on, off (trainer/ann_export.py)
@@ -115,13 +120,18 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "max_len", "negatives", "eval_every", "patience", "k", "min_word_items"):
+        for name in ("epochs", "batch_size", "max_len", "negatives", "eval_every", "patience", "k", "min_word_items",
+                     "numeric_buckets"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0; got {self.lr}")
         if self.mask_seen and self.loss != "ce":
             raise ValueError(f"mask_seen applies to loss ce only; got loss {self.loss!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1); got {self.ema}")
+        if self.vector_components < 0:
+            raise ValueError(f"vector_components must be >= 0; got {self.vector_components}")
         if self.refit_epochs < 0:
             raise ValueError(f"refit_epochs must be >= 0; got {self.refit_epochs}")
         for name in ("negative_alpha", "popularity_debias"):
@@ -273,6 +283,9 @@ def fit(
             return main_loss(m, inputs, targets, *extra) + m.auxiliary_loss(inputs, targets)
     step = dist.wrap(distributed.TrainStep(model, loss_fn))
     optimizer = make_optimizer(cfg, model)
+    average = copy.deepcopy(model) if cfg.ema else None  # with ema: what is validated and kept
+    kept = average if average is not None else model
+    after_step = functools.partial(ema_update, average, model, cfg.ema) if average is not None else None
     key = select or f"ndcg@{cfg.k}"
     best = {"metric": -math.inf, "epoch": 0, "metrics": {}, "state": None}
     history: list[dict[str, float]] = []
@@ -283,6 +296,8 @@ def fit(
         if saved["config"] != asdict(cfg) or saved["num_items"] != num_items:
             raise ValueError(f"checkpoint in {checkpoint_dir} was made with another config or data; not resuming")
         model.load_state_dict(saved["model"])
+        if average is not None:
+            average.load_state_dict(saved["average"])
         optimizer.load_state_dict(saved["optimizer"])
         best = saved["best"]
         history, bad_evals, elapsed = saved["history"], saved["bad_evals"], saved["elapsed"]
@@ -300,14 +315,14 @@ def fit(
         model.train()
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch)
-        loss, events_per_s = _train_epoch(step, optimizer, train_seqs, cfg, rng, dist)
+        loss, events_per_s = _train_epoch(step, optimizer, train_seqs, cfg, rng, dist, after_step)
         row = {"epoch": epoch, "loss": loss, "events_per_s": round(events_per_s)}
         if (epoch % cfg.eval_every == 0 or epoch == cfg.epochs) and dist.is_main:
-            row.update(validate(model, val_histories, val_targets, num_items, cfg))
+            row.update(validate(kept, val_histories, val_targets, num_items, cfg))
             if validator is not None:
-                row.update(validator(model.eval()))
+                row.update(validator(kept.eval()))
             if row[key] > best["metric"]:
-                best = {"metric": row[key], "epoch": epoch, "metrics": dict(row), "state": copy.deepcopy(model.state_dict())}
+                best = {"metric": row[key], "epoch": epoch, "metrics": dict(row), "state": copy.deepcopy(kept.state_dict())}
                 bad_evals = 0
             else:
                 bad_evals += 1
@@ -322,7 +337,8 @@ def fit(
         if checkpoint_dir and dist.is_main:
             save_checkpoint(checkpoint_dir, {
                 "config": asdict(cfg), "num_items": num_items, "epoch": epoch,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "best": best,
+                "model": model.state_dict(), "average": average.state_dict() if average is not None else None,
+                "optimizer": optimizer.state_dict(), "best": best,
                 "history": history, "bad_evals": bad_evals, "elapsed": time.perf_counter() - start,
                 "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                 "python_rng": random.getstate(),
@@ -330,20 +346,28 @@ def fit(
     bar.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
+    elif average is not None:
+        model.load_state_dict(average.state_dict())
     if cfg.refit_epochs and dist.from_main(best["state"] is not None):
         dist.copy_from_main(model)  # under DDP only rank 0 holds the selected weights
         full = [s for s in sequences if len(s) >= 2]
         last = history[-1]["epoch"] if history else 0
+        if average is not None:
+            average.load_state_dict(model.state_dict())
         for epoch in range(last + 1, last + cfg.refit_epochs + 1):
             model.train()
-            loss, events_per_s = _train_epoch(step, optimizer, full, cfg, rng, dist)
+            loss, events_per_s = _train_epoch(step, optimizer, full, cfg, rng, dist, after_step)
             history.append({"epoch": epoch, "loss": loss, "events_per_s": round(events_per_s), "refit": True})
+        if average is not None:
+            model.load_state_dict(average.state_dict())
     model.to("cpu").eval()
     return FitResult(model, best["epoch"], best["metrics"], history, time.perf_counter() - start, first_epoch - 1)
 
 
-def _train_epoch(step, optimizer, sequences: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator, dist):
-    """One pass over fresh windows of `sequences`; returns (mean loss over ranks, events/s)."""
+def _train_epoch(step, optimizer, sequences: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator, dist,
+                 after_step=None):
+    """One pass over fresh windows of `sequences`; returns (mean loss over ranks, events/s).
+    `after_step`: called after every optimiser step (the weights' moving average, cfg.ema)."""
     inputs, targets, origins = training_windows(sequences, cfg.max_len, rng, origins=True)
     total, steps, tick = 0.0, 0, time.perf_counter()
     for batch_inputs, batch_targets, rows in _batches(inputs, targets, cfg, rng):
@@ -356,6 +380,8 @@ def _train_epoch(step, optimizer, sequences: list[np.ndarray], cfg: TrainConfig,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         total, steps = total + loss.item(), steps + 1
     events_per_s = int((targets != 0).sum()) / max(time.perf_counter() - tick, 1e-9)
     return dist.mean(total / max(steps, 1)), events_per_s
@@ -374,6 +400,15 @@ def _batches(inputs: np.ndarray, targets: np.ndarray, cfg: TrainConfig, rng: np.
         rows = order[i : i + cfg.batch_size]
         idx = torch.from_numpy(rows)
         yield inputs_t[idx], targets_t[idx], rows
+
+
+@torch.no_grad()
+def ema_update(average: nn.Module, model: nn.Module, decay: float) -> None:
+    """average <- decay * average + (1 - decay) * model, parameter by parameter; buffers copied."""
+    for a, p in zip(average.parameters(), model.parameters(), strict=True):
+        a.lerp_(p, 1.0 - decay)
+    for a, b in zip(average.buffers(), model.buffers(), strict=True):
+        a.copy_(b)
 
 
 def _tuple_state(state):

@@ -33,9 +33,9 @@ ROWS = [
 ]
 
 
-def load_script():
-    path = Path(__file__).resolve().parents[2] / "scripts" / "cold_start.py"
-    spec = importlib.util.spec_from_file_location("cold_start_script", path)
+def load_script(name: str = "cold_start"):
+    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -188,3 +188,28 @@ def test_the_content_bias_is_scored_folded_into_the_export_and_given_to_new_item
         content = model.item_emb.content_of(*(t[FIRST_TOKEN:] for t in spec.encode(("a",), rows).tensors()[:3]))
         no_id = model.item_emb.content()[FIRST_TOKEN]
         torch.testing.assert_close(model.score_content(hidden, content)[:, 0], hidden @ no_id + bias[0])
+
+
+def test_text_vectors_are_written_as_an_item_vector_file_content_models_read(tmp_path):
+    from trainer.content import read_item_vectors
+
+    script = load_script("text_vectors")
+    items = pd.DataFrame({"item_id": ["7", "8", "9"], "title": ["Heat (1995)", "Fargo (1996)", None],
+                          "description": ["a heist", None, "no title"]})
+    seen = []
+
+    def encode(texts):  # a stand-in encoder: text length and word count, unnormalised
+        seen.extend(texts)
+        return [[len(t), len(t.split()) + 1.0] for t in texts]
+
+    table = script.text_vectors(items, ["title", "description"], encode)
+    assert seen == ["Heat (1995). a heist", "Fargo (1996)", "no title"]
+    table.to_csv(tmp_path / "v.csv", index=False)
+    vectors = read_item_vectors(tmp_path / "v.csv")
+    assert sorted(vectors) == ["7", "8", "9"]
+    expected = np.array([12.0, 3.0]) / np.linalg.norm([12.0, 3.0])
+    np.testing.assert_allclose(vectors["8"], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="no column"):
+        script.text_vectors(items, ["plot"], encode)
+    with pytest.raises(ValueError, match="returned shape"):
+        script.text_vectors(items, ["title"], lambda texts: [[1.0, 2.0]])

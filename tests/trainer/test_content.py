@@ -154,3 +154,53 @@ def test_the_served_model_ranks_new_items_by_the_users_taste(cold_artifacts):
         rec.features.close()
         fcore.close()
     assert right >= 0.9 * len(users), f"new items ranked by taste for {right} of {len(users)} users"
+
+
+def test_numeric_buckets_set_how_finely_a_release_year_is_told_apart():
+    """With few buckets, films of the data's last two years share a token; more buckets part them."""
+    import pandas as pd
+
+    from trainer.content import prepare_content_model
+    from trainer.pipeline import build_item_index
+
+    years = [1950, 1970, 1985, 1990, 1993, 1994, 1995, 1995, 1996, 1996, 1997, 1997, 1997, 1998]
+    items = pd.DataFrame({"item_id": [str(i) for i in range(len(years))], "title": [f"film {i}" for i in range(len(years))],
+                          "year": [float(y) for y in years]})
+    interactions = pd.DataFrame({"user_id": ["u"] * len(years), "item_id": items["item_id"],
+                                 "timestamp": range(len(years))})
+    index = build_item_index(interactions, items)
+    sequences = [np.arange(len(years), dtype=np.int64) + FIRST_TOKEN]
+
+    def year_tokens(buckets):
+        cfg = TrainConfig(model="content_sasrec", numeric_buckets=buckets, hidden=8)
+        _, _, spec = prepare_content_model(cfg, items, index, sequences)
+        tokens = {int(y): spec.attribute_tokens({"year": float(y)}) for y in (1996, 1997, 1998)}
+        return spec, tokens
+
+    coarse, tokens = year_tokens(2)
+    assert len(coarse.numeric_edges["year"]) == 1 and tokens[1997] == tokens[1998]
+    fine, tokens = year_tokens(16)
+    assert len(fine.numeric_edges["year"]) > 4 and len({tuple(t) for t in tokens.values()}) == 3
+    with pytest.raises(ValueError, match="numeric_buckets must be >= 1"):
+        TrainConfig(numeric_buckets=0).check()
+
+
+def test_item_vectors_are_projected_onto_principal_directions_fitted_on_the_table_items_only():
+    """vector_components: the projection is fitted on the fitting table's vectors; other items
+    (new arrivals) are projected with it, and the spec carries it through JSON."""
+    rng = np.random.default_rng(0)
+    direction = np.array([3.0, 4.0, 0.0, 0.0]) / 5.0
+    table = {f"i{k}": direction * rng.normal() + rng.normal(scale=0.01, size=4) for k in range(20)}
+    own = np.stack(list(table.values()))
+    spec = ContentSpec.fit(ROWS, SPECS, vector_dim=4, vectors=own, vector_components=1)
+    assert spec.vector_dim == 1 and spec.source_dim == 4 and spec.model_fields()["vector_dim"] == 1
+    np.testing.assert_allclose(np.abs(spec.vector_basis[0]), np.abs(direction), atol=0.01)
+    new = {"new": direction * 2.0, "other": np.array([0.0, 0.0, 1.0, 0.0])}  # not in the fitting table
+    content = spec.encode(("new", "other", "absent"), {}, new)
+    projected = content.vectors[FIRST_TOKEN:, 0]
+    assert abs(abs(projected[0] - spec.project(np.zeros(4))[0]) - 2.0) < 0.05  # two units along the direction
+    assert abs(projected[1] - spec.project(np.zeros(4))[0]) < 0.05  # orthogonal: the centre's value
+    assert projected[2] == 0.0  # no vector: zeros, as without a projection
+    assert ContentSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(ValueError, match="at least 2 items"):
+        ContentSpec.fit(ROWS, SPECS, vector_dim=4, vectors=own[:1], vector_components=1)

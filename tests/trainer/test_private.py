@@ -59,6 +59,9 @@ def test_bad_privacy_settings_and_models_are_refused():
     seqs = [np.array([2, 3, 4, 5])] * 4
     with pytest.raises(ValueError, match="supports"):
         fit_private(TrainConfig(model="gru4rec", epochs=1), PrivacyConfig(), seqs, 5, progress=False)
+    for setting, message in (({"mask_seen": True}, "mask seen"), ({"ema": 0.9}, "ema")):
+        with pytest.raises(ValueError, match=message):
+            fit_private(TrainConfig(epochs=1, **setting), PrivacyConfig(), seqs, 5, progress=False)
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +45,7 @@ def test_every_model_learns_the_ring_with_every_loss(model, loss):
         ({"schedule": "step"}, "schedule must be one of"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"lr": 0.0}, "lr must be > 0"),
+        ({"ema": 1.0}, "ema must be in"),
         ({"model": "bert4rec"}, "unknown model"),
     ],
 )
@@ -58,8 +61,9 @@ def test_schedules():
     assert lr_factor(TrainConfig(), 7) == 1.0
 
 
-def test_resume_after_a_crash_reaches_the_same_model(tmp_path, monkeypatch):
-    cfg = TrainConfig(epochs=6, optimizer="adamw", weight_decay=0.01, schedule="cosine", **SMALL)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_after_a_crash_reaches_the_same_model(tmp_path, monkeypatch, ema):
+    cfg = TrainConfig(epochs=6, optimizer="adamw", weight_decay=0.01, schedule="cosine", ema=ema, **SMALL)
     straight = fit(cfg, ring_sequences(), NUM_ITEMS, progress=False, checkpoint_dir=tmp_path / "a")
 
     real_save = train_module.save_checkpoint
@@ -80,6 +84,31 @@ def test_resume_after_a_crash_reaches_the_same_model(tmp_path, monkeypatch):
     assert resumed.best_epoch == straight.best_epoch
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_ema_validates_and_keeps_the_moving_average_not_the_last_weights(monkeypatch):
+    """With ema, the model returned (and validated) is the weights' running average after some
+    step, never the raw weights of any step; it still learns the ring."""
+    steps = []
+    real = train_module.ema_update
+
+    def recording(average, model, decay):
+        before = [p.detach().clone() for p in average.parameters()]
+        real(average, model, decay)
+        for b, a, p in zip(before, average.parameters(), model.parameters(), strict=True):
+            torch.testing.assert_close(a, decay * b + (1 - decay) * p)
+        steps.append((copy.deepcopy(average.state_dict()), copy.deepcopy(model.state_dict())))
+
+    monkeypatch.setattr(train_module, "ema_update", recording)
+    result = fit(TrainConfig(epochs=8, ema=0.8, **SMALL), ring_sequences(), NUM_ITEMS, progress=False)
+    assert result.best_metrics["ndcg@10"] > 0.5
+    kept = result.model.state_dict()
+
+    def same(state):
+        return all(torch.equal(kept[k], v) for k, v in state.items())
+
+    assert steps and any(same(average) for average, _ in steps)
+    assert not any(same(raw) for _, raw in steps)
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
