@@ -177,7 +177,7 @@ def test_fit_ranker_refuses_bad_option_values(tables):
 def test_ema_update_is_the_moving_average():
     average, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
     before = average.weight.detach().clone()
-    ranking_module._ema_update(average, model, 0.75)
+    ranking_module.ema_update(average, model, 0.75)
     torch.testing.assert_close(average.weight, 0.75 * before + 0.25 * model.weight)
 
 
