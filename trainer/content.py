@@ -113,11 +113,11 @@ class ContentSpec:
         """Components of the vectors in the item-vector file (before any projection)."""
         return len(self.vector_mean) if self.vector_mean is not None else self.vector_dim
 
-    def project(self, vector: np.ndarray) -> np.ndarray:
-        """A file vector as the model reads it (projected when the spec has a projection)."""
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """File vectors (..., source_dim) as the model reads them (projected when the spec has a projection)."""
         if self.vector_basis is None:
-            return vector
-        return (np.asarray(vector) - np.asarray(self.vector_mean)) @ np.asarray(self.vector_basis).T
+            return vectors
+        return (np.asarray(vectors) - np.asarray(self.vector_mean)) @ np.asarray(self.vector_basis).T
 
     def attribute_tokens(self, features: dict[str, Any]) -> list[str]:
         out: list[str] = []
@@ -155,14 +155,15 @@ class ContentSpec:
         attrs = np.full((rows_total, self.max_attributes), PAD, dtype=np.int64)
         words = np.full((rows_total, self.max_words), PAD, dtype=np.int64)
         vecs = np.zeros((rows_total, max(self.vector_dim, 1)), dtype=np.float32)
+        with_vector = [j for j, item in enumerate(item_ids) if vectors and item in vectors] if self.vector_dim else []
+        if with_vector:  # projected together: one matrix product, not one per item
+            vecs[np.array(with_vector) + FIRST_TOKEN] = self.project(np.stack([vectors[item_ids[j]] for j in with_vector]))
         for j, item in enumerate(item_ids):
             features = rows.get(item, {})
             ids = [vocab[t] for t in self.attribute_tokens(features) if t in vocab][: self.max_attributes]
             attrs[j + FIRST_TOKEN, : len(ids)] = ids
             w = self.word_ids(features)
             words[j + FIRST_TOKEN, : len(w)] = w
-            if vectors and item in vectors and self.vector_dim:
-                vecs[j + FIRST_TOKEN] = self.project(vectors[item])
         flags = np.zeros((rows_total, 1), dtype=np.float32)
         flags[FIRST_TOKEN:, 0] = 1.0 if known is None else np.asarray(known, dtype=np.float32)[:n]
         return ItemContent(attrs, words, vecs, flags)

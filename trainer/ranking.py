@@ -44,7 +44,7 @@ from trainer.ranking_data import (
     longest_multi,
 )
 from trainer.ranking_metrics import classification_metrics, rating_metrics
-from trainer.train import ema_update, init_weights, lr_factor, make_optimizer, set_seed
+from trainer.train import ema_update, init_weights, lr_factor, make_optimizer, set_seed, tuple_state
 
 __all__ = ["RANKERS", "RankConfig", "RankFit", "RankRun", "batch_inputs", "fit_ranker", "predict", "reads_user_id",
            "train_ranker"]
@@ -295,7 +295,7 @@ def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True,
         first_epoch = saved["epoch"] + 1
         rng.bit_generator.state = saved["numpy_rng"]
         torch.set_rng_state(saved["torch_rng"])
-        random.setstate(_tuple_state(saved["python_rng"]))
+        random.setstate(tuple_state(saved["python_rng"]))
     with_user_id = reads_user_id(model)
     start = time.perf_counter() - elapsed
     bar = tqdm(range(first_epoch, cfg.epochs + 1), disable=not progress, unit="epoch", dynamic_ncols=True,
@@ -350,11 +350,6 @@ def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True,
     model.eval()
     metrics = {k: v for k, v in best["metrics"].items() if k.startswith("valid_")}
     return RankFit(model, best["epoch"], metrics, history, time.perf_counter() - start, first_epoch - 1)
-
-
-def _tuple_state(state):
-    """random.getstate() comes back from torch.load with lists where tuples were."""
-    return tuple(_tuple_state(s) if isinstance(s, list) else s for s in state)
 
 
 def train_ranker(cfg: RankConfig, interactions: str | Path | None = None, *, users: str | Path | None = None,

@@ -304,7 +304,7 @@ def fit(
         first_epoch = saved["epoch"] + 1
         rng.bit_generator.state = saved["numpy_rng"]
         torch.set_rng_state(saved["torch_rng"])
-        random.setstate(_tuple_state(saved["python_rng"]))
+        random.setstate(tuple_state(saved["python_rng"]))
 
     start = time.perf_counter() - elapsed
     bar = tqdm(range(first_epoch, cfg.epochs + 1), disable=not (progress and dist.is_main), unit="epoch", dynamic_ncols=True,
@@ -411,6 +411,6 @@ def ema_update(average: nn.Module, model: nn.Module, decay: float) -> None:
         a.copy_(b)
 
 
-def _tuple_state(state):
+def tuple_state(state):
     """random.getstate() comes back from torch.load with lists where tuples were."""
-    return tuple(_tuple_state(s) if isinstance(s, list) else s for s in state)
+    return tuple(tuple_state(s) if isinstance(s, list) else s for s in state)
