@@ -9,6 +9,8 @@ EPOCHS ?= 200
 PY := $(VENV)/bin/python
 RECSYS := $(VENV)/bin/recsys
 STAMP := $(VENV)/.installed-$(strip $(ORT))
+# `make setup` installs exactly these pins (written by `make lock`), one lock per ORT
+LOCK := requirements/$(strip $(ORT)).lock
 
 .DEFAULT_GOAL := help
 .PHONY: help setup proto test fuzz soak certs demo quality bench-features bench-training clean
@@ -18,17 +20,40 @@ help: ## List the targets
 
 setup: $(STAMP) ## Create .venv and install recsys with everything it needs (ORT=gpu|cpu)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@# the two ONNX Runtime builds share one module: remove the other before installing
 	$(PY) -m pip uninstall -q -y onnxruntime onnxruntime-gpu >/dev/null 2>&1 || true
-	$(PY) -m pip install -q -e ".[$(strip $(ORT)),train,dev,ann,private]"
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q -e . --no-deps
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-proto: $(STAMP) ## Regenerate recsys/v1 from protos/
+# The locks' extras: the ONNX Runtime build of each, plus these
+LOCK_EXTRAS := train dev ann private
+# torch must be the CPU build (2.13.0+cpu): uv ignores pip's config, so it is told where that wheel
+# lies (this machine's pip find-links); a CUDA torch (nvidia-* packages) in a lock is refused below
+TORCH_CPU_WHEELS ?= /opt/wheels
+LOCK_FLAGS ?= --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --find-links $(TORCH_CPU_WHEELS)
+
+.PHONY: lock lint
+lock: $(STAMP) ## Re-resolve requirements/{cpu,gpu}.lock from pyproject.toml (UPGRADE=1: newest allowed versions)
+	@# written beside the lock (which uv reads for the pins to keep) and moved over it once checked
+	set -e; trap 'rm -f requirements/*.lock.new' EXIT; for ort in cpu gpu; do lock=requirements/$$ort.lock; cp $$lock $$lock.new; \
+		$(VENV)/bin/uv pip compile -q pyproject.toml $(LOCK_FLAGS) $(if $(filter 1,$(UPGRADE)),--upgrade) \
+			$(foreach e,$$ort $(LOCK_EXTRAS),--extra $(e)) --custom-compile-command "make lock" -o $$lock.new; \
+		if grep -iE '^(nvidia-|torch==[^+]*$$)' $$lock.new; then echo "$$lock: CUDA torch, not written" >&2; exit 1; fi; \
+		mv $$lock.new $$lock; done
+	@echo "now: make setup && make proto (the stubs embed grpcio-tools' version) && make test"
+
+proto: $(STAMP) ## Regenerate recsys/v1 from protos/ with the locked grpcio-tools
 	$(PY) -m recsys.protogen
+
+lint: $(STAMP) ## ruff (lint, format check) and the import contracts (lint-imports), all set in pyproject.toml
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q

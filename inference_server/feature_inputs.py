@@ -53,7 +53,7 @@ class FeatureInputs:
             raise FailedPrecondition(f"model inputs from {unknown} are not supported by this server")
         self.names = {i.source: i.name for i in manifest.inputs}
         # User-side inputs whose graph takes one row for every candidate (first axis "users",
-        # trainer/ranking_export.py): fed once, not repeated per candidate.
+        # trainer/export/ranker.py): fed once, not repeated per candidate.
         self.shared_user_rows = {i.source for i in manifest.inputs if i.shape and i.shape[0] == "users"}
         if "user.id" in self.names and user_index is None:
             raise FailedPrecondition("the model reads user ids but no user index was given")

@@ -19,7 +19,7 @@ direction, whatever the norm), a query scans the `nprobe` lists whose centroids 
 inner product with it, and the candidates' scores are exact inner products (IndexIVFFlat keeps
 the full vectors). Build time is k-means plus one assignment pass: minutes at 1M items on 2
 cores, where HNSW took most of an hour. `nprobe` is the recall/latency knob; the exporter can
-pick it by measured recall (trainer/ann_export.py).
+pick it by measured recall (trainer/export/ann.py).
 
 "norm-pruned" (numpy only) scans the items in order of decreasing norm, a block at a time, and
 stops once no remaining item can enter the top n: by Cauchy-Schwarz an item x scores at most

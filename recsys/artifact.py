@@ -80,7 +80,7 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     # Differentially private training: {"epsilon", "delta", "unit", "noise_multiplier", ...}
-    # spent by the whole run (trainer/private.py); empty for ordinary training.
+    # spent by the whole run (trainer/families/private.py); empty for ordinary training.
     privacy: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     format_version: int = FORMAT_VERSION

@@ -11,11 +11,11 @@ import click
 
 DEFAULT_FEATURES_PORT = 50051
 DEFAULT_INFERENCE_PORT = 50052
-# trainer.models.MODELS (next-item) and trainer.ranking.RANKERS (feature-based), spelled out so
+# trainer.models.MODELS (next-item) and trainer.families.ranker.RANKERS (feature-based), spelled out so
 # `recsys --help` needs no torch (a test keeps them equal)
 SEQUENTIAL_MODELS = ["sasrec", "gru4rec", "caser", "content_sasrec", "ensemble"]
 FEATURE_MODELS = ["deepfm", "dcn", "conv_ctr", "rating"]
-RETRIEVAL_MODELS = ["two_tower"]  # trainer/retrieval.py
+RETRIEVAL_MODELS = ["two_tower"]  # trainer/families/two_tower.py
 MODEL_NAMES = SEQUENTIAL_MODELS + FEATURE_MODELS + RETRIEVAL_MODELS
 
 
@@ -60,7 +60,7 @@ def data() -> None:
 @click.option("--to", "to_dir", required=True, type=click.Path(file_okay=False), help="Directory for the tables.")
 def data_download(name: str, to_dir: str) -> None:
     """Download a data set and write interactions.csv, users.csv, items.csv."""
-    from trainer.download import download_movielens_100k
+    from trainer.data.download import download_movielens_100k
 
     try:
         result = download_movielens_100k(to_dir)
@@ -74,7 +74,7 @@ def data_download(name: str, to_dir: str) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 def data_split(interactions: str, out_dir: str) -> None:
     """Leave-last-out split: each user's last event (by time) -> test.csv, the rest -> train.csv."""
-    from trainer.split import write_leave_last_out
+    from trainer.data.split import write_leave_last_out
 
     try:
         click.echo(json.dumps(write_leave_last_out(interactions, out_dir), indent=2))
@@ -112,7 +112,7 @@ def data_split(interactions: str, out_dir: str) -> None:
 def data_synth(out_dir, artifact, items, users, interactions, zipf, follow, topics, taste, seed, fmt, steps, export_users,
                ann, ann_backend, target_recall, threads) -> None:
     """Synthetic interactions at scale: power-law popularity, topics and tastes, sequential structure, streamed to disk."""
-    from trainer.synth import SynthConfig, train_synth_artifact, write_synth
+    from trainer.data.synth import SynthConfig, train_synth_artifact, write_synth
 
     if not out_dir and not artifact:
         raise click.UsageError("give --out (data files), --artifact (a benchmark model), or both")
@@ -141,7 +141,7 @@ def data_synth(out_dir, artifact, items, users, interactions, zipf, follow, topi
 @click.option("--epochs", type=int, help="Maximum epochs (early stopping may end sooner).")
 @click.option("--seed", type=int, help="Random seed.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              help="TOML or JSON file of training settings (see trainer/train.py TrainConfig).")
+              help="TOML or JSON file of training settings (see trainer/families/next_item.py TrainConfig).")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out (OUT.ckpt) after a crash.")
 @click.option("--forget-users", type=click.Path(exists=True, dir_okay=False),
               help="File from `recsys features forgotten`: leave those users out.")
@@ -174,14 +174,14 @@ def train(interactions, users, items, model, out, epochs, seed, config_file, res
     --nproc N runs N DDP ranks through torchrun; so does `torchrun --nproc-per-node N -m recsys.cli
     train ...` (add --nnodes/--rdzv-endpoint for several machines). Only rank 0 writes the artifact.
 
-    Next-item models (sasrec, gru4rec, caser) take trainer/train.py TrainConfig settings; an
-    ensemble of them (--model ensemble) takes those plus its `members` (trainer/ensemble.py);
+    Next-item models (sasrec, gru4rec, caser) take trainer/families/next_item.py TrainConfig settings; an
+    ensemble of them (--model ensemble) takes those plus its `members` (trainer/families/ensemble.py);
     feature-based rankers (deepfm, dcn, conv_ctr) and the rating model take
-    trainer/ranking.py RankConfig settings (labels, negatives, history length, ...); the
-    two-tower retrieval model takes trainer/retrieval.py RetrievalConfig settings.
+    trainer/families/ranker.py RankConfig settings (labels, negatives, history length, ...); the
+    two-tower retrieval model takes trainer/families/two_tower.py RetrievalConfig settings.
     """
     from recsys.config import load_config
-    from trainer.export import ExportError
+    from trainer.export.onnx import ExportError
 
     if model not in SEQUENTIAL_MODELS and (pseudonymise_key or popularity_debias is not None):
         raise click.UsageError("--pseudonymise-key and --popularity-debias apply to next-item models only, for now")
@@ -192,8 +192,8 @@ def train(interactions, users, items, model, out, epochs, seed, config_file, res
     if item_vectors and model != "content_sasrec":
         raise click.UsageError("--item-vectors applies to content_sasrec only")
     if model in RETRIEVAL_MODELS:
-        from trainer.retrieval import RetrievalConfig
-        from trainer.retrieval_export import train_and_export_two_tower
+        from trainer.families.two_tower import RetrievalConfig
+        from trainer.export.two_tower import train_and_export_two_tower
 
         if resume or forget_users or nproc > 1:
             raise click.UsageError("--resume, --forget-users and --nproc apply to other models only, for now")
@@ -205,8 +205,8 @@ def train(interactions, users, items, model, out, epochs, seed, config_file, res
             raise click.ClickException(str(exc)) from None
         return
     if model in FEATURE_MODELS:
-        from trainer.ranking import RankConfig
-        from trainer.ranking_export import train_and_export_ranker
+        from trainer.families.ranker import RankConfig
+        from trainer.export.ranker import train_and_export_ranker
 
         if forget_users:
             raise click.UsageError("--forget-users applies to next-item models only, for now")
@@ -223,7 +223,7 @@ def train(interactions, users, items, model, out, epochs, seed, config_file, res
 
     from trainer import distributed
     from trainer.pipeline import train_and_export
-    from trainer.train import TrainConfig
+    from trainer.families.next_item import TrainConfig
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         sys.exit(distributed.launch(nproc, _without_nproc(sys.argv[1:])))
@@ -235,7 +235,7 @@ def train(interactions, users, items, model, out, epochs, seed, config_file, res
         distributed.init_from_env()
         privacy = None
         if private:
-            from trainer.private import PrivacyConfig
+            from trainer.families.private import PrivacyConfig
 
             privacy = PrivacyConfig(target_epsilon=target_epsilon, delta=delta, max_grad_norm=max_grad_norm,
                                     expected_batch=expected_batch)
@@ -260,8 +260,8 @@ def train(interactions, users, items, model, out, epochs, seed, config_file, res
 def add_items(artifact, items, out, item_vectors, checkpoint) -> None:
     """Add items without interactions to a content model by re-export (no retraining)."""
     from recsys.errors import RecsysError
-    from trainer.content import add_items as add
-    from trainer.export import ExportError
+    from trainer.families.content import add_items as add
+    from trainer.export.onnx import ExportError
 
     try:
         manifest = add(artifact, items, out, content_checkpoint=checkpoint, item_vectors=item_vectors)
@@ -324,7 +324,7 @@ def compare(interactions, test_path, users, items, models, out, epochs, seed, co
     """Train several models on one split, evaluate each, print a table, write a plot."""
     from recsys.config import load_config
     from trainer.compare import compare_models
-    from trainer.train import TrainConfig
+    from trainer.families.next_item import TrainConfig
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     unknown = [m for m in names if m not in SEQUENTIAL_MODELS]

@@ -5,7 +5,7 @@
 Each run `PxT` trains SASRec (TrainConfig defaults, the given --epochs, validation every 3
 epochs, no early stop) on P processes of T torch threads each, through torchrun as `recsys
 train --nproc P` does, and prints one JSON line per run. It reads interactions.csv with the
-csv module and calls `trainer.train.fit` directly (no export), so it needs only torch and
+csv module and calls `trainer.families.next_item.fit` directly (no export), so it needs only torch and
 numpy, and runs on hosts without the data stack.
 """
 
@@ -42,7 +42,7 @@ def worker(args) -> None:
     import numpy as np
 
     from trainer import distributed
-    from trainer.train import TrainConfig, fit
+    from trainer.families.next_item import TrainConfig, fit
 
     dist = distributed.init_from_env()
     sequences, num_items = read_sequences(Path(args.data) / "interactions.csv")

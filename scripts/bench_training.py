@@ -9,7 +9,7 @@ In one run, one after the other on the same machine (so both see the same load):
    data loading (`create_dataset` + `data_preparation`), building model and trainer, the epoch
    itself (`Trainer._train_epoch`), and the time to the end of the first epoch (`Trainer.fit`
    with `epochs=1`: the epoch plus the validation RecBole runs after it).
-2. recsys trains SASRec with its default `TrainConfig` to its final model (`trainer.train.fit`:
+2. recsys trains SASRec with its default `TrainConfig` to its final model (`trainer.families.next_item.fit`:
    early stopping on validation, best state restored) on the same data: every user's last
    event held out as the test, the one before it as validation. Reported: data preparation,
    fit wall time, epochs run, best epoch, validation NDCG@10.
@@ -111,10 +111,10 @@ def recsys_child(data: Path) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from trainer.data import load_tables
-    from trainer.pipeline import build_item_index, encode_histories
-    from trainer.split import leave_last_out
-    from trainer.train import TrainConfig, fit
+    from trainer.data.tables import load_tables
+    from trainer.data.encoding import build_item_index, encode_histories
+    from trainer.data.split import leave_last_out
+    from trainer.families.next_item import TrainConfig, fit
 
     imported = time.perf_counter()
     interactions = load_tables(data / "interactions.csv").interactions

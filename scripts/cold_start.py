@@ -6,11 +6,11 @@ Protocol (`make cold-start`), for each seed in `--seeds` (a seed draws its own h
    another `--val-holdout` (10 %), drawn from the rest and removed the same way. The content
    model (content_sasrec) trains on the remaining items and never hears of either set.
 2. The epoch is selected on the validation items only (`cold_hr@10`, computed every epoch by
-   trainer/content.py `ColdShelf`: each validation case's item ranked among the validation
+   trainer/families/content.py `ColdShelf`: each validation case's item ranked among the validation
    items by its content vector, test items left out of the histories). Test items are touched
    once, after training.
 3. Both held-out sets are added to the artifact by re-export from the full item table
-   (trainer/content.py `add_items`: content only, nothing retrained): the serving story.
+   (trainer/families/content.py `add_items`: content only, nothing retrained): the serving story.
 4. Test cases: for every user who interacted with a test item, the first such interaction in
    time; the input is the user's events before it (users with none are counted and skipped).
    The exported ONNX graph scores every item.
@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recsys.artifact import ItemIndex
 from recsys.schema import FIRST_TOKEN, PAD
-from trainer.content import (
+from trainer.families.content import (
     CONTENT_CHECKPOINT,
     ColdShelf,
     add_items,
@@ -53,9 +53,10 @@ from trainer.content import (
     load_content_model,
     with_catalogue,
 )
-from trainer.data import feature_rows, infer_feature_specs, load_tables
-from trainer.pipeline import build_item_index, train_and_export
-from trainer.train import TrainConfig
+from trainer.data.tables import feature_rows, infer_feature_specs, load_tables
+from trainer.data.encoding import build_item_index
+from trainer.pipeline import train_and_export
+from trainer.families.next_item import TrainConfig
 
 
 def rank_metrics(ranks: np.ndarray, k: int) -> dict[str, float]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from trainer.evaluate import evaluate_artifact
 from trainer.pipeline import train_and_export
-from trainer.train import TrainConfig
+from trainer.families.next_item import TrainConfig
 
 # Each variant: TrainConfig overrides on top of the SASRec defaults.
 VARIANTS = {

@@ -1,5 +1,5 @@
 """Quality vs privacy on ML-100K (`make dp-table`): NDCG@10 on the leave-last-out test for
-SASRec trained with user-level DP-SGD (trainer/private.py) at several ε.
+SASRec trained with user-level DP-SGD (trainer/families/private.py) at several ε.
 
 Each row: train on train.csv (each user's last event held out as test) with
 `recsys train --private --target-epsilon E` settings, export, then `recsys evaluate`
@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recsys.artifact import read_manifest
 from trainer.evaluate import evaluate_artifact
 from trainer.pipeline import train_and_export
-from trainer.private import PrivacyConfig
-from trainer.split import write_leave_last_out
-from trainer.train import TrainConfig
+from trainer.families.private import PrivacyConfig
+from trainer.data.split import write_leave_last_out
+from trainer.families.next_item import TrainConfig
 
 
 def popularity_ndcg(train_csv: Path, test_csv: Path, k: int) -> dict[str, float]:

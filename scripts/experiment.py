@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from recsys.schema import FIRST_TOKEN
-from trainer.data import load_tables
+from trainer.data.tables import load_tables
 from trainer.metrics import rank_of_targets, ranking_metrics
-from trainer.pipeline import build_item_index, encode_histories
-from trainer.train import TrainConfig, fit, score_histories
+from trainer.data.encoding import build_item_index, encode_histories
+from trainer.families.next_item import TrainConfig, fit, score_histories
 
 
 def main() -> int:

@@ -19,8 +19,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from trainer.data import load_tables
-from trainer.ranking import RankConfig, train_ranker
+from trainer.data.tables import load_tables
+from trainer.families.ranker import RankConfig, train_ranker
 
 # RecBole 1.2.1 DeepFM, same data, features, label and split (issue 3).
 RECBOLE_DEEPFM = {"test_auc": 0.7861, "test_logloss": 0.5718}

@@ -4,7 +4,7 @@
         [--model all-MiniLM-L6-v2] [--columns title]
 
 The text of an item is its `--columns` joined with ". " (missing values skipped); the vectors are
-L2-normalised and written as CSV `item_id,v0,...,v{k-1}` (trainer/content.py
+L2-normalised and written as CSV `item_id,v0,...,v{k-1}` (trainer/families/content.py
 `read_item_vectors`), for `recsys train --model content_sasrec --item-vectors FILE` and
 `scripts/cold_start.py --item-vectors FILE`.
 

@@ -77,7 +77,7 @@ def ring_data(tmp_path_factory) -> dict[str, Path]:
 def trained_artifact(ring_data, tmp_path_factory) -> Path:
     """A small SASRec trained on the ring data's train split and exported."""
     from trainer.pipeline import train_and_export
-    from trainer.train import TrainConfig
+    from trainer.families.next_item import TrainConfig
 
     out = tmp_path_factory.mktemp("artifacts") / "sasrec"
     cfg = TrainConfig(epochs=40, batch_size=32, max_len=10, hidden=32, heads=2, layers=1, inner=64,
@@ -91,7 +91,7 @@ def trained_artifact(ring_data, tmp_path_factory) -> Path:
 def ensemble_artifact(ring_data, tmp_path_factory) -> Path:
     """A small ensemble (SASRec over 8 items + GRU4Rec over 10) exported with an ANN index."""
     from trainer.pipeline import train_and_export
-    from trainer.train import TrainConfig
+    from trainer.families.next_item import TrainConfig
 
     out = tmp_path_factory.mktemp("ensemble") / "ensemble"
     cfg = TrainConfig(model="ensemble", epochs=6, batch_size=32, max_len=10, hidden=16, heads=2, layers=1, inner=32,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from trainer.evaluate import evaluate_artifact
 from trainer.pipeline import train_and_export
-from trainer.split import write_leave_last_out
-from trainer.train import TrainConfig
+from trainer.data.split import write_leave_last_out
+from trainer.families.next_item import TrainConfig
 
 __all__ = ["compare_models", "format_table"]
 

@@ -6,7 +6,7 @@ MASTER_ADDR, MASTER_PORT. Multi-node runs use torchrun's own flags (--nnodes, --
 --rdzv-endpoint) unchanged. Without those variables everything here is a no-op (world of 1),
 so `fit` is the same code with or without DDP.
 
-Contract of a distributed `fit` (see trainer/train.py):
+Contract of a distributed `fit` (see trainer/families/next_item.py):
 - every rank builds the same windows and the same shuffled order (same seed), then takes its
   own disjoint slice of each global batch (`Dist.shard`): the global batch stays
   `batch_size`, so one step of N ranks is one step of 1 process, computed in N parts;

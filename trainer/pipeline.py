@@ -17,11 +17,12 @@ from recsys.artifact import ItemIndex, Manifest
 from recsys.pseudonym import Pseudonymiser
 from recsys.schema import FIRST_TOKEN, FeatureSchema
 from trainer import distributed
-from trainer.data import Tables, feature_rows, infer_feature_specs, load_tables
-from trainer.content import CONTENT_CHECKPOINT, prepare_content_model, save_content_model
-from trainer.export import ExportInputs, export_artifact
+from trainer.data.tables import Tables, feature_rows, infer_feature_specs, load_tables
+from trainer.families.content import CONTENT_CHECKPOINT, prepare_content_model, save_content_model
+from trainer.data.encoding import build_item_index, build_schema, encode_histories, history_rows
+from trainer.export.next_item import ExportInputs, export_artifact
 from trainer.models import CONTENT_MODELS
-from trainer.train import TrainConfig, fit
+from trainer.families.next_item import TrainConfig, fit
 
 __all__ = ["build_item_index", "encode_histories", "train_and_export"]
 
@@ -40,48 +41,6 @@ def pseudonymise_tables(tables: Tables, key_file: str | Path) -> Pseudonymiser:
             mapping = {u: pseudonym(u) for u in frame["user_id"].unique()}
             frame["user_id"] = frame["user_id"].map(mapping)
     return pseudonym
-
-
-def build_item_index(interactions: pd.DataFrame, items: pd.DataFrame | None) -> ItemIndex:
-    """Items of the interactions, most popular first (ties by id), with titles where known."""
-    counts = interactions["item_id"].value_counts()
-    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    ids = [item for item, _ in order]
-    titles = [""] * len(ids)
-    if items is not None and "title" in items.columns:
-        lookup = items.set_index("item_id")["title"]
-        lookup = lookup[~lookup.index.duplicated(keep="last")]
-        titles = ["" if pd.isna(t := lookup.get(i, "")) else str(t) for i in ids]
-    return ItemIndex(tuple(ids), tuple(titles), tuple(int(c) for _, c in order))
-
-
-def encode_histories(interactions: pd.DataFrame, index: ItemIndex) -> tuple[list[str], list[np.ndarray]]:
-    """Per user (in order of first appearance), the tokens of their events, oldest first."""
-    token = {item: i + FIRST_TOKEN for i, item in enumerate(index.item_ids)}
-    tokens = interactions["item_id"].map(token).to_numpy(dtype=np.int64)
-    users, sequences = [], []
-    for user, rows in interactions.groupby("user_id", sort=False).indices.items():
-        users.append(user)
-        sequences.append(tokens[rows])
-    return users, sequences
-
-
-def history_rows(interactions: pd.DataFrame) -> Iterator[dict]:
-    for user, group in interactions.groupby("user_id", sort=False):
-        yield {
-            "user_id": user,
-            "item_ids": group["item_id"].tolist(),
-            "timestamps": [int(t) for t in group["timestamp"]],
-        }
-
-
-def build_schema(tables: Tables, index: ItemIndex, max_len: int) -> FeatureSchema:
-    return FeatureSchema(
-        user_features=infer_feature_specs(tables.users, "user_id") if tables.users is not None else (),
-        item_features=infer_feature_specs(tables.items, "item_id") if tables.items is not None else (),
-        max_history=max_len,
-        item_index_sha256=index.sha256,
-    )
 
 
 def train_and_export(
@@ -110,9 +69,9 @@ def train_and_export(
     beside the artifact); `resume=True` continues an interrupted run from there. `forget_users`
     is a file from `recsys features forgotten`: those users are left out of training and export.
     Content models (trainer.models.CONTENT_MODELS) need `items` and take optional `item_vectors`
-    (trainer/content.py); their catalogue is every item of the item table, and their weights go
+    (trainer/families/content.py); their catalogue is every item of the item table, and their weights go
     to `<checkpoint_dir>/content_model.pt` for adding items later. `private`: a
-    trainer.private.PrivacyConfig for DP-SGD training (Opacus; fixed length, no early stopping);
+    trainer.families.private.PrivacyConfig for DP-SGD training (Opacus; fixed length, no early stopping);
     the (ε, δ) spent goes into the manifest's `privacy`. `validator` and `select` go to `fit`
     (extra validation metrics and the one that selects the epoch).
     """
@@ -138,11 +97,11 @@ def train_and_export(
     if private is not None and cfg.model == "ensemble":
         raise ValueError("private (DP-SGD) training of an ensemble is not supported: train one model")
     if private is not None:
-        from trainer.private import fit_private
+        from trainer.families.private import fit_private
 
         result = fit_private(cfg, private, sequences, len(index.item_ids), progress=progress, model=prebuilt)
     elif cfg.model == "ensemble":
-        from trainer.ensemble import fit_ensemble
+        from trainer.families.ensemble import fit_ensemble
 
         result = fit_ensemble(cfg, sequences, len(index.item_ids), progress=progress, checkpoint_dir=checkpoint_dir,
                               resume=resume, log=log)

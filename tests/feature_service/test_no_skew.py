@@ -41,8 +41,8 @@ def stub(request, trained_artifact: Path, tmp_path: Path) -> Iterator[features_p
 
 
 def test_served_features_equal_what_the_trainer_used(stub, ring_data, trained_artifact: Path) -> None:
-    from trainer.data import feature_rows, load_tables
-    from trainer.pipeline import build_item_index, encode_histories
+    from trainer.data.tables import feature_rows, load_tables
+    from trainer.data.encoding import build_item_index, encode_histories
 
     # Exactly what `recsys train` computed from its inputs.
     tables = load_tables(ring_data["train"], ring_data["users"], ring_data["items"])

@@ -62,7 +62,7 @@ def test_unknown_backend_and_bad_vectors_are_refused(tmp_path):
 
 
 def test_catalogue_size_decides_unless_told(trained_artifact):
-    from trainer.ann_export import ANN_MIN_ITEMS, wants_ann
+    from trainer.export.ann import ANN_MIN_ITEMS, wants_ann
 
     assert not wants_ann("auto", ANN_MIN_ITEMS - 1) and wants_ann("auto", ANN_MIN_ITEMS)
     assert wants_ann("on", 10) and not wants_ann("off", 10**7)
@@ -75,7 +75,7 @@ def test_catalogue_size_decides_unless_told(trained_artifact):
 def ann_artifact(ring_data, tmp_path_factory):
     """A small SASRec exported with an ANN index although its catalogue is small."""
     from trainer.pipeline import train_and_export
-    from trainer.train import TrainConfig
+    from trainer.families.next_item import TrainConfig
 
     out = tmp_path_factory.mktemp("ann") / "sasrec"
     cfg = TrainConfig(epochs=2, batch_size=32, max_len=10, hidden=16, heads=2, layers=1, inner=32, eval_every=1,
@@ -133,7 +133,7 @@ def test_server_answers_through_the_index_as_it_would_exactly(name, request):
 
 
 def test_ivf_nprobe_is_tuned_to_the_smallest_that_reaches_the_target_recall():
-    from trainer.ann_export import ann_recall, tune_nprobe
+    from trainer.export.ann import ann_recall, tune_nprobe
 
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(20, 16))

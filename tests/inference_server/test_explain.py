@@ -159,8 +159,8 @@ def test_cli_explain_prints_because_you_watched_with_titles(sasrec_stub):
 
 @pytest.fixture(scope="module")
 def ranker_artifact(ring_data, tmp_path_factory):
-    from trainer.ranking import RankConfig
-    from trainer.ranking_export import train_and_export_ranker
+    from trainer.families.ranker import RankConfig
+    from trainer.export.ranker import train_and_export_ranker
 
     out = tmp_path_factory.mktemp("explain-ranker") / "deepfm"
     cfg = RankConfig(model="deepfm", label="implicit", negatives=2, history_len=10, epochs=2, batch_size=128, seed=0)

@@ -15,8 +15,8 @@ from recsys.v1 import features_pb2, features_pb2_grpc, inference_pb2, inference_
 
 @pytest.fixture(scope="module")
 def ranker_artifact(ring_data, tmp_path_factory):
-    from trainer.ranking import RankConfig
-    from trainer.ranking_export import train_and_export_ranker
+    from trainer.families.ranker import RankConfig
+    from trainer.export.ranker import train_and_export_ranker
 
     out = tmp_path_factory.mktemp("ranker") / "deepfm"
     # history_len equal to the SASRec fixture's max_len: same tables, same schema, one feature service

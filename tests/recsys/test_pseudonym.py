@@ -59,7 +59,7 @@ def test_cli_keygen_and_map(tmp_path):
 @pytest.fixture(scope="module")
 def pseudonymised(ring_data, tmp_path_factory):
     from trainer.pipeline import train_and_export
-    from trainer.train import TrainConfig
+    from trainer.families.next_item import TrainConfig
 
     root = tmp_path_factory.mktemp("pseudo")
     key = root / "key"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import filecmp
+import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,7 +18,19 @@ from recsys.config import load_config
 from recsys.protogen import ROOT, generate
 
 
+def locked_versions(name: str) -> set[str]:
+    """The versions of `name` that requirements/*.lock pin (one per lock)."""
+    pin = re.compile(rf"^{re.escape(name)}==(\S+)$", re.MULTILINE)
+    return {v for lock in sorted((ROOT / "requirements").glob("*.lock")) for v in pin.findall(lock.read_text())}
+
+
 def test_generated_stubs_match_the_protos(tmp_path):
+    # the stubs embed the generator's version (GRPC_GENERATED_VERSION) and refuse an older grpcio:
+    # generator and runtime are the one version the locks pin, and this run's generator is that one
+    tools, runtime = locked_versions("grpcio-tools"), locked_versions("grpcio")
+    assert len(tools) == 1 and tools == runtime, f"the locks pin grpcio {runtime} and grpcio-tools {tools}"
+    installed = importlib.metadata.version("grpcio-tools")
+    assert {installed} == tools, f"grpcio-tools {installed} is installed, the locks pin {tools}: run `make setup`"
     written = generate(tmp_path)
     assert written, "protoc wrote nothing"
     for path in written:
@@ -102,7 +116,7 @@ def test_atomic_write_replaces_whole_or_leaves_old(tmp_path):
 def test_cli_model_names_match_the_registry():
     from recsys.cli import FEATURE_MODELS, SEQUENTIAL_MODELS
     from trainer.models import MODELS
-    from trainer.ranking import RANKERS
+    from trainer.families.ranker import RANKERS
 
     assert SEQUENTIAL_MODELS == [*MODELS, "ensemble"]  # an ensemble combines registry models
     assert FEATURE_MODELS == list(RANKERS)

@@ -1,7 +1,7 @@
 import numpy as np
 
 from recsys.schema import PAD
-from trainer.batches import last_window, training_windows
+from trainer.data.batches import last_window, training_windows
 
 
 def test_last_window_left_pads_and_truncates():
@@ -29,7 +29,7 @@ def test_every_target_is_covered_and_inputs_precede_targets():
 
 
 def test_bucketed_batches_keep_every_target_and_trim_padding():
-    from trainer.batches import bucketed_batches
+    from trainer.data.batches import bucketed_batches
 
     rng = np.random.default_rng(0)
     seqs = [np.arange(2, 2 + n) for n in (3, 4, 30, 31, 5)]
@@ -45,7 +45,7 @@ def test_bucketed_batches_keep_every_target_and_trim_padding():
 
 
 def test_older_items_are_what_the_user_saw_before_each_window():
-    from trainer.batches import older_items
+    from trainer.data.batches import older_items
 
     seqs = [np.arange(2, 2 + 25), np.array([5, 6, 7])]
     inputs, targets, origins = training_windows(seqs, 10, np.random.default_rng(1), origins=True)

@@ -13,7 +13,7 @@ import torch
 
 from recsys.artifact import ItemIndex
 from recsys.schema import FIRST_TOKEN, PAD, FeatureKind, FeatureSpec
-from trainer.content import (
+from trainer.families.content import (
     CONTENT_CHECKPOINT,
     ColdShelf,
     ContentSpec,
@@ -23,7 +23,7 @@ from trainer.content import (
 )
 from trainer.models.content import ContentSASRec, ContentSASRecConfig
 from trainer.pipeline import train_and_export
-from trainer.train import TrainConfig, fit
+from trainer.families.next_item import TrainConfig, fit
 
 SPECS = (FeatureSpec("title", FeatureKind.TEXT), FeatureSpec("genres", FeatureKind.MULTI_CATEGORICAL, vocabulary=("A", "B")))
 ROWS = [
@@ -191,7 +191,7 @@ def test_the_content_bias_is_scored_folded_into_the_export_and_given_to_new_item
 
 
 def test_text_vectors_are_written_as_an_item_vector_file_content_models_read(tmp_path):
-    from trainer.content import read_item_vectors
+    from trainer.families.content import read_item_vectors
 
     script = load_script("text_vectors")
     items = pd.DataFrame({"item_id": ["7", "8", "9"], "title": ["Heat (1995)", "Fargo (1996)", None],

@@ -1,7 +1,7 @@
 import json
 
 from trainer.compare import compare_models
-from trainer.train import TrainConfig
+from trainer.families.next_item import TrainConfig
 
 
 def test_compare_trains_each_model_on_one_split_and_writes_table_and_plot(ring_data, tmp_path):

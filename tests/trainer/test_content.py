@@ -10,10 +10,10 @@ import torch
 
 from recsys.artifact import ItemIndex, read_manifest
 from recsys.schema import FIRST_TOKEN, PAD, FeatureKind, FeatureSpec
-from trainer.content import ContentSpec, add_items, read_item_vectors
+from trainer.families.content import ContentSpec, add_items, read_item_vectors
 from trainer.models.content import ContentSASRec, ContentSASRecConfig
 from trainer.pipeline import train_and_export
-from trainer.train import TrainConfig
+from trainer.families.next_item import TrainConfig
 
 SPECS = (
     FeatureSpec("title", FeatureKind.TEXT),
@@ -160,8 +160,8 @@ def test_numeric_buckets_set_how_finely_a_release_year_is_told_apart():
     """With few buckets, films of the data's last two years share a token; more buckets part them."""
     import pandas as pd
 
-    from trainer.content import prepare_content_model
-    from trainer.pipeline import build_item_index
+    from trainer.families.content import prepare_content_model
+    from trainer.data.encoding import build_item_index
 
     years = [1950, 1970, 1985, 1990, 1993, 1994, 1995, 1995, 1996, 1996, 1997, 1997, 1997, 1998]
     items = pd.DataFrame({"item_id": [str(i) for i in range(len(years))], "title": [f"film {i}" for i in range(len(years))],

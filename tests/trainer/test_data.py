@@ -1,4 +1,4 @@
-"""trainer.data: readers for every format, cleaning, feature-spec inference, feature rows."""
+"""trainer.data.tables: readers for every format, cleaning, feature-spec inference, feature rows."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from recsys.schema import FeatureKind, FeatureSpec
-from trainer.data import (
+from trainer.data.tables import (
     GROUPLENS_GENRES,
     clean_interactions,
     feature_rows,

@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from recsys.schema import FIRST_TOKEN
-from trainer.losses import NegativeSampler, log_prior, next_item_loss
-from trainer.train import TrainConfig
+from trainer.families.losses import NegativeSampler, log_prior, next_item_loss
+from trainer.families.next_item import TrainConfig
 
 N = 30
 

@@ -19,10 +19,11 @@ import torch
 
 from recsys.cli import _without_nproc
 from trainer import distributed, pipeline
-from trainer.data import load_tables
+from trainer.data.tables import load_tables
 from trainer.distributed import Dist
-from trainer.pipeline import build_item_index, encode_histories, train_and_export
-from trainer.train import TrainConfig, fit
+from trainer.data.encoding import build_item_index, encode_histories
+from trainer.pipeline import train_and_export
+from trainer.families.next_item import TrainConfig, fit
 
 TOLERANCE = 0.06  # absolute, on NDCG@10 and HR@10 (both near 0.75 here)
 SETTINGS = {"epochs": 9, "batch_size": 32, "max_len": 10, "hidden": 32, "heads": 2, "layers": 1, "inner": 64,

@@ -1,4 +1,4 @@
-"""trainer.download, offline: a fake fetch serves a tiny GroupLens zip or RecBole wheel."""
+"""trainer.data.download, offline: a fake fetch serves a tiny GroupLens zip or RecBole wheel."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from trainer import download as dl
-from trainer.data import GROUPLENS_GENRES, load_tables
+from trainer.data import download as dl
+from trainer.data.tables import GROUPLENS_GENRES, load_tables
 
 WHEEL_URL = f"https://files.example/packages/ab/cd/{dl.RECBOLE_WHEEL}"
 

@@ -10,10 +10,10 @@ import torch
 
 from recsys.artifact import read_manifest
 from recsys.schema import FIRST_TOKEN, PAD
-from trainer.ensemble import member_configs
+from trainer.families.ensemble import member_configs
 from trainer.models import MODELS
 from trainer.models.ensemble import Ensemble
-from trainer.train import TrainConfig
+from trainer.families.next_item import TrainConfig
 
 NUM_ITEMS = 30
 

@@ -12,10 +12,10 @@ import torch
 
 from recsys.artifact import ItemIndex, read_manifest, verify_files
 from recsys.schema import FIRST_TOKEN, PAD, FeatureSchema
-from trainer import export as export_module
-from trainer.export import ExportError, ExportInputs, export_artifact
+from trainer.export import onnx as export_module
+from trainer.export.next_item import ExportError, ExportInputs, export_artifact
 from trainer.models import MODELS
-from trainer.train import TrainConfig
+from trainer.families.next_item import TrainConfig
 
 
 def small_model(name="sasrec", num_items=25, max_len=12):

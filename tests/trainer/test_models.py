@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from recsys.schema import FIRST_TOKEN, PAD
-from trainer.losses import next_item_loss
+from trainer.families.losses import next_item_loss
 from trainer.models import MODELS
-from trainer.train import TrainConfig
+from trainer.families.next_item import TrainConfig
 
 NUM_ITEMS, MAX_LEN = 30, 8
 

@@ -2,7 +2,7 @@ import json
 
 from recsys.artifact import read_jsonl
 from trainer.pipeline import train_and_export
-from trainer.train import TrainConfig
+from trainer.families.next_item import TrainConfig
 
 
 def test_forgotten_users_are_left_out_of_training_and_export(ring_data, tmp_path):

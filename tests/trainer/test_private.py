@@ -11,14 +11,14 @@ import torch
 
 from recsys.artifact import read_manifest
 from trainer.models import MODELS
-from trainer.private import (
+from trainer.families.private import (
     PrivacyConfig,
     UntiedNextItem,
     fit_private,
     per_user_loss,
     user_windows,
 )
-from trainer.train import TrainConfig
+from trainer.families.next_item import TrainConfig
 
 pytest.importorskip("opacus")
 

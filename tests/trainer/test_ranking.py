@@ -20,11 +20,11 @@ import torch
 
 from recsys.artifact import read_jsonl, read_manifest, verify_files
 from recsys.schema import FIRST_TOKEN, PAD, FeatureSchema
-from trainer.data import load_tables
+from trainer.data.tables import load_tables
 from trainer.models.fields import FieldEmbedding, FieldLayout
-from trainer.ranking import RANKERS, RankConfig, predict, train_ranker
-from trainer.ranking_data import TEST, TRAIN, FeatureEncoder, build_ranking_data
-from trainer.ranking_export import export_ranker
+from trainer.families.ranker import RANKERS, RankConfig, predict, train_ranker
+from trainer.data.examples import TEST, TRAIN, FeatureEncoder, build_ranking_data
+from trainer.export.ranker import export_ranker
 
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 SMALL = dict(dim=8, mlp="32", batch_size=64, epochs=12, patience=12, lr=1e-2, history_len=6, threads=1)
@@ -138,7 +138,7 @@ def test_unknown_values_encode_as_oov_and_missing_as_pad(runs):
 
 def test_history_is_the_events_before_each_example(tables):
     runs_schema = FeatureSchema()
-    from trainer.pipeline import build_item_index
+    from trainer.data.encoding import build_item_index
 
     index = build_item_index(tables.interactions, tables.items)
     data = build_ranking_data(tables, index, runs_schema, FeatureEncoder.from_schema(runs_schema, 1, 4))
@@ -153,7 +153,7 @@ def test_history_is_the_events_before_each_example(tables):
 
 @pytest.mark.parametrize("sampling", ["uniform", "popularity"])
 def test_implicit_negatives_are_unseen_items_with_their_positives_split(tables, sampling):
-    from trainer.pipeline import build_item_index
+    from trainer.data.encoding import build_item_index
 
     index = build_item_index(tables.interactions, tables.items)
     schema = FeatureSchema()
@@ -211,7 +211,7 @@ def test_export_matches_torch_and_describes_its_inputs(artifacts, name):
 
 
 def test_ranker_and_sequential_artifacts_share_one_schema(runs, tables):
-    from trainer.pipeline import build_item_index, build_schema
+    from trainer.data.encoding import build_item_index, build_schema
 
     index = build_item_index(tables.interactions, tables.items)
     # the sequential pipeline's schema for the same tables and history length: one hash, so a

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.ranking_metrics import accuracy, auc, classification_metrics, log_loss, mae, rating_metrics, rmse
+from trainer.pointwise_metrics import accuracy, auc, classification_metrics, log_loss, mae, rating_metrics, rmse
 
 
 def test_auc_counts_ordered_pairs():

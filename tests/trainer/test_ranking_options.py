@@ -12,12 +12,13 @@ from inference_server.feature_inputs import FeatureInputs
 from recsys.artifact import read_manifest, read_user_index, verify_files
 from recsys.schema import FIRST_TOKEN, OOV
 from tests.trainer.test_ranking import SMALL, write_genre_data
-from trainer import ranking as ranking_module
+from trainer import loop as loop_module
+from trainer.families import ranker as ranking_module
 from trainer.checkpoint import load_checkpoint
-from trainer.data import load_tables
-from trainer.ranking import RankConfig, batch_inputs, predict, train_ranker
-from trainer.ranking_data import TRAIN, build_ranking_data
-from trainer.ranking_export import export_ranker
+from trainer.data.tables import load_tables
+from trainer.families.ranker import RankConfig, batch_inputs, predict, train_ranker
+from trainer.data.examples import TRAIN, build_ranking_data
+from trainer.export.ranker import export_ranker
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +36,17 @@ def test_resume_after_a_crash_reaches_the_same_ranker(tables, tmp_path, monkeypa
     cfg = RankConfig(model="dcn", **{**SMALL, "epochs": 4, "patience": 4}, optimizer="adamw", weight_decay=1e-3,
                      schedule="warmup_cosine", warmup_epochs=1, ema=ema)
     straight = quiet(cfg, tables, checkpoint_dir=tmp_path / "a")
-    real_save = ranking_module.save_checkpoint
+    real_save = loop_module.save_checkpoint
 
     def save_then_crash(directory, state):
         real_save(directory, state)
         if state["epoch"] == 2:
             raise KeyboardInterrupt("killed after epoch 2")
 
-    monkeypatch.setattr(ranking_module, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         quiet(cfg, tables, checkpoint_dir=tmp_path / "b")
-    monkeypatch.setattr(ranking_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(loop_module, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "b")["epoch"] == 2
 
     resumed = quiet(cfg, tables, checkpoint_dir=tmp_path / "b", resume=True)
@@ -86,8 +87,8 @@ def test_balanced_class_weights_raise_the_rare_class_scores(tables):
 
 
 def test_popularity_negatives_follow_training_counts(tables):
-    from trainer.pipeline import build_item_index, build_schema
-    from trainer.ranking_data import FeatureEncoder
+    from trainer.data.encoding import build_item_index, build_schema
+    from trainer.data.examples import FeatureEncoder
 
     index = build_item_index(tables.interactions, tables.items)
     schema = build_schema(tables, index, 6)
@@ -152,7 +153,7 @@ def test_ordinal_training_uses_every_rating_level_and_serves_p_of_the_threshold(
     run = quiet(RankConfig(model="deepfm", **SMALL, ordinal=True), tables)
     assert run.test_metrics["test_auc"] > 0.75
     ratings = run.data.rating[run.data.split == TRAIN]
-    from trainer.ranking import OrdinalBCE
+    from trainer.families.ranker import OrdinalBCE
 
     loss = OrdinalBCE(ratings, 4.0)
     offsets = loss.offsets.detach().tolist()
@@ -177,7 +178,7 @@ def test_fit_ranker_refuses_bad_option_values(tables):
 def test_ema_update_is_the_moving_average():
     average, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
     before = average.weight.detach().clone()
-    ranking_module.ema_update(average, model, 0.75)
+    loop_module.ema_update(average, model, 0.75)
     torch.testing.assert_close(average.weight, 0.75 * before + 0.25 * model.weight)
 
 

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from trainer.split import leave_last_out, write_leave_last_out
+from trainer.data.split import leave_last_out, write_leave_last_out
 
 
 def test_last_event_by_time_with_ties_in_file_order(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainer.synth import SynthConfig, generate, item_topics, write_synth
+from trainer.data.synth import SynthConfig, generate, item_topics, write_synth
 
 CFG = SynthConfig(items=500, users=300, interactions=12_000, chunk_users=64, follow=0.6, successors=4, topics=0, seed=3)
 
@@ -88,9 +88,9 @@ def test_topics_give_users_tastes_without_clustering_everything():
 def test_sparse_sampled_softmax_matches_the_shared_loss():
     import torch
 
-    from trainer.losses import NegativeSampler, next_item_loss
+    from trainer.families.losses import NegativeSampler, next_item_loss
     from trainer.models import SASRec, SASRecConfig
-    from trainer.synth import _sampled_softmax
+    from trainer.data.synth import _sampled_softmax
 
     torch.manual_seed(0)
     model = SASRec(SASRecConfig(num_items=50, max_len=6, hidden=8, heads=2, layers=1, inner=16, dropout=0.0))
@@ -115,7 +115,7 @@ def test_sparse_sampled_softmax_matches_the_shared_loss():
 def test_synthetic_artifact_learns_and_records_its_tuned_index(tmp_path):
     import json
 
-    from trainer.synth import train_synth_artifact
+    from trainer.data.synth import train_synth_artifact
 
     cfg = SynthConfig(items=3000, users=400, interactions=16_000, topics=30, chunk_users=200, seed=0)
     manifest = train_synth_artifact(cfg, tmp_path / "a", steps=60, batch_size=64, hidden=16, max_len=10, negatives=64,

@@ -10,8 +10,9 @@ import torch
 
 from recsys.schema import FIRST_TOKEN
 from trainer.checkpoint import load_checkpoint
-from trainer import train as train_module
-from trainer.train import TrainConfig, fit, lr_factor
+from trainer import loop as train_module
+from trainer.families.next_item import TrainConfig, fit, score_histories
+from trainer.loop import lr_factor
 
 NUM_ITEMS = 20
 
@@ -138,7 +139,7 @@ def test_refit_learns_the_held_out_last_events():
     def score_of_final(refit_epochs: int) -> float:
         cfg = TrainConfig(**{**SMALL, "epochs": 6, "patience": 50, "refit_epochs": refit_epochs})
         result = fit(cfg, sequences, NUM_ITEMS, progress=False)
-        scores = train_module.score_histories(result.model, probe, cfg.max_len)[0]
+        scores = score_histories(result.model, probe, cfg.max_len)[0]
         assert [r["epoch"] for r in result.history] == list(range(1, 7 + refit_epochs))
         return float(scores[final - FIRST_TOKEN] - np.median(scores))
 
@@ -146,7 +147,7 @@ def test_refit_learns_the_held_out_last_events():
 
 
 def test_seen_mask_hides_each_positions_earlier_items_but_never_its_target():
-    from trainer.losses import seen_mask
+    from trainer.families.losses import seen_mask
 
     inputs = torch.tensor([[0, 2, 3, 4], [5, 2, 5, 6]])  # tokens; 0 pads, items are token - 2
     targets = torch.tensor([[2, 3, 4, 7], [2, 5, 6, 2]])
@@ -177,7 +178,7 @@ def test_seen_mask_hides_each_positions_earlier_items_but_never_its_target():
 
 
 def test_mask_seen_lowers_the_loss_and_still_learns_the_ring():
-    from trainer.losses import next_item_loss
+    from trainer.families.losses import next_item_loss
     from trainer.models import MODELS
 
     cfg = TrainConfig(**SMALL)
@@ -196,7 +197,7 @@ def test_mask_seen_lowers_the_loss_and_still_learns_the_ring():
 def test_mask_seen_gradients_equal_those_of_masking_inside_autograd():
     from torch.nn import functional as F
 
-    from trainer.losses import next_item_loss, seen_mask
+    from trainer.families.losses import next_item_loss, seen_mask
     from trainer.models import MODELS
 
     torch.manual_seed(0)

@@ -40,10 +40,10 @@ def test_towers_give_unit_vectors_and_all_pad_histories_give_no_nan():
 
 
 def test_in_batch_loss_masks_copies_of_the_positive_and_applies_log_q(ring_data):
-    from trainer.data import load_tables
-    from trainer.pipeline import build_item_index, build_schema
-    from trainer.ranking_data import FeatureEncoder
-    from trainer.retrieval import RetrievalConfig, build_retrieval_data, in_batch_loss
+    from trainer.data.tables import load_tables
+    from trainer.data.encoding import build_item_index, build_schema
+    from trainer.data.examples import FeatureEncoder
+    from trainer.families.two_tower import RetrievalConfig, build_retrieval_data, in_batch_loss
 
     tables = load_tables(ring_data["train"], ring_data["users"], ring_data["items"])
     index = build_item_index(tables.interactions, tables.items)
@@ -73,8 +73,8 @@ def test_in_batch_loss_masks_copies_of_the_positive_and_applies_log_q(ring_data)
 
 @pytest.fixture(scope="module")
 def two_tower_artifact(ring_data, tmp_path_factory):
-    from trainer.retrieval import RetrievalConfig
-    from trainer.retrieval_export import train_and_export_two_tower
+    from trainer.families.two_tower import RetrievalConfig
+    from trainer.export.two_tower import train_and_export_two_tower
 
     out = tmp_path_factory.mktemp("two_tower") / "two_tower"
     train_and_export_two_tower(RetrievalConfig(**SMALL), ring_data["train"], out, users=ring_data["users"],
@@ -108,8 +108,8 @@ def stack(request, two_tower_artifact, ring_data, tmp_path_factory):
     two-tower as its retrieval stage."""
     artifact, retrieval = two_tower_artifact, None
     if request.param:
-        from trainer.ranking import RankConfig
-        from trainer.ranking_export import train_and_export_ranker
+        from trainer.families.ranker import RankConfig
+        from trainer.export.ranker import train_and_export_ranker
 
         artifact, retrieval = tmp_path_factory.mktemp("ranker") / "deepfm", two_tower_artifact
         cfg = RankConfig(model="deepfm", label="implicit", negatives=2, history_len=10, epochs=2, batch_size=128)

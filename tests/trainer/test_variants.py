@@ -11,7 +11,7 @@ import pytest
 from inference_server.speed import SpeedOptions, open_model
 from recsys.artifact import read_manifest
 from recsys.errors import FailedPrecondition
-from trainer.variants import INT8_MODEL, VARIANTS, export_int8
+from trainer.export.variants import INT8_MODEL, VARIANTS, export_int8
 
 
 def test_int8_variant_is_measured_and_served(trained_artifact, tmp_path):

@@ -12,7 +12,7 @@ MODELS = {
     "gru4rec": (GRU4RecConfig, GRU4Rec),
     "caser": (CaserConfig, Caser),
     # SASRec over fused id + content item vectors (cold start); built with its item tables by
-    # trainer/content.py. Built from the registry alone it has no content (plain id vectors).
+    # trainer/families/content.py. Built from the registry alone it has no content (plain id vectors).
     "content_sasrec": (ContentSASRecConfig, ContentSASRec),
 }
 # Models whose item vectors come from the item table: the pipeline builds them with their content.

@@ -7,7 +7,7 @@ so items without interactions (cold start) still get a meaningful vector.
 
 - attrs: attribute tokens (categorical values, each genre of a multi-valued column, numeric
   buckets such as the release-year bucket), one vocabulary, PAD = 0;
-- words: hashed title/description words (trainer/content.py), PAD = 0;
+- words: hashed title/description words (trainer/families/content.py), PAD = 0;
 - vector: an optional precomputed item vector (image/text embedding), zero when missing.
 
 keep(i) is 0 for items without training interactions (their id rows were never trained) and,
@@ -18,7 +18,7 @@ its item embedding for both the input sequence and the output scores.
 Content tensors are buffers, so they travel in the state dict and the ONNX graph. `export_view`
 folds the whole fused table into one constant (N + FIRST_TOKEN, D) tensor: the served graph is
 as cheap as plain SASRec. Adding items means recomputing those buffers from the item table and
-exporting again (trainer/content.py `add_items`), not retraining.
+exporting again (trainer/families/content.py `add_items`), not retraining.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class ContentSASRec(SASRec):
     def auxiliary_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """content_loss * cross-entropy of the targets against every item's content vector alone.
 
-        inputs, targets (B, L) as in trainer/losses.py. The main loss ranks fused (id + content)
+        inputs, targets (B, L) as in trainer/families/losses.py. The main loss ranks fused (id + content)
         vectors; this one ranks content vectors only, against each other, which is exactly how new
         items compete on a "new arrivals" shelf. 0 (no work) when content_loss is 0 or the
         model has no content.

@@ -1,9 +1,9 @@
 """An ensemble of next-item models served as one graph: the weighted sum of the members' scores.
 
-Members are trained apart (trainer/ensemble.py) and only combined here. Every member scores
+Members are trained apart (trainer/families/ensemble.py) and only combined here. Every member scores
 items as `hidden . item_vector (+ bias)`, so the weighted sum is itself such a score over the
 concatenated hidden states and item vectors: the ensemble has `encode`, `output_embeddings`
-and `output_bias` like any member, and ANN retrieval (trainer/ann_export.py) works on it
+and `output_bias` like any member, and ANN retrieval (trainer/export/ann.py) works on it
 unchanged. Each member reads its own `max_len` most recent items of the history it is given.
 """
 

@@ -1,6 +1,6 @@
 """Field embeddings shared by the feature-based models (DeepFM, DCN-v2, Conv1D CTR, rating).
 
-Every model reads the same inputs (see trainer/ranking_export.py for the serving contract),
+Every model reads the same inputs (see trainer/export/ranker.py for the serving contract),
 all with batch B = number of (user, candidate item) rows; an input whose feature count is 0 is
 absent (None):
 

@@ -97,7 +97,7 @@ class SASRec(nn.Module):
         valid = item_seq != PAD  # (B, L)
         idx = torch.arange(l, device=item_seq.device)
         positions = idx + (self.cfg.max_len - l)  # the most recent item is always max_len - 1
-        # (B, L), not (L,): per-sample gradients (Opacus, trainer/private.py) need every
+        # (B, L), not (L,): per-sample gradients (Opacus, trainer/families/private.py) need every
         # embedding lookup to carry the batch dimension; the result is the same.
         positions = positions.unsqueeze(0).expand(b, l)
         x = self.item_emb(item_seq) * math.sqrt(self.cfg.hidden) + self.pos_emb(positions)  # (B, L, D)

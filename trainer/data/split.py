@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from trainer.data import load_tables
+from trainer.data.tables import load_tables
 
 __all__ = ["leave_last_out", "write_leave_last_out"]
 

@@ -313,8 +313,8 @@ def train_synth_model(cfg: SynthConfig, *, steps: int = 1500, batch_size: int = 
     import torch
 
     from recsys.schema import FIRST_TOKEN
-    from trainer.batches import last_window, training_windows
-    from trainer.losses import NegativeSampler
+    from trainer.data.batches import last_window, training_windows
+    from trainer.families.losses import NegativeSampler
     from trainer.models import SASRec, SASRecConfig
 
     if threads:
@@ -389,8 +389,8 @@ def export_synth(model, cfg: SynthConfig, sequences, counts, info: dict, out_dir
     benchmark draws from the artifact are not the ones the index was tuned on."""
     from recsys.artifact import ItemIndex
     from recsys.schema import FIRST_TOKEN, FeatureSchema
-    from trainer.batches import last_window
-    from trainer.export import ExportInputs, export_artifact
+    from trainer.data.batches import last_window
+    from trainer.export.next_item import ExportInputs, export_artifact
 
     max_len = model.cfg.max_len
     tuning = sequences[export_users : export_users + recall_users]

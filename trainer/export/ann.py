@@ -35,6 +35,7 @@ from recsys.ann import (
     exact_top_k,
 )
 from recsys.schema import FIRST_TOKEN, PAD
+from trainer.export.onnx import ExportError, export_onnx
 
 __all__ = ["ANN_MIN_ITEMS", "ANN_MODES", "DEFAULT_BACKEND", "UserVector", "export_ann", "item_vectors", "wants_ann"]
 
@@ -84,7 +85,6 @@ def export_ann(model: nn.Module, directory: Path, max_len: int, num_items: int, 
     nprobe choice with `target_recall`, faiss-ivf only); recall is always also measured on
     `recall_queries` random histories.
     """
-    from trainer.export import ExportError, export_onnx
 
     if not wants_ann(mode, num_items):
         return []

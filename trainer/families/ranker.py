@@ -2,7 +2,7 @@
 
 The flow (`train_ranker`): tables -> schema + item index (the same as the sequential
 pipeline's, so both artifacts share one schema hash) -> labelled examples split 8:1:1 by seed
-(trainer/ranking_data.py) -> `fit`: batches -> loss -> step -> validation every `eval_every`
+(trainer/data/examples.py) -> `fit`: batches -> loss -> step -> validation every `eval_every`
 epochs -> keep the best state by validation AUC (rankers) or RMSE (rating) -> stop after
 `patience` validations without improvement -> the test split is scored once, at the end.
 Rankers learn with binary cross-entropy (optionally class-weighted), the rating model with MSE.
@@ -24,15 +24,14 @@ from torch import nn
 
 from recsys.artifact import ItemIndex
 from recsys.schema import FeatureSchema
-from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.data import Tables, load_tables
+from trainer.data.tables import Tables, load_tables
 from trainer.models.conv_ctr import ConvCTR, ConvCTRConfig
 from trainer.models.dcn import DCNv2, DCNv2Config
 from trainer.models.deepfm import DeepFM, DeepFMConfig
 from trainer.models.fields import FieldLayout
 from trainer.models.rating import RatingModel, RatingModelConfig
-from trainer.pipeline import build_item_index, build_schema
-from trainer.ranking_data import (
+from trainer.data.encoding import build_item_index, build_schema
+from trainer.data.examples import (
     LABELS,
     TEST,
     TRAIN,
@@ -43,8 +42,10 @@ from trainer.ranking_data import (
     field_layout,
     longest_multi,
 )
-from trainer.ranking_metrics import classification_metrics, rating_metrics
-from trainer.train import ema_update, init_weights, lr_factor, make_optimizer, set_seed, tuple_state
+from trainer.pointwise_metrics import classification_metrics, rating_metrics
+from trainer import distributed
+from trainer.loop import FitResult, LoopConfig, init_weights
+from trainer.loop import fit as run_loop
 
 __all__ = ["RANKERS", "RankConfig", "RankFit", "RankRun", "batch_inputs", "fit_ranker", "predict", "reads_user_id",
            "train_ranker"]
@@ -60,9 +61,9 @@ INPUTS = ("user_cat", "user_num", "item_id", "item_cat", "item_num", "item_multi
 
 
 @dataclass(frozen=True)
-class RankConfig:
+class RankConfig(LoopConfig):
     model: str = "deepfm"  # deepfm | dcn | conv_ctr | rating (see RANKERS)
-    # Labels (trainer/ranking_data.py); model=rating always learns the rating itself.
+    # Labels (trainer/data/examples.py); model=rating always learns the rating itself.
     label: str = "threshold"  # threshold (rating >= threshold) | implicit (sampled negatives)
     threshold: float = 4.0  # label = rating >= threshold
     negatives: int = 1  # sampled 0-labelled items per event (label=implicit)
@@ -85,22 +86,12 @@ class RankConfig:
     ordinal: bool = False  # label=threshold: learn P(rating >= t) for every rating level t with one
     #   score plus an offset per level (cumulative logits), so the whole rating trains the model;
     #   the served output is still P(rating >= threshold)
-    optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9); shared with trainer/train.py
-    lr: float = 1e-3  # (peak) learning rate
-    weight_decay: float = 0.0  # L2 (adam, sgd) or decoupled (adamw)
-    schedule: str = "constant"  # constant | cosine (to 0 over `epochs`) | warmup_cosine
-    warmup_epochs: int = 2  # linear warm-up length for warmup_cosine
-    init: str = "xavier_uniform"  # xavier_uniform | xavier_normal | normal (N(0, 0.02)) of linear and
-    #   embedding weights; conv kernels and numeric-feature vectors stay Xavier-uniform
-    deterministic: bool = False  # torch deterministic algorithms
+    # Loop settings (trainer/loop.py LoopConfig) with the rankers' defaults. `init` other than
+    # xavier_uniform re-initialises linear and embedding weights; conv kernels and numeric-feature
+    # vectors stay Xavier-uniform. `seed` also draws the split and the negatives.
     batch_size: int = 1024  # examples per step
     epochs: int = 30  # upper bound; early stopping usually ends sooner
-    eval_every: int = 1  # epochs between validations
     patience: int = 3  # validations without improvement before stopping
-    ema: float = 0.0  # decay of an exponential moving average of the weights, updated every step; the
-    #   average is what is validated, kept and exported (smooths the last steps' noise); 0 = off
-    seed: int = 0  # seeds the split, negatives, initialisation and batches
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
     @property
     def task(self) -> str:
@@ -126,18 +117,15 @@ class RankConfig:
 
     def check(self) -> None:
         """Raises ValueError naming the first bad setting."""
+        self.check_loop()
         choices = {"model": tuple(RANKERS), "label": LABELS[:2], "negative_sampling": ("uniform", "popularity"),
-                   "class_weight": ("none", "balanced"), "optimizer": ("adam", "adamw", "sgd"),
-                   "schedule": ("constant", "cosine", "warmup_cosine"),
-                   "init": ("xavier_uniform", "xavier_normal", "normal")}
+                   "class_weight": ("none", "balanced")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "eval_every", "patience", "multi_len"):
+        for name in ("multi_len",):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"ema must be in [0, 1); got {self.ema}")
         if self.history_len < 0 or self.negatives < 0 or self.warmup_epochs < 0:
             raise ValueError("history_len, negatives and warmup_epochs must be >= 0")
         if self.label == "implicit" and self.model != "rating" and self.negatives < 1:
@@ -149,14 +137,7 @@ class RankConfig:
             raise ValueError("lr must be > 0 and valid_share, test_share > 0 with a sum below 1")
 
 
-@dataclass
-class RankFit:
-    model: nn.Module
-    best_epoch: int
-    best_metrics: dict[str, float]  # validation metrics of the kept model
-    history: list[dict[str, float]] = field(default_factory=list)
-    seconds: float = 0.0
-    resumed_from: int = 0  # epochs restored from a checkpoint
+RankFit = FitResult  # what fit_ranker returns
 
 
 @dataclass
@@ -235,126 +216,84 @@ def reads_user_id(model: nn.Module) -> bool:
     return model.cfg.fields.user_ids > 0
 
 
+class RankerFamily:
+    """Labelled (user, item) examples of the train split; selection by validation AUC (rankers)
+    or RMSE (rating). The test split is never read here. Rankers learn with binary
+    cross-entropy (optionally class-weighted, or ordinal), the rating model with MSE."""
+
+    unit = "examples"
+
+    def __init__(self, cfg: RankConfig, data: RankingData):
+        cfg.check()
+        self.cfg, self.data = cfg, data
+        self.train, self.valid = data.rows(TRAIN), data.rows(VALID)
+        labels = data.label[self.train]
+        low, high = (float(labels.min()), float(labels.max())) if cfg.task == "rating" else (1.0, 5.0)
+        self.rating_range = (low, high) if high > low else (low, low + 1.0)
+        self.select, self.higher_is_better = ("valid_rmse", False) if cfg.task == "rating" else ("valid_auc", True)
+        if cfg.task == "rating":
+            self.objective: nn.Module = nn.MSELoss()
+        elif cfg.ordinal:
+            if data.rating is None:
+                raise ValueError("ordinal needs the ratings (label=threshold)")
+            self.objective = OrdinalBCE(data.rating[self.train], cfg.threshold)
+        else:
+            pos = float(labels.sum())
+            weight = (len(labels) - pos) / max(pos, 1.0) if cfg.class_weight == "balanced" else 1.0
+            self.objective = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight))
+        self.targets = data.rating if cfg.ordinal else data.label
+        layout = replace(field_layout(data.encoder, data.num_items), history_count=cfg.history_count,
+                         history_attention=cfg.history_attention, user_ids=data.user_vocab if cfg.user_id else 0)
+        self.model_cfg = cfg.model_config(layout, self.rating_range)
+        self.names: tuple[str, ...] = ()
+
+    def build_model(self) -> nn.Module:
+        model = RANKERS[self.cfg.model][1](self.model_cfg)
+        if self.cfg.init != "xavier_uniform":  # the models' own init is Xavier-uniform (fields.init_xavier)
+            init_weights(model, self.cfg.init)
+        return model
+
+    def batches(self, rng: np.random.Generator, full: bool = False):
+        """(target, *model inputs) per batch, inputs in `self.names` order; `full`: validation rows too."""
+        rows = np.concatenate([self.train, self.valid]) if full else self.train
+        order = rows[rng.permutation(len(rows))]
+        with_user_id = self.model_cfg.fields.user_ids > 0
+        for i in range(0, len(order), self.cfg.batch_size):
+            picked = order[i : i + self.cfg.batch_size]
+            inputs = batch_inputs(self.data, picked, with_user_id)
+            self.names = tuple(inputs)
+            yield (torch.from_numpy(self.targets[picked]), *inputs.values())
+
+    def count(self, batch) -> int:
+        return len(batch[0])
+
+    def loss(self, model: nn.Module, target: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        given = _full(dict(zip(self.names, inputs, strict=True)))
+        out = model(**given) if self.cfg.task == "rating" else model.logits(**given)
+        return self.objective(out, target)
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        return {f"valid_{k}": v for k, v in evaluate(model, self.data, self.valid, self.cfg.task).items()}
+
+    def fingerprint(self) -> dict:
+        data = self.data
+        return {"examples": len(data.label), "train": len(self.train), "num_items": int(data.num_items),
+                "label_sum": float(data.label.sum()), "user_vocab": data.user_vocab}
+
+
 def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True,
-               checkpoint_dir: str | Path | None = None, resume: bool = False) -> RankFit:
-    """Trains on the train split; keeps the best model by validation AUC (or RMSE); never reads
-    the test split.
-
-    With `checkpoint_dir`, the whole training state (model, optimizer, best state, random
-    generators) is saved after every epoch; `resume=True` continues from it (same config and
-    examples required, else ValueError) and reaches the same model as an uninterrupted run.
-    """
-    from tqdm.auto import tqdm
-
-    cfg.check()
-    set_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.use_deterministic_algorithms(cfg.deterministic)
-    rng = np.random.default_rng(cfg.seed + 1)  # batch order; the split used cfg.seed
-    train, valid = data.rows(TRAIN), data.rows(VALID)
-    labels = data.label[train]
-    rating_range = (float(labels.min()), float(labels.max())) if cfg.task == "rating" else (1.0, 5.0)
-    if rating_range[1] <= rating_range[0]:
-        rating_range = (rating_range[0], rating_range[0] + 1.0)
-    layout = replace(field_layout(data.encoder, data.num_items), history_count=cfg.history_count,
-                     history_attention=cfg.history_attention, user_ids=data.user_vocab if cfg.user_id else 0)
-    model = RANKERS[cfg.model][1](cfg.model_config(layout, rating_range))
-    if cfg.init != "xavier_uniform":  # the models' own init is Xavier-uniform (fields.init_xavier)
-        init_weights(model, cfg.init)
-    if cfg.task == "rating":
-        loss_fn: nn.Module = nn.MSELoss()
-    elif cfg.ordinal:
-        if data.rating is None:
-            raise ValueError("ordinal needs the ratings (label=threshold)")
-        loss_fn = OrdinalBCE(data.rating[train], cfg.threshold)
-    else:
-        pos = float(labels.sum())
-        weight = (len(labels) - pos) / max(pos, 1.0) if cfg.class_weight == "balanced" else 1.0
-        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight))
-    optimizer = make_optimizer(cfg, nn.ModuleList([model, loss_fn]))  # the ordinal offsets learn too
-    average = copy.deepcopy(model) if cfg.ema else None  # what is validated and kept, with ema
-    kept = average if average is not None else model
-    targets = data.rating if cfg.ordinal else data.label
-    key, sign = ("rmse", -1.0) if cfg.task == "rating" else ("auc", 1.0)
-    best: dict[str, Any] = {"value": -math.inf, "epoch": 0, "metrics": {}, "state": None}
-    history: list[dict[str, float]] = []
-    bad, first_epoch, elapsed = 0, 1, 0.0
-    fingerprint = {"examples": len(data.label), "train": len(train), "num_items": int(data.num_items),
-                   "label_sum": float(data.label.sum()), "user_vocab": data.user_vocab}
-    saved = load_checkpoint(checkpoint_dir) if (checkpoint_dir and resume) else None
-    if saved is not None:
-        if saved["config"] != asdict(cfg) or saved["data"] != fingerprint:
-            raise ValueError(f"checkpoint in {checkpoint_dir} was made with another config or data; not resuming")
-        model.load_state_dict(saved["model"])
-        if average is not None:
-            average.load_state_dict(saved["average"])
-        loss_fn.load_state_dict(saved["loss"])
-        optimizer.load_state_dict(saved["optimizer"])
-        best, history, bad, elapsed = saved["best"], saved["history"], saved["bad"], saved["elapsed"]
-        first_epoch = saved["epoch"] + 1
-        rng.bit_generator.state = saved["numpy_rng"]
-        torch.set_rng_state(saved["torch_rng"])
-        random.setstate(tuple_state(saved["python_rng"]))
-    with_user_id = reads_user_id(model)
-    start = time.perf_counter() - elapsed
-    bar = tqdm(range(first_epoch, cfg.epochs + 1), disable=not progress, unit="epoch", dynamic_ncols=True,
-               initial=first_epoch - 1, total=cfg.epochs)
-    for epoch in bar:
-        if bad >= cfg.patience:
-            break
-        model.train()
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg, epoch)
-        order = train[rng.permutation(len(train))]
-        total, steps, tick = 0.0, 0, time.perf_counter()
-        for i in range(0, len(order), cfg.batch_size):
-            rows = order[i : i + cfg.batch_size]
-            inputs = _full(batch_inputs(data, rows, with_user_id))
-            target = torch.from_numpy(targets[rows])
-            out = model(**inputs) if cfg.task == "rating" else model.logits(**inputs)
-            loss = loss_fn(out, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if average is not None:
-                ema_update(average, model, cfg.ema)
-            total, steps = total + loss.item(), steps + 1
-        row: dict[str, float] = {"epoch": epoch, "loss": total / max(steps, 1),
-                                 "examples_per_s": round(len(order) / max(time.perf_counter() - tick, 1e-9))}
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            row.update({f"valid_{k}": v for k, v in evaluate(kept, data, valid, cfg.task).items()})
-            value = sign * row[f"valid_{key}"]
-            if value > best["value"]:
-                best = {"value": value, "epoch": epoch, "metrics": dict(row),
-                        "state": copy.deepcopy(kept.state_dict())}
-                bad = 0
-            else:
-                bad += 1
-        history.append(row)
-        bar.set_postfix({"loss": f"{row['loss']:.4f}", key: f"{row.get(f'valid_{key}', float('nan')):.4f}",
-                         "best": f"{sign * best['value']:.4f}@{best['epoch']}"})
-        if checkpoint_dir:
-            save_checkpoint(checkpoint_dir, {
-                "config": asdict(cfg), "data": fingerprint, "epoch": epoch, "model": model.state_dict(),
-                "average": average.state_dict() if average is not None else None, "loss": loss_fn.state_dict(),
-                "optimizer": optimizer.state_dict(), "best": best, "history": history, "bad": bad,
-                "elapsed": time.perf_counter() - start, "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-            })
-    bar.close()
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    elif average is not None:
-        model.load_state_dict(average.state_dict())
-    model.eval()
-    metrics = {k: v for k, v in best["metrics"].items() if k.startswith("valid_")}
-    return RankFit(model, best["epoch"], metrics, history, time.perf_counter() - start, first_epoch - 1)
+               checkpoint_dir: str | Path | None = None, resume: bool = False) -> FitResult:
+    """Trains a ranker or the rating model through the loop (trainer/loop.py); see RankerFamily.
+    The batch order is seeded apart from the split (which used cfg.seed)."""
+    result = run_loop(cfg, RankerFamily(cfg, data), progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,
+                      rng_offset=1)
+    result.best_metrics = {k: v for k, v in result.best_metrics.items() if k.startswith("valid_")}
+    return result
 
 
 def train_ranker(cfg: RankConfig, interactions: str | Path | None = None, *, users: str | Path | None = None,
                  items: str | Path | None = None, tables: Tables | None = None, progress: bool = True,
-                 log=print, checkpoint_dir: str | Path | None = None, resume: bool = False) -> RankRun:
+                 log=print, checkpoint_dir: str | Path | None = None, resume: bool = False) -> RankRun | None:
     """Loads (or takes) the tables, builds examples, fits (checkpointing every epoch into
     `checkpoint_dir` when given; `resume` continues from there), and scores the test split once."""
     cfg.check()
@@ -372,6 +311,8 @@ def train_ranker(cfg: RankConfig, interactions: str | Path | None = None, *, use
     log(f"{len(data.label):,} examples: {len(data.rows(TRAIN)):,} train, {len(data.rows(VALID)):,} validation, "
         f"{len(data.rows(TEST)):,} test; inputs {encoder.describe()}")
     result = fit_ranker(cfg, data, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
+    if not distributed.current().is_main:
+        return None  # under DDP only rank 0 holds the selected model
     if result.resumed_from:
         log(f"resumed from epoch {result.resumed_from} ({checkpoint_dir})")
     test = {f"test_{k}": v for k, v in evaluate(result.model, data, data.rows(TEST), cfg.task).items()}

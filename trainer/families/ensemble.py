@@ -1,6 +1,6 @@
 """Training an ensemble of next-item models (`model = "ensemble"`, `members = [...]`).
 
-Each member is an ordinary training run (`trainer.train.fit`: its own early stopping on the
+Each member is an ordinary training run (`trainer.families.next_item.fit`: its own early stopping on the
 same validation events, its own checkpoints under `<checkpoint_dir>/member<i>`) with the
 ensemble's settings overridden by the member's own table, e.g.
 
@@ -20,46 +20,15 @@ exported and served like any single model.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 
-from trainer.models import CONTENT_MODELS
 from trainer.models.ensemble import Ensemble
-from trainer.train import FitResult, TrainConfig, fit, score_histories, validate
+from trainer.families.next_item import FitResult, TrainConfig, fit, member_configs, score_histories, validate
 
 __all__ = ["fit_ensemble", "member_configs"]
-
-
-def member_configs(cfg: TrainConfig) -> list[TrainConfig]:
-    """The members' full configs: the ensemble's settings, then each member's own."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"members"}
-    out = []
-    for i, own in enumerate(cfg.members):
-        if not isinstance(own, dict) or "model" not in own:
-            raise ValueError(f"ensemble member {i}: a table with at least a `model` key, got {own!r}")
-        unknown = sorted(set(own) - known)
-        if unknown:
-            raise ValueError(f"ensemble member {i}: unknown setting(s) {', '.join(unknown)}")
-        if "seed" in own:
-            raise ValueError(f"ensemble member {i}: members take their seeds from the ensemble's "
-                             f"(seed x members + i); remove `seed`")
-        if own["model"] == "ensemble" or own["model"] in CONTENT_MODELS:
-            raise ValueError(f"ensemble member {i}: members cannot be ensembles or content models "
-                             f"({', '.join(CONTENT_MODELS)}); got {own['model']!r}")
-        base = dataclasses.replace(cfg, members=())
-        member = dataclasses.replace(base, **own, seed=cfg.seed * len(cfg.members) + i)
-        member.check()
-        if member.max_len > cfg.max_len:
-            raise ValueError(f"ensemble member {i} reads {member.max_len} items, more than the ensemble's "
-                             f"max_len {cfg.max_len} (what the server sends); raise the ensemble's max_len")
-        out.append(member)
-    if out and max(m.max_len for m in out) != cfg.max_len:
-        raise ValueError(f"the ensemble's max_len ({cfg.max_len}) must be its longest member's "
-                         f"({max(m.max_len for m in out)}): the server sends that many items")
-    return out
 
 
 def fit_ensemble(cfg: TrainConfig, sequences: list[np.ndarray], num_items: int, *, progress: bool = True,

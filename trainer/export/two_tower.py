@@ -4,8 +4,8 @@ The served graph (`model.onnx`, task "next_item") computes the user vector and s
 against every item's vector, precomputed by the item tower at export and stored in the graph:
 
     name       dtype    shape                 manifest source  values
-    user_cat   int64    (B, n_user_cat)       user.cat         as trainer/ranking_export.py
-    user_num   float32  (B, n_user_num)       user.num         as trainer/ranking_export.py
+    user_cat   int64    (B, n_user_cat)       user.cat         as trainer/export/ranker.py
+    user_num   float32  (B, n_user_num)       user.num         as trainer/export/ranker.py
     history    int64    (B, L'), 1 <= L' <= L user.history     most recent item tokens, left-padded
     output: scores float32 (B, N), columns in item_index.json order.
 
@@ -43,13 +43,13 @@ from recsys.artifact import (
     write_jsonl,
 )
 from recsys.schema import FIRST_TOKEN, OOV, PAD
-from trainer.data import feature_rows
-from trainer.export import compare_with_onnx, seal_manifest, set_metadata, versions
+from trainer.data.tables import feature_rows
+from trainer.export.onnx import compare_with_onnx, seal_manifest, set_metadata, versions
 from trainer.models.two_tower import TwoTower, TwoTowerScorer
-from trainer.pipeline import history_rows
-from trainer.ranking_export import SOURCES
-from trainer.report import write_report
-from trainer.retrieval import (
+from trainer.data.encoding import history_rows
+from trainer.export.ranker import SOURCES
+from trainer.export.report import write_report
+from trainer.families.two_tower import (
     RetrievalConfig,
     RetrievalData,
     RetrievalRun,
@@ -180,9 +180,17 @@ def export_two_tower(run: RetrievalRun, out_dir: str | Path) -> Manifest:
 
 def train_and_export_two_tower(cfg: RetrievalConfig, interactions: str | Path, out_dir: str | Path, *,
                                users: str | Path | None = None, items: str | Path | None = None,
-                               progress: bool = True, log=print) -> Manifest:
-    """`recsys train --model two_tower`: tables -> pairs -> fit -> artifact."""
-    run = train_two_tower(cfg, interactions, users=users, items=items, progress=progress, log=log)
+                               progress: bool = True, log=print, resume: bool = False,
+                               checkpoint_dir: str | Path | None = None) -> Manifest | None:
+    """`recsys train --model two_tower`: tables -> pairs -> fit -> artifact.
+
+    Checkpoints and resume as for the rankers (trainer/export/ranker.py train_and_export_ranker);
+    under DDP rank 0 exports and returns the manifest, the others None."""
+    checkpoint_dir = checkpoint_dir or Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
+    run = train_two_tower(cfg, interactions, users=users, items=items, progress=progress, log=log,
+                          checkpoint_dir=checkpoint_dir, resume=resume)
+    if run is None:
+        return None
     manifest = export_two_tower(run, out_dir)
     log(f"wrote {out_dir} ({manifest.model_version})")
     return manifest

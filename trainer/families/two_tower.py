@@ -2,7 +2,7 @@
 
 Examples: every event of every user except the first (it has no history) is a (user
 features, the most recent `history_len` items before it) -> item pair. Each user's last event
-is held out for validation (users with at least 3 events), as trainer/train.py does for the
+is held out for validation (users with at least 3 events), as trainer/families/next_item.py does for the
 sequential models, so a test file is never seen here.
 
 Loss: in-batch sampled softmax. For a batch of B pairs, the other B - 1 pairs' items are the
@@ -28,25 +28,27 @@ from torch import nn
 
 from recsys.artifact import ItemIndex
 from recsys.schema import FIRST_TOKEN, FeatureSchema
-from trainer.data import Tables, load_tables
+from trainer.data.tables import Tables, load_tables
 from trainer.metrics import rank_of_targets, ranking_metrics
 from trainer.models.two_tower import TwoTower, TwoTowerConfig
-from trainer.pipeline import build_item_index, build_schema, encode_histories
-from trainer.ranking_data import (
+from trainer.data.encoding import build_item_index, build_schema, encode_histories
+from trainer.data.examples import (
     FeatureEncoder,
     _encode_tables,
     _histories,
     field_layout,
     longest_multi,
 )
-from trainer.train import lr_factor, make_optimizer, set_seed
+from trainer import distributed
+from trainer.loop import FitResult, LoopConfig
+from trainer.loop import fit as run_loop
 
 __all__ = ["RetrievalConfig", "RetrievalData", "RetrievalFit", "RetrievalRun", "build_retrieval_data", "fit_two_tower",
            "train_two_tower"]
 
 
 @dataclass(frozen=True)
-class RetrievalConfig:
+class RetrievalConfig(LoopConfig):
     model: str = "two_tower"  # the only retrieval model so far
     history_len: int = 50  # recent items the user tower reads (also the schema's max_history)
     multi_len: int = 16  # at most this many tokens per multi-valued item feature
@@ -57,19 +59,11 @@ class RetrievalConfig:
     dropout: float | None = None  # tower dropout
     temperature: float | None = None  # softmax temperature
     logq: bool = True  # log-Q correction of the in-batch logits
-    # Optimisation (shared with trainer/train.py make_optimizer / lr_factor)
-    optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9)
+    # Loop settings (trainer/loop.py LoopConfig) with the two-tower's defaults
     lr: float = 3e-3  # (peak) learning rate
-    weight_decay: float = 0.0  # L2 (adam, sgd) or decoupled (adamw)
-    schedule: str = "constant"  # constant | cosine | warmup_cosine
-    warmup_epochs: int = 2  # for warmup_cosine
     batch_size: int = 1024  # pairs per step = in-batch negatives + 1
     epochs: int = 60  # upper bound; early stopping usually ends sooner
-    eval_every: int = 1  # epochs between validations
-    patience: int = 4  # validations without improvement before stopping
     k: int = 10  # cut-off of the validation NDCG
-    seed: int = 0  # seeds python, numpy and torch
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
     def model_config(self, data: RetrievalData) -> TwoTowerConfig:
         shared = {f.name for f in fields(TwoTowerConfig)} & {f.name for f in fields(self)}
@@ -79,12 +73,12 @@ class RetrievalConfig:
 
     def check(self) -> None:
         """Raises ValueError naming the first bad setting."""
-        choices = {"model": ("two_tower",), "optimizer": ("adam", "adamw", "sgd"),
-                   "schedule": ("constant", "cosine", "warmup_cosine")}
+        self.check_loop()
+        choices = {"model": ("two_tower",)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        for name in ("history_len", "multi_len", "batch_size", "epochs", "eval_every", "patience", "k"):
+        for name in ("history_len", "multi_len", "k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not self.lr > 0 or (self.temperature is not None and not self.temperature > 0):
@@ -122,7 +116,7 @@ class RetrievalData:
 
 def build_retrieval_data(tables: Tables, index: ItemIndex, schema: FeatureSchema,
                          encoder: FeatureEncoder) -> RetrievalData:
-    """Pairs from the interactions (time order within each user, as trainer.data loads them)."""
+    """Pairs from the interactions (time order within each user, as trainer.data.tables loads them)."""
     user_ids, sequences = encode_histories(tables.interactions, index)
     users = np.concatenate([np.full(len(s), r, dtype=np.int64) for r, s in enumerate(sequences)])
     items = np.concatenate(sequences)
@@ -137,13 +131,7 @@ def build_retrieval_data(tables: Tables, index: ItemIndex, schema: FeatureSchema
                          user_row=users[keep], item=items[keep], history=history[keep], valid=valid[keep], seen=seen)
 
 
-@dataclass
-class RetrievalFit:
-    model: TwoTower
-    best_epoch: int
-    best_metrics: dict[str, float]
-    history: list[dict[str, float]] = field(default_factory=list)
-    seconds: float = 0.0
+RetrievalFit = FitResult  # what fit_two_tower returns
 
 
 @dataclass
@@ -192,66 +180,60 @@ def validate(model: TwoTower, data: RetrievalData, k: int) -> dict[str, float]:
     return ranking_metrics(rank_of_targets(scores, data.item[rows] - FIRST_TOKEN, excluded), k)
 
 
-def fit_two_tower(cfg: RetrievalConfig, data: RetrievalData, *, progress: bool = True) -> RetrievalFit:
-    """Trains on the non-held-out pairs; keeps the best model by validation NDCG@k."""
-    from tqdm.auto import tqdm
+class TwoTowerFamily:
+    """(user features + history) -> item pairs with in-batch negatives (see the module
+    docstring); selection by full-ranking NDCG@k of each user's held-out last event."""
 
-    cfg.check()
-    set_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    rng = np.random.default_rng(cfg.seed)
-    train = np.flatnonzero(~data.valid)
-    counts = np.bincount(data.item[train], minlength=data.num_items + FIRST_TOKEN).astype(np.float64)
-    log_q = torch.from_numpy(np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32)) if cfg.logq else None
-    model = TwoTower(cfg.model_config(data))
-    optimizer = make_optimizer(cfg, model)
-    key = f"ndcg@{cfg.k}"
-    best: dict[str, Any] = {"value": -math.inf, "epoch": 0, "metrics": {}, "state": None}
-    history: list[dict[str, float]] = []
-    bad, start = 0, time.perf_counter()
-    bar = tqdm(range(1, cfg.epochs + 1), disable=not progress, unit="epoch", dynamic_ncols=True)
-    for epoch in bar:
-        model.train()
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg, epoch)
-        order = train[rng.permutation(len(train))]
-        total, steps, tick = 0.0, 0, time.perf_counter()
-        for i in range(0, len(order) - 1, cfg.batch_size):
-            rows = order[i : i + cfg.batch_size]
-            if len(rows) < 2:
-                continue
-            loss = in_batch_loss(model, data, rows, log_q)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, steps = total + loss.item(), steps + 1
-        row: dict[str, float] = {"epoch": epoch, "loss": total / max(steps, 1),
-                                 "examples_per_s": round(len(order) / max(time.perf_counter() - tick, 1e-9))}
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            row.update(validate(model, data, cfg.k))
-            if row[key] > best["value"]:
-                best = {"value": row[key], "epoch": epoch, "metrics": dict(row),
-                        "state": copy.deepcopy(model.state_dict())}
-                bad = 0
-            else:
-                bad += 1
-        history.append(row)
-        bar.set_postfix({"loss": f"{row['loss']:.4f}", key: f"{row.get(key, float('nan')):.4f}",
-                         "best": f"{best['value']:.4f}@{best['epoch']}"})
-        if bad >= cfg.patience:
-            break
-    bar.close()
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    model.eval()
-    metrics = {f"valid_{k}": v for k, v in best["metrics"].items() if "@" in k}
-    return RetrievalFit(model, best["epoch"], metrics, history, time.perf_counter() - start)
+    unit = "examples"
+    higher_is_better = True
+    objective = None
+
+    def __init__(self, cfg: RetrievalConfig, data: RetrievalData):
+        cfg.check()
+        self.cfg, self.data = cfg, data
+        self.select = f"ndcg@{cfg.k}"
+        self.train = np.flatnonzero(~data.valid)
+        counts = np.bincount(data.item[self.train], minlength=data.num_items + FIRST_TOKEN).astype(np.float64)
+        self.log_q = (torch.from_numpy(np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32))
+                      if cfg.logq else None)
+
+    def build_model(self) -> nn.Module:
+        return TwoTower(self.cfg.model_config(self.data))
+
+    def batches(self, rng: np.random.Generator, full: bool = False):
+        """(example rows,) per batch; a batch needs 2 rows (its own negatives). `full`: every pair."""
+        rows = np.arange(len(self.data.item)) if full else self.train
+        order = rows[rng.permutation(len(rows))]
+        for i in range(0, len(order) - 1, self.cfg.batch_size):
+            picked = order[i : i + self.cfg.batch_size]
+            if len(picked) >= 2:
+                yield (torch.from_numpy(picked),)
+
+    def count(self, batch) -> int:
+        return len(batch[0])
+
+    def loss(self, model: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+        return in_batch_loss(model, self.data, rows.cpu().numpy(), self.log_q)
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        return validate(model, self.data, self.cfg.k)
+
+    def fingerprint(self) -> dict:
+        return {"pairs": len(self.data.item), "train": len(self.train), "num_items": self.data.num_items}
+
+
+def fit_two_tower(cfg: RetrievalConfig, data: RetrievalData, *, progress: bool = True,
+                  checkpoint_dir: str | Path | None = None, resume: bool = False) -> FitResult:
+    """Trains the two-tower model through the loop (trainer/loop.py); see TwoTowerFamily.
+    Under DDP each rank's in-batch negatives are its own rows of the batch."""
+    result = run_loop(cfg, TwoTowerFamily(cfg, data), progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
+    result.best_metrics = {f"valid_{k}": v for k, v in result.best_metrics.items() if "@" in k}
+    return result
 
 
 def train_two_tower(cfg: RetrievalConfig, interactions: str | Path | None = None, *, users: str | Path | None = None,
                     items: str | Path | None = None, tables: Tables | None = None, progress: bool = True,
-                    log=print) -> RetrievalRun:
+                    log=print, checkpoint_dir: str | Path | None = None, resume: bool = False) -> RetrievalRun | None:
     """Loads (or takes) the tables, builds pairs with the same schema as a sequential model of
     the same history length (one feature service serves both), and fits."""
     cfg.check()
@@ -266,7 +248,11 @@ def train_two_tower(cfg: RetrievalConfig, interactions: str | Path | None = None
     data = build_retrieval_data(tables, index, schema, encoder)
     log(f"{len(data.item):,} pairs: {int((~data.valid).sum()):,} train, {int(data.valid.sum()):,} validation; "
         f"inputs {encoder.describe()}")
-    result = fit_two_tower(cfg, data, progress=progress)
+    result = fit_two_tower(cfg, data, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
+    if not distributed.current().is_main:
+        return None  # under DDP only rank 0 holds the selected model
+    if result.resumed_from:
+        log(f"resumed from epoch {result.resumed_from} ({checkpoint_dir})")
     log(f"best epoch {result.best_epoch} of {len(result.history)} in {result.seconds:.0f} s: "
         + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items()))
     return RetrievalRun(cfg, tables, schema, index, data, result)

@@ -58,12 +58,12 @@ from recsys.artifact import (
     write_jsonl,
 )
 from recsys.schema import FIRST_TOKEN, OOV, PAD
-from trainer.data import feature_rows
-from trainer.export import compare_with_onnx, seal_manifest, set_metadata, versions
-from trainer.pipeline import history_rows
-from trainer.ranking import INPUTS, RankConfig, RankRun, reads_user_id, train_ranker
-from trainer.ranking_data import RankingData, field_layout
-from trainer.report import write_report
+from trainer.data.tables import feature_rows
+from trainer.export.onnx import compare_with_onnx, seal_manifest, set_metadata, versions
+from trainer.data.encoding import history_rows
+from trainer.families.ranker import INPUTS, RankConfig, RankRun, reads_user_id, train_ranker
+from trainer.data.examples import RankingData, field_layout
+from trainer.export.report import write_report
 
 __all__ = ["SOURCES", "RankerInputs", "export_ranker", "parity_check", "ranker_inputs", "train_and_export_ranker"]
 
@@ -217,14 +217,17 @@ def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
 def train_and_export_ranker(cfg: RankConfig, interactions: str | Path, out_dir: str | Path, *,
                             users: str | Path | None = None, items: str | Path | None = None,
                             progress: bool = True, log=print, resume: bool = False,
-                            checkpoint_dir: str | Path | None = None) -> Manifest:
+                            checkpoint_dir: str | Path | None = None) -> Manifest | None:
     """`recsys train --model deepfm|...`: tables -> examples -> fit -> test once -> artifact.
 
     The training state is checkpointed every epoch into `checkpoint_dir` (default `<out_dir>.ckpt`
-    beside the artifact); `resume=True` continues an interrupted run from there."""
+    beside the artifact); `resume=True` continues an interrupted run from there. Under DDP every
+    rank trains; rank 0 exports and returns the manifest, the others None."""
     checkpoint_dir = checkpoint_dir or Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
     run = train_ranker(cfg, interactions, users=users, items=items, progress=progress, log=log,
                        checkpoint_dir=checkpoint_dir, resume=resume)
+    if run is None:
+        return None
     manifest = export_ranker(run, out_dir)
     log(f"wrote {out_dir} ({manifest.model_version})")
     return manifest

@@ -1,7 +1,7 @@
 """Examples for the feature-based rankers: (user, candidate item, recent history) -> label.
 
 Features are encoded only through the schema's FeatureSpec encoders (`FeatureEncoder`), from
-the same plain values the feature service serves (trainer.data.feature_rows), so serving can
+the same plain values the feature service serves (trainer.data.tables.feature_rows), so serving can
 rebuild every input exactly. Labels come from one of:
 
     threshold  every rated event; label = rating >= threshold (e.g. "liked" = 4 stars or more)
@@ -25,7 +25,7 @@ import pandas as pd
 from recsys.artifact import ItemIndex
 from recsys.encoding import FeatureEncoder
 from recsys.schema import FIRST_TOKEN, OOV, PAD, FeatureSchema
-from trainer.data import Tables, feature_rows
+from trainer.data.tables import Tables, feature_rows
 from trainer.models.fields import FieldLayout
 
 __all__ = ["LABELS", "FeatureEncoder", "RankingData", "build_ranking_data", "field_layout"]

@@ -121,7 +121,7 @@ def next_item_loss(
     (N,) from `log_prior`, required then). `mask_seen` (ce only) leaves the items the user saw
     up to each position out of that position's softmax (`seen_mask`), as serving with
     exclude_seen leaves them out of the ranking; `older` (B, K) tokens, PAD-padded: what each
-    window's user saw before the window (trainer.batches.older_items), masked too when given.
+    window's user saw before the window (trainer.data.batches.older_items), masked too when given.
     """
     if debias and prior is None:
         raise ValueError("debias > 0 needs the items' log prior")

@@ -277,7 +277,7 @@ def fit_content(items: pd.DataFrame, item_vectors: str | Path | None = None, *, 
                 numeric_buckets: int = 8, vector_components: int = 0):
     """-> (ContentSpec, rows {item_id: features}, vectors or None) fitted on the item table (the
     vectors' projection, with `vector_components`, on the vectors of its items only)."""
-    from trainer.data import feature_rows, infer_feature_specs
+    from trainer.data.tables import feature_rows, infer_feature_specs
 
     specs = infer_feature_specs(items, "item_id")
     rows = list(feature_rows(items, specs, "item_id"))
@@ -368,8 +368,8 @@ def add_items(artifact_dir: str | Path, items: str | Path, out_dir: str | Path, 
         read_jsonl,
         read_manifest,
     )
-    from trainer.data import feature_rows, read_table
-    from trainer.export import ExportInputs, export_artifact
+    from trainer.data.tables import feature_rows, read_table
+    from trainer.export.next_item import ExportInputs, export_artifact
     from trainer.models.content import ContentSASRec
 
     artifact_dir, out_dir = Path(artifact_dir), Path(out_dir)

@@ -1,0 +1,265 @@
+"""The next-item family: users' item sequences -> SASRec, GRU4Rec, Caser, content_sasrec.
+
+Batches are training windows (trainer/data/batches.py), the loss one of trainer/families/losses.py,
+validation full-ranking NDCG@k of each user's held-out last event (seen items excluded); a
+test file is never seen here. The loop itself is trainer/loop.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses as dataclasses_
+import functools
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsys.schema import FIRST_TOKEN
+from trainer.data.batches import bucketed_batches, last_window, older_items, training_windows
+from trainer.families.losses import LOSSES, NegativeSampler, log_prior, next_item_loss
+from trainer.loop import FitResult, LoopConfig, init_weights
+from trainer.loop import fit as run_loop
+from trainer.metrics import rank_of_targets, ranking_metrics
+from trainer.models import CONTENT_MODELS, MODELS
+
+__all__ = ["FitResult", "NextItemFamily", "TrainConfig", "fit", "member_configs", "score_histories", "validate"]
+
+
+@dataclass(frozen=True)
+class TrainConfig(LoopConfig):
+    model: str = "sasrec"  # key of trainer.models.MODELS, or "ensemble" (of `members`)
+    epochs: int = 200  # upper bound; early stopping usually ends sooner
+    batch_size: int = 256  # windows per step
+    bucket: bool = False  # batch windows of similar length and trim their padding (faster for long max_len)
+    max_len: int = 50  # most recent items the model reads
+    # Model hyperparameters; None keeps the model's own default (see trainer/models/<model>.py).
+    hidden: int | None = None  # embedding width
+    heads: int | None = None  # attention heads (sasrec)
+    layers: int | None = None  # Transformer blocks (sasrec) or GRU layers (gru4rec)
+    inner: int | None = None  # feed-forward width (sasrec)
+    dropout: float | None = None  # dropout rate
+    id_dropout: float | None = None  # content_sasrec: chance an item's id embedding is dropped per step
+    content_loss: float | None = None  # content_sasrec: weight of the content-only softmax loss (cold start)
+    min_word_items: int = 2  # content_sasrec: a title/description word counts if this many items have it
+    content_bias: bool = True  # content_sasrec: add a per-item score bias predicted from content
+    numeric_buckets: int = 8  # content_sasrec: quantile buckets of a numeric item feature (release year)
+    vector_components: int = 0  # content_sasrec: project item vectors onto this many principal directions; 0 = as given
+    # Objective
+    loss: str = "ce"  # ce | sampled_softmax | bce | bpr (see trainer/families/losses.py)
+    negatives: int = 100  # sampled items per step (sampled_softmax) or per target (bce, bpr)
+    negative_sampling: str = "uniform"  # uniform | popularity (popularity ** negative_alpha)
+    negative_alpha: float = 0.75  # exponent of popularity-weighted sampling (0 = uniform)
+    logq_correction: bool = True  # sampled_softmax: subtract log q(item) (unbiased); false keeps the sampling bias
+    popularity_debias: float = 0.0  # logit adjustment tau: train on logits + tau * log p(item); 0 = off
+    # Leave what the user has already seen out of each position's softmax, as serving with
+    # exclude_seen leaves it out of the ranking (ce only). None: on with ce. Turn it off for
+    # data where users repeat items and recommendations include seen ones.
+    mask_seen: bool | None = None
+    lr: float = 3e-3  # peak learning rate (loop settings not listed here: trainer/loop.py LoopConfig)
+    eval_every: int = 3  # epochs between validations
+    patience: int = 4  # validations without improvement before stopping
+    k: int = 10  # cut-off of the validation metric (NDCG@k selects the model)
+    # Export
+    ann: str = "auto"  # ANN retrieval index: auto (from 100k items), on, off (trainer/export/ann.py)
+    ann_backend: str = "norm-pruned"  # norm-pruned (exact at its default alpha 1) | faiss-ivf | faiss-hnsw | usearch (recsys/ann.py)
+    int8: bool = False  # also export model.int8.onnx (dynamic quantisation, quality measured)
+    # model = "ensemble": one table of settings per member, each overriding the ones above for
+    # that member and naming its `model` (trainer/families/ensemble.py); the served scores are their sum,
+    # each member scaled by its scores' spread on the validation histories.
+    members: tuple = ()
+
+    @property
+    def masks_seen(self) -> bool:
+        return self.loss == "ce" if self.mask_seen is None else self.mask_seen
+
+    def model_config(self, num_items: int):
+        """The model's own config: the fields it shares with this one, its defaults for the rest."""
+        if self.model == "ensemble":
+            raise ValueError("an ensemble has no model config of its own; see trainer/families/ensemble.py member_configs")
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
+        config_cls = MODELS[self.model][0]
+        shared = {f.name for f in fields(config_cls)} & {f.name for f in fields(self)}
+        given = {name: getattr(self, name) for name in shared if getattr(self, name) is not None}
+        return config_cls(num_items=num_items, **given)
+
+    def check(self) -> None:
+        """Raises ValueError naming the first bad setting."""
+        self.check_loop()
+        choices = {
+            "loss": LOSSES,
+            "negative_sampling": ("uniform", "popularity"),
+            "ann": ("auto", "on", "off"),
+            "ann_backend": ("norm-pruned", "faiss-hnsw", "faiss-ivf", "usearch"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name in ("max_len", "negatives", "k", "min_word_items", "numeric_buckets"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.mask_seen and self.loss != "ce":
+            raise ValueError(f"mask_seen applies to loss ce only; got loss {self.loss!r}")
+        if self.vector_components < 0:
+            raise ValueError(f"vector_components must be >= 0; got {self.vector_components}")
+        for name in ("negative_alpha", "popularity_debias"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.model == "ensemble":
+            if not self.members:
+                raise ValueError("model ensemble needs `members`: one table of settings per member")
+            member_configs(self)
+        elif self.members:
+            raise ValueError(f"`members` is for model ensemble only; model is {self.model!r}")
+        else:
+            self.model_config(1)
+
+
+def member_configs(cfg: TrainConfig) -> list[TrainConfig]:
+    """The members' full configs: the ensemble's settings, then each member's own."""
+    known = {f.name for f in dataclasses_.fields(TrainConfig)} - {"members"}
+    out = []
+    for i, own in enumerate(cfg.members):
+        if not isinstance(own, dict) or "model" not in own:
+            raise ValueError(f"ensemble member {i}: a table with at least a `model` key, got {own!r}")
+        unknown = sorted(set(own) - known)
+        if unknown:
+            raise ValueError(f"ensemble member {i}: unknown setting(s) {', '.join(unknown)}")
+        if "seed" in own:
+            raise ValueError(f"ensemble member {i}: members take their seeds from the ensemble's "
+                             f"(seed x members + i); remove `seed`")
+        if own["model"] == "ensemble" or own["model"] in CONTENT_MODELS:
+            raise ValueError(f"ensemble member {i}: members cannot be ensembles or content models "
+                             f"({', '.join(CONTENT_MODELS)}); got {own['model']!r}")
+        base = dataclasses_.replace(cfg, members=())
+        member = dataclasses_.replace(base, **own, seed=cfg.seed * len(cfg.members) + i)
+        member.check()
+        if member.max_len > cfg.max_len:
+            raise ValueError(f"ensemble member {i} reads {member.max_len} items, more than the ensemble's "
+                             f"max_len {cfg.max_len} (what the server sends); raise the ensemble's max_len")
+        out.append(member)
+    if out and max(m.max_len for m in out) != cfg.max_len:
+        raise ValueError(f"the ensemble's max_len ({cfg.max_len}) must be its longest member's "
+                         f"({max(m.max_len for m in out)}): the server sends that many items")
+    return out
+
+
+@torch.no_grad()
+def score_histories(model: nn.Module, histories: list[np.ndarray], max_len: int, batch: int = 512) -> np.ndarray:
+    """Scores (U, N) of every item after each token history, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(histories), batch):
+        x = np.stack([last_window(h, max_len) for h in histories[i : i + batch]])
+        out.append(model(torch.from_numpy(x).to(device)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def validate(model: nn.Module, histories: list[np.ndarray], targets: np.ndarray, num_items: int, cfg: TrainConfig) -> dict:
+    """Full-ranking metrics of `targets` (tokens) after `histories`, seen items excluded."""
+    scores = score_histories(model, histories, cfg.max_len)
+    excluded = np.zeros((len(histories), num_items), dtype=bool)
+    for row, h in enumerate(histories):
+        excluded[row, h - FIRST_TOKEN] = True
+    ranks = rank_of_targets(scores, targets - FIRST_TOKEN, excluded)
+    return ranking_metrics(ranks, cfg.k)
+
+
+class NextItemFamily:
+    """Windows of every user's sequence minus its last event; selection on that last event.
+
+    sequences: per user, int64 tokens oldest first. Users with fewer than 3 events train but
+    are not validated. `model`: a prebuilt, untrained model instead of `cfg.model` from the
+    registry (content models carry their item tables from construction). `validator`: a
+    callable (model in eval mode) -> {metric: value} whose metrics join every validation row;
+    `select` names the row metric that picks the best epoch (default NDCG@k).
+    """
+
+    unit = "events"
+    higher_is_better = True
+    objective = None
+
+    def __init__(self, cfg: TrainConfig, sequences: list[np.ndarray], num_items: int, *, model: nn.Module | None = None,
+                 validator=None, select: str | None = None):
+        cfg.check()
+        self.cfg, self.num_items, self.prebuilt, self.validator = cfg, num_items, model, validator
+        self.select = select or f"ndcg@{cfg.k}"
+        self.sequences = sequences
+        self.train_seqs = [s[:-1] for s in sequences if len(s) >= 2]
+        val = [(s[:-1], s[-1]) for s in sequences if len(s) >= 3]
+        self.val_histories = [h for h, _ in val]
+        self.val_targets = np.array([t for _, t in val], dtype=np.int64)
+        counts = (np.bincount(np.concatenate(self.train_seqs) - FIRST_TOKEN, minlength=num_items)
+                  if self.train_seqs else np.ones(num_items))
+        sampler = (None if cfg.loss == "ce"
+                   else NegativeSampler(torch.from_numpy(counts), cfg.negative_sampling, cfg.negative_alpha))
+        prior = log_prior(torch.from_numpy(counts)) if cfg.popularity_debias else None
+        self._loss = functools.partial(next_item_loss, loss=cfg.loss, sampler=sampler, negatives=cfg.negatives,
+                                       logq=cfg.logq_correction, debias=cfg.popularity_debias, prior=prior,
+                                       mask_seen=cfg.masks_seen)
+
+    def build_model(self) -> nn.Module:
+        cfg = self.cfg
+        model = self.prebuilt if self.prebuilt is not None else build_model(cfg, self.num_items)
+        init_weights(model, cfg.init)
+        return model
+
+    def batches(self, rng: np.random.Generator, full: bool = False):
+        """(inputs, targets[, older items]) windows; `full`: the held-out last events too."""
+        sequences = [s for s in self.sequences if len(s) >= 2] if full else self.train_seqs
+        inputs, targets, origins = training_windows(sequences, self.cfg.max_len, rng, origins=True)
+        for batch_inputs, batch_targets, rows in _batches(inputs, targets, self.cfg, rng):
+            batch = (batch_inputs, batch_targets)
+            if self.cfg.masks_seen:  # the loss also masks what each user saw before the window
+                batch += (torch.from_numpy(older_items(sequences, origins, rows)),)
+            yield batch
+
+    def count(self, batch) -> int:
+        return int((batch[1] != 0).sum())
+
+    def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        loss = self._loss(model, inputs, targets, *extra)
+        if hasattr(model, "auxiliary_loss"):  # a model's own extra objective (content_sasrec's content loss)
+            loss = loss + model.auxiliary_loss(inputs, targets)
+        return loss
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        row = validate(model, self.val_histories, self.val_targets, self.num_items, self.cfg)
+        if self.validator is not None:
+            row.update(self.validator(model.eval()))
+        return row
+
+    def fingerprint(self) -> dict:
+        return {"num_items": self.num_items, "users": len(self.sequences),
+                "events": int(sum(len(s) for s in self.sequences))}
+
+
+def build_model(cfg: TrainConfig, num_items: int) -> nn.Module:
+    """An untrained `cfg.model` from the registry (trainer/models, or a user's own module)."""
+    return MODELS[cfg.model][1](cfg.model_config(num_items))
+
+
+def fit(cfg: TrainConfig, sequences: list[np.ndarray], num_items: int, *, progress: bool = True,
+        checkpoint_dir: str | Path | None = None, resume: bool = False, model: nn.Module | None = None,
+        validator=None, select: str | None = None) -> FitResult:
+    """Trains a next-item model through the loop (trainer/loop.py); see NextItemFamily."""
+    family = NextItemFamily(cfg, sequences, num_items, model=model, validator=validator, select=select)
+    return run_loop(cfg, family, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
+
+
+def _batches(inputs: np.ndarray, targets: np.ndarray, cfg: TrainConfig, rng: np.random.Generator):
+    """Shuffled (inputs, targets, window rows) batches; with `cfg.bucket`, windows of similar
+    length together."""
+    if cfg.bucket:
+        for batch_inputs, batch_targets, rows in bucketed_batches(inputs, targets, cfg.batch_size, rng):
+            yield torch.from_numpy(batch_inputs), torch.from_numpy(batch_targets), rows
+        return
+    order = rng.permutation(len(inputs))
+    inputs_t, targets_t = torch.from_numpy(inputs), torch.from_numpy(targets)
+    for i in range(0, len(order), cfg.batch_size):
+        rows = order[i : i + cfg.batch_size]
+        idx = torch.from_numpy(rows)
+        yield inputs_t[idx], targets_t[idx], rows
