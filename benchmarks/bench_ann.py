@@ -2,7 +2,7 @@
 against exact scoring, for each backend in recsys/ann.py, on an artifact's item vectors and
 user vectors of its own users' histories (the real query distribution).
 
-    python scripts/bench_ann.py --artifact runs/synth1m/sasrec [--backends norm-pruned,faiss-ivf,faiss-hnsw]
+    python -m benchmarks.bench_ann --artifact runs/synth1m/sasrec [--backends norm-pruned,faiss-ivf,faiss-hnsw]
         [--alpha 1.0,0.9,0.8] [--nlist 1024,4096] [--nprobe 8,16,32,64,128,256] [--items 200000] [--out .bench/ann.json]
 
 `--items N` keeps the first N item vectors (a quicker comparison on a loaded machine). For
@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recsys.ann import ITEM_VECTORS, build_index, exact_top_k, read_spec
 from recsys.artifact import HISTORIES, ItemIndex, read_jsonl, read_manifest
@@ -54,8 +51,11 @@ def measure(index, queries: np.ndarray, exact: np.ndarray, k: int) -> dict:
         samples.append((time.perf_counter() - t) * 1000)
         hits += len(set(cols[0].tolist()) & set(truth.tolist()))
     p50, p99 = np.percentile(samples, [50, 99])
-    return {"search_p50_ms": round(float(p50), 3), "search_p99_ms": round(float(p99), 3),
-            f"recall_at_{k}": round(hits / (k * len(queries)), 4)}
+    return {
+        "search_p50_ms": round(float(p50), 3),
+        "search_p99_ms": round(float(p99), 3),
+        f"recall_at_{k}": round(hits / (k * len(queries)), 4),
+    }
 
 
 def main() -> None:
@@ -77,8 +77,13 @@ def main() -> None:
     vectors = np.ascontiguousarray(vectors[: args.items] if args.items else vectors)
     queries = user_vectors(args.artifact, args.users)
     exact = np.concatenate([exact_top_k(vectors, queries[i : i + 32], args.k)[0] for i in range(0, len(queries), 32)])
-    results = {"items": len(vectors), "dim": vectors.shape[1], "queries": len(queries), "load_average": os.getloadavg(),
-               "runs": []}
+    results = {
+        "items": len(vectors),
+        "dim": vectors.shape[1],
+        "queries": len(queries),
+        "load_average": os.getloadavg(),
+        "runs": [],
+    }
     for backend in args.backends.split(","):
         settings = [{"nlist": int(n)} for n in args.nlist.split(",")] if backend == "faiss-ivf" else [{}]
         for params in settings:
@@ -86,14 +91,23 @@ def main() -> None:
             index = build_index(vectors, backend, params, threads=os.cpu_count() or 1)
             build_s = round(time.perf_counter() - start, 1)
             faiss.omp_set_num_threads(1)
-            searches = ([{"nprobe": int(p)} for p in args.nprobe.split(",")] if backend == "faiss-ivf" else
-                        [{"alpha": float(a)} for a in args.alpha.split(",")] if backend == "norm-pruned" else [{}])
+            searches = (
+                [{"nprobe": int(p)} for p in args.nprobe.split(",")]
+                if backend == "faiss-ivf"
+                else [{"alpha": float(a)} for a in args.alpha.split(",")]
+                if backend == "norm-pruned"
+                else [{}]
+            )
             for search in searches:
                 if int(search.get("nprobe", 1)) > int(index.params.get("nlist", 1 << 30)):
                     continue
                 index.set_search(**search)
-                row = {"backend": backend, "params": dict(index.params), "build_s": build_s,
-                       **measure(index, queries, exact, args.k)}
+                row = {
+                    "backend": backend,
+                    "params": dict(index.params),
+                    "build_s": build_s,
+                    **measure(index, queries, exact, args.k),
+                }
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
     t = time.perf_counter()

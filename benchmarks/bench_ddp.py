@@ -1,6 +1,6 @@
 """1 process against N DDP processes: wall time, training throughput and validation NDCG@10.
 
-    python scripts/bench_ddp.py --data data/ml-100k --epochs 6 --runs 1x1,1x2,2x1
+    python -m benchmarks.bench_ddp --data data/ml-100k --epochs 6 --runs 1x1,1x2,2x1
 
 Each run `PxT` trains SASRec (TrainConfig defaults, the given --epochs, validation every 3
 epochs, no early stop) on P processes of T torch threads each, through torchrun as `recsys
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from recsys.schema import FIRST_TOKEN
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # on the workers' PYTHONPATH: they run this module
 
 
 def read_sequences(interactions: Path):
@@ -52,12 +52,20 @@ def worker(args) -> None:
     seconds = time.perf_counter() - start
     if dist.is_main:
         rates = [row["events_per_s"] for row in result.history]
-        Path(args.result).write_text(json.dumps({
-            "processes": dist.world_size, "threads": args.threads, "epochs": len(result.history),
-            "train_seconds": round(seconds, 1), "events_per_s_median": sorted(rates)[len(rates) // 2],
-            "ndcg@10": round(result.best_metrics["ndcg@10"], 4), "hr@10": round(result.best_metrics["hr@10"], 4),
-            "best_epoch": result.best_epoch,
-        }))
+        Path(args.result).write_text(
+            json.dumps(
+                {
+                    "processes": dist.world_size,
+                    "threads": args.threads,
+                    "epochs": len(result.history),
+                    "train_seconds": round(seconds, 1),
+                    "events_per_s_median": sorted(rates)[len(rates) // 2],
+                    "ndcg@10": round(result.best_metrics["ndcg@10"], 4),
+                    "hr@10": round(result.best_metrics["hr@10"], 4),
+                    "best_epoch": result.best_epoch,
+                }
+            )
+        )
     distributed.shutdown()
 
 
@@ -77,10 +85,31 @@ def main() -> None:
     for run in args.runs.split(","):
         procs, threads = (int(x) for x in run.split("x"))
         result = Path(f"/tmp/bench_ddp_{os.getpid()}_{run}.json")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
-               __file__, "--worker", "--data", args.data, "--epochs", str(args.epochs), "--seed", str(args.seed),
-               "--threads", str(threads), "--result", str(result)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={procs}",
+            "-m",
+            "benchmarks.bench_ddp",
+            "--worker",
+            "--data",
+            args.data,
+            "--epochs",
+            str(args.epochs),
+            "--seed",
+            str(args.seed),
+            "--threads",
+            str(threads),
+            "--result",
+            str(result),
+        ]
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(threads),
+            "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}",
+        }
         load = os.getloadavg()[0]
         tick = time.perf_counter()
         subprocess.run(cmd, check=True, env=env)

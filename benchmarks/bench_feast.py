@@ -1,12 +1,12 @@
 """The Feast half of `make bench-features`; runs in Feast's own virtualenv, not recsys's.
 
 `--setup` builds a local Feast feature repo (SQLite online store, file registry) over the data
-that scripts/bench_features.py wrote and writes it to the online store (bench_features.py then
+that benchmarks/bench_features.py wrote and writes it to the online store (bench_features.py then
 runs `feast serve` on it and times it over HTTP itself); without it, times the same lookups as
 the recsys benchmark through Feast's in-process SDK (`FeatureStore.get_online_features`): one
 user's features with its recent history, and 100 items' features. Prints one JSON object.
 
-    python scripts/bench_feast.py --data DIR --repo DIR [--setup] [--warmup N]
+    python -m benchmarks.bench_feast --data DIR --repo DIR [--setup] [--warmup N]
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 from feast import Entity, FeatureStore, FeatureView, Field, FileSource
 from feast.types import Array, Float64, Int64, String
 
-from bench_timing import timed  # beside this script; Feast's venv has no recsys
+from benchmarks.bench_timing import timed  # standard library only: Feast's venv has no recsys
 
 USER_FEATURES = ["age", "gender", "occupation", "history", "history_timestamps"]
 ITEM_FEATURES = ["title", "genres", "year"]
@@ -39,7 +39,7 @@ def write_repo(data: Path, repo: Path) -> FeatureStore:
         f"  path: {repo / 'online.db'}\n"
         "entity_key_serialization_version: 3\n"
     )
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     users = pd.read_json(data / "feast_users.jsonl", lines=True, dtype={"user_id": str})
     items = pd.read_json(data / "feast_items.jsonl", lines=True, dtype={"item_id": str})
     users["event_timestamp"] = now
@@ -52,17 +52,24 @@ def write_repo(data: Path, repo: Path) -> FeatureStore:
         name="user_features",
         entities=[user],
         ttl=timedelta(days=3650),
-        schema=[Field(name="age", dtype=Float64), Field(name="gender", dtype=String),
-                Field(name="occupation", dtype=String), Field(name="history", dtype=Array(String)),
-                Field(name="history_timestamps", dtype=Array(Int64))],
+        schema=[
+            Field(name="age", dtype=Float64),
+            Field(name="gender", dtype=String),
+            Field(name="occupation", dtype=String),
+            Field(name="history", dtype=Array(String)),
+            Field(name="history_timestamps", dtype=Array(Int64)),
+        ],
         source=FileSource(path=str(repo / "users.parquet"), timestamp_field="event_timestamp"),
     )
     item_view = FeatureView(
         name="item_features",
         entities=[item],
         ttl=timedelta(days=3650),
-        schema=[Field(name="title", dtype=String), Field(name="genres", dtype=Array(String)),
-                Field(name="year", dtype=Float64)],
+        schema=[
+            Field(name="title", dtype=String),
+            Field(name="genres", dtype=Array(String)),
+            Field(name="year", dtype=Float64),
+        ],
         source=FileSource(path=str(repo / "items.parquet"), timestamp_field="event_timestamp"),
     )
     store = FeatureStore(repo_path=str(repo))
@@ -70,10 +77,6 @@ def write_repo(data: Path, repo: Path) -> FeatureStore:
     store.write_to_online_store("user_features", users)
     store.write_to_online_store("item_features", items)
     return store
-
-
-
-
 
 
 def main() -> int:
@@ -107,8 +110,14 @@ def main() -> int:
         assert all(t is not None for t in out["title"])
         return out
 
-    print(json.dumps({"users_1": timed(sdk_users, requests["users_1"], args.warmup),
-                      "items_100": timed(sdk_items, requests["items_100"], args.warmup)}))
+    print(
+        json.dumps(
+            {
+                "users_1": timed(sdk_users, requests["users_1"], args.warmup),
+                "items_100": timed(sdk_items, requests["items_100"], args.warmup),
+            }
+        )
+    )
     return 0
 
 

@@ -14,7 +14,12 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
     def at(q: float) -> float:
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
 
-    return {"calls": len(ordered), "p50_ms": at(0.50), "p99_ms": at(0.99), "mean_ms": round(sum(ordered) / len(ordered), 3)}
+    return {
+        "calls": len(ordered),
+        "p50_ms": at(0.50),
+        "p99_ms": at(0.99),
+        "mean_ms": round(sum(ordered) / len(ordered), 3),
+    }
 
 
 def timed(call, requests: list, warmup: int) -> dict[str, float]:

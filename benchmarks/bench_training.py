@@ -14,13 +14,13 @@ In one run, one after the other on the same machine (so both see the same load):
    event held out as the test, the one before it as validation. Reported: data preparation,
    fit wall time, epochs run, best epoch, validation NDCG@10.
 
-Both run as child processes of this script (the same file, `--child recbole|recsys`) with
+Both run as child processes of this script (the same module, `--child recbole|recsys`) with
 torch's default thread count. The figure that matters is the ratio of recsys's whole training
 to RecBole's single epoch: on a shared machine both absolute times move with the load, so the
 1-minute load average is recorded before, between and after the two, and sampled every 5 s
 while each runs (`loadavg_1min_during`: compare the two sides' means). Writes OUT/results.json.
 
-    python scripts/bench_training.py --recbole-python .bench/recbole-venv/bin/python [--out .bench/training]
+    python -m benchmarks.bench_training --recbole-python .bench/recbole-venv/bin/python [--out .bench/training]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[1]  # the children run from here (python -m)
 RESULT_PREFIX = "BENCH_RESULT "  # the child's one line of JSON on stdout starts with this
 
 
@@ -58,8 +58,11 @@ def recbole_child(epochs: int, workdir: Path) -> dict:
     # its defaults for sequential models split leave-one-out by time (LS valid_and_test, TO).
     # SASRec's default loss is CE, which RecBole 1.2.1 refuses beside its default negative sampling
     # (train_neg_sample_args must be None then): the one setting every CE run has to give.
-    config = Config(model="SASRec", dataset="ml-100k", config_dict={
-        "epochs": epochs, "show_progress": False, "train_neg_sample_args": None})
+    config = Config(
+        model="SASRec",
+        dataset="ml-100k",
+        config_dict={"epochs": epochs, "show_progress": False, "train_neg_sample_args": None},
+    )
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, valid_data, _ = data_preparation(config, dataset)
@@ -87,8 +90,21 @@ def recbole_child(epochs: int, workdir: Path) -> dict:
         "threads": torch.get_num_threads(),
         "device": str(config["device"]),
         "model": "SASRec",
-        "defaults": {k: config[k] for k in ("train_batch_size", "learning_rate", "loss_type", "hidden_size", "n_layers",
-                                            "n_heads", "MAX_ITEM_LIST_LENGTH", "eval_step", "seed", "eval_args")},
+        "defaults": {
+            k: config[k]
+            for k in (
+                "train_batch_size",
+                "learning_rate",
+                "loss_type",
+                "hidden_size",
+                "n_layers",
+                "n_heads",
+                "MAX_ITEM_LIST_LENGTH",
+                "eval_step",
+                "seed",
+                "eval_args",
+            )
+        },
         "data_path": config["data_path"],
         "interactions": int(dataset.inter_num),
         "users": int(dataset.user_num) - 1,  # RecBole counts a padding id
@@ -108,12 +124,11 @@ def recbole_child(epochs: int, workdir: Path) -> dict:
 def recsys_child(data: Path) -> dict:
     """recsys's SASRec, default TrainConfig, trained to its final model; runs in recsys's venv."""
     started = time.perf_counter()
-    sys.path.insert(0, str(ROOT))
     import torch
 
-    from trainer.data.tables import load_tables
     from trainer.data.encoding import build_item_index, encode_histories
     from trainer.data.split import leave_last_out
+    from trainer.data.tables import load_tables
     from trainer.families.next_item import TrainConfig, fit
 
     imported = time.perf_counter()
@@ -130,7 +145,9 @@ def recsys_child(data: Path) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "model": cfg.model,
-        "config": {k: getattr(cfg, k) for k in ("batch_size", "lr", "loss", "max_len", "epochs", "eval_every", "patience")},
+        "config": {
+            k: getattr(cfg, k) for k in ("batch_size", "lr", "loss", "max_len", "epochs", "eval_every", "patience")
+        },
         "interactions": len(interactions),
         "users": int(interactions["user_id"].nunique()),
         "items": len(index.item_ids),
@@ -145,14 +162,15 @@ def recsys_child(data: Path) -> dict:
 
 
 def run_child(python: str, args: list[str], log: Path, timeout_s: float) -> dict:
-    """Runs this script as `--child ...` under `python`; its result line, with the wall time and
+    """Runs this module as `--child ...` under `python`; its result line, with the wall time and
     the 1-minute load average sampled every 5 s while it ran (mean, min, max)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t = time.perf_counter()
     samples = [load1()]
     with open(log, "w") as err, tempfile.TemporaryFile("w+") as stdout:
-        proc = subprocess.Popen([python, str(Path(__file__).resolve()), *args], stdout=stdout, stderr=err,
-                                text=True, env=env, cwd=ROOT)
+        proc = subprocess.Popen(
+            [python, "-m", "benchmarks.bench_training", *args], stdout=stdout, stderr=err, text=True, env=env, cwd=ROOT
+        )
         while proc.poll() is None:
             if time.perf_counter() - t > timeout_s:
                 proc.kill()
@@ -166,7 +184,11 @@ def run_child(python: str, args: list[str], log: Path, timeout_s: float) -> dict
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(args)} failed (exit {proc.returncode}); see {log}")
     load = {"mean": round(sum(samples) / len(samples), 2), "min": min(samples), "max": max(samples)}
-    return {**json.loads(lines[-1][len(RESULT_PREFIX):]), "process_seconds": round(wall, 2), "loadavg_1min_during": load}
+    return {
+        **json.loads(lines[-1][len(RESULT_PREFIX) :]),
+        "process_seconds": round(wall, 2),
+        "loadavg_1min_during": load,
+    }
 
 
 def load1() -> float:
@@ -175,8 +197,11 @@ def load1() -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recbole-python", default=".bench/recbole-venv/bin/python",
-                        help="python of the virtualenv that has recbole==1.2.1")
+    parser.add_argument(
+        "--recbole-python",
+        default=".bench/recbole-venv/bin/python",
+        help="python of the virtualenv that has recbole==1.2.1",
+    )
     parser.add_argument("--data", default="data/ml-100k", help="directory with interactions.csv (recsys side)")
     parser.add_argument("--out", default=".bench/training")
     parser.add_argument("--recbole-epochs", type=int, default=1)
@@ -195,24 +220,39 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not (Path(args.data) / "interactions.csv").exists():
-        subprocess.run([sys.executable, "-m", "recsys.cli", "data", "download", "movielens-100k", "--to", args.data],
-                       check=True, cwd=ROOT)
+        subprocess.run(
+            [sys.executable, "-m", "recsys.cli", "data", "download", "movielens-100k", "--to", args.data],
+            check=True,
+            cwd=ROOT,
+        )
     load = {"before": load1()}
     print(f"RecBole 1.2.1 SASRec, {args.recbole_epochs} epoch(s) ... (load {load['before']})", flush=True)
-    recbole = run_child(args.recbole_python, ["--child", "recbole", "--recbole-epochs", str(args.recbole_epochs)],
-                        out / "recbole.log", args.timeout)
+    recbole = run_child(
+        args.recbole_python,
+        ["--child", "recbole", "--recbole-epochs", str(args.recbole_epochs)],
+        out / "recbole.log",
+        args.timeout,
+    )
     load["between"] = load1()
     # kept even if the (much longer) recsys side is interrupted
-    (out / "results.json").write_text(json.dumps({"partial": True, "loadavg_1min": load, "recbole": recbole}, indent=2) + "\n")
-    print(f"  epoch {recbole['epoch_train_seconds']} s; recsys SASRec to its final model ... (load {load['between']})",
-          flush=True)
+    (out / "results.json").write_text(
+        json.dumps({"partial": True, "loadavg_1min": load, "recbole": recbole}, indent=2) + "\n"
+    )
+    print(
+        f"  epoch {recbole['epoch_train_seconds']} s; recsys SASRec to its final model ... (load {load['between']})",
+        flush=True,
+    )
     ours = run_child(sys.executable, ["--child", "recsys", "--data", args.data], out / "recsys.log", args.timeout)
     load["after"] = load1()
     recbole_epoch = recbole["epoch_train_seconds"][0]
     results = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_1min": load,
-                    "note": "shared machine: absolute times move with the load; compare the ratio"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_1min": load,
+            "note": "shared machine: absolute times move with the load; compare the ratio",
+        },
         "recbole": recbole,
         "recsys": ours,
         "recbole_one_epoch_seconds": recbole_epoch,
@@ -220,10 +260,14 @@ def main() -> int:
         "ratio_recsys_full_over_recbole_epoch": round(ours["fit_seconds"] / recbole_epoch, 3),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"  recsys: {ours['fit_seconds']} s, {ours['epochs_run']} epochs (best {ours['best_epoch']}), "
-          f"valid NDCG@10 {ours['valid_ndcg@10']}  (load {load['after']})")
-    print(f"RecBole one epoch {recbole_epoch} s (data loading {recbole['data_seconds']} s apart); "
-          f"recsys whole training {ours['fit_seconds']} s; ratio {results['ratio_recsys_full_over_recbole_epoch']}")
+    print(
+        f"  recsys: {ours['fit_seconds']} s, {ours['epochs_run']} epochs (best {ours['best_epoch']}), "
+        f"valid NDCG@10 {ours['valid_ndcg@10']}  (load {load['after']})"
+    )
+    print(
+        f"RecBole one epoch {recbole_epoch} s (data loading {recbole['data_seconds']} s apart); "
+        f"recsys whole training {ours['fit_seconds']} s; ratio {results['ratio_recsys_full_over_recbole_epoch']}"
+    )
     print(f"wrote {out / 'results.json'}")
     return 0
 

@@ -8,8 +8,8 @@ times an artifact's model.onnx instead. CUDA runs go through I/O binding (recsys
 Asking for CUDA where ONNX Runtime cannot use it is reported as an error for that device,
 never as a silent CPU figure.
 
-    python scripts/gpu_check.py --items 1000000 --out gpu_check.json
-    python scripts/gpu_check.py --devices cpu --items 5000 --repeats 5   # a quick CPU-only run
+    python -m benchmarks.gpu_check --items 1000000 --out gpu_check.json
+    python -m benchmarks.gpu_check --devices cpu --items 5000 --repeats 5   # a quick CPU-only run
 """
 
 from __future__ import annotations
@@ -18,15 +18,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import onnxruntime as ort
 
 from recsys.onnx_session import DEVICES, SessionTuning
@@ -41,9 +37,13 @@ def scoring_graph(path: Path, items: int, dim: int, max_len: int, k: int, seed: 
     table = (rng.normal(size=(items + 1, dim)) / np.sqrt(dim)).astype(np.float32)
     table[0] = 0.0
     w = (rng.normal(size=(dim, dim)) / np.sqrt(dim)).astype(np.float32)
-    inits = [numpy_helper.from_array(table, "item_table"), numpy_helper.from_array(table[1:].T.copy(), "item_table_t"),
-             numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-             numpy_helper.from_array(np.array([k], np.int64), "k")]
+    inits = [
+        numpy_helper.from_array(table, "item_table"),
+        numpy_helper.from_array(table[1:].T.copy(), "item_table_t"),
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array([k], np.int64), "k"),
+    ]
     nodes = [
         helper.make_node("Gather", ["item_table", "item_seq"], ["emb"]),  # (B, L, D)
         helper.make_node("ReduceMean", ["emb", "axis1"], ["pooled"], keepdims=0),  # (B, D)
@@ -53,9 +53,15 @@ def scoring_graph(path: Path, items: int, dim: int, max_len: int, k: int, seed: 
         helper.make_node("TopK", ["scores", "k"], ["top_scores", "top_items"], axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "scoring", [helper.make_tensor_value_info("item_seq", TensorProto.INT64, ["batch", max_len])],
-        [helper.make_tensor_value_info("top_scores", TensorProto.FLOAT, ["batch", k]),
-         helper.make_tensor_value_info("top_items", TensorProto.INT64, ["batch", k])], inits)
+        nodes,
+        "scoring",
+        [helper.make_tensor_value_info("item_seq", TensorProto.INT64, ["batch", max_len])],
+        [
+            helper.make_tensor_value_info("top_scores", TensorProto.FLOAT, ["batch", k]),
+            helper.make_tensor_value_info("top_items", TensorProto.INT64, ["batch", k]),
+        ],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9  # onnxruntime reads IR <= 13; onnx 1.23 writes 14 by default
     onnx.save(model, str(path))
@@ -72,8 +78,9 @@ def open_session(path: Path, device: str, threads: int) -> ort.InferenceSession:
     return session
 
 
-def time_device(session: ort.InferenceSession, device: str, batch: int, max_len: int, items: int, repeats: int,
-                warmup: int) -> dict:
+def time_device(
+    session: ort.InferenceSession, device: str, batch: int, max_len: int, items: int, repeats: int, warmup: int
+) -> dict:
     rng = np.random.default_rng(batch)
     x = rng.integers(1, items + 1, (batch, max_len), dtype=np.int64)
     input_name = session.get_inputs()[0].name
@@ -97,8 +104,13 @@ def time_device(session: ort.InferenceSession, device: str, batch: int, max_len:
         once()
         samples.append((time.perf_counter() - start) * 1000)
     p50, p99 = np.percentile(samples, [50, 99])
-    return {"batch": batch, "p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3),
-            "rows_per_s": round(batch / (float(np.median(samples)) / 1000), 1), "repeats": repeats}
+    return {
+        "batch": batch,
+        "p50_ms": round(float(p50), 3),
+        "p99_ms": round(float(p99), 3),
+        "rows_per_s": round(batch / (float(np.median(samples)) / 1000), 1),
+        "repeats": repeats,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -116,8 +128,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", help="Write the JSON report here too.")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
-    report = {"onnxruntime": ort.__version__, "providers": ort.get_available_providers(), "python": platform.python_version(),
-              "cpus": os.cpu_count(), "items": args.items, "dim": args.dim, "max_len": args.max_len, "results": {}}
+    report = {
+        "onnxruntime": ort.__version__,
+        "providers": ort.get_available_providers(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "items": args.items,
+        "dim": args.dim,
+        "max_len": args.max_len,
+        "results": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         if args.artifact:
             path = Path(args.artifact) / "model.onnx"
@@ -132,8 +152,10 @@ def main(argv: list[str] | None = None) -> dict:
         for device in args.devices.split(","):
             try:
                 session = open_session(path, device, args.cpu_threads if device == "cpu" else 1)
-                report["results"][device] = [time_device(session, device, b, args.max_len, args.items, args.repeats,
-                                                         args.warmup) for b in batches]
+                report["results"][device] = [
+                    time_device(session, device, b, args.max_len, args.items, args.repeats, args.warmup)
+                    for b in batches
+                ]
             except Exception as exc:  # noqa: BLE001 - reported per device, the other still runs
                 report["results"][device] = {"error": f"{type(exc).__name__}: {exc}"}
     for device, rows in report["results"].items():
@@ -141,8 +163,10 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{device}: {rows['error']}")
             continue
         for row in rows:
-            print(f"{device:>4} batch {row['batch']:>4}: p50 {row['p50_ms']:>9.3f} ms  p99 {row['p99_ms']:>9.3f} ms  "
-                  f"{row['rows_per_s']:>12.1f} rows/s")
+            print(
+                f"{device:>4} batch {row['batch']:>4}: p50 {row['p50_ms']:>9.3f} ms  p99 {row['p99_ms']:>9.3f} ms  "
+                f"{row['rows_per_s']:>12.1f} rows/s"
+            )
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     return report

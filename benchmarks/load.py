@@ -1,4 +1,6 @@
-"""`recsys bench`: load against a running inference server, measured against its floor.
+"""Load against a running inference server, measured against its floor.
+
+    python -m benchmarks.load --artifact runs/demo/sasrec [--server localhost:50052] [--levels 1,8,32] [--out DIR]
 
 For each concurrency level, `clients` concurrent callers (asyncio tasks on one gRPC channel)
 send Recommend or Score requests for users drawn from the artifact, back to back, for
@@ -10,9 +12,10 @@ In the same run, two floors:
 - compute: the model work of the same requests in this process, no network: ONNX Runtime
   time (plus the ANN search where the artifact has an index) at batch 1 on one thread, and
   the whole in-process pipeline around it;
-- echo: a bare gRPC server in its own process (same worker-thread count) answering every
-  request with a real response of the server's (same bytes, so the client decodes the same
-  message), driven by the same load generator at the same levels.
+- echo: a bare gRPC server in its own process (benchmarks/bench_echo_server.py, same
+  worker-thread count) answering every request with a real response of the server's (same
+  bytes, so the client decodes the same message), driven by the same load generator at the
+  same levels.
 
 The floor of one request is compute p50 + `hops` x echo p50 at one client (hops = 2: client
 -> inference server -> feature service). Torch-free; matplotlib only for the optional plot.
@@ -26,6 +29,7 @@ concurrency is bounded by the sum of these.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -52,10 +56,13 @@ from recsys.artifact import (
 )
 from recsys.v1 import inference_pb2
 
-__all__ = ["ArtifactFeatures", "BenchConfig", "run_bench", "summarise", "write_plot"]
+__all__ = ["ArtifactFeatures", "BenchConfig", "format_report", "run_bench", "summarise", "write_plot", "write_report"]
 
 RPCS = ("recommend", "score")
-ECHO_METHOD = "/recsys.bench.Echo/Echo"
+ECHO_SERVICE = "recsys.bench.Echo"
+ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
+ROOT = Path(__file__).resolve().parents[1]  # the echo server runs from here (python -m benchmarks...)
+DEFAULT_SERVER = "localhost:50052"  # `recsys serve inference`'s default port
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,9 @@ def build_requests(cfg: BenchConfig, users: list[str], item_ids: tuple[str, ...]
         return [inference_pb2.RecommendRequest(user_id=users[i], k=cfg.k, exclude_seen=True) for i in order]
     n = min(cfg.candidates, len(item_ids))
     return [
-        inference_pb2.ScoreRequest(user_id=users[i], item_ids=[item_ids[j] for j in rng.choice(len(item_ids), n, replace=False)])
+        inference_pb2.ScoreRequest(
+            user_id=users[i], item_ids=[item_ids[j] for j in rng.choice(len(item_ids), n, replace=False)]
+        )
         for i in order
     ]
 
@@ -118,13 +127,22 @@ def build_requests(cfg: BenchConfig, users: list[str], item_ids: tuple[str, ...]
 def summarise(latencies_ms: list[float], seconds: float, errors: Counter) -> dict[str, Any]:
     """Latency percentiles (ms) of successful calls, throughput (successful calls/s), errors."""
     lat = np.asarray(latencies_ms, dtype=np.float64)
-    out: dict[str, Any] = {"calls": len(lat), "seconds": round(seconds, 3),
-                           "throughput_per_s": round(len(lat) / seconds, 1) if seconds > 0 else 0.0,
-                           "errors": int(sum(errors.values())), "errors_by_code": dict(errors)}
+    out: dict[str, Any] = {
+        "calls": len(lat),
+        "seconds": round(seconds, 3),
+        "throughput_per_s": round(len(lat) / seconds, 1) if seconds > 0 else 0.0,
+        "errors": int(sum(errors.values())),
+        "errors_by_code": dict(errors),
+    }
     if len(lat):
         p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-        out.update(p50_ms=round(float(p50), 3), p95_ms=round(float(p95), 3), p99_ms=round(float(p99), 3),
-                   mean_ms=round(float(lat.mean()), 3), max_ms=round(float(lat.max()), 3))
+        out.update(
+            p50_ms=round(float(p50), 3),
+            p95_ms=round(float(p95), 3),
+            p99_ms=round(float(p99), 3),
+            mean_ms=round(float(lat.mean()), 3),
+            max_ms=round(float(lat.max()), 3),
+        )
     return out
 
 
@@ -137,8 +155,9 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _drive(call, requests: list, clients: int, cfg: BenchConfig,
-                 cpu_pids: dict[str, int] | None = None) -> dict[str, Any]:
+async def _drive(
+    call, requests: list, clients: int, cfg: BenchConfig, cpu_pids: dict[str, int] | None = None
+) -> dict[str, Any]:
     """`clients` tasks calling back to back: warm-up, then the measured window."""
     state = {"next": 0, "measuring": False, "stop": False, "count": 0}
     latencies: list[float] = []
@@ -183,18 +202,28 @@ async def _drive(call, requests: list, clients: int, cfg: BenchConfig,
     out = summarise(latencies, seconds, errors)
     calls = len(latencies) + sum(errors.values())
     if calls:
-        out["cpu_ms_per_call"] = {name: round((cpu_after[name] - before) * 1000 / calls, 3)
-                                  for name, before in cpu_before.items()
-                                  if before is not None and cpu_after[name] is not None}
+        out["cpu_ms_per_call"] = {
+            name: round((cpu_after[name] - before) * 1000 / calls, 3)
+            for name, before in cpu_before.items()
+            if before is not None and cpu_after[name] is not None
+        }
     return out
 
 
-async def _levels(target: str, method: str, request_cls, response_cls, requests: list, cfg: BenchConfig,
-                  cpu_pids: dict[str, int] | None = None) -> list[dict]:
+async def _levels(
+    target: str,
+    method: str,
+    request_cls,
+    response_cls,
+    requests: list,
+    cfg: BenchConfig,
+    cpu_pids: dict[str, int] | None = None,
+) -> list[dict]:
     results = []
     async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(method, request_serializer=request_cls.SerializeToString,
-                                   response_deserializer=response_cls.FromString)
+        call = channel.unary_unary(
+            method, request_serializer=request_cls.SerializeToString, response_deserializer=response_cls.FromString
+        )
         for clients in cfg.levels:
             results.append({"clients": clients, **await _drive(call, requests, clients, cfg, cpu_pids)})
     return results
@@ -211,9 +240,15 @@ class ArtifactFeatures:
         wanted = set(user_ids)
         self.target = f"artifact:{artifact}"
         self.expected_schema_hash = None
-        self.histories = {r["user_id"]: r["item_ids"] for r in read_jsonl(Path(artifact) / HISTORIES) if r["user_id"] in wanted}
+        self.histories = {
+            r["user_id"]: r["item_ids"] for r in read_jsonl(Path(artifact) / HISTORIES) if r["user_id"] in wanted
+        }
         path = Path(artifact) / USERS
-        self.users = {r["user_id"]: r.get("features", {}) for r in read_jsonl(path) if r["user_id"] in wanted} if path.is_file() else {}
+        self.users = (
+            {r["user_id"]: r.get("features", {}) for r in read_jsonl(path) if r["user_id"] in wanted}
+            if path.is_file()
+            else {}
+        )
         self._artifact = Path(artifact)
         self._items: dict[str, dict] | None = None
 
@@ -274,8 +309,9 @@ def compute_floor(cfg: BenchConfig, requests: list, users: list[str]) -> dict[st
     session = _Timed(ModelSession(cfg.artifact, manifest, threads=1)) if ann is None else None
     timed_ann = _Timed(ann) if ann is not None else None
     extra = {"ann": timed_ann} if timed_ann is not None else {}
-    recommender = Recommender(manifest, ItemIndex.read(cfg.artifact), session if session is not None else ann.encoder,
-                              features, **extra)
+    recommender = Recommender(
+        manifest, ItemIndex.read(cfg.artifact), session if session is not None else ann.encoder, features, **extra
+    )
     recommender.warm_up()
     timed = timed_ann if timed_ann is not None else session
     model_ms, pipeline_ms = [], []
@@ -325,8 +361,16 @@ def start_echo_server(response: bytes, workers: int = 8) -> tuple[subprocess.Pop
 
     with tempfile.NamedTemporaryFile(delete=False, suffix=".bin") as f:
         f.write(response)
-    process = subprocess.Popen([sys.executable, "-m", "inference_server.bench", f.name, str(workers)],
-                               stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_echo_server",
+        "--workers",
+        str(workers),
+        "--reply",
+        f"{ECHO_SERVICE}/Echo={f.name}",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     line = process.stdout.readline()
     os.unlink(f.name)
     if not line.startswith("port "):
@@ -337,30 +381,22 @@ def start_echo_server(response: bytes, workers: int = 8) -> tuple[subprocess.Pop
     return process, f"127.0.0.1:{int(line.split()[1])}"
 
 
-def _echo_main(payload_path: str, workers: int) -> None:
-    from concurrent import futures
-
-    payload = Path(payload_path).read_bytes()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: payload)
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("recsys.bench.Echo", {"Echo": handler})])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    print(f"port {port}", flush=True)
-    server.wait_for_termination()
-
-
 # -- the run ----------------------------------------------------------------------------
 
 
 def rss_mib(pid: int) -> dict[str, float] | None:
     """Resident and peak resident memory of `pid` in MiB (Linux)."""
     try:
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        fields = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+        )
     except OSError:
         return None
-    return {key: round(int(fields[name].split()[0]) / 1024, 1) for key, name in (("rss_mib", "VmRSS"), ("peak_rss_mib", "VmHWM"))
-            if name in fields}
+    return {
+        key: round(int(fields[name].split()[0]) / 1024, 1)
+        for key, name in (("rss_mib", "VmRSS"), ("peak_rss_mib", "VmHWM"))
+        if name in fields
+    }
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
@@ -370,13 +406,22 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
     users = draw_users(cfg.artifact, cfg.users)
     requests = build_requests(cfg, users, index.item_ids)
     if cfg.rpc == "recommend":
-        method, req_cls, resp_cls = "/recsys.v1.InferenceService/Recommend", inference_pb2.RecommendRequest, inference_pb2.RecommendResponse
+        method, req_cls, resp_cls = (
+            "/recsys.v1.InferenceService/Recommend",
+            inference_pb2.RecommendRequest,
+            inference_pb2.RecommendResponse,
+        )
     else:
-        method, req_cls, resp_cls = "/recsys.v1.InferenceService/Score", inference_pb2.ScoreRequest, inference_pb2.ScoreResponse
+        method, req_cls, resp_cls = (
+            "/recsys.v1.InferenceService/Score",
+            inference_pb2.ScoreRequest,
+            inference_pb2.ScoreResponse,
+        )
     report: dict[str, Any] = {"config": {**asdict(cfg), "levels": list(cfg.levels)}, "machine": _machine()}
     with grpc.insecure_channel(cfg.server) as channel:  # one real call: the response the echo returns
-        sample = channel.unary_unary(method, request_serializer=req_cls.SerializeToString,
-                                     response_deserializer=resp_cls.FromString)(requests[0], timeout=cfg.timeout_s)
+        sample = channel.unary_unary(
+            method, request_serializer=req_cls.SerializeToString, response_deserializer=resp_cls.FromString
+        )(requests[0], timeout=cfg.timeout_s)
     report["request_bytes"] = requests[0].ByteSize()
     report["response_bytes"] = sample.ByteSize()
     report["model_version"] = sample.model_version
@@ -384,8 +429,17 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
         log("compute floor (in process, one thread) ...")
         report["compute"] = compute_floor(cfg, requests, users)
     log(f"server {cfg.server}: levels {list(cfg.levels)} ...")
-    report["levels"] = asyncio.run(_levels(cfg.server, method, req_cls, resp_cls, requests, cfg,
-                                           {"server": cfg.server_pid, "features": cfg.features_pid}))
+    report["levels"] = asyncio.run(
+        _levels(
+            cfg.server,
+            method,
+            req_cls,
+            resp_cls,
+            requests,
+            cfg,
+            {"server": cfg.server_pid, "features": cfg.features_pid},
+        )
+    )
     if cfg.server_pid:
         report["server_memory"] = rss_mib(cfg.server_pid)
     if cfg.echo:
@@ -423,9 +477,14 @@ def floor_of(report: dict[str, Any], hops: int) -> dict[str, Any]:
 def _machine() -> dict[str, Any]:
     import onnxruntime
 
-    return {"cpus": os.cpu_count(), "load_average_start": list(os.getloadavg()), "python": platform.python_version(),
-            "grpcio": grpc.__version__, "onnxruntime": onnxruntime.__version__,
-            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "cpus": os.cpu_count(),
+        "load_average_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def write_plot(reports: list[dict[str, Any]], path: str | Path) -> bool:
@@ -441,20 +500,23 @@ def write_plot(reports: list[dict[str, Any]], path: str | Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for report in reports:
         name = report["config"].get("label") or f"{report['config']['rpc']}"
-        for key, series, style in (("server", report["levels"], "-"), ("echo", [lv.get("echo") for lv in report["levels"]], ":")):
+        for key, series, style in (
+            ("server", report["levels"], "-"),
+            ("echo", [lv.get("echo") for lv in report["levels"]], ":"),
+        ):
             series = [s for s in series if s and "p50_ms" in s]
             if not series:
                 continue
             label = name if key == "server" else f"echo ({name})"
             x = [s["throughput_per_s"] for s in series]
-            line, = ax.plot(x, [s["p50_ms"] for s in series], style, marker="o", label=f"{label} p50")
+            (line,) = ax.plot(x, [s["p50_ms"] for s in series], style, marker="o", label=f"{label} p50")
             ax.plot(x, [s["p99_ms"] for s in series], "--", color=line.get_color(), marker="x", label=f"{label} p99")
     ax.set_xlabel("throughput (calls/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title("recsys bench: latency vs throughput (points = concurrency levels)")
+    ax.set_title("recsys load: latency vs throughput (points = concurrency levels)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -471,30 +533,115 @@ def write_report(reports: list[dict[str, Any]], out_dir: str | Path, name: str =
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [(f"{report['config']['rpc']} on {report['config']['server']} ({report.get('model_version', '?')})"
-             f"{' [' + report['config']['label'] + ']' if report['config'].get('label') else ''}")]
+    lines = [
+        (
+            f"{report['config']['rpc']} on {report['config']['server']} ({report.get('model_version', '?')})"
+            f"{' [' + report['config']['label'] + ']' if report['config'].get('label') else ''}"
+        )
+    ]
     if "compute" in report:
         c = report["compute"]
-        lines.append(f"  compute floor: model p50 {c['model_ms'].get('p50_ms')} ms, in-process pipeline p50 "
-                     f"{c['in_process_ms'].get('p50_ms')} ms" + (f", ANN recall {c['ann']}" if "ann" in c else ""))
+        lines.append(
+            f"  compute floor: model p50 {c['model_ms'].get('p50_ms')} ms, in-process pipeline p50 "
+            f"{c['in_process_ms'].get('p50_ms')} ms" + (f", ANN recall {c['ann']}" if "ann" in c else "")
+        )
     floor = report.get("floor", {})
     if "floor_p50_ms" in floor:
-        lines.append(f"  floor p50 {floor['floor_p50_ms']} ms (compute + {floor['hops']} echo round trips); "
-                     f"server p50 / floor = {floor.get('server_p50_over_floor')}")
-    lines.append(f"  {'clients':>7} {'p50':>8} {'p95':>8} {'p99':>8} {'calls/s':>9} {'errors':>6} | {'echo p50':>8} {'echo/s':>8} {'vs echo':>7}")
+        lines.append(
+            f"  floor p50 {floor['floor_p50_ms']} ms (compute + {floor['hops']} echo round trips); "
+            f"server p50 / floor = {floor.get('server_p50_over_floor')}"
+        )
+    lines.append(
+        f"  {'clients':>7} {'p50':>8} {'p95':>8} {'p99':>8} {'calls/s':>9} {'errors':>6} | {'echo p50':>8} {'echo/s':>8} {'vs echo':>7}"
+    )
     for lv in report["levels"]:
         e = lv.get("echo", {})
-        lines.append(f"  {lv['clients']:>7} {lv.get('p50_ms', '-'):>8} {lv.get('p95_ms', '-'):>8} {lv.get('p99_ms', '-'):>8} "
-                     f"{lv['throughput_per_s']:>9} {lv['errors']:>6} | {e.get('p50_ms', '-'):>8} {e.get('throughput_per_s', '-'):>8} "
-                     f"{lv.get('throughput_vs_echo', '-'):>7}")
+        lines.append(
+            f"  {lv['clients']:>7} {lv.get('p50_ms', '-'):>8} {lv.get('p95_ms', '-'):>8} {lv.get('p99_ms', '-'):>8} "
+            f"{lv['throughput_per_s']:>9} {lv['errors']:>6} | {e.get('p50_ms', '-'):>8} {e.get('throughput_per_s', '-'):>8} "
+            f"{lv.get('throughput_vs_echo', '-'):>7}"
+        )
     for lv in report["levels"]:
-        cpu = {**lv.get("cpu_ms_per_call", {}), **{f"echo {k}": v for k, v in lv.get("echo", {}).get("cpu_ms_per_call", {}).items()}}
+        cpu = {
+            **lv.get("cpu_ms_per_call", {}),
+            **{f"echo {k}": v for k, v in lv.get("echo", {}).get("cpu_ms_per_call", {}).items()},
+        }
         if cpu:
-            lines.append(f"  CPU ms per call at {lv['clients']} clients: " + ", ".join(f"{k} {v}" for k, v in cpu.items()))
+            lines.append(
+                f"  CPU ms per call at {lv['clients']} clients: " + ", ".join(f"{k} {v}" for k, v in cpu.items())
+            )
     if report.get("server_memory"):
         lines.append(f"  server memory: {report['server_memory']}")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # the echo server's process: python -m inference_server.bench PAYLOAD WORKERS
-    _echo_main(sys.argv[1], int(sys.argv[2]))
+def main(argv: list[str] | None = None) -> int:
+    """Parses the flags, runs one benchmark, prints the report (and writes NAME.json/.png under --out)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.splitlines()[0])
+    parser.add_argument("--server", default=DEFAULT_SERVER, help="inference server HOST:PORT")
+    parser.add_argument(
+        "--artifact",
+        required=True,
+        help="the artifact the server serves: users to draw, and the model for the compute floor",
+    )
+    parser.add_argument("--rpc", default="recommend", choices=RPCS)
+    parser.add_argument("--k", type=int, default=10, help="Recommend k")
+    parser.add_argument("--candidates", type=int, default=1000, help="Score: item ids per request")
+    parser.add_argument("--levels", default="1,8,32", help="comma-separated concurrent client counts")
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per level")
+    parser.add_argument(
+        "--requests", type=int, default=0, help="measured calls per level instead of --duration (0 = use --duration)"
+    )
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each level")
+    parser.add_argument("--users", type=int, default=1000, help="users drawn from the artifact")
+    parser.add_argument("--no-echo", action="store_true", help="skip the echo floor")
+    parser.add_argument("--no-compute", action="store_true", help="skip the in-process compute floor")
+    parser.add_argument(
+        "--server-pid",
+        type=int,
+        default=0,
+        help="report this process's RSS and CPU per call (the server's, on this machine)",
+    )
+    parser.add_argument(
+        "--features-pid", type=int, default=0, help="report this process's CPU per call (the feature service's)"
+    )
+    parser.add_argument("--label", default="", help="name of this run in the report and plot")
+    parser.add_argument("--out", help="write NAME.json and NAME.png here")
+    parser.add_argument("--name", default="bench", help="file name stem under --out")
+    args = parser.parse_args(argv)
+    if not Path(args.artifact).is_dir():
+        parser.error(f"--artifact {args.artifact}: no such directory")
+    try:
+        levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
+    except ValueError:
+        parser.error("--levels: comma-separated integers, e.g. 1,8,32")
+    cfg = BenchConfig(
+        server=args.server,
+        artifact=args.artifact,
+        rpc=args.rpc,
+        k=args.k,
+        candidates=args.candidates,
+        levels=levels,
+        duration_s=args.duration,
+        requests=args.requests,
+        warmup_s=args.warmup,
+        users=args.users,
+        echo=not args.no_echo,
+        compute=not args.no_compute,
+        server_pid=args.server_pid,
+        features_pid=args.features_pid,
+        label=args.label,
+    )
+    try:
+        report = run_bench(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except ValueError as exc:
+        parser.exit(1, f"error: {exc}\n")
+    print(format_report(report))
+    if args.out:
+        json_path, png = write_report([report], args.out, args.name)
+        print(f"wrote {json_path}" + (f" and {png}" if png else " (no plot: matplotlib is not installed)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """Soak test (loopback only, bounded in time): Recommend at N concurrent clients for a while as
 the system around it changes, reporting every request's outcome and the server's memory.
 
-    python scripts/soak.py --duration 300 --clients 32 --out runs/soak
+    python -m benchmarks.soak --duration 300 --clients 32 --out runs/soak
 
 What happens, on 127.0.0.1 ports:
 1. unless --artifacts is given, three small SASRec artifacts (seeds 0, 1, 2) are trained on
@@ -37,11 +37,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from recsys.client import free_port, wait_serving  # noqa: E402
-from recsys.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
+from recsys.client import free_port, wait_serving
+from recsys.v1 import inference_pb2, inference_pb2_grpc
 
 RECSYS = [sys.executable, "-m", "recsys.cli"]
 
@@ -65,15 +62,43 @@ def write_data(directory: Path, users: int = 600, items: int = 300, seed: int = 
 def train_artifacts(out: Path) -> list[Path]:
     data = write_data(out / "data")
     config = out / "train.json"
-    config.write_text(json.dumps({"max_len": 20, "hidden": 32, "heads": 2, "layers": 1, "inner": 64,
-                                  "batch_size": 128, "eval_every": 2, "patience": 2}))
+    config.write_text(
+        json.dumps(
+            {
+                "max_len": 20,
+                "hidden": 32,
+                "heads": 2,
+                "layers": 1,
+                "inner": 64,
+                "batch_size": 128,
+                "eval_every": 2,
+                "patience": 2,
+            }
+        )
+    )
     artifacts = []
     for seed in range(3):
         artifact = out / f"artifact-{seed}"
         if not (artifact / "manifest.json").exists():
-            subprocess.run([*RECSYS, "train", "--interactions", str(data), "--out", str(artifact), "--epochs", "6",
-                            "--seed", str(seed), "--config", str(config), "--quiet"], check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    *RECSYS,
+                    "train",
+                    "--interactions",
+                    str(data),
+                    "--out",
+                    str(artifact),
+                    "--epochs",
+                    "6",
+                    "--seed",
+                    str(seed),
+                    "--config",
+                    str(config),
+                    "--quiet",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         artifacts.append(artifact)
     return artifacts
 
@@ -139,9 +164,23 @@ class Load:
 
 
 def start_features(artifact: Path, store: str, port: int, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([*RECSYS, "serve", "features", "--artifact", str(artifact), "--store", store,
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=open(log, "a"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [
+            *RECSYS,
+            "serve",
+            "features",
+            "--artifact",
+            str(artifact),
+            "--store",
+            store,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=open(log, "a"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def main() -> int:
@@ -153,7 +192,9 @@ def main() -> int:
     parser.add_argument("--outage", type=float, default=10.0, help="Seconds the feature service stays down.")
     parser.add_argument("--warmup", type=float, default=20.0, help="Seconds of load before the RSS baseline.")
     parser.add_argument("--max-rss-growth", type=float, default=0.10)
-    parser.add_argument("--artifacts", help="Comma-separated artifact dirs for versions 1, 2, 3 (default: train three).")
+    parser.add_argument(
+        "--artifacts", help="Comma-separated artifact dirs for versions 1, 2, 3 (default: train three)."
+    )
     args = parser.parse_args()
 
     out = Path(args.out).resolve()
@@ -173,9 +214,26 @@ def main() -> int:
     features = start_features(artifacts[0], store, fport, out / "features.log")
     wait_serving(f"127.0.0.1:{fport}", features)
     inference = subprocess.Popen(
-        [*RECSYS, "serve", "inference", "--repo", str(repo), "--model", "soak", "--features", f"127.0.0.1:{fport}",
-         "--host", "127.0.0.1", "--port", str(iport), "--watch-interval", "1"],
-        stdout=open(out / "inference.log", "w"), stderr=subprocess.STDOUT)
+        [
+            *RECSYS,
+            "serve",
+            "inference",
+            "--repo",
+            str(repo),
+            "--model",
+            "soak",
+            "--features",
+            f"127.0.0.1:{fport}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(iport),
+            "--watch-interval",
+            "1",
+        ],
+        stdout=open(out / "inference.log", "w"),  # noqa: SIM115 (the server process owns it until the end)
+        stderr=subprocess.STDOUT,
+    )
     events: list[tuple[float, str]] = []
     try:
         wait_serving(f"127.0.0.1:{iport}", inference)
@@ -192,8 +250,9 @@ def main() -> int:
             rss_samples.append((now, rss))
             if baseline is None and now >= args.warmup:
                 baseline = rss
-            while plan and (plan[0][0] is None and now >= restart_at or plan[0][0] is not None
-                            and now >= plan[0][0] * args.duration):
+            while plan and (
+                plan[0][0] is None and now >= restart_at or plan[0][0] is not None and now >= plan[0][0] * args.duration
+            ):
                 _, what = plan.pop(0)
                 events.append((round(now, 1), what))
                 if what == "publish 2":
@@ -230,16 +289,25 @@ def main() -> int:
         "codes": dict(load.codes),
         "degraded": load.degraded,
         "throughput_rps": round(load.codes["OK"] / elapsed, 1),
-        "latency_ms": {p: round(float(np.percentile(lat, q)), 2) for p, q in
-                       [("p50", 50), ("p95", 95), ("p99", 99), ("max", 100)]} if len(lat) else {},
+        "latency_ms": {
+            p: round(float(np.percentile(lat, q)), 2) for p, q in [("p50", 50), ("p95", 95), ("p99", 99), ("max", 100)]
+        }
+        if len(lat)
+        else {},
         "versions": dict(load.versions),
         "sources": dict(load.sources),
         "events_s": events,
-        "rss_mib": {"after_warmup": round(baseline / 2**20, 1), "end": round(rss_end / 2**20, 1),
-                    "max": round(max(r for _, r in rss_samples) / 2**20, 1)},
+        "rss_mib": {
+            "after_warmup": round(baseline / 2**20, 1),
+            "end": round(rss_end / 2**20, 1),
+            "max": round(max(r for _, r in rss_samples) / 2**20, 1),
+        },
         "rss_growth_pct": round(100 * growth, 2),
-        "machine": {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in load_avg_start],
-                    "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_start": [round(x, 2) for x in load_avg_start],
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "errors": load.errors,
     }
     (out / "soak.json").write_text(json.dumps(report, indent=2))

@@ -10,7 +10,7 @@ Protocol (`make cold-start`), for each seed in `--seeds` (a seed draws its own h
    items by its content vector, test items left out of the histories). Test items are touched
    once, after training.
 3. Both held-out sets are added to the artifact by re-export from the full item table
-   (trainer/families/content.py `add_items`: content only, nothing retrained): the serving story.
+   (trainer/export/add_items.py `add_items`: content only, nothing retrained): the serving story.
 4. Test cases: for every user who interacted with a test item, the first such interaction in
    time; the input is the user's events before it (users with none are counted and skipped).
    The exported ONNX graph scores every item.
@@ -34,29 +34,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from recsys.artifact import ItemIndex
 from recsys.schema import FIRST_TOKEN, PAD
+from trainer.data.encoding import build_item_index
+from trainer.data.tables import feature_rows, infer_feature_specs, load_tables
+from trainer.export.add_items import add_items
 from trainer.families.content import (
     CONTENT_CHECKPOINT,
     ColdShelf,
-    add_items,
     fit_content,
     load_content_model,
     with_catalogue,
 )
-from trainer.data.tables import feature_rows, infer_feature_specs, load_tables
-from trainer.data.encoding import build_item_index
-from trainer.pipeline import train_and_export
 from trainer.families.next_item import TrainConfig
+from trainer.pipeline import train_and_export
 
 
 def rank_metrics(ranks: np.ndarray, k: int) -> dict[str, float]:
@@ -81,7 +78,10 @@ def ranks_among(scores: np.ndarray, targets: np.ndarray, allowed: np.ndarray, rn
 
 def genre_popularity(items: pd.DataFrame, counts: dict[str, int], year_buckets: bool) -> dict[str, float]:
     """item_id -> popularity score known from content only (see module docstring)."""
-    genres = {i: tuple(sorted(str(g).split("|"))) if isinstance(g, str) else () for i, g in zip(items["item_id"], items["genres"], strict=True)}
+    genres = {
+        i: tuple(sorted(str(g).split("|"))) if isinstance(g, str) else ()
+        for i, g in zip(items["item_id"], items["genres"], strict=True)
+    }
     years = dict(zip(items["item_id"], items["year"], strict=True))
     train = [i for i in items["item_id"] if i in counts]
     per_genre: dict[str, list[int]] = {}
@@ -92,12 +92,17 @@ def genre_popularity(items: pd.DataFrame, counts: dict[str, int], year_buckets: 
     out = {i: float(np.mean([avg.get(g, 0.0) for g in genres[i]])) if genres[i] else 0.0 for i in items["item_id"]}
     if not year_buckets:
         return out
+
     def bucket(y):
         return -1 if not np.isfinite(y) else int(y // 5)
+
     groups: dict[tuple, list[int]] = {}
     for i in train:
         groups.setdefault((genres[i], bucket(years[i])), []).append(counts[i])
-    return {i: float(np.mean(groups[key])) if (key := (genres[i], bucket(years[i]))) in groups else out[i] for i in items["item_id"]}
+    return {
+        i: float(np.mean(groups[key])) if (key := (genres[i], bucket(years[i]))) in groups else out[i]
+        for i in items["item_id"]
+    }
 
 
 def first_cases(inter: pd.DataFrame, targets: set, col: dict, drop: set = frozenset()):
@@ -124,7 +129,7 @@ def windows_of(histories: list[list[int]], max_len: int) -> np.ndarray:
     out = np.full((len(histories), max_len), PAD, dtype=np.int64)
     for r, h in enumerate(histories):
         tail = np.array(h[-max_len:]) + FIRST_TOKEN
-        out[r, -len(tail):] = tail
+        out[r, -len(tail) :] = tail
     return out
 
 
@@ -144,36 +149,78 @@ def run_seed(args, seed: int, out: Path) -> dict:
     items[~items["item_id"].isin(gone)].to_csv(split / "train_items.csv", index=False)
     items.to_csv(split / "all_items.csv", index=False)
 
-    cfg = TrainConfig(**{"model": "content_sasrec", "epochs": args.epochs, "seed": seed, "bucket": True,
-                         "eval_every": 1, "patience": 3, "threads": 1, **json.loads(args.config)})
+    cfg = TrainConfig(
+        **{
+            "model": "content_sasrec",
+            "epochs": args.epochs,
+            "seed": seed,
+            "bucket": True,
+            "eval_every": 1,
+            "patience": 3,
+            "threads": 1,
+            **json.loads(args.config),
+        }
+    )
     # The model's columns and content spec, rebuilt exactly as train_and_export builds them
     # (checked against what it wrote below), so validation cases can be put in its tokens.
     train_tables = load_tables(split / "train_interactions.csv", None, split / "train_items.csv")
     model_index = with_catalogue(build_item_index(train_tables.interactions, train_tables.items), train_tables.items)
-    spec, _, vectors = fit_content(train_tables.items, args.item_vectors, min_word_items=cfg.min_word_items,
-                                   numeric_buckets=cfg.numeric_buckets, vector_components=cfg.vector_components)
+    spec, _, vectors = fit_content(
+        train_tables.items,
+        args.item_vectors,
+        min_word_items=cfg.min_word_items,
+        numeric_buckets=cfg.numeric_buckets,
+        vector_components=cfg.vector_components,
+    )
     # Features of every item (the validation items' rows too), as the training spec reads them.
-    rows = {r["item_id"]: r["features"] for r in feature_rows(items, infer_feature_specs(train_tables.items, "item_id"), "item_id")}
+    rows = {
+        r["item_id"]: r["features"]
+        for r in feature_rows(items, infer_feature_specs(train_tables.items, "item_id"), "item_id")
+    }
     validator, select, val_cases = None, None, 0
     if val:
         col = {item: j for j, item in enumerate(model_index.item_ids)}
         shelf = sorted(val)
         histories, targets, _ = first_cases(inter, val, col, drop=held)
-        validator = ColdShelf(spec, rows, shelf, windows_of(histories, cfg.max_len),
-                              np.array([shelf.index(t) for t in targets]), vectors=vectors, k=args.k)
+        validator = ColdShelf(
+            spec,
+            rows,
+            shelf,
+            windows_of(histories, cfg.max_len),
+            np.array([shelf.index(t) for t in targets]),
+            vectors=vectors,
+            k=args.k,
+        )
         select, val_cases = f"cold_hr@{args.k}", len(targets)
     tick = time.perf_counter()
-    manifest = train_and_export(split / "train_interactions.csv", out / "trained", cfg, items=split / "train_items.csv",
-                                progress=False, item_vectors=args.item_vectors, validator=validator, select=select,
-                                log=lambda _: None)
+    manifest = train_and_export(
+        split / "train_interactions.csv",
+        out / "trained",
+        cfg,
+        items=split / "train_items.csv",
+        progress=False,
+        item_vectors=args.item_vectors,
+        validator=validator,
+        select=select,
+        log=lambda _: None,
+    )
     train_s = time.perf_counter() - tick
     _, saved_spec, saved_ids = load_content_model(out / "trained.ckpt" / CONTENT_CHECKPOINT)
     assert saved_ids == model_index.item_ids and saved_spec == spec, "validation used other columns or content"
-    history = [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
-               for row in manifest.training["history"]]
-    report = {"seed": seed, "held_out_items": len(held), "validation_items": len(val), "validation_cases": val_cases,
-              "selected_by": select or f"ndcg@{args.k} (warm)", "best_epoch": manifest.training["best_epoch"],
-              "train_seconds_contended": round(train_s), "config": json.loads(args.config), "history": history}
+    history = [
+        {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in manifest.training["history"]
+    ]
+    report = {
+        "seed": seed,
+        "held_out_items": len(held),
+        "validation_items": len(val),
+        "validation_cases": val_cases,
+        "selected_by": select or f"ndcg@{args.k} (warm)",
+        "best_epoch": manifest.training["best_epoch"],
+        "train_seconds_contended": round(train_s),
+        "config": json.loads(args.config),
+        "history": history,
+    }
     if args.validation_only:
         return report
 
@@ -188,7 +235,9 @@ def run_seed(args, seed: int, out: Path) -> dict:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(out / "served" / "model.onnx"), providers=["CPUExecutionProvider"])
-    scores = np.concatenate([session.run(None, {"item_seq": window[i : i + 256]})[0] for i in range(0, len(window), 256)])
+    scores = np.concatenate(
+        [session.run(None, {"item_seq": window[i : i + 256]})[0] for i in range(0, len(window), 256)]
+    )
     n = len(index.item_ids)
     shelf = np.zeros((len(targets), n), dtype=bool)
     shelf[:, held_cols] = True
@@ -196,9 +245,12 @@ def run_seed(args, seed: int, out: Path) -> dict:
     for r, h in enumerate(histories):
         full[r, h] = False
     counts = inter[~inter["item_id"].isin(held)]["item_id"].value_counts().to_dict()
-    results: dict[str, dict] = {"content_sasrec": {
-        "among_held_out": rank_metrics(ranks_among(scores, targets, shelf, rng), args.k),
-        "full_catalogue": rank_metrics(ranks_among(scores, targets, full, rng), args.k)}}
+    results: dict[str, dict] = {
+        "content_sasrec": {
+            "among_held_out": rank_metrics(ranks_among(scores, targets, shelf, rng), args.k),
+            "full_catalogue": rank_metrics(ranks_among(scores, targets, full, rng), args.k),
+        }
+    }
     for name, year in (("genre_popularity", False), ("genre_year_popularity", True)):
         pop = genre_popularity(items, counts, year)
         base = np.tile(np.array([pop.get(i, 0.0) for i in index.item_ids]), (len(targets), 1))
@@ -208,11 +260,21 @@ def run_seed(args, seed: int, out: Path) -> dict:
     # know; a yardstick for how much of the task is popularity.
     true = inter["item_id"].value_counts().to_dict()
     oracle = np.tile(np.array([float(true.get(i, 0)) for i in index.item_ids]), (len(targets), 1))
-    results["true_popularity_oracle"] = {"among_held_out": rank_metrics(ranks_among(oracle, targets, shelf, rng), args.k)}
+    results["true_popularity_oracle"] = {
+        "among_held_out": rank_metrics(ranks_among(oracle, targets, shelf, rng), args.k)
+    }
     key = f"hr@{args.k}"
-    report.update({"catalogue": n, "test_users": len(targets), "skipped_users_without_history": skipped,
-                   "results": results, "ratio_hr_vs_genre_popularity": round(
-                       results["content_sasrec"]["among_held_out"][key] / results["genre_popularity"]["among_held_out"][key], 3)})
+    report.update(
+        {
+            "catalogue": n,
+            "test_users": len(targets),
+            "skipped_users_without_history": skipped,
+            "results": results,
+            "ratio_hr_vs_genre_popularity": round(
+                results["content_sasrec"]["among_held_out"][key] / results["genre_popularity"]["among_held_out"][key], 3
+            ),
+        }
+    )
     return report
 
 
@@ -223,11 +285,17 @@ def summarise(reports: list[dict], k: int) -> dict:
     for name in reports[0]["results"]:
         for where, metrics in reports[0]["results"][name].items():
             for m in metrics:
-                mean.setdefault(name, {}).setdefault(where, {})[m] = float(np.mean([r["results"][name][where][m] for r in reports]))
+                mean.setdefault(name, {}).setdefault(where, {})[m] = float(
+                    np.mean([r["results"][name][where][m] for r in reports])
+                )
     ratio = mean["content_sasrec"]["among_held_out"][key] / mean["genre_popularity"]["among_held_out"][key]
-    return {"seeds": [r["seed"] for r in reports], "mean": mean, "ratio_of_means_hr_vs_genre_popularity": round(ratio, 3),
-            "per_seed_ratio": [r["ratio_hr_vs_genre_popularity"] for r in reports],
-            "best_epochs": [r["best_epoch"] for r in reports]}
+    return {
+        "seeds": [r["seed"] for r in reports],
+        "mean": mean,
+        "ratio_of_means_hr_vs_genre_popularity": round(ratio, 3),
+        "per_seed_ratio": [r["ratio_hr_vs_genre_popularity"] for r in reports],
+        "best_epochs": [r["best_epoch"] for r in reports],
+    }
 
 
 def main() -> None:
@@ -235,13 +303,21 @@ def main() -> None:
     ap.add_argument("--data", default="data/ml-100k")
     ap.add_argument("--out", default="runs/cold_start")
     ap.add_argument("--holdout", type=float, default=0.1, help="share of items held out as test items")
-    ap.add_argument("--val-holdout", type=float, default=0.1, help="share held out as validation items (0: select on warm validation)")
+    ap.add_argument(
+        "--val-holdout",
+        type=float,
+        default=0.1,
+        help="share held out as validation items (0: select on warm validation)",
+    )
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated; each draws its own held-out items")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--config", default="{}", help="JSON of extra TrainConfig settings")
-    ap.add_argument("--item-vectors", default=None,
-                    help="precomputed item vectors (CSV item_id,v1,...,vk or JSONL), e.g. from scripts/text_vectors.py")
+    ap.add_argument(
+        "--item-vectors",
+        default=None,
+        help="precomputed item vectors (CSV item_id,v1,...,vk or JSONL), e.g. from scripts/text_vectors.py",
+    )
     ap.add_argument("--validation-only", action="store_true", help="train and select only; never touch the test items")
     args = ap.parse_args()
     out = Path(args.out)
@@ -252,23 +328,30 @@ def main() -> None:
         reports.append(report)
         best = next(r for r in report["history"] if r["epoch"] == report["best_epoch"])
         line = f"seed {seed}: best epoch {report['best_epoch']}, validation " + ", ".join(
-            f"{m} {best[m]:.4f}" for m in best if "@" in m)
+            f"{m} {best[m]:.4f}" for m in best if "@" in m
+        )
         if "results" in report:
             r = report["results"]
-            line += (f" | test HR@{args.k} {r['content_sasrec']['among_held_out'][f'hr@{args.k}']:.4f} vs genre popularity "
-                     f"{r['genre_popularity']['among_held_out'][f'hr@{args.k}']:.4f} ({report['ratio_hr_vs_genre_popularity']:.2f}x)")
+            line += (
+                f" | test HR@{args.k} {r['content_sasrec']['among_held_out'][f'hr@{args.k}']:.4f} vs genre popularity "
+                f"{r['genre_popularity']['among_held_out'][f'hr@{args.k}']:.4f} ({report['ratio_hr_vs_genre_popularity']:.2f}x)"
+            )
         print(line, flush=True)
     if args.validation_only:
         return
     summary = summarise(reports, args.k)
-    (out / "cold_start.json").write_text(json.dumps({"args": vars(args), "summary": summary, "seeds": reports}, indent=2))
+    (out / "cold_start.json").write_text(
+        json.dumps({"args": vars(args), "summary": summary, "seeds": reports}, indent=2)
+    )
     key = f"hr@{args.k}"
     print(f"mean over seeds {summary['seeds']}:")
     print(f"{'':24s} {'HR@10 held-out':>15s} {'NDCG@10 held-out':>17s} {'HR@10 full':>11s}")
     for name, r in summary["mean"].items():
         a, f = r["among_held_out"], r.get("full_catalogue")
         print(f"{name:24s} {a[key]:15.4f} {a[f'ndcg@{args.k}']:17.4f} {f[key] if f else float('nan'):11.4f}")
-    print(f"content_sasrec / genre popularity HR@{args.k} (ratio of means): {summary['ratio_of_means_hr_vs_genre_popularity']:.2f}x")
+    print(
+        f"content_sasrec / genre popularity HR@{args.k} (ratio of means): {summary['ratio_of_means_hr_vs_genre_popularity']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ and run `recsys evaluate` (full ranking, seen items excluded) on the held-out it
 one row per run and the mean per variant. An artifact directory
 that already exists is evaluated, not retrained (delete it to retrain).
 
-    nice -n 10 python scripts/debias.py --out runs/debias --seeds 0 \\
+    nice -n 10 python -m experiments.debias --out runs/debias --seeds 0 \\
         --variants plain,logit_adjust_0.5,pop_neg_no_logq [--epochs 15] [--threads 1]
 
 Several invocations with different --variants may run at once into one --out directory;
@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 
 from trainer.evaluate import evaluate_artifact
-from trainer.pipeline import train_and_export
 from trainer.families.next_item import TrainConfig
+from trainer.pipeline import train_and_export
 
 # Each variant: TrainConfig overrides on top of the SASRec defaults.
 VARIANTS = {
@@ -32,8 +32,12 @@ VARIANTS = {
     "logit_adjust_0.5": {"popularity_debias": 0.5},
     "logit_adjust_1.0": {"popularity_debias": 1.0},
     "pop_neg_logq": {"loss": "sampled_softmax", "negative_sampling": "popularity", "negatives": 200},
-    "pop_neg_no_logq": {"loss": "sampled_softmax", "negative_sampling": "popularity", "negatives": 200,
-                        "logq_correction": False},
+    "pop_neg_no_logq": {
+        "loss": "sampled_softmax",
+        "negative_sampling": "popularity",
+        "negatives": 200,
+        "logq_correction": False,
+    },
 }
 SHOWN = ("ndcg@10", "hr@10", "coverage@10", "gini@10", "tail_share@10", "tail_recall@10", "mean_popularity@10")
 
@@ -47,9 +51,13 @@ def main() -> int:
     parser.add_argument("--variants", default="plain,logit_adjust_0.5,pop_neg_no_logq")
     parser.add_argument("--epochs", type=int, help="cap on epochs (default: TrainConfig's, early stopping decides)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per training (0 = torch's default)")
-    parser.add_argument("--mask-seen", choices=("false", "default"), default="false",
-                        help="TrainConfig.mask_seen: false (as the README table was measured, before the option "
-                             "existed) or the default (on with the ce loss)")
+    parser.add_argument(
+        "--mask-seen",
+        choices=("false", "default"),
+        default="false",
+        help="TrainConfig.mask_seen: false (as the README table was measured, before the option "
+        "existed) or the default (on with the ce loss)",
+    )
     args = parser.parse_args()
     split, out = Path(args.split), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,8 +65,10 @@ def main() -> int:
         recsys = [sys.executable, "-m", "recsys.cli"]
         if not (Path(args.data) / "interactions.csv").exists():
             subprocess.run([*recsys, "data", "download", "movielens-100k", "--to", args.data], check=True)
-        subprocess.run([*recsys, "data", "split", "--interactions", f"{args.data}/interactions.csv", "--out", str(split)],
-                       check=True)
+        subprocess.run(
+            [*recsys, "data", "split", "--interactions", f"{args.data}/interactions.csv", "--out", str(split)],
+            check=True,
+        )
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
@@ -75,19 +85,28 @@ def main() -> int:
                 train_and_export(split / "train.csv", artifact, cfg, progress=False)
             manifest = json.loads((artifact / "manifest.json").read_text())
             result = evaluate_artifact(artifact, split / "test.csv")
-            row = {"variant": name, "seed": seed, "train_seconds": manifest["training"].get("seconds"),
-                   "best_epoch": manifest["training"].get("best_epoch"),
-                   "valid_ndcg@10": manifest["metrics"].get("valid_ndcg@10"),
-                   **{key: result[key] for key in SHOWN}, "tail_cases": result["tail_cases"]}
+            row = {
+                "variant": name,
+                "seed": seed,
+                "train_seconds": manifest["training"].get("seconds"),
+                "best_epoch": manifest["training"].get("best_epoch"),
+                "valid_ndcg@10": manifest["metrics"].get("valid_ndcg@10"),
+                **{key: result[key] for key in SHOWN},
+                "tail_cases": result["tail_cases"],
+            }
             runs.append(row)
             print(json.dumps(row), flush=True)
             (out / results_name).write_text(json.dumps({"runs": runs, "variants": VARIANTS}, indent=2))
     summary = {}
     for name in names:
         rows = [r for r in runs if r["variant"] == name]
-        summary[name] = {key: {"mean": statistics.mean(r[key] for r in rows),
-                               "sd": statistics.stdev(r[key] for r in rows) if len(rows) > 1 else 0.0}
-                         for key in SHOWN}
+        summary[name] = {
+            key: {
+                "mean": statistics.mean(r[key] for r in rows),
+                "sd": statistics.stdev(r[key] for r in rows) if len(rows) > 1 else 0.0,
+            }
+            for key in SHOWN
+        }
     (out / results_name).write_text(json.dumps({"runs": runs, "summary": summary, "variants": VARIANTS}, indent=2))
     print(f"{'variant':<20}" + "".join(f"{key:>20}" for key in SHOWN))
     for name, stats in summary.items():

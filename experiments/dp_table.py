@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from recsys.artifact import read_manifest
-from trainer.evaluate import evaluate_artifact
-from trainer.pipeline import train_and_export
-from trainer.families.private import PrivacyConfig
 from trainer.data.split import write_leave_last_out
+from trainer.evaluate import evaluate_artifact
 from trainer.families.next_item import TrainConfig
+from trainer.families.private import PrivacyConfig
+from trainer.pipeline import train_and_export
 
 
 def popularity_ndcg(train_csv: Path, test_csv: Path, k: int) -> dict[str, float]:
@@ -62,29 +59,43 @@ def main() -> None:
     split = out / "split"
     if not (split / "test.csv").exists():
         write_leave_last_out(Path(args.data) / "interactions.csv", split)
-    rows = [{"model": "popularity", "epsilon": None, **popularity_ndcg(split / "train.csv", split / "test.csv", args.k)}]
+    rows = [
+        {"model": "popularity", "epsilon": None, **popularity_ndcg(split / "train.csv", split / "test.csv", args.k)}
+    ]
     for eps in [float(e) for e in args.epsilons.split(",") if e.strip()]:
         cfg = TrainConfig(model="sasrec", epochs=args.epochs, seed=args.seed, max_len=args.max_len, lr=args.lr)
-        privacy = PrivacyConfig(target_epsilon=eps, delta=args.delta, max_grad_norm=args.max_grad_norm,
-                                expected_batch=args.expected_batch)
+        privacy = PrivacyConfig(
+            target_epsilon=eps, delta=args.delta, max_grad_norm=args.max_grad_norm, expected_batch=args.expected_batch
+        )
         artifact = out / f"eps_{eps:g}"
         tick = time.perf_counter()
         train_and_export(split / "train.csv", artifact, cfg, private=privacy, progress=False, log=lambda _: None)
         seconds = time.perf_counter() - tick
         spent = read_manifest(artifact).privacy
         metrics = evaluate_artifact(artifact, split / "test.csv", k=args.k)
-        rows.append({"model": "sasrec (DP-SGD)", "target_epsilon": eps, "epsilon": spent["epsilon"],
-                     "delta": spent["delta"], "noise_multiplier": spent["noise_multiplier"], "steps": spent["steps"],
-                     f"ndcg@{args.k}": metrics[f"ndcg@{args.k}"], f"hr@{args.k}": metrics[f"hr@{args.k}"],
-                     "seconds_contended": round(seconds)})
+        rows.append(
+            {
+                "model": "sasrec (DP-SGD)",
+                "target_epsilon": eps,
+                "epsilon": spent["epsilon"],
+                "delta": spent["delta"],
+                "noise_multiplier": spent["noise_multiplier"],
+                "steps": spent["steps"],
+                f"ndcg@{args.k}": metrics[f"ndcg@{args.k}"],
+                f"hr@{args.k}": metrics[f"hr@{args.k}"],
+                "seconds_contended": round(seconds),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         (out / "dp_table.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     print(f"| model | ε spent (δ) | noise σ | steps | NDCG@{args.k} | HR@{args.k} |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         eps = "—" if r["epsilon"] is None else f"{r['epsilon']:.2f} ({r['delta']:.1e})"
-        print(f"| {r['model']} | {eps} | {r.get('noise_multiplier', '—')} | {r.get('steps', '—')} | "
-              f"{r[f'ndcg@{args.k}']:.4f} | {r[f'hr@{args.k}']:.4f} |")
+        print(
+            f"| {r['model']} | {eps} | {r.get('noise_multiplier', '—')} | {r.get('steps', '—')} | "
+            f"{r[f'ndcg@{args.k}']:.4f} | {r[f'hr@{args.k}']:.4f} |"
+        )
 
 
 if __name__ == "__main__":

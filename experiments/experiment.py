@@ -2,7 +2,7 @@
 servers): for trying settings quickly. The ranking is the one `recsys evaluate` and the
 inference server use (full catalogue, seen items excluded, unknown targets count as misses).
 
-    python scripts/experiment.py '{"model": "gru4rec", "lr": 0.001}' [--data data/ml-100k]
+    python -m experiments.experiment '{"model": "gru4rec", "lr": 0.001}' [--data data/ml-100k]
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from recsys.schema import FIRST_TOKEN
-from trainer.data.tables import load_tables
-from trainer.metrics import rank_of_targets, ranking_metrics
 from trainer.data.encoding import build_item_index, encode_histories
+from trainer.data.tables import load_tables
 from trainer.families.next_item import TrainConfig, fit, score_histories
+from trainer.metrics import rank_of_targets, ranking_metrics
 
 
 def main() -> int:
@@ -34,7 +34,10 @@ def main() -> int:
         recsys = [sys.executable, "-m", "recsys.cli"]
         if not (Path(args.data) / "interactions.csv").exists():
             subprocess.run([*recsys, "data", "download", "movielens-100k", "--to", args.data], check=True)
-        subprocess.run([*recsys, "data", "split", "--interactions", f"{args.data}/interactions.csv", "--out", str(split)], check=True)
+        subprocess.run(
+            [*recsys, "data", "split", "--interactions", f"{args.data}/interactions.csv", "--out", str(split)],
+            check=True,
+        )
     cfg = TrainConfig(**json.loads(args.overrides))
     train = load_tables(split / "train.csv").interactions
     test = load_tables(split / "test.csv").interactions
@@ -54,11 +57,18 @@ def main() -> int:
     targets = np.array([(t or FIRST_TOKEN) - FIRST_TOKEN for _, t in rows])
     ranks = rank_of_targets(scores, targets, excluded)
     ranks[[t is None for _, t in rows]] = np.inf
-    print(json.dumps({
-        "config": json.loads(args.overrides), "fit_seconds": round(seconds, 1), "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history), "valid": {k: round(v, 4) for k, v in result.best_metrics.items() if "@" in k},
-        "test": {k: round(v, 4) for k, v in ranking_metrics(ranks, 10).items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "config": json.loads(args.overrides),
+                "fit_seconds": round(seconds, 1),
+                "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history),
+                "valid": {k: round(v, 4) for k, v in result.best_metrics.items() if "@" in k},
+                "test": {k: round(v, 4) for k, v in ranking_metrics(ranks, 10).items()},
+            }
+        )
+    )
     return 0
 
 

@@ -11,7 +11,7 @@ and the means are reported with the share of cases where the top explaining item
 at least the random item's. Also the time of one explanation run (labelled: measured on a
 shared machine).
 
-    python scripts/faithfulness.py --artifact runs/quality/sasrec-seed0 [--k 10] [--users 943]
+    python -m experiments.faithfulness --artifact runs/quality/sasrec-seed0 [--k 10] [--users 943]
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def main() -> int:
         scores[np.array(known) - FIRST_TOKEN] = -np.inf
         top = np.argsort(-scores, kind="stable")[: args.k]
         started = time.perf_counter()
-        why = explain_next_item(session.scores, np.array(tokens, dtype=np.int64), length, top, index.item_ids, index.titles)
+        why = explain_next_item(
+            session.scores, np.array(tokens, dtype=np.int64), length, top, index.item_ids, index.titles
+        )
         explain_ms.append((time.perf_counter() - started) * 1000)
         read = sorted({t for t in tokens[-length:] if t >= FIRST_TOKEN})
         for col, because in zip(top, why.because_items):
@@ -77,11 +79,17 @@ def main() -> int:
             drops["random"].append(drop(int(rng.choice(read))))
             drops["recent"].append(drop(next(t for t in reversed(tokens) if t >= FIRST_TOKEN)))
         if example is None and why.because_items[0]:
-            example = {"user_id": row["user_id"], "item": index.titles[top[0]],
-                       "because": [a.title or a.name for a in why.because_items[0]]}
+            example = {
+                "user_id": row["user_id"],
+                "item": index.titles[top[0]],
+                "because": [a.title or a.name for a in why.because_items[0]],
+            }
     top, rand = np.array(drops["top"]), np.array(drops["random"])
     summary = {
-        "artifact": args.artifact, "users": len(rows), "k": args.k, "explained_cases": len(top),
+        "artifact": args.artifact,
+        "users": len(rows),
+        "k": args.k,
+        "explained_cases": len(top),
         "mean_drop_top_explainer": float(top.mean()),
         "mean_drop_random_history_item": float(rand.mean()),
         "mean_drop_most_recent_item": float(np.mean(drops["recent"])),

@@ -76,23 +76,56 @@ def main() -> int:
     recsys = [sys.executable, "-m", "recsys.cli"]
     if not (Path(args.data) / "interactions.csv").exists():
         subprocess.run([*recsys, "data", "download", "movielens-100k", "--to", args.data], check=True)
-    subprocess.run([*recsys, "data", "split", "--interactions", f"{args.data}/interactions.csv", "--out", str(out)], check=True)
+    subprocess.run(
+        [*recsys, "data", "split", "--interactions", f"{args.data}/interactions.csv", "--out", str(out)], check=True
+    )
     test = pd.read_csv(out / "test.csv", dtype={"user_id": str, "item_id": str})
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         artifact = out / f"{args.model}-seed{seed}"
         started = time.perf_counter()
-        cmd = [*recsys, "train", "--interactions", str(out / "train.csv"), "--items", f"{args.data}/items.csv",
-               "--users", f"{args.data}/users.csv", "--model", args.model, "--out", str(artifact), "--seed", str(seed), "--quiet"]
+        cmd = [
+            *recsys,
+            "train",
+            "--interactions",
+            str(out / "train.csv"),
+            "--items",
+            f"{args.data}/items.csv",
+            "--users",
+            f"{args.data}/users.csv",
+            "--model",
+            args.model,
+            "--out",
+            str(artifact),
+            "--seed",
+            str(seed),
+            "--quiet",
+        ]
         if args.config:
             cmd += ["--config", args.config]
         subprocess.run(cmd, check=True)
         train_s = time.perf_counter() - started
         served = served_metrics(artifact, test, args.k)
-        evaluated = subprocess.run(
-            [*recsys, "evaluate", "--artifact", str(artifact), "--test", str(out / "test.csv"), "--k", str(args.k), "--json"],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip().splitlines()[-1]
+        evaluated = (
+            subprocess.run(
+                [
+                    *recsys,
+                    "evaluate",
+                    "--artifact",
+                    str(artifact),
+                    "--test",
+                    str(out / "test.csv"),
+                    "--k",
+                    str(args.k),
+                    "--json",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         evaluated = json.loads(evaluated)
         manifest = json.loads((artifact / "manifest.json").read_text())
         row = {

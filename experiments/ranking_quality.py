@@ -7,7 +7,7 @@ events by seed. Each model keeps its best epoch by validation AUC (or RMSE) and 
 test split once. Settings per model are in SETTINGS below; they were chosen on the validation
 split of seed 0 only. Writes <out>/results.json and prints a table.
 
-    python scripts/ranking_quality.py --data data/ml-100k --out runs/ranking_quality --seeds 0,1,2
+    python -m experiments.ranking_quality --data data/ml-100k --out runs/ranking_quality --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -36,8 +36,18 @@ SETTINGS: dict[str, dict] = {
     # 0.7849, dim 32 + 1e-4 0.7895, history_len 200 0.7894, cosine schedule 0.7895, 5e-5 0.7978); then
     # ema 0.99 (validate and keep a moving average of the weights) 0.7976 -> 0.8007 (ema 0.995 0.8006,
     # patience 6 without ema 0.7999), still rising at the 40-epoch cap, hence 80 epochs.
-    "deepfm": dict(model="deepfm", dropout=0.5, history_attention=True, lr=3e-3, batch_size=2048, user_id=True,
-                   ordinal=True, weight_decay=1e-4, ema=0.99, **{**COMMON, "epochs": 80}),
+    "deepfm": dict(
+        model="deepfm",
+        dropout=0.5,
+        history_attention=True,
+        lr=3e-3,
+        batch_size=2048,
+        user_id=True,
+        ordinal=True,
+        weight_decay=1e-4,
+        ema=0.99,
+        **{**COMMON, "epochs": 80},
+    ),
     "dcn": dict(model="dcn", dropout=0.5, lr=3e-3, batch_size=2048, user_id=True, ordinal=True, **COMMON),
     "conv_ctr": dict(model="conv_ctr", lr=3e-3, batch_size=2048, user_id=True, ordinal=True, **COMMON),
     "rating": dict(model="rating", lr=1e-3, batch_size=1024, weight_decay=1e-5, **COMMON),
@@ -51,7 +61,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default=",".join(SETTINGS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    parser.add_argument("--set", default="{}", help='JSON of RankConfig settings over every model\'s, e.g. {"user_id": false}')
+    parser.add_argument(
+        "--set", default="{}", help='JSON of RankConfig settings over every model\'s, e.g. {"user_id": false}'
+    )
     args = parser.parse_args()
     data = Path(args.data)
     tables = load_tables(data / "interactions.csv", data / "users.csv", data / "items.csv")
@@ -63,19 +75,33 @@ def main() -> None:
             cfg = RankConfig(**{**SETTINGS[name], **json.loads(args.set)}, seed=seed, threads=args.threads)
             start = time.perf_counter()
             run = train_ranker(cfg, tables=tables, progress=False, log=lambda *_: None)
-            row = {"seed": seed, "best_epoch": run.fit.best_epoch, "seconds": round(time.perf_counter() - start, 1),
-                   **run.fit.best_metrics, **run.test_metrics}
+            row = {
+                "seed": seed,
+                "best_epoch": run.fit.best_epoch,
+                "seconds": round(time.perf_counter() - start, 1),
+                **run.fit.best_metrics,
+                **run.test_metrics,
+            }
             print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
             runs.append(row)
         keys = [k for k in runs[0] if k.startswith(("test_", "valid_"))]
-        summary = {k: {"mean": statistics.mean(r[k] for r in runs),
-                       "sd": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0} for k in keys}
-        results[name] = {"config": asdict(RankConfig(**{**SETTINGS[name], **json.loads(args.set)})), "runs": runs,
-                         "summary": summary}
+        summary = {
+            k: {
+                "mean": statistics.mean(r[k] for r in runs),
+                "sd": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0,
+            }
+            for k in keys
+        }
+        results[name] = {
+            "config": asdict(RankConfig(**{**SETTINGS[name], **json.loads(args.set)})),
+            "runs": runs,
+            "summary": summary,
+        }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"seeds": seeds, "recbole_deepfm": RECBOLE_DEEPFM,
-                                                  "results": results}, indent=2))
+    (out / "results.json").write_text(
+        json.dumps({"seeds": seeds, "recbole_deepfm": RECBOLE_DEEPFM, "results": results}, indent=2)
+    )
     print(f"\nML-100K, random 8:1:1 split, mean ± sd over seeds {seeds} (test split)")
     for name, r in results.items():
         s = r["summary"]

@@ -1,6 +1,9 @@
-"""Builds the feature server from a store URL and, optionally, an artifact directory.
+"""Builds the feature server from a `FeatureServiceConfig` (feature_service/config.py): a store
+URL and, optionally, an artifact directory.
 
-`create_feature_server` is what tests call (port 0); `serve` is what the CLI calls. Startup
+`start_server(config)` starts it; `serve(config)` is what the CLI calls (runs until SIGTERM or
+SIGINT); `create_feature_server` takes the config's fields as keywords for tests (a memory://
+store on port 0 by default). Startup
 order: open the store, bind the port with health NOT_SERVING, load the artifact if one is given
 (idempotent, so restarts over a persistent store are cheap) or else take the schema the store
 was last loaded with, then turn SERVING. A failure on the way stops the server and closes the
@@ -24,6 +27,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health
 
+from feature_service.config import FeatureServiceConfig
 from feature_service.loader import load_artifact, stored_schema
 from feature_service.service import FeatureServiceCore
 from feature_service.servicer import SERVICE_NAME, FeatureServicer
@@ -34,36 +38,24 @@ from recsys.metrics import ServiceMetrics
 from recsys.security import ServerSecurity
 from recsys.v1 import features_pb2_grpc
 
-__all__ = ["create_feature_server", "serve"]
+__all__ = ["create_feature_server", "serve", "start_server"]
 
 log = logging.getLogger(__name__)
 
 
-def create_feature_server(
-    artifact_dir: str | Path | None,
-    store_url: str = "memory://",
-    host: str = "[::]",
-    port: int = 0,
-    max_workers: int = 8,
-    health_interval_s: float = 1.0,
-    security: ServerSecurity | None = None,
-    max_concurrent_rpcs: int | None = 512,
-    metrics_port: int | None = None,
-    metrics_host: str = "0.0.0.0",
-    access_log: bool = False,
-) -> tuple[grpc.Server, int, health.HealthServicer, FeatureServiceCore]:
+def start_server(config: FeatureServiceConfig) -> tuple[grpc.Server, int, health.HealthServicer, FeatureServiceCore]:
     """Starts a loaded, SERVING feature server; returns it, its port, health and core.
 
-    `artifact_dir=None` serves the schema of the artifact last loaded into the store
+    `config.artifact_dir=None` serves the schema of the artifact last loaded into the store
     (`FailedPrecondition` if none was). The caller owns shutdown: `server.stop(grace)` then
     `core.close()` (closes the store and ends the store watcher). Raises `FailedPrecondition`
     for a bad artifact, `ValueError` for a bad store URL, `StoreUnavailable` for a store that
-    cannot be reached, `ValueError` for unreadable certificates. `security`: TLS / mutual TLS
-    and accepted tokens (`recsys.security`). `core.metrics` is the server's `ServiceMetrics`
-    (its HTTP endpoint, with `metrics_port`, closes with the core).
+    cannot be reached, `ValueError` for unreadable certificates. `core.metrics` is the server's
+    `ServiceMetrics` (its HTTP endpoint, with `metrics_port`, closes with the core).
     """
-    manifest = read_manifest(artifact_dir) if artifact_dir is not None else None
-    store = open_store(store_url)
+    c = config
+    manifest = read_manifest(c.artifact_dir) if c.artifact_dir is not None else None
+    store = open_store(c.store_url)
     server: grpc.Server | None = None
     metrics = ServiceMetrics()
     try:
@@ -73,21 +65,21 @@ def create_feature_server(
             FeatureServicer(core), features_pb2_grpc.add_FeatureServiceServicer_to_server, SERVICE_NAME
         )
         server, bound, health_servicer = create_server(
-            [binding], host=host, port=port, max_workers=max_workers, security=security,
-            max_concurrent_rpcs=max_concurrent_rpcs, interceptors=[metrics.interceptor(access_log=access_log)],
+            [binding], host=c.host, port=c.port, max_workers=c.max_workers, security=c.security,
+            max_concurrent_rpcs=c.max_concurrent_rpcs, interceptors=[metrics.interceptor(access_log=c.access_log)],
         )
         if manifest is not None:
-            report = load_artifact(store, artifact_dir)
-            log.info("loaded %s from %s into %s: %s", manifest.model_version, artifact_dir, store_url, report)
+            report = load_artifact(store, c.artifact_dir)
+            log.info("loaded %s from %s into %s: %s", manifest.model_version, c.artifact_dir, c.store_url, report)
         core.metrics = metrics
-        core.metrics_port = metrics.serve_http(metrics_port, metrics_host) if metrics_port is not None else None
+        core.metrics_port = metrics.serve_http(c.metrics_port, c.metrics_host) if c.metrics_port is not None else None
     except BaseException:
         if server is not None:
             server.stop(None)
         store.close()
         raise
     set_serving(health_servicer, [SERVICE_NAME], serving=True)
-    watch = HealthWatch(core.ping, health_servicer, [SERVICE_NAME], health_interval_s, what="feature store")
+    watch = HealthWatch(core.ping, health_servicer, [SERVICE_NAME], c.health_interval_s, what="feature store")
     watch.serving = True  # the load above just read and wrote the store
     watch.start()
     core.on_close(watch.stop)
@@ -95,17 +87,21 @@ def create_feature_server(
     return server, bound, health_servicer, core
 
 
-def serve(artifact_dir: str | Path | None, store_url: str, host: str = "[::]", port: int = 50051,
-          security: ServerSecurity | None = None, **options) -> None:
-    """Runs the feature server until SIGTERM/SIGINT, then drains and closes the store;
-    `options` go to `create_feature_server` (metrics_port, access_log, max_concurrent_rpcs)."""
-    security = security or ServerSecurity()
-    server, bound, health_servicer, core = create_feature_server(artifact_dir, store_url, host, port,
-                                                                  security=security, **options)
+def create_feature_server(
+    artifact_dir: str | Path | None, store_url: str = "memory://", *, port: int = 0, **fields
+) -> tuple[grpc.Server, int, health.HealthServicer, FeatureServiceCore]:
+    """`start_server` with `FeatureServiceConfig` fields as keywords (tests: memory://, port 0)."""
+    return start_server(FeatureServiceConfig(artifact_dir=artifact_dir, store_url=store_url, port=port, **fields))
+
+
+def serve(config: FeatureServiceConfig) -> None:
+    """Runs the feature server until SIGTERM/SIGINT, then drains and closes the store."""
+    security = config.security or ServerSecurity()
+    server, bound, health_servicer, core = start_server(config)
     metrics = f", metrics on :{core.metrics_port}" if core.metrics_port else ""
-    log.info("feature service on %s:%d (%s; schema %s, store %s%s)", host, bound, security.describe(),
-             core.schema_hash, store_url, metrics)
-    print(f"feature service listening on {host}:{bound} (schema {core.schema_hash})", flush=True)
+    log.info("feature service on %s:%d (%s; schema %s, store %s%s)", config.host, bound, security.describe(),
+             core.schema_hash, config.store_url, metrics)
+    print(f"feature service listening on {config.host}:{bound} (schema {core.schema_hash})", flush=True)
     try:
         run_until_signal(server, health_servicer)
     finally:

@@ -151,9 +151,13 @@ class FeatureServiceCore:
             for name, value in features.items():
                 values = value if isinstance(value, list) else [value]
                 if len(values) > MAX_VALUES:
-                    raise InvalidArgument(f"{field}[{i}]: feature {name!r} has {len(values)} values; at most {MAX_VALUES}")
+                    raise InvalidArgument(
+                        f"{field}[{i}]: feature {name!r} has {len(values)} values; at most {MAX_VALUES}"
+                    )
                 if any(isinstance(v, str) and len(v) > MAX_VALUE_CHARS for v in values):
-                    raise InvalidArgument(f"{field}[{i}]: feature {name!r} has a value longer than {MAX_VALUE_CHARS} characters")
+                    raise InvalidArgument(
+                        f"{field}[{i}]: feature {name!r} has a value longer than {MAX_VALUE_CHARS} characters"
+                    )
 
     def _check_ids(self, field: str, ids: Sequence[str]) -> None:
         if not ids:

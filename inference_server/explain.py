@@ -29,8 +29,15 @@ import numpy as np
 
 from recsys.schema import FIRST_TOKEN, PAD
 
-__all__ = ["MAX_EXPLAINED", "Attribution", "Explanation", "explain_feature_ranker", "explain_next_item",
-           "leave_one_out_windows", "window_scorer"]
+__all__ = [
+    "MAX_EXPLAINED",
+    "Attribution",
+    "Explanation",
+    "explain_feature_ranker",
+    "explain_next_item",
+    "leave_one_out_windows",
+    "window_scorer",
+]
 
 # Attributions returned per recommended item.
 MAX_BECAUSE_ITEMS = 3
@@ -103,8 +110,15 @@ def window_scorer(session, user_inputs, user_features: dict, max_len: int) -> tu
     return score, max(1, user_inputs.encoder.history_len)
 
 
-def explain_next_item(score: Callable[[np.ndarray], np.ndarray], tokens: np.ndarray, max_len: int,
-                      item_cols: np.ndarray, item_ids, titles, limit: int = MAX_BECAUSE_ITEMS) -> Explanation:
+def explain_next_item(
+    score: Callable[[np.ndarray], np.ndarray],
+    tokens: np.ndarray,
+    max_len: int,
+    item_cols: np.ndarray,
+    item_ids,
+    titles,
+    limit: int = MAX_BECAUSE_ITEMS,
+) -> Explanation:
     """Leave-one-out attributions of a next-item model's scores of `item_cols` (catalogue
     columns) to the user's history `tokens` (oldest first). `score` maps (B, max_len) windows
     to (B, N) scores (`window_scorer`). One run of 1 + H rows."""
@@ -122,8 +136,13 @@ def _field_ablations(inputs) -> list[tuple[str, str, object]]:
     """(feature name, input source, index into the input's last axes) per ablatable field."""
     enc = inputs.encoder
     fields: list[tuple[str, str, object]] = []
-    for source, specs in (("user.cat", enc.user_cat), ("user.num", enc.user_num), ("item.cat", enc.item_cat),
-                          ("item.num", enc.item_num), ("item.multi", enc.item_multi)):
+    for source, specs in (
+        ("user.cat", enc.user_cat),
+        ("user.num", enc.user_num),
+        ("item.cat", enc.item_cat),
+        ("item.num", enc.item_num),
+        ("item.multi", enc.item_multi),
+    ):
         if source in inputs.names:
             prefix = source.split(".")[0]
             fields += [(f"{prefix}.{spec.name}", source, j) for j, spec in enumerate(specs)]
@@ -133,9 +152,18 @@ def _field_ablations(inputs) -> list[tuple[str, str, object]]:
     return fields
 
 
-def explain_feature_ranker(session, inputs, user_features: dict, tokens: np.ndarray, item_tokens: np.ndarray,
-                           item_ids, titles, limit_items: int = MAX_BECAUSE_ITEMS,
-                           limit_features: int = MAX_BECAUSE_FEATURES, user_id: str = "") -> Explanation:
+def explain_feature_ranker(
+    session,
+    inputs,
+    user_features: dict,
+    tokens: np.ndarray,
+    item_tokens: np.ndarray,
+    item_ids,
+    titles,
+    limit_items: int = MAX_BECAUSE_ITEMS,
+    limit_features: int = MAX_BECAUSE_FEATURES,
+    user_id: str = "",
+) -> Explanation:
     """Attributions of a feature-based ranker's scores of `item_tokens` (k,): per feature field
     (ablation) and, when the model reads the history, per history item (leave-one-out).
 

@@ -79,8 +79,15 @@ class UserView:
 
 
 class FeatureClient:
-    def __init__(self, target: str, *, timeout_s: float = 1.0, expected_schema_hash: str | None = None,
-                 security: ClientSecurity | None = None, combine_users: bool = True):
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float = 1.0,
+        expected_schema_hash: str | None = None,
+        security: ClientSecurity | None = None,
+        combine_users: bool = True,
+    ):
         self.target = target
         self.timeout_s = timeout_s
         self.expected_schema_hash = expected_schema_hash
@@ -185,9 +192,7 @@ class FeatureClient:
                 raise Unavailable(
                     f"feature service at {self.target} refused this server's credentials ({code.name}: {details})"
                 ) from None
-            raise Unavailable(
-                f"feature service at {self.target} is unavailable ({code.name}: {details})"
-            ) from None
+            raise Unavailable(f"feature service at {self.target} is unavailable ({code.name}: {details})") from None
 
     def close(self) -> None:
         self.channel.close()

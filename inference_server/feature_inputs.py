@@ -70,7 +70,9 @@ class FeatureInputs:
     def needs_item_features(self) -> bool:
         return any(s in self.names for s in ("item.cat", "item.num", "item.multi"))
 
-    def load_items(self, fetch: Callable[[list[str]], Iterable[tuple[str, dict[str, Any] | None]]], batch: int = 1000) -> int:
+    def load_items(
+        self, fetch: Callable[[list[str]], Iterable[tuple[str, dict[str, Any] | None]]], batch: int = 1000
+    ) -> int:
         """Encodes every catalogue item's features, fetched `batch` ids at a time; returns how
         many were found. Items the store does not know keep all-missing rows."""
         enc = self.encoder
@@ -89,8 +91,15 @@ class FeatureInputs:
             self.item_cat, self.item_num, self.item_multi = cat, num, multi
         return found
 
-    def feeds(self, user_features: dict[str, Any], history: np.ndarray, item_tokens: np.ndarray,
-              user_id: str = "", *, row_per_candidate: bool = False) -> dict[str, np.ndarray]:
+    def feeds(
+        self,
+        user_features: dict[str, Any],
+        history: np.ndarray,
+        item_tokens: np.ndarray,
+        user_id: str = "",
+        *,
+        row_per_candidate: bool = False,
+    ) -> dict[str, np.ndarray]:
         """Rows for the candidates item_tokens (B,) int64; history: the user's tokens, oldest
         first; user_id feeds a user.id input (unknown or empty: OOV). User-side inputs get one
         row where the graph shares it across candidates, else (or with `row_per_candidate`,

@@ -48,11 +48,11 @@ from pathlib import Path
 
 import numpy as np
 
+from inference_server.feature_client import FeatureClient, UserView
+from inference_server.pipeline import Recommender
 from recsys.artifact import HISTORIES, fsync_dir, read_jsonl, read_manifest, verify_files
 from recsys.errors import FailedPrecondition, InvalidArgument, NotFound, RecsysError, Unavailable
 from recsys.schema import FIRST_TOKEN
-from inference_server.feature_client import FeatureClient, UserView
-from inference_server.pipeline import Recommender
 
 __all__ = ["POLICIES", "SAMPLE_USERS", "ModelManager", "ModelRepository", "ServedModel"]
 
@@ -77,8 +77,9 @@ class ModelRepository:
         directory = self.root / _check_name(model)
         if not directory.is_dir():
             return []
-        return sorted(int(p.name) for p in directory.iterdir()
-                      if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"))
+        return sorted(
+            int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")
+        )
 
     def latest(self, model: str) -> int | None:
         versions = self.versions(model)
@@ -246,7 +247,9 @@ class ModelManager:
             if version is None:
                 previous = [v for v in self.history if v != self.current.version]
                 if not previous:
-                    raise FailedPrecondition(f"no earlier version of {self.model!r} was served: nothing to roll back to")
+                    raise FailedPrecondition(
+                        f"no earlier version of {self.model!r} was served: nothing to roll back to"
+                    )
                 version = previous[-1]
             return self.load_version(version)
 
@@ -286,8 +289,10 @@ class ModelManager:
 
     def _need_repository(self) -> None:
         if self.repository is None:
-            raise FailedPrecondition("this server serves a plain artifact directory, not a model repository "
-                                     "(start it with --repo and --model to change versions)")
+            raise FailedPrecondition(
+                "this server serves a plain artifact directory, not a model repository "
+                "(start it with --repo and --model to change versions)"
+            )
 
     def _swap(self, version: int) -> ServedModel:
         with self._lock:
@@ -334,8 +339,10 @@ class ModelManager:
                 return  # the health watch keeps asking; requests check every answer's hash too
             raise
         if served != wanted:
-            raise FailedPrecondition(f"its feature schema {wanted} is not the one the feature service "
-                                     f"at {self.features.target} serves ({served})")
+            raise FailedPrecondition(
+                f"its feature schema {wanted} is not the one the feature service "
+                f"at {self.features.target} serves ({served})"
+            )
 
 
 def _retire(recommender: Recommender, after_s: float) -> None:
@@ -352,10 +359,13 @@ def _retire(recommender: Recommender, after_s: float) -> None:
 def _check_outputs(recommender: Recommender, path: Path) -> None:
     """Scores on a small sample are finite and not all equal (see the module docstring)."""
     if recommender.inputs is None:
-        users = [UserView(str(row.get("user_id", "")), True, tuple(row.get("item_ids", ())))
-                 for row in itertools.islice(read_jsonl(path / HISTORIES), SAMPLE_USERS)]
+        users = [
+            UserView(str(row.get("user_id", "")), True, tuple(row.get("item_ids", ())))
+            for row in itertools.islice(read_jsonl(path / HISTORIES), SAMPLE_USERS)
+        ]
         users = [u for u in users if len(recommender._seen(u))] or [
-            UserView("", True, (recommender.index.item_ids[0],))]
+            UserView("", True, (recommender.index.item_ids[0],))
+        ]
         ann = getattr(recommender, "ann", None)
         if ann is not None:  # the index answers Recommend: check what it gives
             scores = np.stack([ann.top_k(recommender._window(u), 10, None)[1] for u in users])

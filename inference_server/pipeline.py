@@ -147,8 +147,16 @@ class Recommender:
             if out.shape != (1,):
                 raise FailedPrecondition(f"model output shape {out.shape} != (1,) for one row")
 
-    def recommend(self, user_id: str, k: int, exclude_seen: bool, explain: bool = False, *,
-                  history: Sequence[str] = (), timeout_s: float | None = None) -> Recommendation:
+    def recommend(
+        self,
+        user_id: str,
+        k: int,
+        exclude_seen: bool,
+        explain: bool = False,
+        *,
+        history: Sequence[str] = (),
+        timeout_s: float | None = None,
+    ) -> Recommendation:
         _check_user_id(user_id)
         if not 1 <= k <= self.max_k:
             raise InvalidArgument(f"k must be between 1 and {self.max_k}, got {k}")
@@ -162,10 +170,14 @@ class Recommender:
         elif self.inputs is None and self.ann is not None:
             cols, top_scores = self.ann.top_k(self._window(user), k, seen if exclude_seen else None)
             why = self._explain(user, np.asarray(cols, dtype=np.int64)[:MAX_EXPLAINED]) if explain else None
-            return Recommendation([self.index.item_ids[i] for i in cols], [float(s) for s in top_scores],
-                                  [self.index.titles[i] for i in cols], SOURCE_REQUEST_HISTORY if degraded else SOURCE_MODEL,
-                                  because_items=why.because_items if why else None,
-                                  because_features=why.because_features if why else None)
+            return Recommendation(
+                [self.index.item_ids[i] for i in cols],
+                [float(s) for s in top_scores],
+                [self.index.titles[i] for i in cols],
+                SOURCE_REQUEST_HISTORY if degraded else SOURCE_MODEL,
+                because_items=why.because_items if why else None,
+                because_features=why.because_features if why else None,
+            )
         elif self.inputs is None:
             scores, source = self._next_item_scores(user), SOURCE_REQUEST_HISTORY if degraded else SOURCE_MODEL
         else:
@@ -195,8 +207,16 @@ class Recommender:
         if self.inputs is None:
             score, length = window_scorer(self.session, self.user_inputs, user.features, self.manifest.max_history)
             return explain_next_item(score, self._tokens(user), length, cols, ids, titles)
-        return explain_feature_ranker(self.session, self.inputs, user.features, self._tokens(user),
-                                      np.asarray(cols, dtype=np.int64) + FIRST_TOKEN, ids, titles, user_id=user.user_id)
+        return explain_feature_ranker(
+            self.session,
+            self.inputs,
+            user.features,
+            self._tokens(user),
+            np.asarray(cols, dtype=np.int64) + FIRST_TOKEN,
+            ids,
+            titles,
+            user_id=user.user_id,
+        )
 
     def score(self, user_id: str, item_ids: list[str], *, timeout_s: float | None = None) -> tuple[list[float], str]:
         _check_user_id(user_id)
@@ -241,8 +261,9 @@ class Recommender:
         key = ("tokens", id(self.token))
         tokens = user.derived.get(key)
         if tokens is None:
-            tokens = np.fromiter(map(self.token.get, user.history, repeat(OOV)), dtype=np.int64,
-                                 count=len(user.history))
+            tokens = np.fromiter(
+                map(self.token.get, user.history, repeat(OOV)), dtype=np.int64, count=len(user.history)
+            )
             tokens.flags.writeable = False
             user.derived[key] = tokens
         return tokens

@@ -46,16 +46,30 @@ class Retriever:
     for k + len(exclude) neighbours.
     """
 
-    def __init__(self, artifact_dir: str | Path, manifest, *, device: str = "cpu", threads: int = 1,
-                 tuning: SessionTuning | None = None):
+    def __init__(
+        self,
+        artifact_dir: str | Path,
+        manifest,
+        *,
+        device: str = "cpu",
+        threads: int = 1,
+        tuning: SessionTuning | None = None,
+    ):
         spec: AnnSpec | None = read_spec(artifact_dir)
         if spec is None:
             raise FailedPrecondition(f"artifact {artifact_dir} has no ANN index")
         if spec.num_items != manifest.num_items:
             raise FailedPrecondition(f"ANN index covers {spec.num_items} items, the model {manifest.num_items}")
         self.spec = spec
-        self.encoder = ModelSession(artifact_dir, manifest, device=device, threads=threads, tuning=tuning,
-                                    model_file=spec.encoder, output=spec.encoder_output)
+        self.encoder = ModelSession(
+            artifact_dir,
+            manifest,
+            device=device,
+            threads=threads,
+            tuning=tuning,
+            model_file=spec.encoder,
+            output=spec.encoder_output,
+        )
         self.index = load_index(artifact_dir, spec, threads=1)
         self.num_items = manifest.num_items
 

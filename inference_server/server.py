@@ -1,5 +1,9 @@
-"""Builds and runs the inference server: a model (artifact directory or repository) + the
-feature service's address -> gRPC server.
+"""Builds and runs the inference server from an `InferenceConfig` (inference_server/config.py):
+a model (artifact directory or repository) + the feature service's address -> gRPC server.
+
+`start_server(config)` starts it and returns the `InferenceService`; `serve(config)` is what the
+CLI calls (runs until SIGTERM/SIGINT). `start_inference_service` and `create_inference_server`
+take the config's fields as keywords (port 0 by default) for tests.
 
 Model: `artifact_dir` serves one artifact; `repo` + `model` serve a versioned model repository
 (`inference_server.model_repository`): the newest version that passes its checks, or a pinned
@@ -29,20 +33,21 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from recsys.artifact import ItemIndex, read_manifest, read_user_index, verify_files
-from recsys.errors import RecsysError, Unavailable
-from recsys.grpc_server import MAX_MESSAGE_BYTES, HealthWatch, ServiceBinding, create_server, run_until_signal
-from recsys.metrics import InferenceMetrics
-from recsys.security import ClientSecurity, ServerSecurity
-from recsys.v1 import admin_pb2_grpc, inference_pb2_grpc
+from inference_server.config import InferenceConfig
 from inference_server.feature_client import FeatureClient
 from inference_server.model_repository import ModelManager, ModelRepository, ServedModel
 from inference_server.pipeline import Recommender
 from inference_server.servicer import AdminServicer, InferenceServicer
 from inference_server.speed import SpeedOptions, open_model
+from recsys.artifact import ItemIndex, read_manifest, read_user_index, verify_files
+from recsys.errors import RecsysError, Unavailable
+from recsys.grpc_server import HealthWatch, ServiceBinding, create_server, run_until_signal
+from recsys.metrics import InferenceMetrics
+from recsys.security import ServerSecurity
+from recsys.v1 import admin_pb2_grpc, inference_pb2_grpc
 
 __all__ = ["ADMIN_SERVICE_NAME", "FEATURES_HEALTH_NAME", "SERVICE_NAME", "InferenceService",
-           "create_inference_server", "serve", "start_inference_service"]
+           "create_inference_server", "serve", "start_inference_service", "start_server"]
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "recsys.v1.InferenceService"
@@ -93,95 +98,75 @@ class InferenceService:
         self.manager.features.close()
 
 
-def start_inference_service(
-    artifact_dir: str | Path | None,
-    features_target: str,
-    *,
-    repo: str | Path | None = None,
-    model: str | None = None,
-    version: int | None = None,
-    watch_interval_s: float = 2.0,
-    host: str = "[::]",
-    port: int = 0,
-    device: str = "cpu",
-    threads: int = 1,
-    max_k: int = 1000,
-    max_candidates: int = 10000,
-    max_workers: int = 8,
-    max_concurrent_rpcs: int | None = 256,
-    max_message_bytes: int = MAX_MESSAGE_BYTES,
-    health_interval_s: float = 2.0,
-    feature_timeout_s: float = 1.0,
-    request_timeout_s: float | None = 1.0,
-    degrade: bool = True,
-    retrieval_dir: str | Path | None = None,
-    num_candidates: int = 200,
-    security: ServerSecurity | None = None,
-    feature_security: ClientSecurity | None = None,
-    metrics_port: int | None = None,
-    metrics_host: str = "0.0.0.0",
-    access_log: bool = False,
-    speed: SpeedOptions | None = None,
-) -> InferenceService:
+def start_server(config: InferenceConfig) -> InferenceService:
     """Loads the model, then starts the server; health is checked once before returning.
 
-    Give `artifact_dir`, or `repo` and `model` (and optionally a pinned `version`). With
-    `retrieval_dir`, that next-item model proposes `num_candidates` items per request and the
-    served model (a rank or rating model) re-scores them: two-stage serving; hot swaps change
-    the served model, not the retrieval stage. `security`: this server's TLS and accepted
-    tokens; `feature_security`: the TLS and token of its channel to the feature service.
+    The model is `config.artifact_dir`, or `config.model` of `config.repo` (optionally a pinned
+    `version`). With `retrieval_dir`, that next-item model proposes `num_candidates` items per
+    request and the served model (a rank or rating model) re-scores them: two-stage serving;
+    hot swaps change the served model, not the retrieval stage. `security`: this server's TLS
+    and accepted tokens; `feature_security`: the TLS and token of its channel to the feature
+    service. ValueError for an ambiguous model source (`InferenceConfig.check`).
     """
-    if (artifact_dir is None) == (repo is None):
-        raise ValueError("serve an artifact directory or a model repository (repo and model), not both")
-    first_manifest = read_manifest(artifact_dir) if artifact_dir is not None else None
-    client = FeatureClient(features_target, timeout_s=feature_timeout_s,
+    c = config
+    c.check()
+    first_manifest = read_manifest(c.artifact_dir) if c.artifact_dir is not None else None
+    client = FeatureClient(c.features_target, timeout_s=c.feature_timeout_s,
                            expected_schema_hash=first_manifest.schema_hash if first_manifest else None,
-                           security=feature_security)
+                           security=c.feature_security)
     metrics = InferenceMetrics()
     client.on_call = metrics.feature_call
     try:
         retrieval = None
-        if retrieval_dir is not None:
-            retrieval = _stage(retrieval_dir, client, device=device, threads=threads, max_k=max_k, degrade=degrade,
-                               speed=speed)
+        if c.retrieval_dir is not None:
+            retrieval = _stage(c.retrieval_dir, client, device=c.device, threads=c.threads, max_k=c.max_k,
+                               degrade=c.degrade, speed=c.speed)
 
         def build(path: Path) -> Recommender:
-            return _stage(path, client, device=device, threads=threads, max_k=max_k, max_candidates=max_candidates,
-                          retrieval=retrieval, num_candidates=num_candidates, degrade=degrade, speed=speed)
+            return _stage(path, client, device=c.device, threads=c.threads, max_k=c.max_k,
+                          max_candidates=c.max_candidates, retrieval=retrieval, num_candidates=c.num_candidates,
+                          degrade=c.degrade, speed=c.speed)
 
         def changed(served: ServedModel) -> None:
             metrics.model_changed(served.label, served.version)
 
         manager = ModelManager(
-            build, client, artifact_dir=artifact_dir,
-            repository=ModelRepository(repo) if repo is not None else None, model=model, version=version,
+            build, client, artifact_dir=c.artifact_dir,
+            repository=ModelRepository(c.repo) if c.repo is not None else None, model=c.model, version=c.version,
             on_change=changed, on_reject=metrics.model_rejected,
         )
         client.expected_schema_hash = manager.current.recommender.manifest.schema_hash
         bindings = [
-            ServiceBinding(InferenceServicer(manager, request_timeout_s=request_timeout_s,
+            ServiceBinding(InferenceServicer(manager, request_timeout_s=c.request_timeout_s,
                                              on_degraded=metrics.degraded_answer),
                            inference_pb2_grpc.add_InferenceServiceServicer_to_server, SERVICE_NAME),
             ServiceBinding(AdminServicer(manager), admin_pb2_grpc.add_AdminServiceServicer_to_server,
                            ADMIN_SERVICE_NAME),
         ]
         server, bound, health_servicer = create_server(
-            bindings, host=host, port=port, max_workers=max_workers, security=security,
-            max_concurrent_rpcs=max_concurrent_rpcs, max_message_bytes=max_message_bytes,
-            interceptors=[metrics.interceptor(access_log=access_log)],
+            bindings, host=c.host, port=c.port, max_workers=c.max_workers, security=c.security,
+            max_concurrent_rpcs=c.max_concurrent_rpcs, max_message_bytes=c.max_message_bytes,
+            interceptors=[metrics.interceptor(access_log=c.access_log)],
         )
     except BaseException:
         client.close()
         raise
     metrics.watch_batches(lambda: _batch_stats(manager.current.recommender))
-    bound_metrics = metrics.serve_http(metrics_port, metrics_host) if metrics_port is not None else None
-    watch = HealthWatch(_probe(client, health_servicer, metrics, degrade), health_servicer,
-                        [SERVICE_NAME, ADMIN_SERVICE_NAME], health_interval_s,
+    bound_metrics = metrics.serve_http(c.metrics_port, c.metrics_host) if c.metrics_port is not None else None
+    watch = HealthWatch(_probe(client, health_servicer, metrics, c.degrade), health_servicer,
+                        [SERVICE_NAME, ADMIN_SERVICE_NAME], c.health_interval_s,
                         what=f"feature service at {client.target}")
     watch.check()
     watch.start()
-    manager.start_watch(watch_interval_s)
+    manager.start_watch(c.watch_interval_s)
     return InferenceService(server, bound, health_servicer, manager, metrics, watch, bound_metrics)
+
+
+def start_inference_service(artifact_dir: str | Path | None, features_target: str, *, port: int = 0,
+                            **fields) -> InferenceService:
+    """`start_server` with `InferenceConfig` fields as keywords (tests: port 0, any free port)."""
+    return start_server(InferenceConfig(artifact_dir=artifact_dir, features_target=features_target, port=port,
+                                        **fields))
 
 
 def _batch_stats(recommender: Recommender) -> tuple[int, int] | None:
@@ -222,29 +207,28 @@ def _probe(client: FeatureClient, health_servicer: health.HealthServicer, metric
 
 
 def create_inference_server(
-    artifact_dir: str | Path | None, features_target: str, **options
+    artifact_dir: str | Path | None, features_target: str, **fields
 ) -> tuple[grpc.Server, int, health.HealthServicer, Recommender]:
     """`start_inference_service` returning (server, port, health, recommender at start); the
     caller stops the server and closes `recommender.features`."""
-    service = start_inference_service(artifact_dir, features_target, **options)
+    service = start_inference_service(artifact_dir, features_target, **fields)
     return service.server, service.port, service.health, service.recommender
 
 
-def serve(artifact_dir: str | None, features_target: str, *, host: str, port: int, device: str, threads: int,
-          max_k: int, security: ServerSecurity | None = None, **options) -> None:
-    """Runs the inference server until SIGTERM/SIGINT, then drains (see `start_inference_service`)."""
-    security = security or ServerSecurity()
-    service = start_inference_service(artifact_dir, features_target, host=host, port=port, device=device,
-                                      threads=threads, max_k=max_k, security=security, **options)
-    feature_security = options.get("feature_security")
-    feature_tls = "TLS" if feature_security is not None and feature_security.tls is not None else "plaintext"
+def serve(config: InferenceConfig) -> None:
+    """Runs the inference server until SIGTERM/SIGINT, then drains (see `start_server`)."""
+    security = config.security or ServerSecurity()
+    service = start_server(config)
+    feature_tls = "plaintext" if config.feature_security is None or config.feature_security.tls is None else "TLS"
     served = service.manager.current
     log.info(
         "inference server on %s:%d (%s): model %s (%d items) on %s, features from %s (%s)%s",
-        host, service.port, security.describe(), served.label, served.recommender.manifest.num_items, device,
-        features_target, feature_tls, f", metrics on :{service.metrics_port}" if service.metrics_port else "",
+        config.host, service.port, security.describe(), served.label, served.recommender.manifest.num_items,
+        config.device, config.features_target, feature_tls,
+        f", metrics on :{service.metrics_port}" if service.metrics_port else "",
     )
-    print(f"inference server listening on {host}:{service.port} (model {served.label}, device {device})", flush=True)
+    print(f"inference server listening on {config.host}:{service.port} (model {served.label}, "
+          f"device {config.device})", flush=True)
     try:
         run_until_signal(service.server, service.health)
     finally:

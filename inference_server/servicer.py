@@ -13,8 +13,6 @@ import logging
 
 import grpc
 
-from recsys.logs import user_ref
-from recsys.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
 from inference_server.model_repository import ModelManager
 from inference_server.pipeline import (
     DEGRADED_SOURCES,
@@ -22,6 +20,8 @@ from inference_server.pipeline import (
     SOURCE_MODEL,
     SOURCE_REQUEST_HISTORY,
 )
+from recsys.logs import user_ref
+from recsys.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 __all__ = ["AdminServicer", "InferenceServicer", "fetch_timeout"]
 
@@ -78,10 +78,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     def Recommend(self, request, context):
         served = self.manager.current
-        rec = served.recommender.recommend(request.user_id, request.k, request.exclude_seen, explain=request.explain,
-                                           history=request.history, timeout_s=self._timeout(context))
+        rec = served.recommender.recommend(
+            request.user_id,
+            request.k,
+            request.exclude_seen,
+            explain=request.explain,
+            history=request.history,
+            timeout_s=self._timeout(context),
+        )
         items = [
-            inference_pb2.ScoredItem(item_id=i, score=s, title=t) for i, s, t in zip(rec.item_ids, rec.scores, rec.titles)
+            inference_pb2.ScoredItem(item_id=i, score=s, title=t)
+            for i, s, t in zip(rec.item_ids, rec.scores, rec.titles)
         ]
         for item, because in zip(items, rec.because_items or []):
             item.because_items.extend(_attributions(because))
@@ -96,10 +103,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     def Score(self, request, context):
         served = self.manager.current
-        scores, source = served.recommender.score(request.user_id, list(request.item_ids),
-                                                  timeout_s=self._timeout(context))
+        scores, source = served.recommender.score(
+            request.user_id, list(request.item_ids), timeout_s=self._timeout(context)
+        )
         return inference_pb2.ScoreResponse(
-            scores=scores, model_version=served.label, source=_source(source),
+            scores=scores,
+            model_version=served.label,
+            source=_source(source),
             degraded=self._degraded("Score", source, request.user_id),
         )
 
@@ -113,8 +123,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def GetModelStatus(self, request, context):
         status = self.manager.status()
         return admin_pb2.GetModelStatusResponse(
-            model=status["model"], policy=status["policy"], serving_version=status["serving_version"],
-            model_version=status["label"], versions=status["versions"],
+            model=status["model"],
+            policy=status["policy"],
+            serving_version=status["serving_version"],
+            model_version=status["label"],
+            versions=status["versions"],
             rejected=[admin_pb2.RejectedVersion(version=v, reason=r) for v, r in sorted(status["rejected"].items())],
         )
 

@@ -32,8 +32,9 @@ class SpeedOptions:
     variant: str = "fp32"  # fp32 (model.onnx) | int8 (model.int8.onnx, made with `int8 = true` at export)
 
 
-def open_model(artifact_dir: str | Path, manifest: Manifest, *, device: str, threads: int,
-               speed: SpeedOptions | None = None) -> tuple[object, Retriever | None]:
+def open_model(
+    artifact_dir: str | Path, manifest: Manifest, *, device: str, threads: int, speed: SpeedOptions | None = None
+) -> tuple[object, Retriever | None]:
     """(session, retriever or None) for `manifest`'s model; batching applies to next-item models
     (one (1, L) window per request), where rows of concurrent requests stack."""
     speed = speed or SpeedOptions()
@@ -44,8 +45,14 @@ def open_model(artifact_dir: str | Path, manifest: Manifest, *, device: str, thr
     else:
         if speed.variant not in VARIANT_FILES:
             raise FailedPrecondition(f"unknown model variant {speed.variant!r}; use one of {', '.join(VARIANT_FILES)}")
-        session = ModelSession(artifact_dir, manifest, device=device, threads=threads, tuning=speed.tuning,
-                               model_file=VARIANT_FILES[speed.variant])
+        session = ModelSession(
+            artifact_dir,
+            manifest,
+            device=device,
+            threads=threads,
+            tuning=speed.tuning,
+            model_file=VARIANT_FILES[speed.variant],
+        )
     if speed.batch_max > 0 and manifest.task == "next_item":
         session = BatchingSession(session, max_batch=speed.batch_max, max_wait_us=speed.batch_wait_us)
         if ann is not None:

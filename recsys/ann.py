@@ -46,8 +46,19 @@ import numpy as np
 
 from recsys.errors import FailedPrecondition
 
-__all__ = ["ANN_INDEX", "BACKENDS", "ITEM_VECTORS", "RETRIEVAL", "USER_ENCODER", "AnnIndex", "AnnSpec", "build_index",
-           "exact_top_k", "load_index", "read_spec"]
+__all__ = [
+    "ANN_INDEX",
+    "BACKENDS",
+    "ITEM_VECTORS",
+    "RETRIEVAL",
+    "USER_ENCODER",
+    "AnnIndex",
+    "AnnSpec",
+    "build_index",
+    "exact_top_k",
+    "load_index",
+    "read_spec",
+]
 
 RETRIEVAL = "retrieval.json"
 USER_ENCODER = "user_encoder.onnx"
@@ -128,8 +139,9 @@ class AnnIndex:
         """`exclude` (columns never returned) only where `filters`."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.backend == "norm-pruned":
-            return self.index.search(queries, n, float(self.params["alpha"]), exclude,
-                                     int(self.params.get("max_scan", 0)))
+            return self.index.search(
+                queries, n, float(self.params["alpha"]), exclude, int(self.params.get("max_scan", 0))
+            )
         if exclude is not None:
             raise ValueError(f"{self.backend} does not filter: ask for n + len(exclude) and drop them")
         if self.backend == "faiss-ivf":
@@ -216,7 +228,9 @@ def _augment(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.hstack([vectors, extra]), dtype=np.float32)
 
 
-def build_index(vectors: np.ndarray, backend: str, params: dict[str, Any] | None = None, *, threads: int = 0) -> AnnIndex:
+def build_index(
+    vectors: np.ndarray, backend: str, params: dict[str, Any] | None = None, *, threads: int = 0
+) -> AnnIndex:
     """Builds `backend`'s index over vectors (N, D) float32 (params default to DEFAULT_PARAMS)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown ANN backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -247,8 +261,14 @@ def build_index(vectors: np.ndarray, backend: str, params: dict[str, Any] | None
     else:
         from usearch.index import Index
 
-        index = Index(ndim=d + 1, metric="l2sq", dtype="f32", connectivity=int(params["M"]),
-                      expansion_add=int(params["ef_construction"]), expansion_search=int(params["ef_search"]))
+        index = Index(
+            ndim=d + 1,
+            metric="l2sq",
+            dtype="f32",
+            connectivity=int(params["M"]),
+            expansion_add=int(params["ef_construction"]),
+            expansion_search=int(params["ef_search"]),
+        )
         index.add(np.arange(n, dtype=np.uint64), _augment(vectors), threads=threads)
     return AnnIndex(backend, index, vectors, params)
 
@@ -258,10 +278,14 @@ def load_index(artifact_dir: str | Path, spec: AnnSpec, *, threads: int = 1) -> 
     directory = Path(artifact_dir)
     vectors = np.load(directory / spec.vectors)
     if vectors.shape != (spec.num_items, spec.dim):
-        raise FailedPrecondition(f"{spec.vectors} has shape {vectors.shape}, retrieval.json says ({spec.num_items}, {spec.dim})")
+        raise FailedPrecondition(
+            f"{spec.vectors} has shape {vectors.shape}, retrieval.json says ({spec.num_items}, {spec.dim})"
+        )
     path = str(directory / spec.index)
     if spec.backend == "norm-pruned":
-        return AnnIndex(spec.backend, NormPruned(vectors, np.load(path), int(spec.params["block"])), vectors, spec.params)
+        return AnnIndex(
+            spec.backend, NormPruned(vectors, np.load(path), int(spec.params["block"])), vectors, spec.params
+        )
     try:
         if spec.backend.startswith("faiss"):
             import faiss
@@ -276,5 +300,7 @@ def load_index(artifact_dir: str | Path, spec: AnnSpec, *, threads: int = 1) -> 
             index = Index.restore(path)
             index.expansion_search = int(spec.params["ef_search"])
     except ImportError as exc:
-        raise FailedPrecondition(f"the artifact's ANN index needs {spec.backend} (pip install 'recsys[ann]'): {exc}") from None
+        raise FailedPrecondition(
+            f"the artifact's ANN index needs {spec.backend} (pip install 'recsys[ann]'): {exc}"
+        ) from None
     return AnnIndex(spec.backend, index, vectors, spec.params)

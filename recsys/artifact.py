@@ -32,6 +32,7 @@ from recsys.schema import FIRST_TOKEN, FeatureSchema, canonical_json, sha256_hex
 
 __all__ = [
     "FORMAT_VERSION",
+    "ChecksumError",
     "ItemIndex",
     "Manifest",
     "ModelInput",
@@ -204,6 +205,10 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
     return Manifest.from_dict(json.loads(path.read_text()))
 
 
+class ChecksumError(FailedPrecondition):
+    """Bytes (an artifact's file, a download) differ from the sha256 recorded for them."""
+
+
 def verify_files(artifact_dir: str | Path, manifest: Manifest) -> None:
     """Checks every file the manifest lists against its sha256."""
     for name, digest in manifest.files.items():
@@ -211,7 +216,7 @@ def verify_files(artifact_dir: str | Path, manifest: Manifest) -> None:
         if not path.is_file():
             raise FailedPrecondition(f"artifact {artifact_dir}: {name} is missing")
         if file_sha256(path) != digest:
-            raise FailedPrecondition(f"artifact {artifact_dir}: {name} does not match its checksum")
+            raise ChecksumError(f"artifact {artifact_dir}: {name} does not match its checksum")
 
 
 def write_jsonl(path: str | Path, rows: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> int:

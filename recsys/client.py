@@ -10,14 +10,19 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from recsys.errors import RecsysError
 from recsys.security import ClientSecurity, open_channel
 from recsys.v1 import inference_pb2, inference_pb2_grpc
 
 __all__ = ["RecommendError", "format_explanations", "format_recommendations", "free_port", "recommend", "wait_serving"]
 
 
-class RecommendError(RuntimeError):
-    pass
+class RecommendError(RecsysError):
+    """A Recommend call failed; `code` is the status the server (or the channel) answered."""
+
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.UNKNOWN) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def recommend(target: str, user_id: str, k: int, *, exclude_seen: bool = True, timeout_s: float = 5.0,
@@ -32,7 +37,7 @@ def recommend(target: str, user_id: str, k: int, *, exclude_seen: bool = True, t
                 timeout=timeout_s,
             )
         except grpc.RpcError as exc:
-            raise RecommendError(f"{target}: {exc.code().name}: {exc.details()}") from None
+            raise RecommendError(f"{target}: {exc.code().name}: {exc.details()}", exc.code()) from None
 
 
 def format_explanations(user_id: str, response: inference_pb2.RecommendResponse, shown: int = 2) -> str:
@@ -48,7 +53,8 @@ def format_explanations(user_id: str, response: inference_pb2.RecommendResponse,
         elif response.source != inference_pb2.SOURCE_MODEL:
             lines.append("     popular with everyone (no history the model can read)")
         if item.because_features:
-            lines.append("     features: " + ", ".join(f"{a.name} {a.contribution:+.3f}" for a in item.because_features))
+            contributions = (f"{a.name} {a.contribution:+.3f}" for a in item.because_features)
+            lines.append("     features: " + ", ".join(contributions))
     return "\n".join(lines)
 
 
@@ -74,11 +80,12 @@ def wait_serving(target: str, process: subprocess.Popen | None = None, timeout_s
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
+        serving = health_pb2.HealthCheckResponse.SERVING
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
                 raise RuntimeError(f"the server for {target} exited with code {process.returncode}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == serving:
                     return
             except grpc.RpcError:
                 pass

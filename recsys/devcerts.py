@@ -67,9 +67,27 @@ def _with_openssl(out: Path, names: list[str]) -> None:
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True)
 
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", str(DAYS),
-        "-subj", "/CN=recsys local CA", "-keyout", str(out / "ca.key"), "-out", str(out / "ca.crt"),
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        str(DAYS),
+        "-subj",
+        "/CN=recsys local CA",
+        "-keyout",
+        str(out / "ca.key"),
+        "-out",
+        str(out / "ca.crt"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for who, cn, ext in (
             ("server", "recsys server", f"subjectAltName={san}\nextendedKeyUsage=serverAuth"),
@@ -77,11 +95,40 @@ def _with_openssl(out: Path, names: list[str]) -> None:
         ):
             csr, extfile = Path(tmp) / f"{who}.csr", Path(tmp) / f"{who}.ext"
             extfile.write_text(f"basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n{ext}\n")
-            run("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-subj", f"/CN={cn}", "-keyout", str(out / f"{who}.key"), "-out", str(csr))
-            run("x509", "-req", "-in", str(csr), "-CA", str(out / "ca.crt"), "-CAkey", str(out / "ca.key"),
-                "-CAcreateserial", "-CAserial", str(Path(tmp) / "ca.srl"), "-days", str(DAYS),
-                "-extfile", str(extfile), "-out", str(out / f"{who}.crt"))
+            run(
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                f"/CN={cn}",
+                "-keyout",
+                str(out / f"{who}.key"),
+                "-out",
+                str(csr),
+            )
+            run(
+                "x509",
+                "-req",
+                "-in",
+                str(csr),
+                "-CA",
+                str(out / "ca.crt"),
+                "-CAkey",
+                str(out / "ca.key"),
+                "-CAcreateserial",
+                "-CAserial",
+                str(Path(tmp) / "ca.srl"),
+                "-days",
+                str(DAYS),
+                "-extfile",
+                str(extfile),
+                "-out",
+                str(out / f"{who}.crt"),
+            )
 
 
 def _with_cryptography(out: Path, names: list[str]) -> None:
@@ -93,21 +140,29 @@ def _with_cryptography(out: Path, names: list[str]) -> None:
     now = dt.datetime.now(dt.UTC)
 
     def key_pem(key) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     def builder(cn: str, public_key, issuer: x509.Name) -> x509.CertificateBuilder:
-        return (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-                .issuer_name(issuer).public_key(public_key).serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=DAYS)))
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(issuer)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=DAYS))
+        )
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "recsys local CA")])
-    ca = (builder("recsys local CA", ca_key.public_key(), ca_name)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        builder("recsys local CA", ca_key.public_key(), ca_name)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     (out / "ca.key").write_bytes(key_pem(ca_key))
     (out / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     san = x509.SubjectAlternativeName(
@@ -118,10 +173,12 @@ def _with_cryptography(out: Path, names: list[str]) -> None:
         ("client", "recsys client", ExtendedKeyUsageOID.CLIENT_AUTH, None),
     ):
         key = ec.generate_private_key(ec.SECP256R1())
-        b = (builder(cn, key.public_key(), ca.subject)
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        b = (
+            builder(cn, key.public_key(), ca.subject)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
         if extra is not None:
             b = b.add_extension(extra, critical=False)
         (out / f"{who}.key").write_bytes(key_pem(key))

@@ -4,10 +4,17 @@
     ├── InvalidArgument         INVALID_ARGUMENT    the request itself is wrong
     ├── NotFound                NOT_FOUND           a named thing does not exist
     ├── FailedPrecondition      FAILED_PRECONDITION the system is not in a state to serve this
+    │   ├── ChecksumError                           bytes differ from their recorded sha256 (recsys.artifact)
+    │   └── SchemaMismatch                          the feature service serves another schema (inference_server)
     ├── Unavailable             UNAVAILABLE         a dependency (store, feature service) is down
-    └── ResourceExhausted       RESOURCE_EXHAUSTED  too much load or too large a request
+    │   └── StoreUnavailable                        the feature store cannot serve a call (feature_service.stores)
+    ├── ResourceExhausted       RESOURCE_EXHAUSTED  too much load or too large a request
+    ├── RecommendError          (as received)       a Recommend call failed (recsys.client)
+    └── ExportError             INTERNAL            training could not write an artifact (trainer.export.onnx)
 
-Domain code raises these; `ErrorMappingInterceptor` turns them into statuses, so servicers
+Every exception class in recsys, feature_service, inference_server and trainer sits in this tree
+(tests/recsys/test_errors.py walks the sources), so the CLI and the servers catch `RecsysError`
+once. Domain code raises these; `ErrorMappingInterceptor` turns them into statuses, so servicers
 never call `context.abort` themselves. Any other exception becomes INTERNAL and is logged
 once with its traceback. A request that does not parse (bad protobuf bytes, invalid UTF-8 in a
 string field) is the client's error: INVALID_ARGUMENT, where gRPC itself would answer INTERNAL.

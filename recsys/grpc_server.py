@@ -91,16 +91,12 @@ def create_server(
 
 
 def set_serving(health_servicer: health.HealthServicer, names: Sequence[str], *, serving: bool) -> None:
-    status = (
-        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ["", *names]:
         health_servicer.set(name, status)
 
 
-def run_until_signal(
-    server: grpc.Server, health_servicer: health.HealthServicer, *, grace_s: float = 10.0
-) -> None:
+def run_until_signal(server: grpc.Server, health_servicer: health.HealthServicer, *, grace_s: float = 10.0) -> None:
     """Blocks until SIGTERM or SIGINT, then stops taking new calls and drains for `grace_s`."""
     stop = threading.Event()
 
@@ -127,8 +123,15 @@ class HealthWatch:
     with `stop()`, or when the probe raises ValueError (its channel or store was closed).
     """
 
-    def __init__(self, probe: Callable[[], None], health_servicer: health.HealthServicer, names: Sequence[str],
-                 interval_s: float, *, what: str) -> None:
+    def __init__(
+        self,
+        probe: Callable[[], None],
+        health_servicer: health.HealthServicer,
+        names: Sequence[str],
+        interval_s: float,
+        *,
+        what: str,
+    ) -> None:
         self.probe = probe
         self.health = health_servicer
         self.names = list(names)

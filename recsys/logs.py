@@ -98,8 +98,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(*, verbose: bool = False, json_lines: bool = False, log_user_ids: bool = False,
-              stream=None) -> None:
+def configure(*, verbose: bool = False, json_lines: bool = False, log_user_ids: bool = False, stream=None) -> None:
     """Sets up the root logger for a service process (the CLI calls this once)."""
     _state["log_user_ids"] = log_user_ids
     handler = logging.StreamHandler(stream or sys.stderr)

@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import start_http_server
@@ -58,10 +57,19 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("recsys_grpc_requests", "gRPC calls answered, by method and status code",
-                                ["method", "code"], registry=self.registry)
-        self.latency = Histogram("recsys_grpc_request_seconds", "gRPC call latency in seconds, by method",
-                                 ["method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "recsys_grpc_requests",
+            "gRPC calls answered, by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "recsys_grpc_request_seconds",
+            "gRPC call latency in seconds, by method",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.in_flight = Gauge("recsys_grpc_in_flight", "gRPC calls being served", registry=self.registry)
         self._http: WSGIServer | None = None
 
@@ -91,13 +99,20 @@ class InferenceMetrics(ServiceMetrics):
     def __init__(self) -> None:
         super().__init__()
         r = self.registry
-        self.model_info = Gauge("recsys_model_info", "1 for the model version serving now",
-                                ["model_version", "version"], registry=r)
-        self.serving_version = Gauge("recsys_model_serving_version",
-                                     "repository version serving now (0: a plain artifact)", registry=r)
+        self.model_info = Gauge(
+            "recsys_model_info", "1 for the model version serving now", ["model_version", "version"], registry=r
+        )
+        self.serving_version = Gauge(
+            "recsys_model_serving_version", "repository version serving now (0: a plain artifact)", registry=r
+        )
         self.swaps = Counter("recsys_model_swaps", "model versions swapped in or rejected", ["outcome"], registry=r)
-        self.feature_fetch = Histogram("recsys_feature_fetch_seconds", "feature service calls in seconds",
-                                       ["method", "code"], buckets=LATENCY_BUCKETS, registry=r)
+        self.feature_fetch = Histogram(
+            "recsys_feature_fetch_seconds",
+            "feature service calls in seconds",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.degraded = Counter("recsys_degraded_responses", "answers from a fallback", ["rpc", "source"], registry=r)
         self.feature_up = Gauge("recsys_feature_service_up", "1 while the feature service answers", registry=r)
 

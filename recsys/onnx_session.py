@@ -50,8 +50,9 @@ class SessionTuning:
 
     def check(self) -> None:
         if self.graph_opt not in GRAPH_OPT_LEVELS:
-            raise FailedPrecondition(f"unknown graph optimisation level {self.graph_opt!r}; use one of "
-                                     f"{', '.join(GRAPH_OPT_LEVELS)}")
+            raise FailedPrecondition(
+                f"unknown graph optimisation level {self.graph_opt!r}; use one of {', '.join(GRAPH_OPT_LEVELS)}"
+            )
         if self.intra_threads < 0 or self.inter_threads < 0:
             raise FailedPrecondition("ONNX Runtime thread counts must be >= 0")
 
@@ -86,8 +87,17 @@ class ModelSession:
     manifest's). `threads` is kept for callers that set only the intra-op thread count.
     """
 
-    def __init__(self, artifact_dir: str | Path, manifest: Manifest, *, device: str = "cpu", threads: int | None = None,
-                 tuning: SessionTuning | None = None, model_file: str = MODEL, output: str | None = None):
+    def __init__(
+        self,
+        artifact_dir: str | Path,
+        manifest: Manifest,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        tuning: SessionTuning | None = None,
+        model_file: str = MODEL,
+        output: str | None = None,
+    ):
         if device not in DEVICES:
             raise FailedPrecondition(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
         wanted = DEVICES[device]

@@ -38,8 +38,10 @@ def read_key(path: str | Path) -> bytes:
     except OSError as exc:
         raise ValueError(f"pseudonymisation key {path}: {exc.strerror or exc}") from None
     if len(raw) < MIN_KEY_BYTES:
-        raise ValueError(f"pseudonymisation key {path}: {len(raw)} bytes, need at least {MIN_KEY_BYTES} "
-                         "(make one with `recsys pseudonym keygen --out FILE`)")
+        raise ValueError(
+            f"pseudonymisation key {path}: {len(raw)} bytes, need at least {MIN_KEY_BYTES} "
+            "(make one with `recsys pseudonym keygen --out FILE`)"
+        )
     return raw
 
 

@@ -111,8 +111,9 @@ def server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
     key = _read_pem(tls.key, "TLS key")
     cert = _read_pem(tls.cert, "TLS certificate")
     client_ca = _read_pem(tls.client_ca, "client CA") if tls.client_ca is not None else None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
-                                       require_client_auth=client_ca is not None)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def channel_credentials(tls: ClientTls) -> grpc.ChannelCredentials:
@@ -216,7 +217,9 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
 
 class _CallDetails(
-    collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
     grpc.ClientCallDetails,
 ):
     pass
@@ -230,8 +233,9 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
 
     def _with_token(self, details: grpc.ClientCallDetails) -> _CallDetails:
         metadata = [*(details.metadata or ()), self._header]
-        return _CallDetails(details.method, details.timeout, metadata, details.credentials,
-                            details.wait_for_ready, details.compression)
+        return _CallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready, details.compression
+        )
 
     def intercept_unary_unary(self, continuation, client_call_details, request):
         return continuation(self._with_token(client_call_details), request)
@@ -240,8 +244,9 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
         return continuation(self._with_token(client_call_details), request)
 
 
-def open_channel(target: str, security: ClientSecurity | None = None,
-                 options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
+def open_channel(
+    target: str, security: ClientSecurity | None = None, options: Sequence[tuple[str, object]] = ()
+) -> grpc.Channel:
     """A channel to `target`: TLS when `security.tls` is set, carrying `security.token` if any."""
     security = security or ClientSecurity()
     if security.tls is not None:

@@ -24,10 +24,6 @@ def step(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-
-
-
-
 def show(target: str, user: str, k: int = 5) -> list[str]:
     response = recommend(target, user, k)
     print(format_recommendations(user, response), flush=True)
@@ -50,8 +46,22 @@ def main() -> int:
 
     step(f"2. Train SASRec (at most {args.epochs} epochs, early stopping on NDCG@10) and export {artifact}")
     subprocess.run(
-        [*RECSYS, "train", "--interactions", str(data / "interactions.csv"), "--users", str(data / "users.csv"),
-         "--items", str(data / "items.csv"), "--model", "sasrec", "--out", str(artifact), "--epochs", str(args.epochs)],
+        [
+            *RECSYS,
+            "train",
+            "--interactions",
+            str(data / "interactions.csv"),
+            "--users",
+            str(data / "users.csv"),
+            "--items",
+            str(data / "items.csv"),
+            "--model",
+            "sasrec",
+            "--out",
+            str(artifact),
+            "--epochs",
+            str(args.epochs),
+        ],
         check=True,
     )
 
@@ -61,12 +71,34 @@ def main() -> int:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)  # a fresh store, so the demo replays the same
     features = subprocess.Popen(
-        [*RECSYS, "serve", "features", "--artifact", str(artifact), "--store", f"sqlite://{store.resolve()}",
-         "--host", "127.0.0.1", "--port", str(fport)]
+        [
+            *RECSYS,
+            "serve",
+            "features",
+            "--artifact",
+            str(artifact),
+            "--store",
+            f"sqlite://{store.resolve()}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(fport),
+        ]
     )
     inference = subprocess.Popen(
-        [*RECSYS, "serve", "inference", "--artifact", str(artifact), "--features", f"127.0.0.1:{fport}",
-         "--host", "127.0.0.1", "--port", str(iport)]
+        [
+            *RECSYS,
+            "serve",
+            "inference",
+            "--artifact",
+            str(artifact),
+            "--features",
+            f"127.0.0.1:{fport}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(iport),
+        ]
     )
     target = f"127.0.0.1:{iport}"
     try:
@@ -78,7 +110,9 @@ def main() -> int:
         with grpc.insecure_channel(f"127.0.0.1:{fport}") as channel:
             fstub = features_pb2_grpc.FeatureServiceStub(channel)
             for user in users:
-                reply = fstub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=[user], max_history=3), timeout=5)
+                reply = fstub.GetUserFeatures(
+                    features_pb2.GetUserFeaturesRequest(user_ids=[user], max_history=3), timeout=5
+                )
                 recent = reply.users[0].history
                 titles = fstub.GetItemFeatures(features_pb2.GetItemFeaturesRequest(item_ids=list(recent)), timeout=5)
                 print(f"\nuser {user} recently watched: " + "; ".join(i.features["title"].text for i in titles.items))
@@ -89,7 +123,9 @@ def main() -> int:
             watched = before.items[0]
             fstub.RecordInteractions(
                 features_pb2.RecordInteractionsRequest(
-                    interactions=[types_pb2.Interaction(user_id=users[0], item_id=watched.item_id, timestamp=int(time.time()))]
+                    interactions=[
+                        types_pb2.Interaction(user_id=users[0], item_id=watched.item_id, timestamp=int(time.time()))
+                    ]
                 ),
                 timeout=5,
             )

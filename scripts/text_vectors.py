@@ -6,7 +6,7 @@
 The text of an item is its `--columns` joined with ". " (missing values skipped); the vectors are
 L2-normalised and written as CSV `item_id,v0,...,v{k-1}` (trainer/families/content.py
 `read_item_vectors`), for `recsys train --model content_sasrec --item-vectors FILE` and
-`scripts/cold_start.py --item-vectors FILE`.
+`python -m experiments.cold_start --item-vectors FILE`.
 
 `--model` is anything `sentence_transformers.SentenceTransformer` loads: a model name (fetched
 from the Hugging Face hub on first use) or a local directory. Needs `pip install
@@ -29,7 +29,10 @@ def item_texts(items: pd.DataFrame, columns: list[str]) -> list[str]:
     missing = [c for c in columns if c not in items.columns]
     if missing:
         raise ValueError(f"the item table has no column(s) {', '.join(missing)}; it has {', '.join(items.columns)}")
-    return [". ".join(str(v).strip() for v in row if pd.notna(v) and str(v).strip()) for row in items[columns].itertuples(index=False)]
+    return [
+        ". ".join(str(v).strip() for v in row if pd.notna(v) and str(v).strip())
+        for row in items[columns].itertuples(index=False)
+    ]
 
 
 def text_vectors(items: pd.DataFrame, columns: list[str], encode) -> pd.DataFrame:
@@ -56,10 +59,15 @@ def main() -> None:
         raise SystemExit("needs sentence-transformers: pip install 'recsys[text]'") from None
     items = pd.read_csv(args.items, dtype={"item_id": str})
     if items["item_id"].duplicated().any():
-        raise SystemExit(f"{args.items}: item_id {items['item_id'][items['item_id'].duplicated()].iloc[0]!r} appears twice")
+        raise SystemExit(
+            f"{args.items}: item_id {items['item_id'][items['item_id'].duplicated()].iloc[0]!r} appears twice"
+        )
     model = SentenceTransformer(args.model, device="cpu")
-    table = text_vectors(items, [c.strip() for c in args.columns.split(",") if c.strip()],
-                         lambda texts: model.encode(texts, batch_size=64, show_progress_bar=False))
+    table = text_vectors(
+        items,
+        [c.strip() for c in args.columns.split(",") if c.strip()],
+        lambda texts: model.encode(texts, batch_size=64, show_progress_bar=False),
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False, float_format="%.6f")
     print(f"{len(table)} items, {table.shape[1] - 1} components -> {args.out}")

@@ -16,7 +16,9 @@ NUM_ITEMS = 40
 NUM_USERS = 80
 
 
-def write_ring_data(directory: Path, *, seed: int = 0, users: int = NUM_USERS, items: int = NUM_ITEMS) -> dict[str, Path]:
+def write_ring_data(
+    directory: Path, *, seed: int = 0, users: int = NUM_USERS, items: int = NUM_ITEMS
+) -> dict[str, Path]:
     """interactions.csv (user_id,item_id,timestamp,rating), users.csv, items.csv in `directory`."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -76,34 +78,79 @@ def ring_data(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def trained_artifact(ring_data, tmp_path_factory) -> Path:
     """A small SASRec trained on the ring data's train split and exported."""
-    from trainer.pipeline import train_and_export
     from trainer.families.next_item import TrainConfig
+    from trainer.pipeline import train_and_export
 
     out = tmp_path_factory.mktemp("artifacts") / "sasrec"
-    cfg = TrainConfig(epochs=40, batch_size=32, max_len=10, hidden=32, heads=2, layers=1, inner=64,
-                      dropout=0.1, lr=5e-3, eval_every=5, patience=3, seed=0)
-    train_and_export(ring_data["train"], out, cfg, users=ring_data["users"], items=ring_data["items"],
-                     progress=False, log=lambda *_: None)
+    cfg = TrainConfig(
+        epochs=40,
+        batch_size=32,
+        max_len=10,
+        hidden=32,
+        heads=2,
+        layers=1,
+        inner=64,
+        dropout=0.1,
+        lr=5e-3,
+        eval_every=5,
+        patience=3,
+        seed=0,
+    )
+    train_and_export(
+        ring_data["train"],
+        out,
+        cfg,
+        users=ring_data["users"],
+        items=ring_data["items"],
+        progress=False,
+        log=lambda *_: None,
+    )
     return out
 
 
 @pytest.fixture(scope="session")
 def ensemble_artifact(ring_data, tmp_path_factory) -> Path:
     """A small ensemble (SASRec over 8 items + GRU4Rec over 10) exported with an ANN index."""
-    from trainer.pipeline import train_and_export
     from trainer.families.next_item import TrainConfig
+    from trainer.pipeline import train_and_export
 
     out = tmp_path_factory.mktemp("ensemble") / "ensemble"
-    cfg = TrainConfig(model="ensemble", epochs=6, batch_size=32, max_len=10, hidden=16, heads=2, layers=1, inner=32,
-                      eval_every=2, patience=2, lr=5e-3, ann="on",
-                      members=({"model": "sasrec", "max_len": 8}, {"model": "gru4rec"}))
-    train_and_export(ring_data["train"], out, cfg, users=ring_data["users"], items=ring_data["items"],
-                     progress=False, log=lambda *_: None)
+    cfg = TrainConfig(
+        model="ensemble",
+        epochs=6,
+        batch_size=32,
+        max_len=10,
+        hidden=16,
+        heads=2,
+        layers=1,
+        inner=32,
+        eval_every=2,
+        patience=2,
+        lr=5e-3,
+        ann="on",
+        members=({"model": "sasrec", "max_len": 8}, {"model": "gru4rec"}),
+    )
+    train_and_export(
+        ring_data["train"],
+        out,
+        cfg,
+        users=ring_data["users"],
+        items=ring_data["items"],
+        progress=False,
+        log=lambda *_: None,
+    )
     return out
 
 
-def _write_genre_data(directory: Path, *, users: int = 60, seed: int = 0, known: int = 24,
-                      history: tuple[int, int] = (8, 14), first_timestamp: int = 1_000) -> Path:
+def _write_genre_data(
+    directory: Path,
+    *,
+    users: int = 60,
+    seed: int = 0,
+    known: int = 24,
+    history: tuple[int, int] = (8, 14),
+    first_timestamp: int = 1_000,
+) -> Path:
     """Two tastes: half the users only watch genre A items, half only genre B. Items n0-n3
     (A, B, A, B) are held back to be added after training. Writes inter.csv, items_train.csv
     (the `known` items) and items_all.csv (with n0-n3)."""

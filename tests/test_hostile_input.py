@@ -67,8 +67,11 @@ feature_values = st.one_of(
 )
 feature_names = st.one_of(st.sampled_from(["age", "gender", "title", "genres"]), st.text(max_size=10))
 feature_rows = st.lists(
-    st.builds(lambda i, f: features_pb2.FeatureRow(id=i, features=f), ids,
-              st.dictionaries(feature_names, feature_values, max_size=4)),
+    st.builds(
+        lambda i, f: features_pb2.FeatureRow(id=i, features=f),
+        ids,
+        st.dictionaries(feature_names, feature_values, max_size=4),
+    ),
     max_size=4,
 )
 interactions = st.lists(
@@ -137,8 +140,11 @@ def still_serving(channel, call):
 @given(user_ids=id_lists, max_history=int32, item_ids=id_lists, forget=ids)
 def test_feature_reads_and_forget_survive_anything(features, user_ids, max_history, item_ids, forget):
     stub = features["stub"]
-    reply = survives(lambda: stub.GetUserFeatures(
-        features_pb2.GetUserFeaturesRequest(user_ids=user_ids, max_history=max_history), timeout=10))
+    reply = survives(
+        lambda: stub.GetUserFeatures(
+            features_pb2.GetUserFeaturesRequest(user_ids=user_ids, max_history=max_history), timeout=10
+        )
+    )
     if not isinstance(reply, grpc.StatusCode):
         assert [u.user_id for u in reply.users] == user_ids  # one answer per id, in request order
     reply = survives(lambda: stub.GetItemFeatures(features_pb2.GetItemFeaturesRequest(item_ids=item_ids), timeout=10))
@@ -151,7 +157,9 @@ def test_feature_reads_and_forget_survive_anything(features, user_ids, max_histo
 @given(events=interactions)
 def test_record_interactions_survives_anything(features, events):
     stub = features["stub"]
-    reply = survives(lambda: stub.RecordInteractions(features_pb2.RecordInteractionsRequest(interactions=events), timeout=10))
+    reply = survives(
+        lambda: stub.RecordInteractions(features_pb2.RecordInteractionsRequest(interactions=events), timeout=10)
+    )
     if not isinstance(reply, grpc.StatusCode):
         assert reply.recorded + reply.duplicates == len(events)
 
@@ -175,14 +183,29 @@ def test_feature_updates_survive_anything_and_read_back(features, rows, items):
     else:
         got = stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=ids), timeout=10).users
     for answer in got:
-        sent = {k: v for k, v in from_proto_map(last[answer.user_id if not items else answer.item_id].features).items()
-                if v is not None}
+        sent = {
+            k: v
+            for k, v in from_proto_map(last[answer.user_id if not items else answer.item_id].features).items()
+            if v is not None
+        }
         assert answer.found and from_proto_map(answer.features) == sent
 
 
 @FUZZ
-@given(method=st.sampled_from(["GetUserFeatures", "GetItemFeatures", "RecordInteractions", "UpdateUserFeatures",
-                               "UpdateItemFeatures", "ForgetUser", "GetSchema"]), data=garbage)
+@given(
+    method=st.sampled_from(
+        [
+            "GetUserFeatures",
+            "GetItemFeatures",
+            "RecordInteractions",
+            "UpdateUserFeatures",
+            "UpdateItemFeatures",
+            "ForgetUser",
+            "GetSchema",
+        ]
+    ),
+    data=garbage,
+)
 def test_feature_service_refuses_malformed_bytes(features, method, data):
     call = features["channel"].unary_unary(f"/recsys.v1.FeatureService/{method}")
     survives(lambda: call(data, timeout=10))
@@ -190,8 +213,11 @@ def test_feature_service_refuses_malformed_bytes(features, method, data):
 
 def test_huge_values_are_refused_with_a_short_message(features):
     huge = "x" * 100_000
-    for value in (types_pb2.FeatureValue(number=math.nan), types_pb2.FeatureValue(category=huge),
-                  types_pb2.FeatureValue(categories=types_pb2.StringList(values=["Drama"] * 1001))):
+    for value in (
+        types_pb2.FeatureValue(number=math.nan),
+        types_pb2.FeatureValue(category=huge),
+        types_pb2.FeatureValue(categories=types_pb2.StringList(values=["Drama"] * 1001)),
+    ):
         for field in ("gender", "age", "genres"):
             row = features_pb2.FeatureRow(id="u000", features={field: value})
             with pytest.raises(grpc.RpcError) as info:
@@ -203,7 +229,9 @@ def test_huge_values_are_refused_with_a_short_message(features):
 def test_feature_service_still_serves_after_the_fuzzing(features):
     stub = features["stub"]
     for raw in (b"\x0a\x02\xff\xfe", b"\x0a\xff\xff\xff\xff\x0f"):  # invalid UTF-8; length past the end
-        error = survives(lambda: features["channel"].unary_unary("/recsys.v1.FeatureService/ForgetUser")(raw, timeout=5))
+        error = survives(
+            lambda raw=raw: features["channel"].unary_unary("/recsys.v1.FeatureService/ForgetUser")(raw, timeout=5)
+        )
         assert error == grpc.StatusCode.INVALID_ARGUMENT
     still_serving(features["channel"], lambda: stub.GetSchema(features_pb2.GetSchemaRequest(), timeout=5))
 
@@ -215,24 +243,42 @@ def test_feature_service_still_serves_after_the_fuzzing(features):
 @given(user_id=ids, k=int32, exclude_seen=st.booleans(), events=interactions, history=id_lists)
 def test_recommend_survives_anything(inference, user_id, k, exclude_seen, events, history):
     # Give some odd users odd histories (unknown items, odd ids) before asking for them.
-    survives(lambda: inference["features"].RecordInteractions(
-        features_pb2.RecordInteractionsRequest(interactions=[
-            types_pb2.Interaction(user_id=user_id, item_id=e.item_id, timestamp=e.timestamp, event_id=e.event_id)
-            for e in events
-        ]), timeout=10))
-    reply = survives(lambda: inference["stub"].Recommend(
-        inference_pb2.RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen, history=history), timeout=10))
+    survives(
+        lambda: inference["features"].RecordInteractions(
+            features_pb2.RecordInteractionsRequest(
+                interactions=[
+                    types_pb2.Interaction(
+                        user_id=user_id, item_id=e.item_id, timestamp=e.timestamp, event_id=e.event_id
+                    )
+                    for e in events
+                ]
+            ),
+            timeout=10,
+        )
+    )
+    reply = survives(
+        lambda: inference["stub"].Recommend(
+            inference_pb2.RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen, history=history), timeout=10
+        )
+    )
     if not isinstance(reply, grpc.StatusCode):
         assert 1 <= k <= 50 and len(reply.items) <= k
         assert all(math.isfinite(i.score) for i in reply.items)
 
 
 @FUZZ
-@given(user_id=ids, item_ids=st.one_of(id_lists, st.lists(st.sampled_from(KNOWN_ITEMS), max_size=20),
-                                       st.builds(lambda n: ["m01"] * n, st.sampled_from([10_000, 10_001]))))
+@given(
+    user_id=ids,
+    item_ids=st.one_of(
+        id_lists,
+        st.lists(st.sampled_from(KNOWN_ITEMS), max_size=20),
+        st.builds(lambda n: ["m01"] * n, st.sampled_from([10_000, 10_001])),
+    ),
+)
 def test_score_survives_anything(inference, user_id, item_ids):
-    reply = survives(lambda: inference["stub"].Score(
-        inference_pb2.ScoreRequest(user_id=user_id, item_ids=item_ids), timeout=10))
+    reply = survives(
+        lambda: inference["stub"].Score(inference_pb2.ScoreRequest(user_id=user_id, item_ids=item_ids), timeout=10)
+    )
     if not isinstance(reply, grpc.StatusCode):
         assert len(reply.scores) == len(item_ids)
 
@@ -264,8 +310,11 @@ def admin(trained_artifact, tmp_path_factory):
 
 
 @FUZZ
-@given(method=st.sampled_from(["GetModelStatus", "LoadModelVersion", "RollbackModel"]),
-       version=st.one_of(int64, st.sampled_from([0, 1, 2, 3])), data=st.one_of(st.none(), garbage))
+@given(
+    method=st.sampled_from(["GetModelStatus", "LoadModelVersion", "RollbackModel"]),
+    version=st.one_of(int64, st.sampled_from([0, 1, 2, 3])),
+    data=st.one_of(st.none(), garbage),
+)
 def test_admin_service_survives_anything(admin, method, version, data):
     if data is not None:
         call = admin["channel"].unary_unary(f"/recsys.v1.AdminService/{method}")
@@ -294,5 +343,7 @@ def test_inference_server_still_serves_after_the_fuzzing(inference):
     raw = b"\x0a\x02\xff\xfe"  # user_id that is not UTF-8
     error = survives(lambda: inference["channel"].unary_unary("/recsys.v1.InferenceService/Recommend")(raw, timeout=5))
     assert error == grpc.StatusCode.INVALID_ARGUMENT
-    still_serving(inference["channel"],
-                  lambda: stub.Recommend(inference_pb2.RecommendRequest(user_id="u000", k=5, exclude_seen=True), timeout=5))
+    still_serving(
+        inference["channel"],
+        lambda: stub.Recommend(inference_pb2.RecommendRequest(user_id="u000", k=5, exclude_seen=True), timeout=5),
+    )

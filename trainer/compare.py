@@ -7,10 +7,10 @@ import json
 import time
 from pathlib import Path
 
-from trainer.evaluate import evaluate_artifact
-from trainer.pipeline import train_and_export
 from trainer.data.split import write_leave_last_out
+from trainer.evaluate import evaluate_artifact
 from trainer.families.next_item import TrainConfig
+from trainer.pipeline import train_and_export
 
 __all__ = ["compare_models", "format_table"]
 
@@ -45,13 +45,24 @@ def compare_models(
     for name in models:
         started = time.perf_counter()
         manifest = train_and_export(
-            train, out / name, dataclasses.replace(cfg, model=name),
-            users=users, items=items, progress=progress, log=log,
+            train,
+            out / name,
+            dataclasses.replace(cfg, model=name),
+            users=users,
+            items=items,
+            progress=progress,
+            log=log,
         )
         seconds = time.perf_counter() - started
         metrics = evaluate_artifact(out / name, test, k=k)
-        rows.append({"model": name, "train_seconds": round(seconds, 1),
-                     "best_epoch": manifest.training.get("best_epoch"), **metrics})
+        rows.append(
+            {
+                "model": name,
+                "train_seconds": round(seconds, 1),
+                "best_epoch": manifest.training.get("best_epoch"),
+                **metrics,
+            }
+        )
         log(format_table(rows, k))
     (out / "compare.json").write_text(json.dumps(rows, indent=2))
     _plot(rows, k, out / "compare.png")
@@ -62,7 +73,9 @@ def format_table(rows: list[dict], k: int) -> str:
     cols = [c.format(k=k) for c in COLUMNS]
     lines = [f"{'model':<10}" + "".join(f"{c:>20}" for c in cols) + f"{'train s':>10}"]
     for row in rows:
-        lines.append(f"{row['model']:<10}" + "".join(f"{row[c]:>20.4f}" for c in cols) + f"{row['train_seconds']:>10.0f}")
+        lines.append(
+            f"{row['model']:<10}" + "".join(f"{row[c]:>20.4f}" for c in cols) + f"{row['train_seconds']:>10.0f}"
+        )
     return "\n".join(lines)
 
 

@@ -142,8 +142,16 @@ def launch(nproc: int, argv: list[str]) -> int:
     """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1; got {nproc}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "recsys.cli", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "recsys.cli",
+        *argv,
+    ]
     # one intra-op thread per rank unless told otherwise: N ranks x all cores oversubscribes
     env = {"OMP_NUM_THREADS": "1", **os.environ}
     return subprocess.call(cmd, env=env)

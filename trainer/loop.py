@@ -29,8 +29,18 @@ from torch import nn
 from trainer import distributed
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["Family", "FitResult", "LoopConfig", "ema_update", "fit", "init_weights", "lr_factor", "make_optimizer",
-           "set_seed", "tuple_state"]
+__all__ = [
+    "Family",
+    "FitResult",
+    "LoopConfig",
+    "ema_update",
+    "fit",
+    "init_weights",
+    "lr_factor",
+    "make_optimizer",
+    "set_seed",
+    "tuple_state",
+]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -131,8 +141,15 @@ class _Step(nn.Module):
         return self.family.loss(self.model, *batch)
 
 
-def fit(cfg: LoopConfig, family: Family, *, progress: bool = True, checkpoint_dir: str | Path | None = None,
-        resume: bool = False, rng_offset: int = 0) -> FitResult:
+def fit(
+    cfg: LoopConfig,
+    family: Family,
+    *,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    rng_offset: int = 0,
+) -> FitResult:
     """Trains `family.build_model()` and returns it with the best validation state loaded.
 
     With `checkpoint_dir` the whole training state is saved after every epoch; `resume=True`
@@ -179,8 +196,14 @@ def fit(cfg: LoopConfig, family: Family, *, progress: bool = True, checkpoint_di
         random.setstate(tuple_state(saved["python_rng"]))
 
     start = time.perf_counter() - elapsed
-    bar = tqdm(range(first_epoch, cfg.epochs + 1), disable=not (progress and dist.is_main), unit="epoch",
-               dynamic_ncols=True, initial=first_epoch - 1, total=cfg.epochs)
+    bar = tqdm(
+        range(first_epoch, cfg.epochs + 1),
+        disable=not (progress and dist.is_main),
+        unit="epoch",
+        dynamic_ncols=True,
+        initial=first_epoch - 1,
+        total=cfg.epochs,
+    )
     for epoch in bar:
         if bad >= cfg.patience:
             break
@@ -191,8 +214,12 @@ def fit(cfg: LoopConfig, family: Family, *, progress: bool = True, checkpoint_di
         if key is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs) and dist.is_main:
             row.update(family.validate(kept.eval()))
             if sign * row[key] > best["value"]:
-                best = {"value": sign * row[key], "epoch": epoch, "metrics": dict(row),
-                        "state": copy.deepcopy(kept.state_dict())}
+                best = {
+                    "value": sign * row[key],
+                    "epoch": epoch,
+                    "metrics": dict(row),
+                    "state": copy.deepcopy(kept.state_dict()),
+                }
                 bad = 0
             else:
                 bad += 1
@@ -205,13 +232,24 @@ def fit(cfg: LoopConfig, family: Family, *, progress: bool = True, checkpoint_di
             shown["best"] = f"{sign * best['value']:.4f}@{best['epoch']}"
         bar.set_postfix(shown)
         if checkpoint_dir and dist.is_main:
-            save_checkpoint(checkpoint_dir, {
-                "config": asdict(cfg), "data": family.fingerprint(), "epoch": epoch, "step": step.state_dict(),
-                "average": average.state_dict() if average is not None else None,
-                "optimizer": optimizer.state_dict(), "best": best, "history": history, "bad": bad,
-                "elapsed": time.perf_counter() - start, "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-            })
+            save_checkpoint(
+                checkpoint_dir,
+                {
+                    "config": asdict(cfg),
+                    "data": family.fingerprint(),
+                    "epoch": epoch,
+                    "step": step.state_dict(),
+                    "average": average.state_dict() if average is not None else None,
+                    "optimizer": optimizer.state_dict(),
+                    "best": best,
+                    "history": history,
+                    "bad": bad,
+                    "elapsed": time.perf_counter() - start,
+                    "numpy_rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "python_rng": random.getstate(),
+                },
+            )
     bar.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
@@ -234,12 +272,27 @@ def fit(cfg: LoopConfig, family: Family, *, progress: bool = True, checkpoint_di
     if finish is not None:
         finish(model)
     model.to("cpu").eval()
-    return FitResult(model, best["epoch"], best["metrics"], history, time.perf_counter() - start, first_epoch - 1,
-                     privacy=getattr(family, "privacy", {}) or {})
+    return FitResult(
+        model,
+        best["epoch"],
+        best["metrics"],
+        history,
+        time.perf_counter() - start,
+        first_epoch - 1,
+        privacy=getattr(family, "privacy", {}) or {},
+    )
 
 
-def _train_epoch(train_step: nn.Module, optimizer: torch.optim.Optimizer, family: Family, cfg: LoopConfig,
-                 rng: np.random.Generator, dist, average: nn.Module | None, full: bool = False) -> dict[str, float]:
+def _train_epoch(
+    train_step: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    family: Family,
+    cfg: LoopConfig,
+    rng: np.random.Generator,
+    dist,
+    average: nn.Module | None,
+    full: bool = False,
+) -> dict[str, float]:
     """One pass over `family.batches`; returns {"loss": mean over ranks, "<unit>_per_s": rate}."""
     train_step.train()
     model = train_step.module.model if hasattr(train_step, "module") else train_step.model

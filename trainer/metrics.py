@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["HEAD_SHARE", "catalogue_metrics", "gini", "long_tail_metrics", "rank_of_targets", "ranking_metrics",
-           "tail_items", "top_k"]
+__all__ = [
+    "HEAD_SHARE",
+    "catalogue_metrics",
+    "gini",
+    "long_tail_metrics",
+    "rank_of_targets",
+    "ranking_metrics",
+    "tail_items",
+    "top_k",
+]
 
 # The head: the most popular 20 % of the catalogue by training interactions; the rest is the tail.
 HEAD_SHARE = 0.2
@@ -108,8 +116,14 @@ def tail_items(popularity: np.ndarray, head_share: float = HEAD_SHARE) -> np.nda
     return tail
 
 
-def long_tail_metrics(top: np.ndarray, popularity: np.ndarray, ranks: np.ndarray, targets: np.ndarray, k: int,
-                      head_share: float = HEAD_SHARE) -> dict[str, float]:
+def long_tail_metrics(
+    top: np.ndarray,
+    popularity: np.ndarray,
+    ranks: np.ndarray,
+    targets: np.ndarray,
+    k: int,
+    head_share: float = HEAD_SHARE,
+) -> dict[str, float]:
     """Exposure and accuracy on the long tail.
 
     top (U, k) recommended columns per case; popularity (N,) training counts; ranks (U,) as from

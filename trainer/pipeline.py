@@ -6,23 +6,19 @@ Only glue lives here; each step is a function of its own module.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from recsys.artifact import ItemIndex, Manifest
+from recsys.artifact import Manifest
 from recsys.pseudonym import Pseudonymiser
-from recsys.schema import FIRST_TOKEN, FeatureSchema
 from trainer import distributed
-from trainer.data.tables import Tables, feature_rows, infer_feature_specs, load_tables
-from trainer.families.content import CONTENT_CHECKPOINT, prepare_content_model, save_content_model
 from trainer.data.encoding import build_item_index, build_schema, encode_histories, history_rows
+from trainer.data.tables import Tables, feature_rows, load_tables
 from trainer.export.next_item import ExportInputs, export_artifact
-from trainer.models import CONTENT_MODELS
+from trainer.families.content import CONTENT_CHECKPOINT, prepare_content_model, save_content_model
 from trainer.families.next_item import TrainConfig, fit
+from trainer.models import CONTENT_MODELS
+from trainer.models.custom import kind_of
 
 __all__ = ["build_item_index", "encode_histories", "train_and_export"]
 
@@ -41,6 +37,32 @@ def pseudonymise_tables(tables: Tables, key_file: str | Path) -> Pseudonymiser:
             mapping = {u: pseudonym(u) for u in frame["user_id"].unique()}
             frame["user_id"] = frame["user_id"].map(mapping)
     return pseudonym
+
+
+def prepare_tables(
+    interactions: str | Path,
+    users: str | Path | None = None,
+    items: str | Path | None = None,
+    *,
+    forget_users: str | Path | None = None,
+    pseudonymise_key: str | Path | None = None,
+    log=print,
+) -> tuple[Tables, Pseudonymiser | None]:
+    """The tables every family trains on: loaded and cleaned, user ids pseudonymised with
+    `pseudonymise_key` before anything else sees them, and the users of a `forget_users` file
+    (`recsys features forgotten`; named by pseudonym or by raw id) left out."""
+    tables = load_tables(interactions, users, items)
+    pseudonym = pseudonymise_tables(tables, pseudonymise_key) if pseudonymise_key else None
+    if forget_users:
+        gone = read_forgotten(forget_users)
+        gone |= {pseudonym(u) for u in gone} if pseudonym else set()
+        before = len(tables.interactions)
+        tables.interactions = tables.interactions[~tables.interactions["user_id"].isin(gone)].reset_index(drop=True)
+        if tables.users is not None:
+            tables.users = tables.users[~tables.users["user_id"].isin(gone)]
+        log(f"left out {len(gone)} forgotten user(s): {before - len(tables.interactions)} interactions")
+    log(tables.report.summary())
+    return tables, pseudonym
 
 
 def train_and_export(
@@ -75,19 +97,9 @@ def train_and_export(
     the (ε, δ) spent goes into the manifest's `privacy`. `validator` and `select` go to `fit`
     (extra validation metrics and the one that selects the epoch).
     """
-    tables = load_tables(interactions, users, items)
-    # `pseudonymise_key`: user ids become HMAC pseudonyms before anything else sees them; a
-    # forget file may then name users by pseudonym (from the store) or by raw id.
-    pseudonym = pseudonymise_tables(tables, pseudonymise_key) if pseudonymise_key else None
-    if forget_users:
-        gone = read_forgotten(forget_users)
-        gone |= {pseudonym(u) for u in gone} if pseudonym else set()
-        before = len(tables.interactions)
-        tables.interactions = tables.interactions[~tables.interactions["user_id"].isin(gone)].reset_index(drop=True)
-        if tables.users is not None:
-            tables.users = tables.users[~tables.users["user_id"].isin(gone)]
-        log(f"left out {len(gone)} forgotten user(s): {before - len(tables.interactions)} interactions")
-    log(tables.report.summary())
+    tables, pseudonym = prepare_tables(
+        interactions, users, items, forget_users=forget_users, pseudonymise_key=pseudonymise_key, log=log
+    )
     index = build_item_index(tables.interactions, tables.items)
     _, sequences = encode_histories(tables.interactions, index)
     checkpoint_dir = checkpoint_dir or Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
@@ -103,21 +115,45 @@ def train_and_export(
     elif cfg.model == "ensemble":
         from trainer.families.ensemble import fit_ensemble
 
-        result = fit_ensemble(cfg, sequences, len(index.item_ids), progress=progress, checkpoint_dir=checkpoint_dir,
-                              resume=resume, log=log)
+        result = fit_ensemble(
+            cfg,
+            sequences,
+            len(index.item_ids),
+            progress=progress,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            log=log,
+        )
     else:
-        result = fit(cfg, sequences, len(index.item_ids), progress=progress, checkpoint_dir=checkpoint_dir,
-                     resume=resume, model=prebuilt, validator=validator, select=select)
+        result = fit(
+            cfg,
+            sequences,
+            len(index.item_ids),
+            progress=progress,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            model=prebuilt,
+            validator=validator,
+            select=select,
+        )
     if not distributed.current().is_main:
         return None  # under DDP only rank 0 holds the selected model and writes the artifact
     if result.resumed_from:
         log(f"resumed from epoch {result.resumed_from} ({checkpoint_dir})")
-    what = (f"ensemble of {len(result.members)} members" if result.members
-            else f"best epoch {result.best_epoch} of {len(result.history)}")
-    log(f"{what} in {result.seconds:.0f} s: " + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items() if "@" in k))
+    what = (
+        f"ensemble of {len(result.members)} members"
+        if result.members
+        else f"best epoch {result.best_epoch} of {len(result.history)}"
+    )
+    log(
+        f"{what} in {result.seconds:.0f} s: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items() if "@" in k)
+    )
     privacy = getattr(result, "privacy", {})
     if privacy:
-        log(f"privacy spent: epsilon {privacy['epsilon']:.3f} at delta {privacy['delta']:.2e} ({privacy['unit']}-level)")
+        log(
+            f"privacy spent: epsilon {privacy['epsilon']:.3f} at delta {privacy['delta']:.2e} ({privacy['unit']}-level)"
+        )
     if content_spec is not None and not privacy:
         save_content_model(Path(checkpoint_dir) / CONTENT_CHECKPOINT, result.model, content_spec, index.item_ids)
     schema = build_schema(tables, index, cfg.max_len)
@@ -126,7 +162,7 @@ def train_and_export(
     manifest = export_artifact(
         result.model,
         ExportInputs(
-            model_kind=cfg.model,
+            model_kind=kind_of(cfg.model),
             max_len=cfg.max_len,
             item_index=index,
             schema=schema,

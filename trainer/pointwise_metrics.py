@@ -48,7 +48,7 @@ def accuracy(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> f
 
 def rmse(targets: np.ndarray, predictions: np.ndarray) -> float:
     diff = np.asarray(predictions, dtype=np.float64).ravel() - np.asarray(targets, dtype=np.float64).ravel()
-    return float(np.sqrt((diff ** 2).mean()))
+    return float(np.sqrt((diff**2).mean()))
 
 
 def mae(targets: np.ndarray, predictions: np.ndarray) -> float:

@@ -98,17 +98,24 @@ class _Catalogue:
         groups = max(cfg.topics, 1)
         size_weight = (np.arange(groups) + 1.0) ** -cfg.topic_zipf
         # Every topic gets at least one item, the rest in proportion to the size weights.
-        topic = np.concatenate([np.arange(groups), rng.choice(groups, cfg.items - groups, p=size_weight / size_weight.sum())])
+        topic = np.concatenate(
+            [np.arange(groups), rng.choice(groups, cfg.items - groups, p=size_weight / size_weight.sum())]
+        )
         self.topic = rng.permutation(topic) if cfg.topics else np.zeros(cfg.items, dtype=np.int64)  # item -> topic
         self.by_topic = np.argsort(self.topic, kind="stable")  # items, grouped by topic
         self.cdf = np.cumsum(weight[self.by_topic] / weight.sum())
-        self.bounds = np.searchsorted(self.topic[self.by_topic], np.arange(groups + 1))  # topic t: by_topic[b[t]:b[t+1]]
+        self.bounds = np.searchsorted(
+            self.topic[self.by_topic], np.arange(groups + 1)
+        )  # topic t: by_topic[b[t]:b[t+1]]
         self.low = np.concatenate([[0.0], self.cdf])[self.bounds[:-1]]  # cumulative mass before topic t
         self.high = self.cdf[self.bounds[1:] - 1]
         self.mass = self.high - self.low  # popularity mass of each topic
         # Coverage: per topic, its items in random order; `seen[t]` of them handed out so far.
-        self.walk = np.concatenate([rng.permutation(self.by_topic[a:b]) for a, b in zip(self.bounds[:-1], self.bounds[1:])]) \
-            if cfg.cover else None
+        self.walk = (
+            np.concatenate([rng.permutation(self.by_topic[a:b]) for a, b in zip(self.bounds[:-1], self.bounds[1:])])
+            if cfg.cover
+            else None
+        )
         self.seen = np.zeros(groups, dtype=np.int64)
 
     def popular(self, topics: np.ndarray | None, n: int) -> np.ndarray:
@@ -248,8 +255,10 @@ def _sampled_softmax(model, inputs, targets, sampler, negatives: int):
     table = model.item_emb.weight
     s_pos = (h * F.embedding(pos, table, sparse=True)).sum(-1, keepdim=True)  # (M, 1)
     s_neg = h @ F.embedding(neg, table, sparse=True).T  # (M, K)
-    logits = torch.cat([s_pos - sampler.log_q[pos - FIRST_TOKEN].unsqueeze(1),
-                        s_neg - sampler.log_q[neg - FIRST_TOKEN].unsqueeze(0)], dim=1)
+    logits = torch.cat(
+        [s_pos - sampler.log_q[pos - FIRST_TOKEN].unsqueeze(1), s_neg - sampler.log_q[neg - FIRST_TOKEN].unsqueeze(0)],
+        dim=1,
+    )
     hit = torch.cat([torch.zeros_like(pos, dtype=torch.bool).unsqueeze(1), neg.unsqueeze(0) == pos.unsqueeze(1)], 1)
     return F.cross_entropy(logits.masked_fill(hit, -1e9), torch.zeros_like(pos))
 
@@ -277,13 +286,28 @@ def _evaluate(model, windows, held_out, seen, counts, k: int = 10) -> dict:
         candidates = pop[: k + len(items)]
         top = candidates[~np.isin(candidates, items - FIRST_TOKEN)][:k]
         pop_hits += int(target - FIRST_TOKEN in top)
-    return {f"hr@{k}": round(float(torch.cat(hits).mean()), 4), f"ndcg@{k}": round(float(torch.cat(gains).mean()), 4),
-            f"popularity_hr@{k}": round(pop_hits / len(held_out), 4), "users": len(held_out)}
+    return {
+        f"hr@{k}": round(float(torch.cat(hits).mean()), 4),
+        f"ndcg@{k}": round(float(torch.cat(gains).mean()), 4),
+        f"popularity_hr@{k}": round(pop_hits / len(held_out), 4),
+        "users": len(held_out),
+    }
 
 
-def train_synth_artifact(cfg: SynthConfig, out_dir: str | Path, *, export_users: int = 5000, ann: str = "auto",
-                         ann_backend: str | None = None, ann_params: dict | None = None, target_recall: float | None = 0.97,
-                         recall_users: int = 500, checkpoint: str | Path | None = None, log=print, **training):
+def train_synth_artifact(
+    cfg: SynthConfig,
+    out_dir: str | Path,
+    *,
+    export_users: int = 5000,
+    ann: str = "auto",
+    ann_backend: str | None = None,
+    ann_params: dict | None = None,
+    target_recall: float | None = 0.97,
+    recall_users: int = 500,
+    checkpoint: str | Path | None = None,
+    log=print,
+    **training,
+):
     """`train_synth_model(cfg, **training)`, then `export_synth(...)` into `out_dir`; with
     `checkpoint`, the trained model is also saved there (torch.save of config + state dict)."""
     import torch
@@ -291,14 +315,37 @@ def train_synth_artifact(cfg: SynthConfig, out_dir: str | Path, *, export_users:
     model, sequences, counts, info = train_synth_model(cfg, log=log, **training)
     if checkpoint:
         torch.save({"config": asdict(model.cfg), "state": model.state_dict(), "info": info}, checkpoint)
-    return export_synth(model, cfg, sequences, counts, info, out_dir, export_users=export_users, ann=ann,
-                        ann_backend=ann_backend, ann_params=ann_params, target_recall=target_recall,
-                        recall_users=recall_users, log=log)
+    return export_synth(
+        model,
+        cfg,
+        sequences,
+        counts,
+        info,
+        out_dir,
+        export_users=export_users,
+        ann=ann,
+        ann_backend=ann_backend,
+        ann_params=ann_params,
+        target_recall=target_recall,
+        recall_users=recall_users,
+        log=log,
+    )
 
 
-def train_synth_model(cfg: SynthConfig, *, steps: int = 1500, batch_size: int = 128, hidden: int = 64, max_len: int = 50,
-                      negatives: int = 512, lr: float = 3e-3, init_std: float = 0.02, valid_users: int = 500,
-                      threads: int = 0, log=print):
+def train_synth_model(
+    cfg: SynthConfig,
+    *,
+    steps: int = 1500,
+    batch_size: int = 128,
+    hidden: int = 64,
+    max_len: int = 50,
+    negatives: int = 512,
+    lr: float = 3e-3,
+    init_std: float = 0.02,
+    valid_users: int = 500,
+    threads: int = 0,
+    log=print,
+):
     """Generates `cfg`'s data in memory and trains SASRec for `steps` sampled-softmax steps.
     Returns (model in eval mode, sequences (token arrays per user), item counts, info dict of
     training settings and metrics). Item n is token n + FIRST_TOKEN.
@@ -335,24 +382,33 @@ def train_synth_model(cfg: SynthConfig, *, steps: int = 1500, batch_size: int = 
     valid_windows = np.stack([last_window(seq, max_len) for seq in train_seqs[:valid]]) if valid else None
     train_counts = counts - np.bincount(held_out - FIRST_TOKEN, minlength=cfg.items)
 
-    model = SASRec(SASRecConfig(num_items=cfg.items, max_len=max_len, hidden=hidden, heads=2, layers=2, inner=4 * hidden,
-                                dropout=0.1))
+    model = SASRec(
+        SASRecConfig(
+            num_items=cfg.items, max_len=max_len, hidden=hidden, heads=2, layers=2, inner=4 * hidden, dropout=0.1
+        )
+    )
     with torch.no_grad():
         model.item_emb.weight.normal_(0.0, init_std)
         model.item_emb.weight[0].zero_()  # PAD
         model.pos_emb.weight.normal_(0.0, init_std)
     model.item_emb.sparse = True
     table = model.item_emb.weight
-    optimizers = [torch.optim.SparseAdam([table], lr=lr),
-                  torch.optim.Adam([p for p in model.parameters() if p is not table], lr=lr)]
+    optimizers = [
+        torch.optim.SparseAdam([table], lr=lr),
+        torch.optim.Adam([p for p in model.parameters() if p is not table], lr=lr),
+    ]
     sampler = NegativeSampler(torch.from_numpy(train_counts), "popularity", alpha=0.75)
     inputs, targets = training_windows(train_seqs, max_len, rng)
-    log(f"{len(inputs):,} training windows; {steps} steps of {batch_size} = {steps * batch_size / len(inputs):.1f} epochs")
+    log(
+        f"{len(inputs):,} training windows; {steps} steps of {batch_size} = {steps * batch_size / len(inputs):.1f} epochs"
+    )
     start = time.perf_counter()
     for step in range(steps):
         model.train()
         rows = torch.from_numpy(rng.integers(0, len(inputs), batch_size))
-        loss = _sampled_softmax(model, torch.from_numpy(inputs)[rows], torch.from_numpy(targets)[rows], sampler, negatives)
+        loss = _sampled_softmax(
+            model, torch.from_numpy(inputs)[rows], torch.from_numpy(targets)[rows], sampler, negatives
+        )
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -369,19 +425,45 @@ def train_synth_model(cfg: SynthConfig, *, steps: int = 1500, batch_size: int = 
         metrics = {"valid": _evaluate(model, valid_windows, held_out, seen, train_counts)}
         log(f"validation ({valid} users, last event held out): {metrics['valid']}")
     norms = table[FIRST_TOKEN:].detach().norm(dim=1).numpy()
-    metrics["item_vector_norms"] = {q: round(float(np.quantile(norms, float(q))), 3) for q in ("0.5", "0.9", "0.99", "1.0")}
+    metrics["item_vector_norms"] = {
+        q: round(float(np.quantile(norms, float(q))), 3) for q in ("0.5", "0.9", "0.99", "1.0")
+    }
     metrics["train_seconds"] = round(train_s, 1)
     metrics["generate_seconds"] = round(generate_s, 1)
-    info = {"metrics": metrics, "training": {
-        "synth": asdict(cfg), "steps": steps, "batch_size": batch_size, "lr": lr, "negatives": negatives,
-        "init_std": init_std, "hidden": hidden, "max_len": max_len, "valid_users": valid,
-        "loss": "sampled_softmax (log-Q, popularity^0.75 negatives, sparse item gradients)"}}
+    info = {
+        "metrics": metrics,
+        "training": {
+            "synth": asdict(cfg),
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "negatives": negatives,
+            "init_std": init_std,
+            "hidden": hidden,
+            "max_len": max_len,
+            "valid_users": valid,
+            "loss": "sampled_softmax (log-Q, popularity^0.75 negatives, sparse item gradients)",
+        },
+    }
     return model, sequences, counts, info
 
 
-def export_synth(model, cfg: SynthConfig, sequences, counts, info: dict, out_dir: str | Path, *, export_users: int = 5000,
-                 ann: str = "auto", ann_backend: str | None = None, ann_params: dict | None = None,
-                 target_recall: float | None = 0.97, recall_users: int = 500, log=print):
+def export_synth(
+    model,
+    cfg: SynthConfig,
+    sequences,
+    counts,
+    info: dict,
+    out_dir: str | Path,
+    *,
+    export_users: int = 5000,
+    ann: str = "auto",
+    ann_backend: str | None = None,
+    ann_params: dict | None = None,
+    target_recall: float | None = 0.97,
+    recall_users: int = 500,
+    log=print,
+):
     """Exports the artifact of `train_synth_model`'s results (see train_synth_artifact).
 
     The ANN recall (and faiss-ivf's nprobe, chosen to reach `target_recall`) is measured on the
@@ -394,14 +476,38 @@ def export_synth(model, cfg: SynthConfig, sequences, counts, info: dict, out_dir
 
     max_len = model.cfg.max_len
     tuning = sequences[export_users : export_users + recall_users]
-    ann_options = {"params": ann_params, "target_recall": target_recall,
-                   "windows": np.stack([last_window(seq, max_len) for seq in tuning]) if tuning else None}
+    ann_options = {
+        "params": ann_params,
+        "target_recall": target_recall,
+        "windows": np.stack([last_window(seq, max_len) for seq in tuning]) if tuning else None,
+    }
     item_ids = tuple(f"i{n}" for n in range(cfg.items))
     index = ItemIndex(item_ids, tuple(f"Item {n}" for n in range(cfg.items)), tuple(int(c) for c in counts))
     schema = FeatureSchema(user_features=(), item_features=(), max_history=max_len, item_index_sha256=index.sha256)
-    histories = ({"user_id": f"u{u}", "item_ids": [f"i{t - FIRST_TOKEN}" for t in seq.tolist()],
-                  "timestamps": list(range(len(seq)))} for u, seq in enumerate(sequences[:export_users]))
+    histories = (
+        {
+            "user_id": f"u{u}",
+            "item_ids": [f"i{t - FIRST_TOKEN}" for t in seq.tolist()],
+            "timestamps": list(range(len(seq))),
+        }
+        for u, seq in enumerate(sequences[:export_users])
+    )
     log("exporting ...")
-    return export_artifact(model, ExportInputs(
-        model_kind="sasrec", max_len=max_len, item_index=index, schema=schema, histories=histories, users=iter(()),
-        items=iter(()), training=info["training"], metrics=info["metrics"]), out_dir, ann=ann, ann_backend=ann_backend, ann_options=ann_options)
+    return export_artifact(
+        model,
+        ExportInputs(
+            model_kind="sasrec",
+            max_len=max_len,
+            item_index=index,
+            schema=schema,
+            histories=histories,
+            users=iter(()),
+            items=iter(()),
+            training=info["training"],
+            metrics=info["metrics"],
+        ),
+        out_dir,
+        ann=ann,
+        ann_backend=ann_backend,
+        ann_options=ann_options,
+    )

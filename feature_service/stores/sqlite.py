@@ -175,10 +175,7 @@ class SqliteStore(Store):
     def get_items(self, item_ids: Sequence[str]) -> list[ItemRecord | None]:
         with self._read() as conn:
             rows = self._rows(conn, "items", "item_id", item_ids)
-        return [
-            None if (row := rows.get(iid)) is None else ItemRecord(iid, row[0], row[1])
-            for iid in item_ids
-        ]
+        return [None if (row := rows.get(iid)) is None else ItemRecord(iid, row[0], row[1]) for iid in item_ids]
 
     @staticmethod
     def _rows(conn: sqlite3.Connection, table: str, key: str, ids: Sequence[str]) -> dict[str, tuple[str, int]]:

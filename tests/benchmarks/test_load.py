@@ -1,6 +1,6 @@
-"""`recsys bench` against real in-process servers: every level is measured, the floors are in
-the same report, the JSON and the plot are written. No speed is asserted (benchmarks, not
-timed tests)."""
+"""The load generator (benchmarks/load.py) against real in-process servers: every level is
+measured, the floors are in the same report, the JSON and the plot are written. No speed is
+asserted (benchmarks, not timed tests)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from collections import Counter
 
 import pytest
 
-from feature_service.server import create_feature_server
-from inference_server.bench import (
+from benchmarks.load import (
     BenchConfig,
     format_report,
+    main,
     run_bench,
     summarise,
     write_report,
 )
+from feature_service.server import create_feature_server
 from inference_server.server import create_inference_server
 from inference_server.speed import SpeedOptions
 
@@ -29,8 +30,9 @@ def test_summary_percentiles_throughput_and_errors_by_hand():
     assert out["errors"] == 2 and out["errors_by_code"] == {"UNAVAILABLE": 2}
 
 
-@pytest.mark.parametrize("bad", [{"rpc": "delete"}, {"levels": ()}, {"levels": (0,)}, {"duration_s": 0, "requests": 0},
-                                 {"k": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"rpc": "delete"}, {"levels": ()}, {"levels": (0,)}, {"duration_s": 0, "requests": 0}, {"k": 0}]
+)
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):
         BenchConfig(server="x", artifact="y", **bad).check()
@@ -39,8 +41,9 @@ def test_bad_settings_are_refused(bad):
 @pytest.fixture(params=[0, 4], ids=["plain", "batched"])
 def served(request, trained_artifact):
     fserver, fport, _, fcore = create_feature_server(trained_artifact, "memory://")
-    iserver, iport, _, recommender = create_inference_server(trained_artifact, f"localhost:{fport}",
-                                                             speed=SpeedOptions(batch_max=request.param))
+    iserver, iport, _, recommender = create_inference_server(
+        trained_artifact, f"localhost:{fport}", speed=SpeedOptions(batch_max=request.param)
+    )
     yield f"localhost:{iport}", request.param
     iserver.stop(None)
     recommender.features.close()
@@ -51,8 +54,18 @@ def served(request, trained_artifact):
 @pytest.mark.parametrize("rpc", ["recommend", "score"])
 def test_bench_reports_levels_and_both_floors(served, trained_artifact, rpc, tmp_path):
     target, batch = served
-    cfg = BenchConfig(server=target, artifact=str(trained_artifact), rpc=rpc, candidates=7, levels=(1, 3),
-                      duration_s=0.3, warmup_s=0.1, users=10, label=f"batch {batch}", server_pid=os.getpid())
+    cfg = BenchConfig(
+        server=target,
+        artifact=str(trained_artifact),
+        rpc=rpc,
+        candidates=7,
+        levels=(1, 3),
+        duration_s=0.3,
+        warmup_s=0.1,
+        users=10,
+        label=f"batch {batch}",
+        server_pid=os.getpid(),
+    )
     report = run_bench(cfg, log=lambda *_: None)
     assert [lv["clients"] for lv in report["levels"]] == [1, 3]
     for level in report["levels"]:
@@ -71,3 +84,44 @@ def test_bench_reports_levels_and_both_floors(served, trained_artifact, rpc, tmp
     json_path, png = write_report([report], tmp_path, "run")
     assert json.loads(json_path.read_text())["config"]["rpc"] == rpc
     assert png is not None and png.stat().st_size > 1000
+
+
+def test_the_command_line_runs_one_benchmark_and_writes_its_report(served, trained_artifact, tmp_path, capsys):
+    target, _ = served
+    assert (
+        main(
+            [
+                "--server",
+                target,
+                "--artifact",
+                str(trained_artifact),
+                "--levels",
+                "1,2",
+                "--duration",
+                "0.2",
+                "--warmup",
+                "0.05",
+                "--users",
+                "5",
+                "--no-echo",
+                "--no-compute",
+                "--out",
+                str(tmp_path),
+                "--name",
+                "cli",
+                "--label",
+                "from the CLI",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((tmp_path / "cli.json").read_text())
+    assert [lv["clients"] for lv in report["levels"]] == [1, 2] and "compute" not in report
+    assert report["config"]["label"] == "from the CLI" and "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", [["--levels", "1,x"], ["--rpc", "delete"], ["--artifact", "/no/such/dir"]])
+def test_the_command_line_refuses_bad_flags(bad, trained_artifact):
+    with pytest.raises(SystemExit) as exc:
+        main(["--artifact", str(trained_artifact), *bad])
+    assert exc.value.code == 2

@@ -57,15 +57,19 @@ def _leftovers(project: str) -> dict[str, list[str]]:
     label = f"label=com.docker.compose.project={project}"
     return {
         kind: _run("docker", *cmd, "--filter", label).stdout.split()
-        for kind, cmd in {"containers": ("ps", "-aq"), "networks": ("network", "ls", "-q"),
-                          "volumes": ("volume", "ls", "-q")}.items()
+        for kind, cmd in {
+            "containers": ("ps", "-aq"),
+            "networks": ("network", "ls", "-q"),
+            "volumes": ("volume", "ls", "-q"),
+        }.items()
     }
 
 
 @pytest.mark.parametrize("image", ["feature-service", "inference-server"])
 def test_serving_images_carry_no_torch_and_run_unprivileged(docker_ready, image):
-    probe = ("import importlib.util as u, os, sys; "
-             "sys.exit(0 if u.find_spec('torch') is None and os.getuid() != 0 else 1)")
+    probe = (
+        "import importlib.util as u, os, sys; sys.exit(0 if u.find_spec('torch') is None and os.getuid() != 0 else 1)"
+    )
     run = _run("docker", "run", "--rm", "--entrypoint", "/opt/recsys/bin/python", f"recsys/{image}:{TAG}", "-c", probe)
     assert run.returncode == 0, run.stderr[-2000:]
 
@@ -79,8 +83,14 @@ def test_stack_answers_recommend_then_goes_away(docker_ready, ring_data, tmp_pat
     data.chmod(0o755)  # the containers run as an unprivileged user
     port = free_port()
     project = f"recsys-smoke-{os.getpid()}"
-    env = {**os.environ, "COMPOSE_PROJECT_NAME": project, "RECSYS_DATA": str(data), "RECSYS_EPOCHS": "3",
-           "RECSYS_INFERENCE_PORT": str(port), "RECSYS_TAG": TAG}
+    env = {
+        **os.environ,
+        "COMPOSE_PROJECT_NAME": project,
+        "RECSYS_DATA": str(data),
+        "RECSYS_EPOCHS": "3",
+        "RECSYS_INFERENCE_PORT": str(port),
+        "RECSYS_TAG": TAG,
+    }
     try:
         up = _run("make", "up", env=env, timeout=UP_TIMEOUT_S)
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-3000:]

@@ -33,7 +33,7 @@ def by_kind(kind: str) -> dict[str, dict]:
 def test_every_manifest_is_valid_and_strict(version):
     docs = manifests()
     assert len(docs) >= 10
-    for name, doc in docs:
+    for _name, doc in docs:
         kubernetes_validate.validate(doc, version, strict=True)  # raises ValidationError
 
 
@@ -77,14 +77,18 @@ def test_services_select_their_pods_and_hpa_targets_the_inference_deployment():
     deployments = by_kind("Deployment") | by_kind("StatefulSet")
     for name, service in by_kind("Service").items():
         selector = service["spec"]["selector"]
-        targets = [d for d in deployments.values() if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        targets = [
+            d for d in deployments.values() if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
         assert targets, f"Service {name} selects no pods"
     hpa = by_kind("HorizontalPodAutoscaler")["inference-server"]
     target = hpa["spec"]["scaleTargetRef"]
     assert target["kind"] == "Deployment" and target["name"] in by_kind("Deployment")
     assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     # CPU utilisation is a share of the request: without one the HPA cannot act
-    assert by_kind("Deployment")[target["name"]]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+    assert by_kind("Deployment")[target["name"]]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"][
+        "cpu"
+    ]
 
 
 def test_mounted_secrets_and_claims_exist():

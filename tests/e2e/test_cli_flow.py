@@ -19,10 +19,6 @@ from recsys.v1 import inference_pb2, inference_pb2_grpc
 RECSYS = [sys.executable, "-m", "recsys.cli"]
 
 
-
-
-
-
 @pytest.mark.slow
 def test_train_serve_recommend_evaluate(ring_data, tmp_path: Path):
     artifact = tmp_path / "artifact"

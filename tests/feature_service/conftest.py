@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from recsys.client import free_port
 from recsys.artifact import HISTORIES, ITEMS, MANIFEST, USERS, Manifest, ModelInput, write_jsonl
+from recsys.client import free_port
 from recsys.schema import FeatureKind, FeatureSchema, FeatureSpec
 
 SCHEMA = FeatureSchema(
@@ -94,8 +94,6 @@ def redis_binary() -> str:
     return path
 
 
-
-
 class RedisServer:
     """A throwaway redis-server on a free loopback port with AOF on, its files in `directory`.
 
@@ -115,10 +113,25 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [redis_binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory),
-             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always", "--save", "",
-             "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                redis_binary(),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -14,11 +14,8 @@ import grpc
 import pytest
 
 from feature_service.stores import open_store
-from recsys.v1 import features_pb2, features_pb2_grpc, types_pb2
-
 from recsys.client import free_port, wait_serving
-
-
+from recsys.v1 import features_pb2, features_pb2_grpc, types_pb2
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
@@ -29,9 +26,24 @@ def test_sigkill_loses_no_acknowledged_event(
     url = redis_server.url if redis_server else f"sqlite://{tmp_path}/features.db"
     target = f"127.0.0.1:{free_port()}"
     service = subprocess.Popen(
-        [sys.executable, "-m", "recsys.cli", "serve", "features", "--artifact", str(artifact_dir),
-         "--store", url, "--host", "127.0.0.1", "--port", target.rsplit(":", 1)[1]],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "recsys.cli",
+            "serve",
+            "features",
+            "--artifact",
+            str(artifact_dir),
+            "--store",
+            url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            target.rsplit(":", 1)[1],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     acknowledged: list[types_pb2.Interaction] = []
 

@@ -37,7 +37,11 @@ def test_missing_files_load_nothing(artifact_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("file", "row", "message"),
     [
-        (USERS, {"user_id": "u9", "features": {"height": 1.8}}, "users.jsonl line 3: feature 'height' is not in the schema"),
+        (
+            USERS,
+            {"user_id": "u9", "features": {"height": 1.8}},
+            "users.jsonl line 3: feature 'height' is not in the schema",
+        ),
         (USERS, {"user_id": "u9", "features": {"age": "old"}}, "feature 'age' is numeric"),
         (USERS, {"user_id": "u9", "features": {"gender": 1}}, "feature 'gender' is categorical"),
         (USERS, {"features": {}}, "'user_id' is missing"),

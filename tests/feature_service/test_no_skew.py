@@ -41,8 +41,8 @@ def stub(request, trained_artifact: Path, tmp_path: Path) -> Iterator[features_p
 
 
 def test_served_features_equal_what_the_trainer_used(stub, ring_data, trained_artifact: Path) -> None:
-    from trainer.data.tables import feature_rows, load_tables
     from trainer.data.encoding import build_item_index, encode_histories
+    from trainer.data.tables import feature_rows, load_tables
 
     # Exactly what `recsys train` computed from its inputs.
     tables = load_tables(ring_data["train"], ring_data["users"], ring_data["items"])
@@ -72,7 +72,13 @@ def test_served_features_equal_what_the_trainer_used(stub, ring_data, trained_ar
         got, features = from_proto_map(item.features), trained_items[item.item_id]
         assert item.found and got == features, item.item_id
         for spec in schema.item_features:
-            assert encoded(spec, got.get(spec.name)) == encoded(spec, features.get(spec.name)), (item.item_id, spec.name)
+            assert encoded(spec, got.get(spec.name)) == encoded(spec, features.get(spec.name)), (
+                item.item_id,
+                spec.name,
+            )
     assert len(trained_items) > 0 and {s.kind for s in schema.user_features + schema.item_features} >= {
-        FeatureKind.NUMERIC, FeatureKind.CATEGORICAL, FeatureKind.MULTI_CATEGORICAL, FeatureKind.TEXT
+        FeatureKind.NUMERIC,
+        FeatureKind.CATEGORICAL,
+        FeatureKind.MULTI_CATEGORICAL,
+        FeatureKind.TEXT,
     }

@@ -38,7 +38,10 @@ def test_unreachable_at_open_is_unavailable() -> None:
 
 
 def test_prefixes_keep_stores_apart(redis_url: str, redis_prefix: str) -> None:
-    with open_store(f"{redis_url}?prefix={redis_prefix}a:") as a, open_store(f"{redis_url}?prefix={redis_prefix}b:") as b:
+    with (
+        open_store(f"{redis_url}?prefix={redis_prefix}a:") as a,
+        open_store(f"{redis_url}?prefix={redis_prefix}b:") as b,
+    ):
         a.put_users([("u1", {"age": 1})])
         a.append_events([Event("u1", "x", 1, "shared-id")])
         assert b.get_users(["u1"], 10) == [None]

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from feature_service.server import create_feature_server
+from feature_service.config import FeatureServiceConfig
+from feature_service.server import create_feature_server, start_server
 from feature_service.service import FeatureServiceCore
 from recsys.errors import FailedPrecondition
 from recsys.feature_values import from_proto_map
@@ -317,3 +319,36 @@ def test_bad_artifact_fails_startup(tmp_path: Path) -> None:
 def test_servers_do_not_import_torch() -> None:
     code = "import sys, feature_service.server; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_start_server_takes_one_config(artifact_dir: Path, tmp_path: Path) -> None:
+    config = FeatureServiceConfig(artifact_dir=artifact_dir, store_url=f"sqlite://{tmp_path}/f.db", host="127.0.0.1",
+                                  port=0, max_workers=2)
+    server, port, _, core = start_server(config)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            reply = features_pb2_grpc.FeatureServiceStub(ch).GetUserFeatures(
+                features_pb2.GetUserFeaturesRequest(user_ids=["u1"]), timeout=5
+            )
+        assert list(reply.users[0].history) == ["i2", "i3", "i4"]
+    finally:
+        server.stop(None)
+        core.close()
+
+
+def test_serve_features_hands_the_server_one_config(artifact_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import feature_service.server
+    from recsys.cli import main
+    from recsys.security import ServerSecurity
+
+    configs: list[FeatureServiceConfig] = []
+    monkeypatch.setattr(feature_service.server, "serve", configs.append)
+    monkeypatch.delenv("RECSYS_AUTH_TOKENS", raising=False)
+    result = CliRunner().invoke(main, ["serve", "features", "--artifact", str(artifact_dir), "--store", "memory://",
+                                       "--port", "0", "--workers", "3", "--access-log"])
+    assert result.exit_code == 0, result.output
+    assert configs == [FeatureServiceConfig(artifact_dir=str(artifact_dir), store_url="memory://", port=0,
+                                            max_workers=3, access_log=True, security=ServerSecurity())]
+    result = CliRunner().invoke(main, ["serve", "features", "--max-concurrent-rpcs", "7", "--host", "127.0.0.1"])
+    assert result.exit_code == 0, result.output
+    assert configs[-1] == FeatureServiceConfig(host="127.0.0.1", max_concurrent_rpcs=7, security=ServerSecurity())

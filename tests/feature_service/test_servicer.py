@@ -27,9 +27,15 @@ def test_rendering_equals_plain_construction(artifact_dir: Path, schema: Feature
         want = features_pb2.GetUserFeaturesResponse(schema_hash=schema.hash)
         for uid, r in zip(user_ids, store.get_users(user_ids, schema.max_history)):
             want.users.append(
-                features_pb2.UserFeatures(user_id=uid, found=False) if r is None else features_pb2.UserFeatures(
-                    user_id=uid, found=True, history=r.history, history_timestamps=r.history_timestamps,
-                    features=to_proto_map(r.features, kinds_u), updated_at=r.updated_at,
+                features_pb2.UserFeatures(user_id=uid, found=False)
+                if r is None
+                else features_pb2.UserFeatures(
+                    user_id=uid,
+                    found=True,
+                    history=r.history,
+                    history_timestamps=r.history_timestamps,
+                    features=to_proto_map(r.features, kinds_u),
+                    updated_at=r.updated_at,
                 )
             )
         assert got == want and got.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True)
@@ -39,8 +45,13 @@ def test_rendering_equals_plain_construction(artifact_dir: Path, schema: Feature
         want = features_pb2.GetItemFeaturesResponse(schema_hash=schema.hash)
         for iid, r in zip(item_ids, store.get_items(item_ids)):
             want.items.append(
-                features_pb2.ItemFeatures(item_id=iid, found=False) if r is None else features_pb2.ItemFeatures(
-                    item_id=iid, found=True, features=to_proto_map(r.features, kinds_i), updated_at=r.updated_at,
+                features_pb2.ItemFeatures(item_id=iid, found=False)
+                if r is None
+                else features_pb2.ItemFeatures(
+                    item_id=iid,
+                    found=True,
+                    features=to_proto_map(r.features, kinds_i),
+                    updated_at=r.updated_at,
                 )
             )
         assert got == want

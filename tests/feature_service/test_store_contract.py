@@ -273,8 +273,12 @@ def test_concurrent_appends_lose_nothing(store: Store) -> None:
                 # Thread t writes its own user and a shared one; the shared one also gets a
                 # duplicate of another thread's events, which must count once overall.
                 store.append_events(
-                    [Event(f"u{t}", f"i{k}", k + 1), Event("shared", f"t{t}-{k}", k + 1, f"e{t}-{k}"),
-                     Event(f"u{t}", f"i{k + 1}", k + 2), Event(f"u{(t + 1) % threads}", f"i{k}", k + 1)]
+                    [
+                        Event(f"u{t}", f"i{k}", k + 1),
+                        Event("shared", f"t{t}-{k}", k + 1, f"e{t}-{k}"),
+                        Event(f"u{t}", f"i{k + 1}", k + 2),
+                        Event(f"u{(t + 1) % threads}", f"i{k}", k + 1),
+                    ]
                 )
                 store.get_users([f"u{t}", "shared"], 10)
         except BaseException as exc:  # surfaced below: a thread's exception is otherwise lost

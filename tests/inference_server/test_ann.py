@@ -39,8 +39,9 @@ def test_each_backend_finds_the_largest_inner_products_and_survives_a_round_trip
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(cols.tolist(), exact.tolist())])
     assert recall >= 0.9
     found = cols >= 0
-    np.testing.assert_allclose(scores[found], np.einsum("bd,bnd->bn", queries, vectors[np.maximum(cols, 0)])[found],
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        scores[found], np.einsum("bd,bnd->bn", queries, vectors[np.maximum(cols, 0)])[found], rtol=1e-5, atol=1e-4
+    )
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
 
     index.save(tmp_path / "ann.index")
@@ -74,14 +75,32 @@ def test_catalogue_size_decides_unless_told(trained_artifact):
 @pytest.fixture(scope="module")
 def ann_artifact(ring_data, tmp_path_factory):
     """A small SASRec exported with an ANN index although its catalogue is small."""
-    from trainer.pipeline import train_and_export
     from trainer.families.next_item import TrainConfig
+    from trainer.pipeline import train_and_export
 
     out = tmp_path_factory.mktemp("ann") / "sasrec"
-    cfg = TrainConfig(epochs=2, batch_size=32, max_len=10, hidden=16, heads=2, layers=1, inner=32, eval_every=1,
-                      seed=0, ann="on", ann_backend="faiss-hnsw")
-    train_and_export(ring_data["train"], out, cfg, users=ring_data["users"], items=ring_data["items"],
-                     progress=False, log=lambda *_: None)
+    cfg = TrainConfig(
+        epochs=2,
+        batch_size=32,
+        max_len=10,
+        hidden=16,
+        heads=2,
+        layers=1,
+        inner=32,
+        eval_every=1,
+        seed=0,
+        ann="on",
+        ann_backend="faiss-hnsw",
+    )
+    train_and_export(
+        ring_data["train"],
+        out,
+        cfg,
+        users=ring_data["users"],
+        items=ring_data["items"],
+        progress=False,
+        log=lambda *_: None,
+    )
     return out
 
 
@@ -116,7 +135,9 @@ def test_server_answers_through_the_index_as_it_would_exactly(name, request):
             assert (recommender.ann is not None) == (mode == "on")
             with grpc.insecure_channel(f"localhost:{port}") as channel:
                 stub = inference_pb2_grpc.InferenceServiceStub(channel)
-                reply = stub.Recommend(inference_pb2.RecommendRequest(user_id="u003", k=8, exclude_seen=True), timeout=10)
+                reply = stub.Recommend(
+                    inference_pb2.RecommendRequest(user_id="u003", k=8, exclude_seen=True), timeout=10
+                )
                 ids = [i.item_id for i in reply.items]
                 scored = stub.Score(inference_pb2.ScoreRequest(user_id="u003", item_ids=ids), timeout=10)
                 answers[mode] = (ids, [i.score for i in reply.items], list(scored.scores))

@@ -89,8 +89,14 @@ def test_threads_are_sized_against_concurrent_runs():
     assert threads_for(2, cores=16) == 8
 
 
-@pytest.mark.parametrize("tuning", [SessionTuning(), SessionTuning(graph_opt="basic", intra_threads=2, arena=False),
-                                    SessionTuning(graph_opt="disabled", parallel=True, inter_threads=2)])
+@pytest.mark.parametrize(
+    "tuning",
+    [
+        SessionTuning(),
+        SessionTuning(graph_opt="basic", intra_threads=2, arena=False),
+        SessionTuning(graph_opt="disabled", parallel=True, inter_threads=2),
+    ],
+)
 def test_batched_session_matches_the_plain_one_under_every_tuning(trained_artifact, tuning):
     manifest = read_manifest(trained_artifact)
     plain = ModelSession(trained_artifact, manifest)

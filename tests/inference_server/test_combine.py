@@ -194,7 +194,9 @@ def test_concurrent_user_lookups_share_calls_and_each_gets_its_own_user(users_se
         client.close()
     assert [v.user_id for v in out] == [f"u{i}" for i in range(12)]
     assert all(v.found and v.history == (f"u{i}-item",) * 3 for i, v in enumerate(out))
-    assert len(servicer.calls) < 12 and sorted(u for call in servicer.calls for u in call) == sorted(f"u{i}" for i in range(12))
+    assert len(servicer.calls) < 12 and sorted(u for call in servicer.calls for u in call) == sorted(
+        f"u{i}" for i in range(12)
+    )
 
 
 def test_one_bad_id_in_a_combined_call_fails_only_its_own_request(users_server):

@@ -68,7 +68,11 @@ def _serve(artifact, **kwargs):
     fserver, fport, _, fcore = create_feature_server(artifact, "memory://")
     iserver, iport, _, rec = create_inference_server(artifact, f"localhost:{fport}", max_k=50, **kwargs)
     channel = grpc.insecure_channel(f"localhost:{iport}")
-    return inference_pb2_grpc.InferenceServiceStub(channel), (channel, iserver, fserver, rec, fcore), f"localhost:{iport}"
+    return (
+        inference_pb2_grpc.InferenceServiceStub(channel),
+        (channel, iserver, fserver, rec, fcore),
+        f"localhost:{iport}",
+    )
 
 
 def _close(handles):
@@ -107,7 +111,8 @@ def test_explanations_are_faithful_over_users(trained_artifact, sasrec_stub):
     for row in list(read_jsonl(trained_artifact / HISTORIES))[:40]:
         history = row["item_ids"]
         reply = sasrec_stub.Recommend(
-            inference_pb2.RecommendRequest(user_id=row["user_id"], k=3, exclude_seen=True, explain=True), timeout=10)
+            inference_pb2.RecommendRequest(user_id=row["user_id"], k=3, exclude_seen=True, explain=True), timeout=10
+        )
         assert reply.source == inference_pb2.SOURCE_MODEL
         item = reply.items[0]
         col = token[item.item_id] - FIRST_TOKEN
@@ -135,12 +140,14 @@ def test_no_explanations_unless_asked_or_for_popularity_answers(sasrec_stub):
     plain = sasrec_stub.Recommend(inference_pb2.RecommendRequest(user_id="u001", k=5, exclude_seen=True), timeout=5)
     assert all(not i.because_items and not i.because_features for i in plain.items)
     explained = sasrec_stub.Recommend(
-        inference_pb2.RecommendRequest(user_id="u001", k=5, exclude_seen=True, explain=True), timeout=5)
+        inference_pb2.RecommendRequest(user_id="u001", k=5, exclude_seen=True, explain=True), timeout=5
+    )
     assert [i.item_id for i in explained.items] == [i.item_id for i in plain.items]
     assert [i.score for i in explained.items] == [i.score for i in plain.items]
     assert all(not i.because_features for i in explained.items)  # a next-item model has no feature fields
     unknown = sasrec_stub.Recommend(
-        inference_pb2.RecommendRequest(user_id="nobody", k=5, exclude_seen=True, explain=True), timeout=5)
+        inference_pb2.RecommendRequest(user_id="nobody", k=5, exclude_seen=True, explain=True), timeout=5
+    )
     assert unknown.source == inference_pb2.SOURCE_POPULARITY
     assert all(not i.because_items for i in unknown.items)
 
@@ -159,21 +166,29 @@ def test_cli_explain_prints_because_you_watched_with_titles(sasrec_stub):
 
 @pytest.fixture(scope="module")
 def ranker_artifact(ring_data, tmp_path_factory):
-    from trainer.families.ranker import RankConfig
     from trainer.export.ranker import train_and_export_ranker
+    from trainer.families.ranker import RankConfig
 
     out = tmp_path_factory.mktemp("explain-ranker") / "deepfm"
     cfg = RankConfig(model="deepfm", label="implicit", negatives=2, history_len=10, epochs=2, batch_size=128, seed=0)
-    train_and_export_ranker(cfg, ring_data["train"], out, users=ring_data["users"], items=ring_data["items"],
-                            progress=False, log=lambda *_: None)
+    train_and_export_ranker(
+        cfg,
+        ring_data["train"],
+        out,
+        users=ring_data["users"],
+        items=ring_data["items"],
+        progress=False,
+        log=lambda *_: None,
+    )
     return out
 
 
 def test_feature_ranker_explains_with_signed_feature_contributions(ranker_artifact):
     stub, handles, _ = _serve(ranker_artifact)
     try:
-        reply = stub.Recommend(inference_pb2.RecommendRequest(user_id="u005", k=4, exclude_seen=True, explain=True),
-                               timeout=10)
+        reply = stub.Recommend(
+            inference_pb2.RecommendRequest(user_id="u005", k=4, exclude_seen=True, explain=True), timeout=10
+        )
         rec = handles[3]
         described = read_manifest(ranker_artifact).training["inputs"]
         known = {f"user.{n}" for n in described["user_cat"] + described["user_num"]}
@@ -195,8 +210,9 @@ def test_feature_ranker_explains_with_signed_feature_contributions(ranker_artifa
                 base = rec.session.run(feeds)[0]
                 feeds[rec.inputs.names["user.history"]][:] = PAD
                 assert base - rec.session.run(feeds)[0] == pytest.approx(history.contribution, abs=1e-4)
-        assert any(a.contribution < 0 for i in reply.items for a in i.because_features) or \
-            any(a.contribution > 0 for i in reply.items for a in i.because_features)
+        assert any(a.contribution < 0 for i in reply.items for a in i.because_features) or any(
+            a.contribution > 0 for i in reply.items for a in i.because_features
+        )
         assert any(i.because_items for i in reply.items)  # the ranker reads the history: leave-one-out too
     finally:
         _close(handles)

@@ -15,14 +15,21 @@ from recsys.v1 import features_pb2, features_pb2_grpc, inference_pb2, inference_
 
 @pytest.fixture(scope="module")
 def ranker_artifact(ring_data, tmp_path_factory):
-    from trainer.families.ranker import RankConfig
     from trainer.export.ranker import train_and_export_ranker
+    from trainer.families.ranker import RankConfig
 
     out = tmp_path_factory.mktemp("ranker") / "deepfm"
     # history_len equal to the SASRec fixture's max_len: same tables, same schema, one feature service
     cfg = RankConfig(model="deepfm", label="implicit", negatives=2, history_len=10, epochs=3, batch_size=128, seed=0)
-    train_and_export_ranker(cfg, ring_data["train"], out, users=ring_data["users"], items=ring_data["items"],
-                            progress=False, log=lambda *_: None)
+    train_and_export_ranker(
+        cfg,
+        ring_data["train"],
+        out,
+        users=ring_data["users"],
+        items=ring_data["items"],
+        progress=False,
+        log=lambda *_: None,
+    )
     return out
 
 
@@ -52,8 +59,11 @@ def test_ranker_and_retrieval_share_one_schema(ranker_artifact, trained_artifact
 @pytest.mark.parametrize("stack", [False, True], indirect=True, ids=["ranker-alone", "two-stage"])
 def test_recommend_and_score_with_a_feature_based_ranker(stack):
     infer, features, rec = stack
-    seen = set(features.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=["u005"], max_history=1000),
-                                        timeout=5).users[0].history)
+    seen = set(
+        features.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=["u005"], max_history=1000), timeout=5)
+        .users[0]
+        .history
+    )
     reply = infer.Recommend(inference_pb2.RecommendRequest(user_id="u005", k=5, exclude_seen=True), timeout=5)
     assert reply.source == inference_pb2.SOURCE_MODEL
     ids = [i.item_id for i in reply.items]

@@ -17,7 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from feature_service.loader import load_artifact
 from feature_service.server import create_feature_server
 from feature_service.service import FeatureServiceCore
-from feature_service.servicer import SERVICE_NAME as FEATURES, FeatureServicer
+from feature_service.servicer import SERVICE_NAME as FEATURES
+from feature_service.servicer import FeatureServicer
 from feature_service.stores import open_store
 from inference_server.server import FEATURES_HEALTH_NAME, start_inference_service
 from inference_server.servicer import fetch_timeout
@@ -46,7 +47,8 @@ def slow_features(trained_artifact):
     core = FeatureServiceCore(store, read_manifest(trained_artifact).schema)
     servicer = SlowFeatures(core)
     server, port, health = create_server(
-        [ServiceBinding(servicer, features_pb2_grpc.add_FeatureServiceServicer_to_server, FEATURES)], host="127.0.0.1")
+        [ServiceBinding(servicer, features_pb2_grpc.add_FeatureServiceServicer_to_server, FEATURES)], host="127.0.0.1"
+    )
     set_serving(health, [FEATURES], serving=True)
     yield servicer, f"127.0.0.1:{port}"
     server.stop(None)
@@ -56,14 +58,28 @@ def slow_features(trained_artifact):
 @pytest.fixture
 def up(trained_artifact):
     """A feature server and an inference server over it (metrics on, access logs on)."""
-    fserver, fport, _, fcore = create_feature_server(trained_artifact, "memory://", host="127.0.0.1",
-                                                     metrics_port=0, metrics_host="127.0.0.1", access_log=True)
-    service = start_inference_service(trained_artifact, f"127.0.0.1:{fport}", host="127.0.0.1", max_k=50,
-                                      health_interval_s=0.05, metrics_port=0, metrics_host="127.0.0.1",
-                                      access_log=True)
+    fserver, fport, _, fcore = create_feature_server(
+        trained_artifact, "memory://", host="127.0.0.1", metrics_port=0, metrics_host="127.0.0.1", access_log=True
+    )
+    service = start_inference_service(
+        trained_artifact,
+        f"127.0.0.1:{fport}",
+        host="127.0.0.1",
+        max_k=50,
+        health_interval_s=0.05,
+        metrics_port=0,
+        metrics_host="127.0.0.1",
+        access_log=True,
+    )
     channel = grpc.insecure_channel(f"127.0.0.1:{service.port}")
-    yield {"service": service, "fserver": fserver, "fcore": fcore, "channel": channel,
-           "infer": inference_pb2_grpc.InferenceServiceStub(channel), "health": health_pb2_grpc.HealthStub(channel)}
+    yield {
+        "service": service,
+        "fserver": fserver,
+        "fcore": fcore,
+        "channel": channel,
+        "infer": inference_pb2_grpc.InferenceServiceStub(channel),
+        "health": health_pb2_grpc.HealthStub(channel),
+    }
     channel.close()
     service.stop()
     fserver.stop(None)
@@ -108,8 +124,9 @@ def test_feature_service_down_answers_degraded_from_request_history(up):
     wait_for(lambda: health(up["health"], FEATURES_HEALTH_NAME) == NOT_SERVING)
     assert health(up["health"], "") == SERVING  # it still answers: degraded, not down
 
-    own = infer.Recommend(inference_pb2.RecommendRequest(user_id="u000", k=5, exclude_seen=True, history=history),
-                          timeout=5)
+    own = infer.Recommend(
+        inference_pb2.RecommendRequest(user_id="u000", k=5, exclude_seen=True, history=history), timeout=5
+    )
     assert own.degraded and own.source == inference_pb2.SOURCE_REQUEST_HISTORY
     assert [i.item_id for i in own.items] == [i.item_id for i in full.items]  # same history, same answer
     assert own.model_version == full.model_version
@@ -131,8 +148,9 @@ def test_feature_service_down_answers_degraded_from_request_history(up):
 
 def test_slow_feature_service_answers_within_the_deadline(trained_artifact, slow_features):
     servicer, target = slow_features
-    service = start_inference_service(trained_artifact, target, host="127.0.0.1", request_timeout_s=2.0,
-                                      feature_timeout_s=30.0)
+    service = start_inference_service(
+        trained_artifact, target, host="127.0.0.1", request_timeout_s=2.0, feature_timeout_s=30.0
+    )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
@@ -142,8 +160,9 @@ def test_slow_feature_service_answers_within_the_deadline(trained_artifact, slow
             # degraded answers, not DEADLINE_EXCEEDED and not the 5 s the feature service takes.
             for deadline in (1.2, None):
                 start = time.monotonic()
-                reply = stub.Recommend(inference_pb2.RecommendRequest(user_id="u000", k=5, history=["m01", "m02"]),
-                                       timeout=deadline)
+                reply = stub.Recommend(
+                    inference_pb2.RecommendRequest(user_id="u000", k=5, history=["m01", "m02"]), timeout=deadline
+                )
                 assert time.monotonic() - start < 4.5
                 assert reply.degraded and reply.source == inference_pb2.SOURCE_REQUEST_HISTORY
     finally:
@@ -154,8 +173,9 @@ def test_slow_feature_service_answers_within_the_deadline(trained_artifact, slow
 def test_load_is_shed_with_resource_exhausted(trained_artifact, slow_features):
     servicer, target = slow_features
     servicer.delay_s = 0.5
-    service = start_inference_service(trained_artifact, target, host="127.0.0.1", max_workers=2,
-                                      max_concurrent_rpcs=2, request_timeout_s=2.0)
+    service = start_inference_service(
+        trained_artifact, target, host="127.0.0.1", max_workers=2, max_concurrent_rpcs=2, request_timeout_s=2.0
+    )
     codes: list[grpc.StatusCode] = []
     try:
         with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
@@ -182,7 +202,8 @@ def test_load_is_shed_with_resource_exhausted(trained_artifact, slow_features):
 def test_request_id_crosses_both_services_and_metrics_count_calls(up, caplog):
     caplog.set_level(logging.INFO, logger="recsys.access")
     reply, call = up["infer"].Recommend.with_call(
-        inference_pb2.RecommendRequest(user_id="u001", k=3), timeout=5, metadata=(("x-request-id", "req-42"),))
+        inference_pb2.RecommendRequest(user_id="u001", k=3), timeout=5, metadata=(("x-request-id", "req-42"),)
+    )
     assert ("x-request-id", "req-42") in call.initial_metadata()
     lines = {(r.getMessage().split()[0], getattr(r, "request_id", "")) for r in caplog.records}
     assert ("/recsys.v1.InferenceService/Recommend", "req-42") in lines
@@ -198,7 +219,7 @@ def test_request_id_crosses_both_services_and_metrics_count_calls(up, caplog):
     method = 'method="/recsys.v1.InferenceService/Recommend"'
     assert f'recsys_grpc_requests_total{{code="OK",{method}}} 2.0' in text
     assert f'recsys_grpc_requests_total{{code="INVALID_ARGUMENT",{method}}} 1.0' in text
-    assert f'recsys_grpc_request_seconds_count{{{method}}} 3.0' in text
+    assert f"recsys_grpc_request_seconds_count{{{method}}} 3.0" in text
     version = up["service"].manager.current.label
     assert f'recsys_model_info{{model_version="{version}",version="0"}} 1.0' in text
     assert 'recsys_feature_fetch_seconds_count{code="OK",method="GetUserFeatures"} 2.0' in text

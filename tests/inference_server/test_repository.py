@@ -82,8 +82,9 @@ def test_publish_refuses_broken_artifacts_and_bad_names(trained_artifact, tmp_pa
 
 
 def test_cli_publish(trained_artifact, tmp_path):
-    result = CliRunner().invoke(main, ["publish", "--artifact", str(trained_artifact), "--repo", str(tmp_path / "r"),
-                                       "--model", "recs"])
+    result = CliRunner().invoke(
+        main, ["publish", "--artifact", str(trained_artifact), "--repo", str(tmp_path / "r"), "--model", "recs"]
+    )
     assert result.exit_code == 0, result.output
     assert '"version": 1' in result.output and ModelRepository(tmp_path / "r").versions("recs") == [1]
 
@@ -99,7 +100,8 @@ def features(trained_artifact):
 def recommend(port: int, user: str = "u000") -> inference_pb2.RecommendResponse:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         return inference_pb2_grpc.InferenceServiceStub(channel).Recommend(
-            inference_pb2.RecommendRequest(user_id=user, k=5), timeout=10)
+            inference_pb2.RecommendRequest(user_id=user, k=5), timeout=10
+        )
 
 
 def wait_for(predicate, timeout_s: float = 30.0) -> None:
@@ -112,8 +114,9 @@ def wait_for(predicate, timeout_s: float = 30.0) -> None:
 def test_hot_swap_reject_rollback_through_the_server(trained_artifact, features, tmp_path):
     repo = ModelRepository(tmp_path / "repo")
     repo.publish(trained_artifact, "m")
-    service = start_inference_service(None, features, repo=repo.root, model="m", watch_interval_s=0.05,
-                                      host="127.0.0.1")
+    service = start_inference_service(
+        None, features, repo=repo.root, model="m", watch_interval_s=0.05, host="127.0.0.1"
+    )
     served_version = read_manifest(trained_artifact).model_version
     try:
         assert recommend(service.port).model_version == f"m/1:{served_version}"
@@ -187,8 +190,8 @@ def test_hot_swap_reject_rollback_through_the_server(trained_artifact, features,
 
 
 def test_newest_passing_version_serves_at_start_and_nan_models_are_rejected(trained_artifact, features, tmp_path):
-    from inference_server.server import _stage
     from inference_server.feature_client import FeatureClient
+    from inference_server.server import _stage
 
     repo = ModelRepository(tmp_path / "repo")
     for _ in range(3):

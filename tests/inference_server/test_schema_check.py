@@ -52,11 +52,10 @@ def test_schema_mismatch_is_not_serving_and_failed_precondition(trained_artifact
     iserver, iport, _, recommender = create_inference_server(trained_artifact, f"127.0.0.1:{fport}", host="127.0.0.1")
     try:
         assert health_of(iport) == NOT_SERVING
-        with grpc.insecure_channel(f"127.0.0.1:{iport}") as channel:
-            with pytest.raises(grpc.RpcError) as info:
-                inference_pb2_grpc.InferenceServiceStub(channel).Recommend(
-                    inference_pb2.RecommendRequest(user_id="u000", k=5), timeout=5
-                )
+        with grpc.insecure_channel(f"127.0.0.1:{iport}") as channel, pytest.raises(grpc.RpcError) as info:
+            inference_pb2_grpc.InferenceServiceStub(channel).Recommend(
+                inference_pb2.RecommendRequest(user_id="u000", k=5), timeout=5
+            )
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         details = info.value.details()
         assert "feature schema mismatch" in details and fcore.schema_hash in details

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from feature_service.server import create_feature_server
-from inference_server.server import create_inference_server
+from inference_server.config import InferenceConfig
+from inference_server.server import create_inference_server, start_server
 from recsys.v1 import features_pb2, features_pb2_grpc, inference_pb2, inference_pb2_grpc, types_pb2
 
 
@@ -140,3 +142,55 @@ def test_feature_service_down_is_unavailable_with_a_clear_message(services, trai
     finally:
         iserver.stop(None)
         recommender.features.close()
+
+
+def test_start_server_takes_one_config(services, trained_artifact):
+    config = InferenceConfig(artifact_dir=trained_artifact, features_target=services["recommender"].features.target,
+                             host="127.0.0.1", port=0, max_k=5)
+    service = start_server(config)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            assert len(recommend(stub, "u000", k=5).items) == 5
+            assert code_of(lambda: recommend(stub, "u000", k=6)).code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        service.stop()
+
+
+def test_a_config_names_one_model_source():
+    with pytest.raises(ValueError, match="not both"):
+        InferenceConfig().check()
+    with pytest.raises(ValueError, match="not both"):
+        InferenceConfig(artifact_dir="a", repo="r", model="m").check()
+    with pytest.raises(ValueError, match="needs a model name"):
+        InferenceConfig(repo="r").check()
+    InferenceConfig(repo="r", model="m", version=2).check()
+
+
+def test_serve_inference_hands_the_server_one_config(trained_artifact, monkeypatch):
+    import inference_server.server
+    from inference_server.speed import SpeedOptions
+    from recsys.cli import main
+    from recsys.onnx_session import SessionTuning
+    from recsys.security import ClientSecurity, ServerSecurity
+
+    configs = []
+    monkeypatch.setattr(inference_server.server, "serve", configs.append)
+    for name in ("RECSYS_AUTH_TOKENS", "RECSYS_FEATURES_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the command sets them if unset
+        monkeypatch.setenv(name, "1")
+    result = CliRunner().invoke(main, [
+        "serve", "inference", "--artifact", str(trained_artifact), "--features", "127.0.0.1:1", "--port", "0",
+        "--threads", "2", "--batch-max", "4", "--max-message-mb", "2", "--no-degrade", "--candidates", "50",
+        "--graph-opt", "basic", "--spin", "--variant", "int8", "--ann", "off",
+    ])
+    assert result.exit_code == 0, result.output
+    tuning = SessionTuning(graph_opt="basic", intra_threads=2, spinning=True)
+    assert configs == [InferenceConfig(
+        artifact_dir=str(trained_artifact), features_target="127.0.0.1:1", port=0, threads=2, degrade=False,
+        max_message_bytes=2 * 1024 * 1024, num_candidates=50, security=ServerSecurity(),
+        feature_security=ClientSecurity(), speed=SpeedOptions(batch_max=4, ann="off", variant="int8", tuning=tuning),
+    )]
+    result = CliRunner().invoke(main, ["serve", "inference", "--repo", str(trained_artifact), "--features", "x:1"])
+    assert result.exit_code == 2 and "--repo and --model go together" in result.output

@@ -17,7 +17,10 @@ def test_cpu_session_scores_every_item(trained_artifact):
 
 def has_gpu() -> bool:
     """nvidia-smi listing a device is the cheapest honest signal that CUDA could work."""
-    return shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    return (
+        shutil.which("nvidia-smi") is not None
+        and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    )
 
 
 @pytest.mark.skipif(has_gpu(), reason="this machine has a usable CUDA device")

@@ -41,7 +41,7 @@ def test_bucketed_batches_keep_every_target_and_trim_padding():
     assert min(widths) < 12 and max(widths) == 12  # short windows travel in short batches
     for ib, tb, rows in batches:
         assert ib.shape == tb.shape and (tb[:, 0] != PAD).any() or ib.shape[1] == 1
-        np.testing.assert_array_equal(tb, targets[rows, -ib.shape[1]:])  # rows name the windows
+        np.testing.assert_array_equal(tb, targets[rows, -ib.shape[1] :])  # rows name the windows
 
 
 def test_older_items_are_what_the_user_saw_before_each_window():

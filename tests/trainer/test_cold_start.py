@@ -1,5 +1,5 @@
 """Cold-start training and selection: rare words, the content-only loss, validation on held-out
-items (ColdShelf) and the helpers of scripts/cold_start.py."""
+items (ColdShelf) and the helpers of experiments/cold_start.py."""
 
 from __future__ import annotations
 
@@ -13,19 +13,22 @@ import torch
 
 from recsys.artifact import ItemIndex
 from recsys.schema import FIRST_TOKEN, PAD, FeatureKind, FeatureSpec
+from trainer.export.add_items import add_items
 from trainer.families.content import (
     CONTENT_CHECKPOINT,
     ColdShelf,
     ContentSpec,
-    add_items,
     fit_content,
     load_content_model,
 )
+from trainer.families.next_item import TrainConfig, fit
 from trainer.models.content import ContentSASRec, ContentSASRecConfig
 from trainer.pipeline import train_and_export
-from trainer.families.next_item import TrainConfig, fit
 
-SPECS = (FeatureSpec("title", FeatureKind.TEXT), FeatureSpec("genres", FeatureKind.MULTI_CATEGORICAL, vocabulary=("A", "B")))
+SPECS = (
+    FeatureSpec("title", FeatureKind.TEXT),
+    FeatureSpec("genres", FeatureKind.MULTI_CATEGORICAL, vocabulary=("A", "B")),
+)
 ROWS = [
     {"item_id": "a", "features": {"title": "Star Wars", "genres": ["A"]}},
     {"item_id": "b", "features": {"title": "Star Trek", "genres": ["B"]}},
@@ -34,7 +37,8 @@ ROWS = [
 
 
 def load_script(name: str = "cold_start"):
-    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+    folder = "scripts" if name == "text_vectors" else "experiments"  # a user tool vs an experiment
+    path = Path(__file__).resolve().parents[2] / folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"{name}_script", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -57,8 +61,9 @@ def test_words_of_a_single_item_are_dropped_and_the_choice_travels_with_the_spec
 
 def small_model(content_loss: float) -> ContentSASRec:
     spec = ContentSpec.fit(ROWS, SPECS)
-    cfg = ContentSASRecConfig(num_items=3, max_len=4, hidden=8, heads=2, layers=1, inner=16, content_loss=content_loss,
-                              **spec.model_fields())
+    cfg = ContentSASRecConfig(
+        num_items=3, max_len=4, hidden=8, heads=2, layers=1, inner=16, content_loss=content_loss, **spec.model_fields()
+    )
     model = ContentSASRec(cfg)
     model.item_emb.set_content(*spec.encode(("a", "b", "c"), {r["item_id"]: r["features"] for r in ROWS}).tensors())
     return model
@@ -105,9 +110,23 @@ def test_the_cold_shelf_ranks_new_items_as_the_re_exported_model_serves_them(tmp
     import onnxruntime as ort
 
     d = genre_taste_data(tmp_path, users=40, known=16, history=(6, 10), first_timestamp=0)
-    cfg = TrainConfig(model="content_sasrec", epochs=3, eval_every=3, max_len=6, hidden=16, inner=32, layers=1,
-                      batch_size=32, lr=1e-2, content_loss=1.0, min_word_items=1, seed=0)  # every word: no look-alikes
-    train_and_export(d / "inter.csv", d / "trained", cfg, items=d / "items_train.csv", progress=False, log=lambda *_: None)
+    cfg = TrainConfig(
+        model="content_sasrec",
+        epochs=3,
+        eval_every=3,
+        max_len=6,
+        hidden=16,
+        inner=32,
+        layers=1,
+        batch_size=32,
+        lr=1e-2,
+        content_loss=1.0,
+        min_word_items=1,
+        seed=0,
+    )  # every word: no look-alikes
+    train_and_export(
+        d / "inter.csv", d / "trained", cfg, items=d / "items_train.csv", progress=False, log=lambda *_: None
+    )
     add_items(d / "trained", d / "items_all.csv", d / "served")
     model, spec, trained_ids = load_content_model(d / "trained.ckpt" / CONTENT_CHECKPOINT)
     _, rows, _ = fit_content(pd.read_csv(d / "items_all.csv"))
@@ -117,7 +136,7 @@ def test_the_cold_shelf_ranks_new_items_as_the_re_exported_model_serves_them(tmp
     histories = [[col[i] for i in rng.choice(trained_ids, size=int(rng.integers(1, 7)))] for _ in range(30)]
     windows = np.full((30, 6), PAD, dtype=np.int64)
     for r, h in enumerate(histories):
-        windows[r, -len(h):] = np.array(h) + FIRST_TOKEN
+        windows[r, -len(h) :] = np.array(h) + FIRST_TOKEN
     targets = rng.integers(0, 4, size=30)
     got = ColdShelf(spec, rows, shelf, windows, targets, k=2)(model)
 
@@ -146,8 +165,9 @@ def test_the_cold_shelf_counts_ties_as_half_a_place():
 
 def test_cases_are_first_interactions_with_earlier_events_of_known_items():
     script = load_script()
-    inter = pd.DataFrame({"user_id": ["u", "u", "u", "u", "v", "v", "w"],
-                          "item_id": ["a", "t", "n", "m", "n", "a", "b"]})
+    inter = pd.DataFrame(
+        {"user_id": ["u", "u", "u", "u", "v", "v", "w"], "item_id": ["a", "t", "n", "m", "n", "a", "b"]}
+    )
     col = {"a": 0, "b": 1, "m": 2, "n": 3, "t": 4}
     histories, targets, skipped = script.first_cases(inter, {"n", "m"}, col, drop={"t"})
     assert histories == [[0]] and targets == ["n"] and skipped == 1  # v starts with a new item; w never meets one
@@ -159,9 +179,15 @@ def test_the_summary_reports_the_ratio_of_the_means():
     script = load_script()
 
     def report(seed, model, base):
-        return {"seed": seed, "best_epoch": 1, "ratio_hr_vs_genre_popularity": model / base,
-                "results": {"content_sasrec": {"among_held_out": {"hr@10": model}},
-                            "genre_popularity": {"among_held_out": {"hr@10": base}}}}
+        return {
+            "seed": seed,
+            "best_epoch": 1,
+            "ratio_hr_vs_genre_popularity": model / base,
+            "results": {
+                "content_sasrec": {"among_held_out": {"hr@10": model}},
+                "genre_popularity": {"among_held_out": {"hr@10": base}},
+            },
+        }
 
     summary = script.summarise([report(0, 0.4, 0.1), report(1, 0.2, 0.1), report(2, 0.3, 0.2)], 10)
     assert summary["mean"]["content_sasrec"]["among_held_out"]["hr@10"] == pytest.approx(0.3)
@@ -171,8 +197,9 @@ def test_the_summary_reports_the_ratio_of_the_means():
 
 def test_the_content_bias_is_scored_folded_into_the_export_and_given_to_new_items():
     spec = ContentSpec.fit(ROWS, SPECS)
-    cfg = ContentSASRecConfig(num_items=3, max_len=4, hidden=8, heads=2, layers=1, inner=16, content_bias=True,
-                              **spec.model_fields())
+    cfg = ContentSASRecConfig(
+        num_items=3, max_len=4, hidden=8, heads=2, layers=1, inner=16, content_bias=True, **spec.model_fields()
+    )
     model = ContentSASRec(cfg).eval()
     rows = {r["item_id"]: r["features"] for r in ROWS}
     model.item_emb.set_content(*spec.encode(("a", "b", "c"), rows).tensors())
@@ -194,8 +221,13 @@ def test_text_vectors_are_written_as_an_item_vector_file_content_models_read(tmp
     from trainer.families.content import read_item_vectors
 
     script = load_script("text_vectors")
-    items = pd.DataFrame({"item_id": ["7", "8", "9"], "title": ["Heat (1995)", "Fargo (1996)", None],
-                          "description": ["a heist", None, "no title"]})
+    items = pd.DataFrame(
+        {
+            "item_id": ["7", "8", "9"],
+            "title": ["Heat (1995)", "Fargo (1996)", None],
+            "description": ["a heist", None, "no title"],
+        }
+    )
     seen = []
 
     def encode(texts):  # a stand-in encoder: text length and word count, unnormalised

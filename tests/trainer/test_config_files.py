@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from recsys.config import load_config, read_config_file
-from trainer.families.ranker import RANKERS, RankConfig
 from trainer.families.next_item import TrainConfig
+from trainer.families.ranker import RANKERS, RankConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
 

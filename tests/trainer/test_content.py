@@ -10,10 +10,11 @@ import torch
 
 from recsys.artifact import ItemIndex, read_manifest
 from recsys.schema import FIRST_TOKEN, PAD, FeatureKind, FeatureSpec
-from trainer.families.content import ContentSpec, add_items, read_item_vectors
+from trainer.export.add_items import add_items
+from trainer.families.content import ContentSpec, read_item_vectors
+from trainer.families.next_item import TrainConfig
 from trainer.models.content import ContentSASRec, ContentSASRecConfig
 from trainer.pipeline import train_and_export
-from trainer.families.next_item import TrainConfig
 
 SPECS = (
     FeatureSpec("title", FeatureKind.TEXT),
@@ -101,16 +102,29 @@ def test_export_view_folds_the_table_and_scores_the_same():
     with torch.no_grad():
         torch.testing.assert_close(view(x), model(x))
     with pytest.raises(ValueError, match="shape"):
-        model.item_emb.set_content(torch.zeros(3, 1), model.item_emb.words, model.item_emb.vectors, model.item_emb.known)
+        model.item_emb.set_content(
+            torch.zeros(3, 1), model.item_emb.words, model.item_emb.vectors, model.item_emb.known
+        )
 
 
 @pytest.fixture(scope="module")
 def cold_artifacts(tmp_path_factory, genre_taste_data):
     d = genre_taste_data(tmp_path_factory.mktemp("genres"))
-    cfg = TrainConfig(model="content_sasrec", epochs=12, eval_every=4, max_len=8, hidden=16, inner=32, batch_size=64,
-                      lr=1e-2, id_dropout=0.5, seed=0)
-    train_and_export(d / "inter.csv", d / "trained", cfg, items=d / "items_train.csv", progress=False,
-                     log=lambda *_: None)
+    cfg = TrainConfig(
+        model="content_sasrec",
+        epochs=12,
+        eval_every=4,
+        max_len=8,
+        hidden=16,
+        inner=32,
+        batch_size=64,
+        lr=1e-2,
+        id_dropout=0.5,
+        seed=0,
+    )
+    train_and_export(
+        d / "inter.csv", d / "trained", cfg, items=d / "items_train.csv", progress=False, log=lambda *_: None
+    )
     manifest = add_items(d / "trained", d / "items_all.csv", d / "served")
     return d, manifest
 
@@ -120,7 +134,7 @@ def test_new_items_are_added_by_re_export_without_retraining(cold_artifacts):
     d, manifest = cold_artifacts
     before, after = ItemIndex.read(d / "trained"), ItemIndex.read(d / "served")
     assert after.item_ids[: len(before.item_ids)] == before.item_ids  # existing columns unchanged
-    assert after.item_ids[len(before.item_ids):] == ("n0", "n1", "n2", "n3")
+    assert after.item_ids[len(before.item_ids) :] == ("n0", "n1", "n2", "n3")
     assert after.popularity[-4:] == (0, 0, 0, 0)
     assert manifest.task == "next_item" and manifest.model_kind == "content_sasrec"
     assert manifest.schema.item_index_sha256 == after.sha256
@@ -160,14 +174,20 @@ def test_numeric_buckets_set_how_finely_a_release_year_is_told_apart():
     """With few buckets, films of the data's last two years share a token; more buckets part them."""
     import pandas as pd
 
-    from trainer.families.content import prepare_content_model
     from trainer.data.encoding import build_item_index
+    from trainer.families.content import prepare_content_model
 
     years = [1950, 1970, 1985, 1990, 1993, 1994, 1995, 1995, 1996, 1996, 1997, 1997, 1997, 1998]
-    items = pd.DataFrame({"item_id": [str(i) for i in range(len(years))], "title": [f"film {i}" for i in range(len(years))],
-                          "year": [float(y) for y in years]})
-    interactions = pd.DataFrame({"user_id": ["u"] * len(years), "item_id": items["item_id"],
-                                 "timestamp": range(len(years))})
+    items = pd.DataFrame(
+        {
+            "item_id": [str(i) for i in range(len(years))],
+            "title": [f"film {i}" for i in range(len(years))],
+            "year": [float(y) for y in years],
+        }
+    )
+    interactions = pd.DataFrame(
+        {"user_id": ["u"] * len(years), "item_id": items["item_id"], "timestamp": range(len(years))}
+    )
     index = build_item_index(interactions, items)
     sequences = [np.arange(len(years), dtype=np.int64) + FIRST_TOKEN]
 

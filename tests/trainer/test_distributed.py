@@ -19,16 +19,28 @@ import torch
 
 from recsys.cli import _without_nproc
 from trainer import distributed, pipeline
+from trainer.data.encoding import build_item_index, encode_histories
 from trainer.data.tables import load_tables
 from trainer.distributed import Dist
-from trainer.data.encoding import build_item_index, encode_histories
-from trainer.pipeline import train_and_export
 from trainer.families.next_item import TrainConfig, fit
+from trainer.pipeline import train_and_export
 
 TOLERANCE = 0.06  # absolute, on NDCG@10 and HR@10 (both near 0.75 here)
-SETTINGS = {"epochs": 9, "batch_size": 32, "max_len": 10, "hidden": 32, "heads": 2, "layers": 1, "inner": 64,
-            "dropout": 0.1, "lr": 5e-3, "eval_every": 3, "patience": 3, "seed": 0,
-            "refit_epochs": 1}  # refit after selection: every rank must take rank 0's weights
+SETTINGS = {
+    "epochs": 9,
+    "batch_size": 32,
+    "max_len": 10,
+    "hidden": 32,
+    "heads": 2,
+    "layers": 1,
+    "inner": 64,
+    "dropout": 0.1,
+    "lr": 5e-3,
+    "eval_every": 3,
+    "patience": 3,
+    "seed": 0,
+    "refit_epochs": 1,
+}  # refit after selection: every rank must take rank 0's weights
 
 
 def test_shards_are_disjoint_and_cover_the_batch():
@@ -76,9 +88,28 @@ def test_two_ranks_match_one_process(ring_data, tmp_path):
     recsys = [sys.executable, "-m", "recsys.cli"]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     run = subprocess.run(
-        [*recsys, "train", "--interactions", str(ring_data["train"]), "--out", str(tmp_path / "two"),
-         "--config", str(config), "--epochs", "9", "--seed", "0", "--quiet", "--nproc", "2"],
-        capture_output=True, text=True, timeout=300, env=env, check=False,
+        [
+            *recsys,
+            "train",
+            "--interactions",
+            str(ring_data["train"]),
+            "--out",
+            str(tmp_path / "two"),
+            "--config",
+            str(config),
+            "--epochs",
+            "9",
+            "--seed",
+            "0",
+            "--quiet",
+            "--nproc",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())

@@ -11,9 +11,9 @@ import torch
 from recsys.artifact import read_manifest
 from recsys.schema import FIRST_TOKEN, PAD
 from trainer.families.ensemble import member_configs
+from trainer.families.next_item import TrainConfig
 from trainer.models import MODELS
 from trainer.models.ensemble import Ensemble
-from trainer.families.next_item import TrainConfig
 
 NUM_ITEMS = 30
 
@@ -31,7 +31,7 @@ def test_ensemble_scores_are_the_weighted_sum_of_members_reading_their_own_lengt
     seq = torch.randint(FIRST_TOKEN, NUM_ITEMS + FIRST_TOKEN, (3, 10))
     seq[0, :4] = PAD
     with torch.no_grad():
-        expected = sum(w * m(seq[:, -m.cfg.max_len:]) for m, w in zip(members, weights))
+        expected = sum(w * m(seq[:, -m.cfg.max_len :]) for m, w in zip(members, weights))
         np.testing.assert_allclose(ensemble(seq).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
         # encode . output_embeddings + bias is the same score: what the ANN user encoder relies on
         hidden = ensemble.encode(seq)[:, -1, :]
@@ -40,25 +40,33 @@ def test_ensemble_scores_are_the_weighted_sum_of_members_reading_their_own_lengt
 
 
 def test_members_inherit_the_ensemble_settings_and_get_their_own_seeds():
-    cfg = TrainConfig(model="ensemble", seed=2, max_len=20, dropout=0.4,
-                      members=({"model": "sasrec", "max_len": 8}, {"model": "gru4rec", "dropout": 0.1}))
+    cfg = TrainConfig(
+        model="ensemble",
+        seed=2,
+        max_len=20,
+        dropout=0.4,
+        members=({"model": "sasrec", "max_len": 8}, {"model": "gru4rec", "dropout": 0.1}),
+    )
     sasrec, gru = member_configs(cfg)
     assert (sasrec.model, sasrec.max_len, sasrec.dropout, sasrec.seed) == ("sasrec", 8, 0.4, 4)
     assert (gru.model, gru.max_len, gru.dropout, gru.seed) == ("gru4rec", 20, 0.1, 5)
     assert sasrec.members == () and gru.members == ()
 
 
-@pytest.mark.parametrize("members, message", [
-    ((), "needs `members`"),
-    (({"dropout": 0.1},), "at least a `model` key"),
-    (({"model": "ensemble"},), "cannot be ensembles"),
-    (({"model": "content_sasrec"},), "cannot be ensembles or content models"),
-    (({"model": "sasrec", "hidden_size": 8},), "unknown setting"),
-    (({"model": "sasrec", "seed": 3},), "take their seeds from the ensemble"),
-    (({"model": "sasrec", "max_len": 99},), "raise the ensemble's max_len"),
-    (({"model": "sasrec", "lr": -1},), "lr must be > 0"),
-    (({"model": "sasrec", "max_len": 20}, {"model": "gru4rec", "max_len": 30}), "must be its longest member's"),
-])
+@pytest.mark.parametrize(
+    "members, message",
+    [
+        ((), "needs `members`"),
+        (({"dropout": 0.1},), "at least a `model` key"),
+        (({"model": "ensemble"},), "cannot be ensembles"),
+        (({"model": "content_sasrec"},), "cannot be ensembles or content models"),
+        (({"model": "sasrec", "hidden_size": 8},), "unknown setting"),
+        (({"model": "sasrec", "seed": 3},), "take their seeds from the ensemble"),
+        (({"model": "sasrec", "max_len": 99},), "raise the ensemble's max_len"),
+        (({"model": "sasrec", "lr": -1},), "lr must be > 0"),
+        (({"model": "sasrec", "max_len": 20}, {"model": "gru4rec", "max_len": 30}), "must be its longest member's"),
+    ],
+)
 def test_bad_members_are_refused_by_name(members, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(model="ensemble", max_len=50, members=members).check()

@@ -14,8 +14,8 @@ from recsys.artifact import ItemIndex, read_manifest, verify_files
 from recsys.schema import FIRST_TOKEN, PAD, FeatureSchema
 from trainer.export import onnx as export_module
 from trainer.export.next_item import ExportError, ExportInputs, export_artifact
-from trainer.models import MODELS
 from trainer.families.next_item import TrainConfig
+from trainer.models import MODELS
 
 
 def small_model(name="sasrec", num_items=25, max_len=12):
@@ -27,11 +27,15 @@ def inputs(num_items=25, max_len=12):
     ids = tuple(f"i{i}" for i in range(num_items))
     index = ItemIndex(ids, tuple(f"Title {i}" for i in range(num_items)), tuple(range(num_items, 0, -1)))
     return ExportInputs(
-        model_kind="sasrec", max_len=max_len, item_index=index,
+        model_kind="sasrec",
+        max_len=max_len,
+        item_index=index,
         schema=FeatureSchema(max_history=max_len, item_index_sha256=index.sha256),
         histories=[{"user_id": "u1", "item_ids": ["i1", "i2"], "timestamps": [1, 2]}],
-        users=[], items=[{"item_id": "i1", "features": {"title": "Title 1"}}],
-        training={"config": {"seed": 0}}, metrics={"valid_ndcg@10": 0.5},
+        users=[],
+        items=[{"item_id": "i1", "features": {"title": "Title 1"}}],
+        training={"config": {"seed": 0}},
+        metrics={"valid_ndcg@10": 0.5},
     )
 
 

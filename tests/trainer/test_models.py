@@ -5,8 +5,8 @@ import torch
 
 from recsys.schema import FIRST_TOKEN, PAD
 from trainer.families.losses import next_item_loss
-from trainer.models import MODELS
 from trainer.families.next_item import TrainConfig
+from trainer.models import MODELS
 
 NUM_ITEMS, MAX_LEN = 30, 8
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recsys.artifact import read_manifest
-from trainer.models import MODELS
+from trainer.families.next_item import TrainConfig
 from trainer.families.private import (
     PrivacyConfig,
     UntiedNextItem,
@@ -18,7 +18,7 @@ from trainer.families.private import (
     per_user_loss,
     user_windows,
 )
-from trainer.families.next_item import TrainConfig
+from trainer.models import MODELS
 
 pytest.importorskip("opacus")
 
@@ -98,9 +98,22 @@ def test_cli_refuses_private_training_of_unsupported_models(ring_data, tmp_path)
 
     from recsys.cli import main
 
-    result = CliRunner().invoke(main, ["train", "--interactions", str(ring_data["train"]), "--out", str(tmp_path / "a"),
-                                       "--model", "gru4rec", "--private"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--interactions",
+            str(ring_data["train"]),
+            "--out",
+            str(tmp_path / "a"),
+            "--model",
+            "gru4rec",
+            "--private",
+        ],
+    )
     assert result.exit_code == 2 and "--private trains sasrec" in result.output
-    result = CliRunner().invoke(main, ["add-items", "--artifact", str(tmp_path), "--items", str(ring_data["items"]),
-                                       "--out", str(tmp_path / "b")])
+    result = CliRunner().invoke(
+        main,
+        ["add-items", "--artifact", str(tmp_path), "--items", str(ring_data["items"]), "--out", str(tmp_path / "b")],
+    )
     assert result.exit_code == 1 and "not a recsys artifact" in result.output

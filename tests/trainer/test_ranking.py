@@ -20,11 +20,11 @@ import torch
 
 from recsys.artifact import read_jsonl, read_manifest, verify_files
 from recsys.schema import FIRST_TOKEN, PAD, FeatureSchema
-from trainer.data.tables import load_tables
-from trainer.models.fields import FieldEmbedding, FieldLayout
-from trainer.families.ranker import RANKERS, RankConfig, predict, train_ranker
 from trainer.data.examples import TEST, TRAIN, FeatureEncoder, build_ranking_data
+from trainer.data.tables import load_tables
 from trainer.export.ranker import export_ranker
+from trainer.families.ranker import RANKERS, RankConfig, predict, train_ranker
+from trainer.models.fields import FieldEmbedding, FieldLayout
 
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 SMALL = dict(dim=8, mlp="32", batch_size=64, epochs=12, patience=12, lr=1e-2, history_len=6, threads=1)
@@ -47,12 +47,22 @@ def write_genre_data(directory: Path, users: int = 60, items: int = 40, seed: in
     directory.mkdir(parents=True, exist_ok=True)
     paths = {k: directory / f"{k}.csv" for k in ("interactions", "users", "items")}
     pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"]).to_csv(paths["interactions"], index=False)
-    pd.DataFrame({"user_id": [f"u{u}" for u in range(users)], "age": rng.integers(18, 70, users),
-                  "gender": rng.choice(["F", "M"], users),
-                  "occupation": [f"job{u % 4}" for u in range(users)]}).to_csv(paths["users"], index=False)
-    pd.DataFrame({"item_id": [f"i{i}" for i in range(items)], "title": [f"Film {i}" for i in range(items)],
-                  "year": rng.integers(1950, 2000, items),
-                  "genres": ["|".join(g) for g in item_genres]}).to_csv(paths["items"], index=False)
+    pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in range(users)],
+            "age": rng.integers(18, 70, users),
+            "gender": rng.choice(["F", "M"], users),
+            "occupation": [f"job{u % 4}" for u in range(users)],
+        }
+    ).to_csv(paths["users"], index=False)
+    pd.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(items)],
+            "title": [f"Film {i}" for i in range(items)],
+            "year": rng.integers(1950, 2000, items),
+            "genres": ["|".join(g) for g in item_genres],
+        }
+    ).to_csv(paths["items"], index=False)
     return paths
 
 
@@ -65,8 +75,10 @@ def tables(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(tables):
     """One trained run per model, shared by the learning and export tests."""
-    return {name: train_ranker(RankConfig(model=name, **SMALL), tables=tables, progress=False, log=lambda *_: None)
-            for name in RANKERS}
+    return {
+        name: train_ranker(RankConfig(model=name, **SMALL), tables=tables, progress=False, log=lambda *_: None)
+        for name in RANKERS
+    }
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +125,10 @@ def test_features_go_through_the_schema_encoders(runs, tables):
     users = tables.users.set_index("user_id")
     gender, occupation, age = schema.user_spec("gender"), schema.user_spec("occupation"), schema.user_spec("age")
     for row, user in enumerate(data.user_ids):
-        assert data.user_cat[row].tolist() == [gender.encode_category(users.loc[user, "gender"]),
-                                               occupation.encode_category(users.loc[user, "occupation"])]
+        assert data.user_cat[row].tolist() == [
+            gender.encode_category(users.loc[user, "gender"]),
+            occupation.encode_category(users.loc[user, "occupation"]),
+        ]
         assert data.user_num[row, 0] == pytest.approx(age.encode_numeric(float(users.loc[user, "age"])))
     genres = schema.item_spec("genres")
     items = tables.items.set_index("item_id")
@@ -157,8 +171,16 @@ def test_implicit_negatives_are_unseen_items_with_their_positives_split(tables, 
 
     index = build_item_index(tables.interactions, tables.items)
     schema = FeatureSchema()
-    data = build_ranking_data(tables, index, schema, FeatureEncoder.from_schema(schema, 1, 3), label="implicit",
-                              negatives=2, negative_sampling=sampling, seed=3)
+    data = build_ranking_data(
+        tables,
+        index,
+        schema,
+        FeatureEncoder.from_schema(schema, 1, 3),
+        label="implicit",
+        negatives=2,
+        negative_sampling=sampling,
+        seed=3,
+    )
     n = len(tables.interactions)
     assert len(data.label) == 3 * n and data.label[:n].all() and not data.label[n:].any()
     seen = set(zip(data.user_row[:n].tolist(), data.item[:n].tolist()))
@@ -170,8 +192,14 @@ def test_implicit_negatives_are_unseen_items_with_their_positives_split(tables, 
 
 
 def test_implicit_labels_train_a_ranker(tables):
-    cfg = RankConfig(model="deepfm", label="implicit", negatives=2, negative_sampling="popularity",
-                     class_weight="balanced", **{**SMALL, "epochs": 6})
+    cfg = RankConfig(
+        model="deepfm",
+        label="implicit",
+        negatives=2,
+        negative_sampling="popularity",
+        class_weight="balanced",
+        **{**SMALL, "epochs": 6},
+    )
     run = train_ranker(cfg, tables=tables, progress=False, log=lambda *_: None)
     assert run.test_metrics["test_auc"] > 0.6
 
@@ -180,8 +208,14 @@ def test_field_embedding_ignores_padding_and_handles_empty_history():
     torch.manual_seed(0)
     layout = FieldLayout(num_items=5, user_cat=(4,), item_multi=(6,), history=True, history_attention=True)
     emb = FieldEmbedding(layout, 4)
-    args = dict(user_cat=torch.tensor([[2]]), user_num=None, item_id=torch.tensor([3]), item_cat=None,
-                item_num=None, item_multi=torch.tensor([[[2, 3, 0]]]))
+    args = dict(
+        user_cat=torch.tensor([[2]]),
+        user_num=None,
+        item_id=torch.tensor([3]),
+        item_cat=None,
+        item_num=None,
+        item_multi=torch.tensor([[[2, 3, 0]]]),
+    )
     short = emb(**args, history=torch.tensor([[4, 5]]))
     padded = emb(**{**args, "item_multi": torch.tensor([[[2, 3, 0]]])}, history=torch.tensor([[0, 0, 4, 5]]))
     torch.testing.assert_close(short, padded)
@@ -197,9 +231,13 @@ def test_export_matches_torch_and_describes_its_inputs(artifacts, name):
     verify_files(directory, loaded)
     assert loaded.task == ("rating" if name == "rating" else "rank") and loaded.output == "score"
     assert [(i.name, i.source, i.dtype) for i in loaded.inputs] == [
-        ("user_cat", "user.cat", "int64"), ("user_num", "user.num", "float32"), ("item_id", "item.id", "int64"),
-        ("item_num", "item.num", "float32"), ("item_multi", "item.multi", "int64"),
-        ("history", "user.history", "int64")]  # no item categorical features: no item_cat input
+        ("user_cat", "user.cat", "int64"),
+        ("user_num", "user.num", "float32"),
+        ("item_id", "item.id", "int64"),
+        ("item_num", "item.num", "float32"),
+        ("item_multi", "item.multi", "int64"),
+        ("history", "user.history", "int64"),
+    ]  # no item categorical features: no item_cat input
     session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == [i.name for i in loaded.inputs]
     assert [o.name for o in session.get_outputs()] == ["score"]
@@ -241,8 +279,9 @@ def test_serving_side_rebuilds_the_inputs_from_the_artifact_alone(runs, artifact
         "user_cat": [[schema.user_spec(n).encode_category(u.get(n)) for n in names["user_cat"]]] * 7,
         "user_num": [[schema.user_spec(n).encode_numeric(u.get(n)) for n in names["user_num"]]] * 7,
         "item_id": [token[i] for i in candidates],
-        "item_num": [[schema.item_spec(n).encode_numeric(items[i].get(n)) for n in names["item_num"]]
-                     for i in candidates],
+        "item_num": [
+            [schema.item_spec(n).encode_numeric(items[i].get(n)) for n in names["item_num"]] for i in candidates
+        ],
         "item_multi": [[multi(items[i], n) for n in names["item_multi"]] for i in candidates],
         "history": [[PAD] * (L - len(recent)) + recent] * 7,
     }

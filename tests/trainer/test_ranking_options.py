@@ -13,12 +13,12 @@ from recsys.artifact import read_manifest, read_user_index, verify_files
 from recsys.schema import FIRST_TOKEN, OOV
 from tests.trainer.test_ranking import SMALL, write_genre_data
 from trainer import loop as loop_module
-from trainer.families import ranker as ranking_module
 from trainer.checkpoint import load_checkpoint
-from trainer.data.tables import load_tables
-from trainer.families.ranker import RankConfig, batch_inputs, predict, train_ranker
 from trainer.data.examples import TRAIN, build_ranking_data
+from trainer.data.tables import load_tables
 from trainer.export.ranker import export_ranker
+from trainer.families import ranker as ranking_module
+from trainer.families.ranker import RankConfig, batch_inputs, predict, train_ranker
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,15 @@ def quiet(cfg, tables, **kw):
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_resume_after_a_crash_reaches_the_same_ranker(tables, tmp_path, monkeypatch, ema):
-    cfg = RankConfig(model="dcn", **{**SMALL, "epochs": 4, "patience": 4}, optimizer="adamw", weight_decay=1e-3,
-                     schedule="warmup_cosine", warmup_epochs=1, ema=ema)
+    cfg = RankConfig(
+        model="dcn",
+        **{**SMALL, "epochs": 4, "patience": 4},
+        optimizer="adamw",
+        weight_decay=1e-3,
+        schedule="warmup_cosine",
+        warmup_epochs=1,
+        ema=ema,
+    )
     straight = quiet(cfg, tables, checkpoint_dir=tmp_path / "a")
     real_save = loop_module.save_checkpoint
 
@@ -57,8 +64,12 @@ def test_resume_after_a_crash_reaches_the_same_ranker(tables, tmp_path, monkeypa
         torch.testing.assert_close(a, b)
 
     with pytest.raises(ValueError, match="another config"):
-        quiet(RankConfig(model="dcn", **{**SMALL, "epochs": 4, "lr": 0.02}), tables, checkpoint_dir=tmp_path / "b",
-              resume=True)
+        quiet(
+            RankConfig(model="dcn", **{**SMALL, "epochs": 4, "lr": 0.02}),
+            tables,
+            checkpoint_dir=tmp_path / "b",
+            resume=True,
+        )
 
 
 def test_a_schedule_and_another_init_train_a_ranker(tables):
@@ -83,7 +94,10 @@ def test_balanced_class_weights_raise_the_rare_class_scores(tables):
     plain, weighted = quiet(RankConfig(**base), tables), quiet(RankConfig(**base, class_weight="balanced"), tables)
     rows = plain.data.rows(TRAIN)
     assert plain.data.label[rows].mean() < 0.35
-    assert predict(weighted.fit.model, weighted.data, rows).mean() > predict(plain.fit.model, plain.data, rows).mean() + 0.1
+    assert (
+        predict(weighted.fit.model, weighted.data, rows).mean()
+        > predict(plain.fit.model, plain.data, rows).mean() + 0.1
+    )
 
 
 def test_popularity_negatives_follow_training_counts(tables):
@@ -95,8 +109,9 @@ def test_popularity_negatives_follow_training_counts(tables):
     enc = FeatureEncoder.from_schema(schema, 2, 6)
     counts, positives = {}, None
     for sampling in ("uniform", "popularity"):
-        data = build_ranking_data(tables, index, schema, enc, label="implicit", negatives=4,
-                                  negative_sampling=sampling, seed=0)
+        data = build_ranking_data(
+            tables, index, schema, enc, label="implicit", negatives=4, negative_sampling=sampling, seed=0
+        )
         n = len(index.item_ids) + FIRST_TOKEN
         counts[sampling] = np.bincount(data.item[data.label == 0], minlength=n)[FIRST_TOKEN:]
         positives = np.bincount(data.item[(data.label == 1) & (data.split == TRAIN)], minlength=n)[FIRST_TOKEN:]
@@ -141,7 +156,12 @@ def test_user_id_field_exports_and_serves_through_the_user_index(tables, tmp_pat
     np.testing.assert_allclose(session.run(["score"], feeds)[0], expected, atol=1e-5)
     # the user's side goes in once for all 5 candidates (its history pooled once), and scores
     # exactly like one copy per candidate row
-    assert {i.source for i in manifest.inputs if i.shape[0] == "users"} == {"user.cat", "user.num", "user.history", "user.id"} & {i.source for i in manifest.inputs}
+    assert {i.source for i in manifest.inputs if i.shape[0] == "users"} == {
+        "user.cat",
+        "user.num",
+        "user.history",
+        "user.id",
+    } & {i.source for i in manifest.inputs}
     assert all(len(feeds[inputs.names[s]]) == 1 for s in inputs.shared_user_rows) and len(feeds["item_id"]) == 5
     per_row = inputs.feeds(raw.get(user, {}), history, tokens, user, row_per_candidate=True)
     assert all(len(v) == 5 for v in per_row.values())
@@ -162,15 +182,22 @@ def test_ordinal_training_uses_every_rating_level_and_serves_p_of_the_threshold(
     # one logit, every level: rating 3 is a positive for t <= 3 and a negative above
     logits = torch.zeros(1)
     with torch.no_grad():
-        expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(offsets),
-                                                                        torch.tensor([1.0, 1.0, 0.0, 0.0]))
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(
+            torch.tensor(offsets), torch.tensor([1.0, 1.0, 0.0, 0.0])
+        )
         torch.testing.assert_close(loss(logits, torch.tensor([3.0])), expected)
 
 
 def test_fit_ranker_refuses_bad_option_values(tables):
-    for bad in ({"schedule": "linear"}, {"init": "he"}, {"warmup_epochs": -1},
-                {"ordinal": True, "label": "implicit"}, {"ordinal": True, "class_weight": "balanced"},
-                {"ema": 1.0}, {"ema": -0.1}):
+    for bad in (
+        {"schedule": "linear"},
+        {"init": "he"},
+        {"warmup_epochs": -1},
+        {"ordinal": True, "label": "implicit"},
+        {"ordinal": True, "class_weight": "balanced"},
+        {"ema": 1.0},
+        {"ema": -0.1},
+    ):
         with pytest.raises(ValueError):
             RankConfig(**bad).check()
 
@@ -194,4 +221,3 @@ def _rows(path):
     import json
 
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-

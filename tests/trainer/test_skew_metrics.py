@@ -52,8 +52,9 @@ def test_evaluate_reports_long_tail_exposure(trained_artifact, ring_data):
     assert result["tail_cases"] == int(test["item_id"].isin(tail).sum())
     assert 0.0 <= result["gini@5"] < 1.0 and 0.0 <= result["tail_share@5"] <= 1.0
     assert 0.0 <= result["tail_recall@5"] <= 1.0 and 0.0 < result["coverage@5"] <= 1.0
-    out = CliRunner().invoke(main, ["evaluate", "--artifact", str(trained_artifact), "--test", str(ring_data["test"]),
-                                    "--k", "5", "--json"])
+    out = CliRunner().invoke(
+        main, ["evaluate", "--artifact", str(trained_artifact), "--test", str(ring_data["test"]), "--k", "5", "--json"]
+    )
     assert out.exit_code == 0, out.output
     printed = json.loads(out.output.splitlines()[-1])
     assert printed["gini@5"] == pytest.approx(result["gini@5"]) and "tail_recall@5" in out.output

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainer.data.synth import SynthConfig, generate, item_topics, write_synth
+from trainer.synth import SynthConfig, generate, item_topics, write_synth
 
 CFG = SynthConfig(items=500, users=300, interactions=12_000, chunk_users=64, follow=0.6, successors=4, topics=0, seed=3)
 
@@ -68,8 +68,9 @@ def test_topics_are_written_as_an_item_category(tmp_path):
 
 
 def test_topics_give_users_tastes_without_clustering_everything():
-    cfg = SynthConfig(items=4000, users=500, interactions=60_000, topics=40, user_topics=3, taste=0.7, chunk_users=128,
-                      seed=2)
+    cfg = SynthConfig(
+        items=4000, users=500, interactions=60_000, topics=40, user_topics=3, taste=0.7, chunk_users=128, seed=2
+    )
     users, items, _ = collect(cfg)
     topic = item_topics(cfg)
     assert topic.shape == (cfg.items,) and set(np.unique(topic)) == set(range(cfg.topics))
@@ -90,7 +91,7 @@ def test_sparse_sampled_softmax_matches_the_shared_loss():
 
     from trainer.families.losses import NegativeSampler, next_item_loss
     from trainer.models import SASRec, SASRecConfig
-    from trainer.data.synth import _sampled_softmax
+    from trainer.synth import _sampled_softmax
 
     torch.manual_seed(0)
     model = SASRec(SASRecConfig(num_items=50, max_len=6, hidden=8, heads=2, layers=1, inner=16, dropout=0.0))
@@ -102,8 +103,11 @@ def test_sparse_sampled_softmax_matches_the_shared_loss():
         model.zero_grad()
         model.item_emb.sparse = sparse
         torch.manual_seed(1)  # same negatives for both
-        loss = (_sampled_softmax(model, x, y, sampler, 20) if sparse
-                else next_item_loss(model, x, y, loss="sampled_softmax", sampler=sampler, negatives=20))
+        loss = (
+            _sampled_softmax(model, x, y, sampler, 20)
+            if sparse
+            else next_item_loss(model, x, y, loss="sampled_softmax", sampler=sampler, negatives=20)
+        )
         loss.backward()
         grad = model.item_emb.weight.grad
         assert grad.is_sparse == sparse
@@ -115,12 +119,25 @@ def test_sparse_sampled_softmax_matches_the_shared_loss():
 def test_synthetic_artifact_learns_and_records_its_tuned_index(tmp_path):
     import json
 
-    from trainer.data.synth import train_synth_artifact
+    from trainer.synth import train_synth_artifact
 
     cfg = SynthConfig(items=3000, users=400, interactions=16_000, topics=30, chunk_users=200, seed=0)
-    manifest = train_synth_artifact(cfg, tmp_path / "a", steps=60, batch_size=64, hidden=16, max_len=10, negatives=64,
-                                    valid_users=200, export_users=150, ann="on", target_recall=0.9, recall_users=100,
-                                    threads=1, log=lambda *_: None)
+    manifest = train_synth_artifact(
+        cfg,
+        tmp_path / "a",
+        steps=60,
+        batch_size=64,
+        hidden=16,
+        max_len=10,
+        negatives=64,
+        valid_users=200,
+        export_users=150,
+        ann="on",
+        target_recall=0.9,
+        recall_users=100,
+        threads=1,
+        log=lambda *_: None,
+    )
     valid = manifest.metrics["valid"]
     assert valid["users"] == 200 and 0 <= valid["hr@10"] <= 1 and "popularity_hr@10" in valid
     spec = json.loads((tmp_path / "a" / "retrieval.json").read_text())

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from recsys.schema import FIRST_TOKEN
-from trainer.checkpoint import load_checkpoint
 from trainer import loop as train_module
+from trainer.checkpoint import load_checkpoint
 from trainer.families.next_item import TrainConfig, fit, score_histories
 from trainer.loop import lr_factor
 
@@ -115,8 +115,14 @@ def test_ema_validates_and_keeps_the_moving_average_not_the_last_weights(monkeyp
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     fit(TrainConfig(epochs=1, **SMALL), ring_sequences(), NUM_ITEMS, progress=False, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="another config"):
-        fit(TrainConfig(epochs=2, **{**SMALL, "hidden": 8}), ring_sequences(), NUM_ITEMS, progress=False,
-            checkpoint_dir=tmp_path, resume=True)
+        fit(
+            TrainConfig(epochs=2, **{**SMALL, "hidden": 8}),
+            ring_sequences(),
+            NUM_ITEMS,
+            progress=False,
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
 
 
 def test_length_bucketed_batches_train_as_well():

@@ -19,8 +19,18 @@ from recsys.v1 import features_pb2, features_pb2_grpc, inference_pb2, inference_
 from trainer.models.fields import FieldLayout
 from trainer.models.two_tower import TwoTower, TwoTowerConfig
 
-SMALL = {"history_len": 10, "dim": 16, "field_dim": 16, "hidden": 32, "batch_size": 64, "lr": 1e-2, "epochs": 12,
-         "patience": 4, "seed": 0, "threads": 1}
+SMALL = {
+    "history_len": 10,
+    "dim": 16,
+    "field_dim": 16,
+    "hidden": 32,
+    "batch_size": 64,
+    "lr": 1e-2,
+    "epochs": 12,
+    "patience": 4,
+    "seed": 0,
+    "threads": 1,
+}
 
 
 def small_model() -> TwoTower:
@@ -30,8 +40,9 @@ def small_model() -> TwoTower:
 
 def test_towers_give_unit_vectors_and_all_pad_histories_give_no_nan():
     model = small_model()
-    u = model.user_vectors(torch.tensor([[1], [2]]), torch.tensor([[0.5], [-1.0]]),
-                           torch.tensor([[PAD] * 5, [PAD, PAD, 3, 4, 5]]))
+    u = model.user_vectors(
+        torch.tensor([[1], [2]]), torch.tensor([[0.5], [-1.0]]), torch.tensor([[PAD] * 5, [PAD, PAD, 3, 4, 5]])
+    )
     v = model.item_vectors(torch.arange(FIRST_TOKEN, 8), None, None, torch.randint(0, 5, (6, 1, 3)))
     assert u.shape == (2, 8) and v.shape == (6, 8) and torch.isfinite(u).all()
     torch.testing.assert_close(u.norm(dim=-1), torch.ones(2))
@@ -40,9 +51,9 @@ def test_towers_give_unit_vectors_and_all_pad_histories_give_no_nan():
 
 
 def test_in_batch_loss_masks_copies_of_the_positive_and_applies_log_q(ring_data):
-    from trainer.data.tables import load_tables
     from trainer.data.encoding import build_item_index, build_schema
     from trainer.data.examples import FeatureEncoder
+    from trainer.data.tables import load_tables
     from trainer.families.two_tower import RetrievalConfig, build_retrieval_data, in_batch_loss
 
     tables = load_tables(ring_data["train"], ring_data["users"], ring_data["items"])
@@ -73,12 +84,19 @@ def test_in_batch_loss_masks_copies_of_the_positive_and_applies_log_q(ring_data)
 
 @pytest.fixture(scope="module")
 def two_tower_artifact(ring_data, tmp_path_factory):
-    from trainer.families.two_tower import RetrievalConfig
     from trainer.export.two_tower import train_and_export_two_tower
+    from trainer.families.two_tower import RetrievalConfig
 
     out = tmp_path_factory.mktemp("two_tower") / "two_tower"
-    train_and_export_two_tower(RetrievalConfig(**SMALL), ring_data["train"], out, users=ring_data["users"],
-                               items=ring_data["items"], progress=False, log=lambda *_: None)
+    train_and_export_two_tower(
+        RetrievalConfig(**SMALL),
+        ring_data["train"],
+        out,
+        users=ring_data["users"],
+        items=ring_data["items"],
+        progress=False,
+        log=lambda *_: None,
+    )
     return out
 
 
@@ -93,10 +111,16 @@ def test_two_tower_learns_the_ring_and_exports_a_consistent_artifact(two_tower_a
     assert manifest.metrics["valid_ndcg@10"] > 0.3  # next ring item among 40: chance is ~0.07
     # the ANN pieces: user_tower.onnx . item_embeddings.npy == model.onnx's scores
     emb = np.load(two_tower_artifact / "item_embeddings.npy")
-    assert emb.shape == (manifest.num_items, manifest.training["retrieval"]["dim"]) and "item_embeddings.npy" in manifest.files
+    assert (
+        emb.shape == (manifest.num_items, manifest.training["retrieval"]["dim"])
+        and "item_embeddings.npy" in manifest.files
+    )
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    feeds = {"user_cat": np.array([[2], [3]], dtype=np.int64), "user_num": np.array([[0.3], [-0.2]], dtype=np.float32),
-             "history": np.array([[PAD] * 7 + [3, 4, 5], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13]], dtype=np.int64)}
+    feeds = {
+        "user_cat": np.array([[2], [3]], dtype=np.int64),
+        "user_num": np.array([[0.3], [-0.2]], dtype=np.float32),
+        "history": np.array([[PAD] * 7 + [3, 4, 5], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13]], dtype=np.int64),
+    }
     full = ort.InferenceSession(str(two_tower_artifact / "model.onnx")).run(["scores"], feeds)[0]
     user = ort.InferenceSession(str(two_tower_artifact / "user_tower.onnx")).run(["user_vector"], feeds)[0]
     np.testing.assert_allclose(user @ emb.T, full, atol=1e-4)
@@ -108,16 +132,24 @@ def stack(request, two_tower_artifact, ring_data, tmp_path_factory):
     two-tower as its retrieval stage."""
     artifact, retrieval = two_tower_artifact, None
     if request.param:
-        from trainer.families.ranker import RankConfig
         from trainer.export.ranker import train_and_export_ranker
+        from trainer.families.ranker import RankConfig
 
         artifact, retrieval = tmp_path_factory.mktemp("ranker") / "deepfm", two_tower_artifact
         cfg = RankConfig(model="deepfm", label="implicit", negatives=2, history_len=10, epochs=2, batch_size=128)
-        train_and_export_ranker(cfg, ring_data["train"], artifact, users=ring_data["users"], items=ring_data["items"],
-                                progress=False, log=lambda *_: None)
+        train_and_export_ranker(
+            cfg,
+            ring_data["train"],
+            artifact,
+            users=ring_data["users"],
+            items=ring_data["items"],
+            progress=False,
+            log=lambda *_: None,
+        )
     fserver, fport, _, fcore = create_feature_server(artifact, "memory://")
-    iserver, iport, _, rec = create_inference_server(artifact, f"localhost:{fport}", retrieval_dir=retrieval,
-                                                     num_candidates=6)
+    iserver, iport, _, rec = create_inference_server(
+        artifact, f"localhost:{fport}", retrieval_dir=retrieval, num_candidates=6
+    )
     channel, fchannel = grpc.insecure_channel(f"localhost:{iport}"), grpc.insecure_channel(f"localhost:{fport}")
     yield inference_pb2_grpc.InferenceServiceStub(channel), features_pb2_grpc.FeatureServiceStub(fchannel), rec
     channel.close()
@@ -131,8 +163,9 @@ def stack(request, two_tower_artifact, ring_data, tmp_path_factory):
 @pytest.mark.parametrize("stack", [False], indirect=True)
 def test_served_two_tower_matches_the_onnx_model_on_the_users_features(stack, two_tower_artifact, ring_data):
     infer, features, _ = stack
-    user = features.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=["u007"], max_history=1000),
-                                    timeout=5).users[0]
+    user = features.GetUserFeatures(
+        features_pb2.GetUserFeaturesRequest(user_ids=["u007"], max_history=1000), timeout=5
+    ).users[0]
     reply = infer.Recommend(inference_pb2.RecommendRequest(user_id="u007", k=5, exclude_seen=True), timeout=5)
     assert reply.source == inference_pb2.SOURCE_MODEL
     ids = [i.item_id for i in reply.items]
@@ -145,9 +178,11 @@ def test_served_two_tower_matches_the_onnx_model_on_the_users_features(stack, tw
     raw = next(r["features"] for r in rows if r["user_id"] == "u007")
     specs = {s.name: s for s in manifest.schema.user_features}
     tokens = [index.index(i) + FIRST_TOKEN for i in user.history][-10:]
-    feeds = {"user_cat": np.array([[specs["gender"].encode_category(raw["gender"])]], dtype=np.int64),
-             "user_num": np.array([[specs["age"].encode_numeric(raw["age"])]], dtype=np.float32),
-             "history": np.array([[PAD] * (10 - len(tokens)) + tokens], dtype=np.int64)}
+    feeds = {
+        "user_cat": np.array([[specs["gender"].encode_category(raw["gender"])]], dtype=np.int64),
+        "user_num": np.array([[specs["age"].encode_numeric(raw["age"])]], dtype=np.float32),
+        "history": np.array([[PAD] * (10 - len(tokens)) + tokens], dtype=np.int64),
+    }
     expected = ort.InferenceSession(str(two_tower_artifact / "model.onnx")).run(["scores"], feeds)[0][0]
     np.testing.assert_allclose([i.score for i in reply.items], [expected[index.index(i)] for i in ids], atol=1e-5)
     scored = infer.Score(inference_pb2.ScoreRequest(user_id="u007", item_ids=ids), timeout=5)

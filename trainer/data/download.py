@@ -84,11 +84,15 @@ def download_movielens_100k(to_dir: str | Path, *, timeout_s: float = 10.0) -> d
     started = time.monotonic()
     cached = _cached(out)
     if cached is not None:
-        return {**cached, "dir": str(out), "files": _paths(out), "cached": True,
-                "seconds": round(time.monotonic() - started, 3)}
+        return {
+            **cached,
+            "dir": str(out),
+            "files": _paths(out),
+            "cached": True,
+            "seconds": round(time.monotonic() - started, 3),
+        }
     failures: list[str] = []
-    for source, fetch_tables in ((SOURCE_GROUPLENS, _grouplens_tables),
-                                 (SOURCE_PYPI, _recbole_tables)):
+    for source, fetch_tables in ((SOURCE_GROUPLENS, _grouplens_tables), (SOURCE_PYPI, _recbole_tables)):
         try:
             tables = fetch_tables(timeout_s)
         except (OSError, ValueError, zipfile.BadZipFile, KeyError, ChecksumError) as exc:
@@ -97,8 +101,13 @@ def download_movielens_100k(to_dir: str | Path, *, timeout_s: float = 10.0) -> d
             log.warning("MovieLens-100K from %s failed: %s", source, exc)
             continue
         info = _write_tables(out, tables, source)
-        return {**info, "dir": str(out), "files": _paths(out), "cached": False,
-                "seconds": round(time.monotonic() - started, 3)}
+        return {
+            **info,
+            "dir": str(out),
+            "files": _paths(out),
+            "cached": False,
+            "seconds": round(time.monotonic() - started, 3),
+        }
     raise RuntimeError("could not download MovieLens-100K; tried:\n  " + "\n  ".join(failures))
 
 
@@ -125,8 +134,7 @@ def _grouplens_tables(timeout_s: float) -> dict[str, pd.DataFrame]:
 def _recbole_tables(timeout_s: float) -> dict[str, pd.DataFrame]:
     url, index_sha = _wheel_url(timeout_s)
     if index_sha and index_sha != RECBOLE_WHEEL_SHA256:
-        raise ChecksumError(f"PyPI lists sha256 {index_sha} for {RECBOLE_WHEEL}, "
-                            f"pinned {RECBOLE_WHEEL_SHA256}")
+        raise ChecksumError(f"PyPI lists sha256 {index_sha} for {RECBOLE_WHEEL}, pinned {RECBOLE_WHEEL_SHA256}")
     wheel = _fetch(url, timeout_s)
     _check(wheel, RECBOLE_WHEEL_SHA256, url)
     kinds = {"ml-100k.inter": "interactions", "ml-100k.user": "users", "ml-100k.item": "items"}
@@ -190,8 +198,7 @@ def _write_tables(out: Path, tables: dict[str, pd.DataFrame], source: str) -> di
         data = frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
         digests[kind] = _sha256(data)
         _atomic_write(out / TABLE_FILES[kind], data)
-    info = {"source": source, "sha256": digests,
-            **{kind: len(frame) for kind, frame in frames.items()}}
+    info = {"source": source, "sha256": digests, **{kind: len(frame) for kind, frame in frames.items()}}
     # Last: a marker exists only once every table it vouches for is in place.
     _atomic_write(out / MARKER, json.dumps(info, indent=2, sort_keys=True).encode())
     return info

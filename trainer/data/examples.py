@@ -84,12 +84,17 @@ class RankingData:
         return int(self.user_token.max(initial=OOV)) + 1
 
 
-def _encode_tables(tables: Tables, index: ItemIndex, schema: FeatureSchema, encoder: FeatureEncoder,
-                   user_ids: list[str]) -> dict[str, np.ndarray]:
-    user_feats = {r["user_id"]: r["features"] for r in
-                  (feature_rows(tables.users, schema.user_features, "user_id") if tables.users is not None else ())}
-    item_feats = {r["item_id"]: r["features"] for r in
-                  (feature_rows(tables.items, schema.item_features, "item_id") if tables.items is not None else ())}
+def _encode_tables(
+    tables: Tables, index: ItemIndex, schema: FeatureSchema, encoder: FeatureEncoder, user_ids: list[str]
+) -> dict[str, np.ndarray]:
+    user_feats = {
+        r["user_id"]: r["features"]
+        for r in (feature_rows(tables.users, schema.user_features, "user_id") if tables.users is not None else ())
+    }
+    item_feats = {
+        r["item_id"]: r["features"]
+        for r in (feature_rows(tables.items, schema.item_features, "item_id") if tables.items is not None else ())
+    }
     users = [encoder.encode_user(user_feats.get(u, {})) for u in user_ids]
     n = len(index.item_ids) + FIRST_TOKEN
     item_cat = np.full((n, len(encoder.item_cat)), PAD, dtype=np.int64)
@@ -103,7 +108,9 @@ def _encode_tables(tables: Tables, index: ItemIndex, schema: FeatureSchema, enco
     return {
         "user_cat": np.array([c for c, _ in users], dtype=np.int64).reshape(len(users), len(encoder.user_cat)),
         "user_num": np.array([x for _, x in users], dtype=np.float32).reshape(len(users), len(encoder.user_num)),
-        "item_cat": item_cat, "item_num": item_num, "item_multi": item_multi,
+        "item_cat": item_cat,
+        "item_num": item_num,
+        "item_multi": item_multi,
     }
 
 
@@ -111,15 +118,28 @@ def longest_multi(tables: Tables, schema: FeatureSchema, cap: int) -> int:
     """The most tokens any item has in one multi-valued feature, at most `cap` (at least 1)."""
     if tables.items is None:
         return 1
-    lengths = [len(v) for r in feature_rows(tables.items, schema.item_features, "item_id")
-               for v in r["features"].values() if isinstance(v, list)]
+    lengths = [
+        len(v)
+        for r in feature_rows(tables.items, schema.item_features, "item_id")
+        for v in r["features"].values()
+        if isinstance(v, list)
+    ]
     return max(1, min(cap, max(lengths, default=1)))
 
 
-def build_ranking_data(tables: Tables, index: ItemIndex, schema: FeatureSchema, encoder: FeatureEncoder, *,
-                       label: str = "threshold", threshold: float = 4.0, negatives: int = 1,
-                       negative_sampling: str = "uniform", shares: tuple[float, float] = (0.1, 0.1),
-                       seed: int = 0) -> RankingData:
+def build_ranking_data(
+    tables: Tables,
+    index: ItemIndex,
+    schema: FeatureSchema,
+    encoder: FeatureEncoder,
+    *,
+    label: str = "threshold",
+    threshold: float = 4.0,
+    negatives: int = 1,
+    negative_sampling: str = "uniform",
+    shares: tuple[float, float] = (0.1, 0.1),
+    seed: int = 0,
+) -> RankingData:
     """Encodes the tables and builds labelled examples split train/validation/test.
 
     `shares` are the validation and test shares of events (the rest trains). Raises ValueError
@@ -162,9 +182,19 @@ def build_ranking_data(tables: Tables, index: ItemIndex, schema: FeatureSchema, 
     trained[users[split == TRAIN]] = True
     user_token = np.full(len(user_ids), OOV, dtype=np.int64)
     user_token[trained] = np.arange(int(trained.sum())) + FIRST_TOKEN
-    return RankingData(encoder=encoder, num_items=len(index.item_ids), user_ids=user_ids, **encoded,
-                       user_token=user_token, user_row=users, item=items, history=history, label=labels, split=split,
-                       rating=raw)
+    return RankingData(
+        encoder=encoder,
+        num_items=len(index.item_ids),
+        user_ids=user_ids,
+        **encoded,
+        user_token=user_token,
+        user_row=users,
+        item=items,
+        history=history,
+        label=labels,
+        split=split,
+        rating=raw,
+    )
 
 
 def _histories(users: np.ndarray, items: np.ndarray, length: int) -> np.ndarray:
@@ -181,8 +211,9 @@ def _histories(users: np.ndarray, items: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
-def _sample_negatives(users: np.ndarray, items: np.ndarray, k: int, sampling: str,
-                      counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _sample_negatives(
+    users: np.ndarray, items: np.ndarray, k: int, sampling: str, counts: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """(n, k) item tokens the event's user never touched, uniform or ∝ counts ** 0.75."""
     if sampling not in ("uniform", "popularity"):
         raise ValueError(f"negative_sampling must be uniform or popularity; got {sampling!r}")

@@ -29,8 +29,16 @@ import pandas as pd
 
 from recsys.schema import FeatureKind, FeatureSpec
 
-__all__ = ["GROUPLENS_GENRES", "CleaningReport", "Tables", "clean_interactions", "feature_rows",
-           "infer_feature_specs", "load_tables", "read_table"]
+__all__ = [
+    "GROUPLENS_GENRES",
+    "CleaningReport",
+    "Tables",
+    "clean_interactions",
+    "feature_rows",
+    "infer_feature_specs",
+    "load_tables",
+    "read_table",
+]
 
 TableKind = Literal["interactions", "users", "items"]
 
@@ -41,8 +49,10 @@ STANDARD_COLUMNS: dict[str, tuple[str, ...]] = {
     "items": ("item_id", "title", "year", "genres"),
 }
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "interactions": ("user_id", "item_id", "timestamp"), "users": ("user_id",),
-    "items": ("item_id",)}
+    "interactions": ("user_id", "item_id", "timestamp"),
+    "users": ("user_id",),
+    "items": ("item_id",),
+}
 # Standard columns with a numeric meaning: anything that is not a number there is missing
 # (RecBole's ML-100K has release_year "unkonwn" and "V").
 _NUMERIC_STANDARD: dict[str, tuple[str, ...]] = {"users": ("age",), "items": ("year",)}
@@ -51,25 +61,40 @@ TEXT_NAMES = frozenset({"title", "name", "description"})
 _CODE_NAMES = frozenset({"id", "zip", "zipcode", "zip_code", "postcode", "postal_code"})
 
 _ID_ALIASES = {"userid": "user_id", "user": "user_id", "uid": "user_id"}
-_ITEM_ALIASES = {"itemid": "item_id", "item": "item_id", "iid": "item_id", "movieid": "item_id",
-                 "movie_id": "item_id"}
+_ITEM_ALIASES = {"itemid": "item_id", "item": "item_id", "iid": "item_id", "movieid": "item_id", "movie_id": "item_id"}
 # Other spellings seen in public datasets (lower-cased) -> standard name, per table.
 _ALIASES: dict[str, dict[str, str]] = {
-    "interactions": {**_ID_ALIASES, **_ITEM_ALIASES, "time": "timestamp", "ts": "timestamp",
-                     "datetime": "timestamp"},
+    "interactions": {**_ID_ALIASES, **_ITEM_ALIASES, "time": "timestamp", "ts": "timestamp", "datetime": "timestamp"},
     "users": {**_ID_ALIASES, "sex": "gender", "zip": "zip_code", "zipcode": "zip_code"},
-    "items": {**_ITEM_ALIASES, "movie_title": "title", "release_year": "year", "class": "genres",
-              "genre": "genres"},
+    "items": {**_ITEM_ALIASES, "movie_title": "title", "release_year": "year", "class": "genres", "genre": "genres"},
 }
 
 # u.item's 19 genre flags, in file order.
 GROUPLENS_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
-    "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
-_ACCEPTED = (".csv, .tsv, .parquet, RecBole atomic files (.inter, .user, .item) and "
-             "GroupLens MovieLens-100K files (u.data, u.user, u.item)")
+_ACCEPTED = (
+    ".csv, .tsv, .parquet, RecBole atomic files (.inter, .user, .item) and "
+    "GroupLens MovieLens-100K files (u.data, u.user, u.item)"
+)
 # Read text as text: no "NA"/"null" guessing, no numeric ids; only empty fields are missing.
 _TEXT_OPTS: dict[str, Any] = {"dtype": str, "keep_default_na": False, "na_values": [""]}
 
@@ -91,8 +116,7 @@ class CleaningReport:
         lines = [
             f"source: {self.source}",
             f"interaction rows read: {self.rows_read:,}",
-            f"kept: {self.interactions:,} interactions, {self.users:,} users, "
-            f"{self.items:,} items",
+            f"kept: {self.interactions:,} interactions, {self.users:,} users, {self.items:,} items",
             f"interaction rows dropped: {lost:,}" if lost else "interaction rows dropped: none",
         ]
         lines += [f"  {reason}: {count:,}" for reason, count in self.dropped.items()]
@@ -133,8 +157,7 @@ def read_table(path: str | Path, kind: TableKind) -> pd.DataFrame:
     df = _standard_names(df, kind)
     missing = [c for c in REQUIRED_COLUMNS[kind] if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: {kind} table lacks required column(s) {missing}; "
-                         f"has {list(df.columns)}")
+        raise ValueError(f"{path}: {kind} table lacks required column(s) {missing}; has {list(df.columns)}")
     for column in ("user_id", "item_id"):
         if column in df.columns:
             df[column] = _ids_to_str(df[column])
@@ -175,26 +198,28 @@ def clean_interactions(df: pd.DataFrame, source: str = "") -> tuple[pd.DataFrame
     drop("unparsable timestamp", ~np.isfinite(seconds))
     columns: dict[str, Any] = {"user_id": users, "item_id": items}
     if "rating" in df.columns:
-        rating = pd.to_numeric(_stripped(df["rating"]), errors="coerce").to_numpy(
-            dtype="float64", na_value=np.nan)
+        rating = pd.to_numeric(_stripped(df["rating"]), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
         drop("unparsable rating", ~np.isfinite(rating))
         columns["rating"] = rating
     columns["timestamp"] = np.floor(np.where(keep, seconds, 0.0)).astype("int64")
-    out = pd.DataFrame({k: columns[k] for k in ("user_id", "item_id", "timestamp", "rating")
-                        if k in columns})[keep]
+    out = pd.DataFrame({k: columns[k] for k in ("user_id", "item_id", "timestamp", "rating") if k in columns})[keep]
     duplicate = out.duplicated(keep="first").to_numpy()
     if duplicate.any():
         dropped["exact duplicate"] = int(duplicate.sum())
         out = out[~duplicate]
     out = out.sort_values("timestamp", kind="stable").reset_index(drop=True)
-    report = CleaningReport(source=source, rows_read=len(df), dropped=dropped,
-                            users=int(out["user_id"].nunique()),
-                            items=int(out["item_id"].nunique()), interactions=len(out))
+    report = CleaningReport(
+        source=source,
+        rows_read=len(df),
+        dropped=dropped,
+        users=int(out["user_id"].nunique()),
+        items=int(out["item_id"].nunique()),
+        interactions=len(out),
+    )
     return out, report
 
 
-def load_tables(interactions: str | Path, users: str | Path | None = None,
-                items: str | Path | None = None) -> Tables:
+def load_tables(interactions: str | Path, users: str | Path | None = None, items: str | Path | None = None) -> Tables:
     """Read and clean the interaction table and, when given, the user and item tables.
 
     Feature tables lose rows with a missing key ("users: missing user_id") and keep the last
@@ -234,16 +259,14 @@ def infer_feature_specs(df: pd.DataFrame, key: str) -> tuple[FeatureSpec, ...]:
             values = values[np.isfinite(values)]
             mean = float(values.mean()) if values.size else 0.0
             std = float(values.std()) if values.size else 1.0
-            specs.append(FeatureSpec(name, FeatureKind.NUMERIC, mean=mean,
-                                     std=std if std > 0 else 1.0))
+            specs.append(FeatureSpec(name, FeatureKind.NUMERIC, mean=mean, std=std if std > 0 else 1.0))
             continue
         texts = [t for t in (_text(v) for v in column.tolist()) if t is not None]
         if name in TEXT_NAMES:
             specs.append(FeatureSpec(name, FeatureKind.TEXT))
         elif any("|" in t for t in texts):
             tokens = {tok for t in texts for tok in _split_multi(t)}
-            specs.append(FeatureSpec(name, FeatureKind.MULTI_CATEGORICAL,
-                                     vocabulary=tuple(sorted(tokens))))
+            specs.append(FeatureSpec(name, FeatureKind.MULTI_CATEGORICAL, vocabulary=tuple(sorted(tokens))))
         elif len(df) > 100 and len(set(texts)) > 0.5 * len(df):
             specs.append(FeatureSpec(name, FeatureKind.TEXT))
         else:
@@ -280,23 +303,22 @@ def _read_grouplens(path: Path) -> pd.DataFrame:
     """u.data (tab) / u.user / u.item ('|', latin-1) from the GroupLens ml-100k.zip."""
     opts = {**_TEXT_OPTS, "header": None, "quoting": csv.QUOTE_NONE}
     if path.name == "u.data":
-        return pd.read_csv(path, sep="\t", names=["user_id", "item_id", "rating", "timestamp"],
-                           **opts)
+        return pd.read_csv(path, sep="\t", names=["user_id", "item_id", "rating", "timestamp"], **opts)
     if path.name == "u.user":
         return pd.read_csv(path, sep="|", names=list(STANDARD_COLUMNS["users"]), **opts)
-    names = ["item_id", "title", "release_date", "video_release_date", "imdb_url",
-             *GROUPLENS_GENRES]
+    names = ["item_id", "title", "release_date", "video_release_date", "imdb_url", *GROUPLENS_GENRES]
     raw = pd.read_csv(path, sep="|", names=names, encoding="latin-1", **opts)
     flags = raw[list(GROUPLENS_GENRES)].eq("1").to_numpy()
-    genres = ["|".join(g for g, on in zip(GROUPLENS_GENRES, row, strict=True) if on) or np.nan
-              for row in flags]
-    return pd.DataFrame({
-        "item_id": raw["item_id"],
-        "title": raw["title"],
-        # "01-Jan-1995" -> 1995; item 267 ("unknown") has no date.
-        "year": raw["release_date"].str.extract(r"(\d{4})\s*$", expand=False),
-        "genres": pd.Series(genres, index=raw.index, dtype="str"),
-    })
+    genres = ["|".join(g for g, on in zip(GROUPLENS_GENRES, row, strict=True) if on) or np.nan for row in flags]
+    return pd.DataFrame(
+        {
+            "item_id": raw["item_id"],
+            "title": raw["title"],
+            # "01-Jan-1995" -> 1995; item 267 ("unknown") has no date.
+            "year": raw["release_date"].str.extract(r"(\d{4})\s*$", expand=False),
+            "genres": pd.Series(genres, index=raw.index, dtype="str"),
+        }
+    )
 
 
 def _read_recbole(path: Path, kind: TableKind) -> pd.DataFrame:
@@ -322,8 +344,7 @@ def _standard_names(df: pd.DataFrame, kind: TableKind) -> pd.DataFrame:
     taken = {str(c).strip() for c in df.columns}
     for column in df.columns:
         name = str(column).strip()
-        target = _ALIASES[kind].get(name.lower(), name.lower() if name.lower() in
-                                    STANDARD_COLUMNS[kind] else name)
+        target = _ALIASES[kind].get(name.lower(), name.lower() if name.lower() in STANDARD_COLUMNS[kind] else name)
         if target != name and target in taken:
             target = name
         renames[column] = target
@@ -356,8 +377,7 @@ def _one_row_per_key(df: pd.DataFrame, kind: TableKind, dropped: dict[str, int])
     key = KEYS[kind]
     missing = df[key].isna().to_numpy()
     duplicate = df.duplicated(key, keep="last").to_numpy() & ~missing
-    for reason, bad in ((f"{kind}: missing {key}", missing),
-                        (f"{kind}: duplicate {key}", duplicate)):
+    for reason, bad in ((f"{kind}: missing {key}", missing), (f"{kind}: duplicate {key}", duplicate)):
         if bad.any():
             dropped[reason] = int(bad.sum())
     return df[~(missing | duplicate)].reset_index(drop=True)
@@ -371,8 +391,9 @@ def _unix_seconds(column: pd.Series) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         return column.to_numpy(dtype="float64", na_value=np.nan)
     text = _stripped(column)
-    seconds = pd.to_numeric(text, errors="coerce").to_numpy(dtype="float64", na_value=np.nan,
-                                                            copy=True)  # written below
+    seconds = pd.to_numeric(text, errors="coerce").to_numpy(
+        dtype="float64", na_value=np.nan, copy=True
+    )  # written below
     dates = np.isnan(seconds) & text.notna().to_numpy()
     if dates.any():
         parsed = pd.to_datetime(text[dates], format="ISO8601", utc=True, errors="coerce")
@@ -392,6 +413,7 @@ def _stripped(column: pd.Series) -> pd.Series:
 
 def _ids_to_str(column: pd.Series) -> pd.Series:
     """IDs as str: integral floats lose ".0" (a Parquet int column with a gap reads as float)."""
+
     def one(value: Any) -> str | None:
         if isinstance(value, float | np.floating) and math.isfinite(value) and value.is_integer():
             return str(int(value))

@@ -76,9 +76,20 @@ def wants_ann(mode: str, num_items: int) -> bool:
     return mode == "on" or (mode == "auto" and num_items >= ANN_MIN_ITEMS)
 
 
-def export_ann(model: nn.Module, directory: Path, max_len: int, num_items: int, *, mode: str = "auto",
-               backend: str = DEFAULT_BACKEND, params: dict | None = None, recall_queries: int = 200,
-               seed: int = 0, windows: np.ndarray | None = None, target_recall: float | None = None) -> list[str]:
+def export_ann(
+    model: nn.Module,
+    directory: Path,
+    max_len: int,
+    num_items: int,
+    *,
+    mode: str = "auto",
+    backend: str = DEFAULT_BACKEND,
+    params: dict | None = None,
+    recall_queries: int = 200,
+    seed: int = 0,
+    windows: np.ndarray | None = None,
+    target_recall: float | None = None,
+) -> list[str]:
     """Writes the retrieval files into `directory` when `wants_ann`; returns their names.
 
     windows: (n, max_len) int64 left-padded token histories for the recall measurement (and the
@@ -119,8 +130,9 @@ def export_ann(model: nn.Module, directory: Path, max_len: int, num_items: int, 
     return [USER_ENCODER, ITEM_VECTORS, ANN_INDEX, RETRIEVAL]
 
 
-def _check_encoder(model, path: Path, vectors: np.ndarray, max_len: int, num_items: int, n: int,
-                   seed: int) -> tuple[np.ndarray, float]:
+def _check_encoder(
+    model, path: Path, vectors: np.ndarray, max_len: int, num_items: int, n: int, seed: int
+) -> tuple[np.ndarray, float]:
     """User vectors (ORT) of `n` random histories, and max |user . item - model(torch)|."""
     import onnxruntime as ort
 
@@ -143,8 +155,12 @@ def _user_vectors(path: Path, windows: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(["user_vector"], {"item_seq": np.ascontiguousarray(windows[i : i + 64])})[0]
-                           for i in range(0, len(windows), 64)])
+    return np.concatenate(
+        [
+            session.run(["user_vector"], {"item_seq": np.ascontiguousarray(windows[i : i + 64])})[0]
+            for i in range(0, len(windows), 64)
+        ]
+    )
 
 
 def ann_recall(index, vectors: np.ndarray, queries: np.ndarray, k: int, exact: np.ndarray | None = None) -> float:

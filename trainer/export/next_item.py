@@ -8,45 +8,34 @@ padded and unpadded inputs and refuses to write an artifact whose outputs differ
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
-import platform
 import time
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
-import recsys
 from recsys.artifact import (
     HISTORIES,
     ITEM_INDEX,
     ITEMS,
-    MANIFEST,
     MODEL,
     SOURCE_USER_HISTORY,
     USERS,
     ItemIndex,
     Manifest,
     ModelInput,
-    file_sha256,
     write_atomically,
     write_jsonl,
 )
-from recsys.schema import FIRST_TOKEN, PAD, FeatureSchema, sha256_hex
+from recsys.schema import FeatureSchema
 from trainer.export.ann import DEFAULT_BACKEND, export_ann
 from trainer.export.onnx import ExportError, export_onnx, parity_check, seal_manifest, set_metadata, versions
 from trainer.export.report import write_report
 
 __all__ = ["ExportError", "ExportInputs", "export_artifact"]
-
 
 
 @dataclass
@@ -62,11 +51,21 @@ class ExportInputs:
     items: Iterable[dict[str, Any]]  # {"item_id", "features"}
     training: dict[str, Any]
     metrics: dict[str, Any]
-    privacy: dict[str, Any] = field(default_factory=dict)  # DP training: (epsilon, delta) spent, see trainer/families/private.py
+    privacy: dict[str, Any] = field(
+        default_factory=dict
+    )  # DP training: (epsilon, delta) spent, see trainer/families/private.py
 
 
-def export_artifact(model: nn.Module, inputs: ExportInputs, out_dir: str | Path, *, ann: str = "auto",
-                    ann_backend: str | None = None, int8: bool = False, ann_options: dict | None = None) -> Manifest:
+def export_artifact(
+    model: nn.Module,
+    inputs: ExportInputs,
+    out_dir: str | Path,
+    *,
+    ann: str = "auto",
+    ann_backend: str | None = None,
+    int8: bool = False,
+    ann_options: dict | None = None,
+) -> Manifest:
     """Writes the artifact directory atomically and returns its manifest.
 
     `ann` (auto | on | off) adds ANN retrieval files (trainer/export/ann.py: from 100k items up
@@ -86,8 +85,15 @@ def export_artifact(model: nn.Module, inputs: ExportInputs, out_dir: str | Path,
         onnx_path = tmp / MODEL
         export_onnx(model, onnx_path, inputs.max_len, num_items)
         max_diff = parity_check(model, onnx_path, inputs.max_len, num_items)
-        ann_files = export_ann(model, tmp, inputs.max_len, num_items, mode=ann, backend=ann_backend or DEFAULT_BACKEND,
-                               **(ann_options or {}))
+        ann_files = export_ann(
+            model,
+            tmp,
+            inputs.max_len,
+            num_items,
+            mode=ann,
+            backend=ann_backend or DEFAULT_BACKEND,
+            **(ann_options or {}),
+        )
         if int8:
             from trainer.export.variants import export_int8
 
@@ -117,8 +123,9 @@ def export_artifact(model: nn.Module, inputs: ExportInputs, out_dir: str | Path,
         # The manifest rides inside the model too, so model.onnx alone still describes itself.
         set_metadata(onnx_path, {"recsys.manifest": manifest.to_json()})
         reports = write_report(tmp, inputs.training, manifest.metrics) if inputs.training.get("history") else []
-        manifest_box["m"] = seal_manifest(tmp, manifest, (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports, *ann_files))
+        manifest_box["m"] = seal_manifest(
+            tmp, manifest, (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports, *ann_files)
+        )
 
     write_atomically(out_dir, fill)
     return manifest_box["m"]
-

@@ -19,8 +19,16 @@ from recsys.artifact import MANIFEST, MODEL, Manifest, file_sha256
 from recsys.errors import RecsysError
 from recsys.schema import FIRST_TOKEN, PAD, sha256_hex
 
-__all__ = ["PARITY_TOLERANCE", "ExportError", "compare_with_onnx", "export_onnx", "parity_check", "seal_manifest",
-           "set_metadata", "versions"]
+__all__ = [
+    "PARITY_TOLERANCE",
+    "ExportError",
+    "compare_with_onnx",
+    "export_onnx",
+    "parity_check",
+    "seal_manifest",
+    "set_metadata",
+    "versions",
+]
 
 PARITY_TOLERANCE = 1e-4
 
@@ -81,7 +89,12 @@ def parity_check(model: nn.Module, onnx_path: Path, max_len: int, num_items: int
     """Max |torch - ORT| over padded, unpadded, short and batch-1 inputs; raises above tolerance."""
     gen = torch.Generator().manual_seed(seed)
     cases = []
-    for batch, length, pad in [(1, max_len, 0), (8, max_len, max_len - 3), (5, max(1, max_len // 3), 2), (3, max_len, 0)]:
+    for batch, length, pad in [
+        (1, max_len, 0),
+        (8, max_len, max_len - 3),
+        (5, max(1, max_len // 3), 2),
+        (3, max_len, 0),
+    ]:
         x = torch.randint(FIRST_TOKEN, num_items + FIRST_TOKEN, (batch, length), generator=gen)
         x[:, : min(pad, length - 1)] = PAD
         cases.append({"item_seq": x})

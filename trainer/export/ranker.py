@@ -58,17 +58,26 @@ from recsys.artifact import (
     write_jsonl,
 )
 from recsys.schema import FIRST_TOKEN, OOV, PAD
+from trainer.data.encoding import history_rows
+from trainer.data.examples import RankingData, field_layout
 from trainer.data.tables import feature_rows
 from trainer.export.onnx import compare_with_onnx, seal_manifest, set_metadata, versions
-from trainer.data.encoding import history_rows
-from trainer.families.ranker import INPUTS, RankConfig, RankRun, reads_user_id, train_ranker
-from trainer.data.examples import RankingData, field_layout
 from trainer.export.report import write_report
+from trainer.families.ranker import INPUTS, RankConfig, RankRun, reads_user_id, train_ranker
+from trainer.models.custom import kind_of
 
 __all__ = ["SOURCES", "RankerInputs", "export_ranker", "parity_check", "ranker_inputs", "train_and_export_ranker"]
 
-SOURCES = {"user_cat": "user.cat", "user_num": "user.num", "item_id": "item.id", "item_cat": "item.cat",
-           "item_num": "item.num", "item_multi": "item.multi", "history": "user.history", "user_id": "user.id"}
+SOURCES = {
+    "user_cat": "user.cat",
+    "user_num": "user.num",
+    "item_id": "item.id",
+    "item_cat": "item.cat",
+    "item_num": "item.num",
+    "item_multi": "item.multi",
+    "history": "user.history",
+    "user_id": "user.id",
+}
 OUTPUT = "score"
 USER_INPUTS = ("user_cat", "user_num", "history", "user_id")  # one row may serve every candidate
 RANK_KEYS, RATING_KEYS = ("valid_auc", "valid_logloss"), ("valid_rmse", "valid_mae")
@@ -81,10 +90,17 @@ class RankerInputs(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, user_cat: torch.Tensor | None = None, user_num: torch.Tensor | None = None,
-                item_id: torch.Tensor | None = None, item_cat: torch.Tensor | None = None,
-                item_num: torch.Tensor | None = None, item_multi: torch.Tensor | None = None,
-                history: torch.Tensor | None = None, user_id: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        user_cat: torch.Tensor | None = None,
+        user_num: torch.Tensor | None = None,
+        item_id: torch.Tensor | None = None,
+        item_cat: torch.Tensor | None = None,
+        item_num: torch.Tensor | None = None,
+        item_multi: torch.Tensor | None = None,
+        history: torch.Tensor | None = None,
+        user_id: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self.model(user_cat, user_num, item_id, item_cat, item_num, item_multi, history, user_id)
 
 
@@ -93,21 +109,39 @@ def ranker_inputs(data: RankingData, with_user_id: bool = False) -> list[ModelIn
     `with_user_id`)."""
     enc = data.encoder
     shapes: dict[str, tuple[str, ...]] = {
-        "user_cat": ("users", str(len(enc.user_cat))), "user_num": ("users", str(len(enc.user_num))),
-        "item_id": ("batch",), "item_cat": ("batch", str(len(enc.item_cat))),
+        "user_cat": ("users", str(len(enc.user_cat))),
+        "user_num": ("users", str(len(enc.user_num))),
+        "item_id": ("batch",),
+        "item_cat": ("batch", str(len(enc.item_cat))),
         "item_num": ("batch", str(len(enc.item_num))),
-        "item_multi": ("batch", str(len(enc.item_multi)), str(enc.multi_len)), "history": ("users", "seq"),
+        "item_multi": ("batch", str(len(enc.item_multi)), str(enc.multi_len)),
+        "history": ("users", "seq"),
         "user_id": ("users",),
     }
-    present = {"user_cat": len(enc.user_cat), "user_num": len(enc.user_num), "item_id": 1,
-               "item_cat": len(enc.item_cat), "item_num": len(enc.item_num),
-               "item_multi": len(enc.item_multi), "history": enc.history_len, "user_id": int(with_user_id)}
-    return [ModelInput(n, SOURCES[n], "float32" if n.endswith("_num") else "int64", shapes[n])
-            for n in INPUTS if present[n]]
+    present = {
+        "user_cat": len(enc.user_cat),
+        "user_num": len(enc.user_num),
+        "item_id": 1,
+        "item_cat": len(enc.item_cat),
+        "item_num": len(enc.item_num),
+        "item_multi": len(enc.item_multi),
+        "history": enc.history_len,
+        "user_id": int(with_user_id),
+    }
+    return [
+        ModelInput(n, SOURCES[n], "float32" if n.endswith("_num") else "int64", shapes[n]) for n in INPUTS if present[n]
+    ]
 
 
-def random_inputs(specs: list[ModelInput], data: RankingData, batch: int, seq: int,
-                  gen: torch.Generator, pad_history: int = 0, users: int | None = None) -> dict[str, torch.Tensor]:
+def random_inputs(
+    specs: list[ModelInput],
+    data: RankingData,
+    batch: int,
+    seq: int,
+    gen: torch.Generator,
+    pad_history: int = 0,
+    users: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Random valid inputs (PAD and OOV included) for export examples and parity cases; the
     user-side inputs get `users` rows (default: `batch`)."""
     out: dict[str, torch.Tensor] = {}
@@ -127,8 +161,9 @@ def random_inputs(specs: list[ModelInput], data: RankingData, batch: int, seq: i
                 out[n][:, : min(pad_history, seq)] = PAD
         elif n == "item_multi":
             sizes = layout.item_multi
-            out[n] = torch.stack([torch.randint(PAD, v, (rows, data.encoder.multi_len), generator=gen)
-                                  for v in sizes], dim=1)
+            out[n] = torch.stack(
+                [torch.randint(PAD, v, (rows, data.encoder.multi_len), generator=gen) for v in sizes], dim=1
+            )
         else:
             out[n] = torch.stack([torch.randint(PAD, v, (rows,), generator=gen) for v in vocab[n]], dim=1)
     return out
@@ -140,8 +175,9 @@ def export_onnx(model: nn.Module, path: Path, specs: list[ModelInput], data: Ran
     seq = max(1, data.encoder.history_len)
     static = {int(d) for s in specs for d in s.shape if d.isdigit()} | {seq}
     batch, users = [b for b in (7, 11, 13, 17, 19, 23, 29, 31, 37) if b not in static][:2]  # >= 2, unlike any other dim
-    example = random_inputs(specs, data, batch, seq, torch.Generator().manual_seed(0), pad_history=seq // 2,
-                            users=users)
+    example = random_inputs(
+        specs, data, batch, seq, torch.Generator().manual_seed(0), pad_history=seq // 2, users=users
+    )
     b_dim = torch.export.Dim("batch", min=1, max=65536)
     u_dim = torch.export.Dim("users", min=1, max=65536)
     dynamic: dict[str, dict[int, Any]] = {n: {0: u_dim if n in USER_INPUTS else b_dim} for n in example}
@@ -152,22 +188,39 @@ def export_onnx(model: nn.Module, path: Path, specs: list[ModelInput], data: Ran
     quiet.setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # deprecations raised inside torch.onnx itself
-        torch.onnx.export(RankerInputs(model), (), str(path), kwargs=example, input_names=list(example),
-                          output_names=[OUTPUT], dynamic_shapes=dynamic, dynamo=True, external_data=False,
-                          verbose=False)
+        torch.onnx.export(
+            RankerInputs(model),
+            (),
+            str(path),
+            kwargs=example,
+            input_names=list(example),
+            output_names=[OUTPUT],
+            dynamic_shapes=dynamic,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
     quiet.setLevel(level)
 
 
-def parity_check(model: nn.Module, onnx_path: Path, specs: list[ModelInput], data: RankingData,
-                 seed: int = 0) -> float:
+def parity_check(model: nn.Module, onnx_path: Path, specs: list[ModelInput], data: RankingData, seed: int = 0) -> float:
     """Max |torch - ORT| over batch 1, larger batches, padded and all-PAD histories and a short
     history; raises ExportError above PARITY_TOLERANCE or on a shape mismatch."""
     gen = torch.Generator().manual_seed(seed)
     seq = max(1, data.encoder.history_len)
-    cases = [(1, seq, 0, None), (8, seq, seq - 1, None), (5, max(1, seq // 3), 1, None), (3, seq, seq, None),
-             (64, seq, seq // 2, None), (64, seq, seq // 2, 1), (9, max(1, seq // 3), 0, 1)]  # users = 1: serving
-    inputs = [random_inputs(specs, data, batch, length, gen, pad_history=pad, users=users)
-              for batch, length, pad, users in cases]
+    cases = [
+        (1, seq, 0, None),
+        (8, seq, seq - 1, None),
+        (5, max(1, seq // 3), 1, None),
+        (3, seq, seq, None),
+        (64, seq, seq // 2, None),
+        (64, seq, seq // 2, 1),
+        (9, max(1, seq // 3), 0, 1),
+    ]  # users = 1: serving
+    inputs = [
+        random_inputs(specs, data, batch, length, gen, pad_history=pad, users=users)
+        for batch, length, pad, users in cases
+    ]
     return compare_with_onnx(RankerInputs(model), onnx_path, OUTPUT, inputs)
 
 
@@ -187,25 +240,47 @@ def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
             (tmp / USER_INDEX).write_text(json.dumps({"user_ids": data.user_index}, ensure_ascii=False))
         tables, schema = run.tables, run.schema
         write_jsonl(tmp / HISTORIES, history_rows(tables.interactions))
-        write_jsonl(tmp / USERS, feature_rows(tables.users, schema.user_features, "user_id")
-                    if tables.users is not None else [])
-        write_jsonl(tmp / ITEMS, feature_rows(tables.items, schema.item_features, "item_id")
-                    if tables.items is not None else [])
+        write_jsonl(
+            tmp / USERS, feature_rows(tables.users, schema.user_features, "user_id") if tables.users is not None else []
+        )
+        write_jsonl(
+            tmp / ITEMS, feature_rows(tables.items, schema.item_features, "item_id") if tables.items is not None else []
+        )
         training = {
-            "config": asdict(cfg), "inputs": {**data.encoder.describe(), "order": [s.name for s in specs]},
-            "best_epoch": run.fit.best_epoch, "epochs_run": len(run.fit.history),
-            "seconds": round(run.fit.seconds, 1), "history": run.fit.history,
-            "data": {"users": tables.report.users, "items": tables.report.items,
-                     "interactions": tables.report.interactions, "dropped": tables.report.dropped,
-                     "examples": {"train": int((data.split == 0).sum()), "valid": int((data.split == 1).sum()),
-                                  "test": int((data.split == 2).sum())}},
+            "config": asdict(cfg),
+            "inputs": {**data.encoder.describe(), "order": [s.name for s in specs]},
+            "best_epoch": run.fit.best_epoch,
+            "epochs_run": len(run.fit.history),
+            "seconds": round(run.fit.seconds, 1),
+            "history": run.fit.history,
+            "data": {
+                "users": tables.report.users,
+                "items": tables.report.items,
+                "interactions": tables.report.interactions,
+                "dropped": tables.report.dropped,
+                "examples": {
+                    "train": int((data.split == 0).sum()),
+                    "valid": int((data.split == 1).sum()),
+                    "test": int((data.split == 2).sum()),
+                },
+            },
         }
         metrics = {**run.fit.best_metrics, **run.test_metrics, "export_parity_max_abs_diff": max_diff}
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        manifest = Manifest(model_kind=cfg.model, task=cfg.task, model_version="", inputs=tuple(specs),
-                            output=OUTPUT, num_items=len(run.index.item_ids), schema=schema,
-                            item_index_sha256=run.index.sha256, training=training, metrics=metrics,
-                            versions=versions(), created_at=created)
+        manifest = Manifest(
+            model_kind=kind_of(cfg.model),
+            task=cfg.task,
+            model_version="",
+            inputs=tuple(specs),
+            output=OUTPUT,
+            num_items=len(run.index.item_ids),
+            schema=schema,
+            item_index_sha256=run.index.sha256,
+            training=training,
+            metrics=metrics,
+            versions=versions(),
+            created_at=created,
+        )
         set_metadata(onnx_path, {"recsys.manifest": manifest.to_json()})
         reports = write_report(tmp, training, metrics, RATING_KEYS if cfg.task == "rating" else RANK_KEYS)
         box["m"] = seal_manifest(tmp, manifest, (MODEL, ITEM_INDEX, *extra, HISTORIES, USERS, ITEMS, *reports))
@@ -214,18 +289,36 @@ def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
     return box["m"]
 
 
-def train_and_export_ranker(cfg: RankConfig, interactions: str | Path, out_dir: str | Path, *,
-                            users: str | Path | None = None, items: str | Path | None = None,
-                            progress: bool = True, log=print, resume: bool = False,
-                            checkpoint_dir: str | Path | None = None) -> Manifest | None:
+def train_and_export_ranker(
+    cfg: RankConfig,
+    interactions: str | Path,
+    out_dir: str | Path,
+    *,
+    users: str | Path | None = None,
+    items: str | Path | None = None,
+    progress: bool = True,
+    log=print,
+    resume: bool = False,
+    tables=None,
+    checkpoint_dir: str | Path | None = None,
+) -> Manifest | None:
     """`recsys train --model deepfm|...`: tables -> examples -> fit -> test once -> artifact.
 
     The training state is checkpointed every epoch into `checkpoint_dir` (default `<out_dir>.ckpt`
     beside the artifact); `resume=True` continues an interrupted run from there. Under DDP every
     rank trains; rank 0 exports and returns the manifest, the others None."""
     checkpoint_dir = checkpoint_dir or Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
-    run = train_ranker(cfg, interactions, users=users, items=items, progress=progress, log=log,
-                       checkpoint_dir=checkpoint_dir, resume=resume)
+    run = train_ranker(
+        cfg,
+        None if tables is not None else interactions,
+        users=users,
+        items=items,
+        tables=tables,
+        progress=progress,
+        log=log,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+    )
     if run is None:
         return None
     manifest = export_ranker(run, out_dir)

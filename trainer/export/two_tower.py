@@ -43,10 +43,9 @@ from recsys.artifact import (
     write_jsonl,
 )
 from recsys.schema import FIRST_TOKEN, OOV, PAD
+from trainer.data.encoding import history_rows
 from trainer.data.tables import feature_rows
 from trainer.export.onnx import compare_with_onnx, seal_manifest, set_metadata, versions
-from trainer.models.two_tower import TwoTower, TwoTowerScorer
-from trainer.data.encoding import history_rows
 from trainer.export.ranker import SOURCES
 from trainer.export.report import write_report
 from trainer.families.two_tower import (
@@ -56,6 +55,7 @@ from trainer.families.two_tower import (
     all_item_vectors,
     train_two_tower,
 )
+from trainer.models.two_tower import TwoTower, TwoTowerScorer
 
 __all__ = ["ITEM_EMBEDDINGS", "USER_TOWER", "export_two_tower", "train_and_export_two_tower"]
 
@@ -72,21 +72,33 @@ class UserTower(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, user_cat: torch.Tensor | None = None, user_num: torch.Tensor | None = None,
-                history: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        user_cat: torch.Tensor | None = None,
+        user_num: torch.Tensor | None = None,
+        history: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self.model.user_vectors(user_cat, user_num, history) / self.model.cfg.temperature
 
 
 def user_inputs(data: RetrievalData) -> list[ModelInput]:
     enc = data.encoder
     sizes = {"user_cat": len(enc.user_cat), "user_num": len(enc.user_num), "history": enc.history_len}
-    return [ModelInput(n, SOURCES[n], "float32" if n == "user_num" else "int64",
-                       ("batch", "seq") if n == "history" else ("batch", str(sizes[n])))
-            for n in USER_INPUTS if sizes[n]]
+    return [
+        ModelInput(
+            n,
+            SOURCES[n],
+            "float32" if n == "user_num" else "int64",
+            ("batch", "seq") if n == "history" else ("batch", str(sizes[n])),
+        )
+        for n in USER_INPUTS
+        if sizes[n]
+    ]
 
 
-def _random_inputs(specs: list[ModelInput], model: TwoTower, batch: int, seq: int, gen: torch.Generator,
-                   pad: int) -> dict[str, torch.Tensor]:
+def _random_inputs(
+    specs: list[ModelInput], model: TwoTower, batch: int, seq: int, gen: torch.Generator, pad: int
+) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     layout = model.cfg.fields
     for spec in specs:
@@ -115,13 +127,24 @@ def _export(module: nn.Module, path: Path, specs: list[ModelInput], model: TwoTo
     quiet.setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # deprecations raised inside torch.onnx itself
-        torch.onnx.export(module, (), str(path), kwargs=example, input_names=list(example), output_names=[output],
-                          dynamic_shapes=dynamic, dynamo=True, external_data=False, verbose=False)
+        torch.onnx.export(
+            module,
+            (),
+            str(path),
+            kwargs=example,
+            input_names=list(example),
+            output_names=[output],
+            dynamic_shapes=dynamic,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
     quiet.setLevel(level)
 
 
-def parity_check(module: nn.Module, path: Path, specs: list[ModelInput], model: TwoTower, output: str,
-                 seed: int = 0) -> float:
+def parity_check(
+    module: nn.Module, path: Path, specs: list[ModelInput], model: TwoTower, output: str, seed: int = 0
+) -> float:
     """Max |torch - ORT| over batch 1, larger batches, padded, all-PAD and short histories;
     raises ExportError above PARITY_TOLERANCE or on a shape mismatch."""
     gen = torch.Generator().manual_seed(seed)
@@ -143,52 +166,97 @@ def export_two_tower(run: RetrievalRun, out_dir: str | Path) -> Manifest:
     def fill(tmp: Path) -> None:
         _export(scorer, tmp / MODEL, specs, model, OUTPUT)
         _export(tower, tmp / USER_TOWER, specs, model, USER_OUTPUT)
-        diff = max(parity_check(scorer, tmp / MODEL, specs, model, OUTPUT),
-                   parity_check(tower, tmp / USER_TOWER, specs, model, USER_OUTPUT))
+        diff = max(
+            parity_check(scorer, tmp / MODEL, specs, model, OUTPUT),
+            parity_check(tower, tmp / USER_TOWER, specs, model, USER_OUTPUT),
+        )
         np.save(tmp / ITEM_EMBEDDINGS, vectors.numpy().astype(np.float32))
         (tmp / ITEM_INDEX).write_text(json.dumps(run.index.to_dict(), ensure_ascii=False))
         tables, schema = run.tables, run.schema
         write_jsonl(tmp / HISTORIES, history_rows(tables.interactions))
-        write_jsonl(tmp / USERS, feature_rows(tables.users, schema.user_features, "user_id")
-                    if tables.users is not None else [])
-        write_jsonl(tmp / ITEMS, feature_rows(tables.items, schema.item_features, "item_id")
-                    if tables.items is not None else [])
+        write_jsonl(
+            tmp / USERS, feature_rows(tables.users, schema.user_features, "user_id") if tables.users is not None else []
+        )
+        write_jsonl(
+            tmp / ITEMS, feature_rows(tables.items, schema.item_features, "item_id") if tables.items is not None else []
+        )
         training = {
-            "config": asdict(cfg), "inputs": {**data.encoder.describe(), "order": [s.name for s in specs]},
-            "retrieval": {"item_embeddings": ITEM_EMBEDDINGS, "user_tower": USER_TOWER, "user_output": USER_OUTPUT,
-                          "dim": int(vectors.shape[1]), "metric": "inner_product",
-                          "note": "scores = user_vector @ item_embeddings.T; rows in item_index.json order"},
-            "best_epoch": run.fit.best_epoch, "epochs_run": len(run.fit.history),
-            "seconds": round(run.fit.seconds, 1), "history": run.fit.history,
-            "data": {"users": tables.report.users, "items": tables.report.items,
-                     "interactions": tables.report.interactions, "dropped": tables.report.dropped},
+            "config": asdict(cfg),
+            "inputs": {**data.encoder.describe(), "order": [s.name for s in specs]},
+            "retrieval": {
+                "item_embeddings": ITEM_EMBEDDINGS,
+                "user_tower": USER_TOWER,
+                "user_output": USER_OUTPUT,
+                "dim": int(vectors.shape[1]),
+                "metric": "inner_product",
+                "note": "scores = user_vector @ item_embeddings.T; rows in item_index.json order",
+            },
+            "best_epoch": run.fit.best_epoch,
+            "epochs_run": len(run.fit.history),
+            "seconds": round(run.fit.seconds, 1),
+            "history": run.fit.history,
+            "data": {
+                "users": tables.report.users,
+                "items": tables.report.items,
+                "interactions": tables.report.interactions,
+                "dropped": tables.report.dropped,
+            },
         }
         metrics = {**run.fit.best_metrics, "export_parity_max_abs_diff": diff}
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        manifest = Manifest(model_kind=cfg.model, task="next_item", model_version="", inputs=tuple(specs),
-                            output=OUTPUT, num_items=len(run.index.item_ids), schema=schema,
-                            item_index_sha256=run.index.sha256, training=training, metrics=metrics,
-                            versions=versions(), created_at=created)
+        manifest = Manifest(
+            model_kind=cfg.model,
+            task="next_item",
+            model_version="",
+            inputs=tuple(specs),
+            output=OUTPUT,
+            num_items=len(run.index.item_ids),
+            schema=schema,
+            item_index_sha256=run.index.sha256,
+            training=training,
+            metrics=metrics,
+            versions=versions(),
+            created_at=created,
+        )
         set_metadata(tmp / MODEL, {"recsys.manifest": manifest.to_json()})
         reports = write_report(tmp, training, metrics, (f"ndcg@{cfg.k}", f"hr@{cfg.k}"))
-        box["m"] = seal_manifest(tmp, manifest,
-                                 (MODEL, USER_TOWER, ITEM_EMBEDDINGS, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports))
+        box["m"] = seal_manifest(
+            tmp, manifest, (MODEL, USER_TOWER, ITEM_EMBEDDINGS, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports)
+        )
 
     write_atomically(out_dir, fill)
     return box["m"]
 
 
-def train_and_export_two_tower(cfg: RetrievalConfig, interactions: str | Path, out_dir: str | Path, *,
-                               users: str | Path | None = None, items: str | Path | None = None,
-                               progress: bool = True, log=print, resume: bool = False,
-                               checkpoint_dir: str | Path | None = None) -> Manifest | None:
+def train_and_export_two_tower(
+    cfg: RetrievalConfig,
+    interactions: str | Path,
+    out_dir: str | Path,
+    *,
+    users: str | Path | None = None,
+    items: str | Path | None = None,
+    progress: bool = True,
+    log=print,
+    resume: bool = False,
+    tables=None,
+    checkpoint_dir: str | Path | None = None,
+) -> Manifest | None:
     """`recsys train --model two_tower`: tables -> pairs -> fit -> artifact.
 
     Checkpoints and resume as for the rankers (trainer/export/ranker.py train_and_export_ranker);
     under DDP rank 0 exports and returns the manifest, the others None."""
     checkpoint_dir = checkpoint_dir or Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
-    run = train_two_tower(cfg, interactions, users=users, items=items, progress=progress, log=log,
-                          checkpoint_dir=checkpoint_dir, resume=resume)
+    run = train_two_tower(
+        cfg,
+        None if tables is not None else interactions,
+        users=users,
+        items=items,
+        tables=tables,
+        progress=progress,
+        log=log,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+    )
     if run is None:
         return None
     manifest = export_two_tower(run, out_dir)

@@ -28,8 +28,9 @@ INT8_MODEL = "model.int8.onnx"
 VARIANTS = "variants.json"
 
 
-def export_int8(directory: Path, model_file: str, max_len: int, num_items: int, *, queries: int = 200,
-                seed: int = 0) -> list[str]:
+def export_int8(
+    directory: Path, model_file: str, max_len: int, num_items: int, *, queries: int = 200, seed: int = 0
+) -> list[str]:
     """Writes model.int8.onnx and variants.json into `directory`; returns their names."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -48,9 +49,14 @@ def export_int8(directory: Path, model_file: str, max_len: int, num_items: int, 
     k = min(10, num_items)
     top = lambda s: np.argpartition(-s, k - 1, axis=1)[:, :k]  # noqa: E731
     overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top(full).tolist(), top(int8).tolist())])
-    quality = {"int8": {"file": INT8_MODEL, "top10_overlap_vs_fp32": round(float(overlap), 4),
-                        "max_abs_score_diff": round(float(np.abs(full - int8).max()), 5),
-                        "bytes": (directory / INT8_MODEL).stat().st_size,
-                        "fp32_bytes": (directory / model_file).stat().st_size}}
+    quality = {
+        "int8": {
+            "file": INT8_MODEL,
+            "top10_overlap_vs_fp32": round(float(overlap), 4),
+            "max_abs_score_diff": round(float(np.abs(full - int8).max()), 5),
+            "bytes": (directory / INT8_MODEL).stat().st_size,
+            "fp32_bytes": (directory / model_file).stat().st_size,
+        }
+    }
     (directory / VARIANTS).write_text(json.dumps(quality, indent=2))
     return [INT8_MODEL, VARIANTS]

@@ -40,8 +40,18 @@ import torch
 
 from recsys.schema import FIRST_TOKEN, PAD, FeatureKind, FeatureSpec
 
-__all__ = ["CONTENT_CHECKPOINT", "ColdShelf", "ContentSpec", "ItemContent", "build_content_model", "fit_content",
-           "load_content_model", "read_item_vectors", "save_content_model", "with_catalogue"]
+__all__ = [
+    "CONTENT_CHECKPOINT",
+    "ColdShelf",
+    "ContentSpec",
+    "ItemContent",
+    "build_content_model",
+    "fit_content",
+    "load_content_model",
+    "read_item_vectors",
+    "save_content_model",
+    "with_catalogue",
+]
 
 CONTENT_CHECKPOINT = "content_model.pt"
 _WORD = re.compile(r"[^\W_]+")
@@ -76,16 +86,28 @@ class ContentSpec:
     vector_basis: tuple[tuple[float, ...], ...] | None = None  # ... and vector_dim principal directions
 
     @classmethod
-    def fit(cls, rows: list[dict[str, Any]], specs: tuple[FeatureSpec, ...], *, vector_dim: int = 0,
-            numeric_buckets: int = 8, text_buckets: int = 4096, max_words: int = 16,
-            min_word_items: int = 1, vectors: np.ndarray | None = None, vector_components: int = 0) -> ContentSpec:
+    def fit(
+        cls,
+        rows: list[dict[str, Any]],
+        specs: tuple[FeatureSpec, ...],
+        *,
+        vector_dim: int = 0,
+        numeric_buckets: int = 8,
+        text_buckets: int = 4096,
+        max_words: int = 16,
+        min_word_items: int = 1,
+        vectors: np.ndarray | None = None,
+        vector_components: int = 0,
+    ) -> ContentSpec:
         """Fits the vocabulary, numeric bucket edges and kept words on `rows` ({"item_id", "features"}),
         and with `vector_components` > 0 a projection of the item vectors onto their top principal
         directions over `vectors` (M, vector_dim): the fitting table's items' vectors."""
         edges: dict[str, list[float]] = {}
         for spec in specs:
             if spec.kind is FeatureKind.NUMERIC:
-                values = np.array([r["features"][spec.name] for r in rows if spec.name in r["features"]], dtype=np.float64)
+                values = np.array(
+                    [r["features"][spec.name] for r in rows if spec.name in r["features"]], dtype=np.float64
+                )
                 qs = np.quantile(values, np.arange(1, numeric_buckets) / numeric_buckets) if values.size else []
                 edges[spec.name] = sorted({float(q) for q in qs})
         features = tuple((s.name, s.kind.value) for s in specs)
@@ -104,8 +126,12 @@ class ContentSpec:
             mean = vectors.mean(axis=0)
             _, _, directions = np.linalg.svd(vectors - mean, full_matrices=False)
             basis = directions[: min(vector_components, len(directions))]
-            spec = dataclasses.replace(spec, vector_dim=len(basis), vector_mean=tuple(float(v) for v in mean),
-                                       vector_basis=tuple(tuple(float(v) for v in row) for row in basis))
+            spec = dataclasses.replace(
+                spec,
+                vector_dim=len(basis),
+                vector_mean=tuple(float(v) for v in mean),
+                vector_basis=tuple(tuple(float(v) for v in row) for row in basis),
+            )
         return spec
 
     @property
@@ -146,8 +172,13 @@ class ContentSpec:
                     seen.setdefault(bucket, None)
         return list(seen)[: self.max_words]
 
-    def encode(self, item_ids: tuple[str, ...] | list[str], rows: dict[str, dict[str, Any]],
-               vectors: dict[str, np.ndarray] | None = None, known: np.ndarray | None = None) -> ItemContent:
+    def encode(
+        self,
+        item_ids: tuple[str, ...] | list[str],
+        rows: dict[str, dict[str, Any]],
+        vectors: dict[str, np.ndarray] | None = None,
+        known: np.ndarray | None = None,
+    ) -> ItemContent:
         """Content of `item_ids` (model column order). rows: item_id -> features; items without a
         row get no content. known (N,) bool: items whose id embedding is trained (default all)."""
         n, rows_total = len(item_ids), len(item_ids) + FIRST_TOKEN
@@ -157,7 +188,9 @@ class ContentSpec:
         vecs = np.zeros((rows_total, max(self.vector_dim, 1)), dtype=np.float32)
         with_vector = [j for j, item in enumerate(item_ids) if vectors and item in vectors] if self.vector_dim else []
         if with_vector:  # projected together: one matrix product, not one per item
-            vecs[np.array(with_vector) + FIRST_TOKEN] = self.project(np.stack([vectors[item_ids[j]] for j in with_vector]))
+            vecs[np.array(with_vector) + FIRST_TOKEN] = self.project(
+                np.stack([vectors[item_ids[j]] for j in with_vector])
+            )
         for j, item in enumerate(item_ids):
             features = rows.get(item, {})
             ids = [vocab[t] for t in self.attribute_tokens(features) if t in vocab][: self.max_attributes]
@@ -170,8 +203,13 @@ class ContentSpec:
 
     def model_fields(self) -> dict[str, int]:
         """The ContentSASRecConfig fields this spec fixes."""
-        return {"num_attributes": len(self.attributes) + FIRST_TOKEN, "max_attributes": self.max_attributes,
-                "text_buckets": self.text_buckets, "max_words": self.max_words, "vector_dim": self.vector_dim}
+        return {
+            "num_attributes": len(self.attributes) + FIRST_TOKEN,
+            "max_attributes": self.max_attributes,
+            "text_buckets": self.text_buckets,
+            "max_words": self.max_words,
+            "vector_dim": self.vector_dim,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -184,13 +222,18 @@ class ContentSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ContentSpec:
-        return cls(features=tuple((n, k) for n, k in d["features"]), attributes=tuple(d["attributes"]),
-                   numeric_edges={k: list(v) for k, v in d["numeric_edges"].items()},
-                   max_attributes=int(d["max_attributes"]), text_buckets=int(d["text_buckets"]),
-                   max_words=int(d["max_words"]), vector_dim=int(d["vector_dim"]),
-                   word_buckets=None if d.get("word_buckets") is None else tuple(d["word_buckets"]),
-                   vector_mean=None if d.get("vector_mean") is None else tuple(d["vector_mean"]),
-                   vector_basis=None if d.get("vector_basis") is None else tuple(tuple(r) for r in d["vector_basis"]))
+        return cls(
+            features=tuple((n, k) for n, k in d["features"]),
+            attributes=tuple(d["attributes"]),
+            numeric_edges={k: list(v) for k, v in d["numeric_edges"].items()},
+            max_attributes=int(d["max_attributes"]),
+            text_buckets=int(d["text_buckets"]),
+            max_words=int(d["max_words"]),
+            vector_dim=int(d["vector_dim"]),
+            word_buckets=None if d.get("word_buckets") is None else tuple(d["word_buckets"]),
+            vector_mean=None if d.get("vector_mean") is None else tuple(d["vector_mean"]),
+            vector_basis=None if d.get("vector_basis") is None else tuple(tuple(r) for r in d["vector_basis"]),
+        )
 
 
 def read_item_vectors(path: str | Path) -> dict[str, np.ndarray]:
@@ -239,9 +282,11 @@ def with_catalogue(index, items: pd.DataFrame | None):
     have = set(index.item_ids)
     extra = sorted({str(i) for i in items["item_id"].dropna()} - have)
     titles = dict(zip(items["item_id"].astype(str), items["title"], strict=True)) if "title" in items.columns else {}
-    return ItemIndex(index.item_ids + tuple(extra),
-                     index.titles + tuple("" if pd.isna(titles.get(i, "")) else str(titles.get(i, "")) for i in extra),
-                     index.popularity + (0,) * len(extra))
+    return ItemIndex(
+        index.item_ids + tuple(extra),
+        index.titles + tuple("" if pd.isna(titles.get(i, "")) else str(titles.get(i, "")) for i in extra),
+        index.popularity + (0,) * len(extra),
+    )
 
 
 def build_content_model(cfg, spec: ContentSpec, content: ItemContent, num_items: int):
@@ -258,8 +303,15 @@ def save_content_model(path: str | Path, model, spec: ContentSpec, item_ids: tup
     """One self-describing dict: model config, content spec, item ids (column order), weights."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": dataclasses.asdict(model.content_cfg), "spec": spec.to_dict(), "item_ids": list(item_ids),
-                "state": model.state_dict()}, path)
+    torch.save(
+        {
+            "config": dataclasses.asdict(model.content_cfg),
+            "spec": spec.to_dict(),
+            "item_ids": list(item_ids),
+            "state": model.state_dict(),
+        },
+        path,
+    )
     return path
 
 
@@ -273,8 +325,14 @@ def load_content_model(path: str | Path):
     return model.eval(), ContentSpec.from_dict(saved["spec"]), tuple(saved["item_ids"])
 
 
-def fit_content(items: pd.DataFrame, item_vectors: str | Path | None = None, *, min_word_items: int = 1,
-                numeric_buckets: int = 8, vector_components: int = 0):
+def fit_content(
+    items: pd.DataFrame,
+    item_vectors: str | Path | None = None,
+    *,
+    min_word_items: int = 1,
+    numeric_buckets: int = 8,
+    vector_components: int = 0,
+):
     """-> (ContentSpec, rows {item_id: features}, vectors or None) fitted on the item table (the
     vectors' projection, with `vector_components`, on the vectors of its items only)."""
     from trainer.data.tables import feature_rows, infer_feature_specs
@@ -283,14 +341,26 @@ def fit_content(items: pd.DataFrame, item_vectors: str | Path | None = None, *, 
     rows = list(feature_rows(items, specs, "item_id"))
     vectors = read_item_vectors(item_vectors) if item_vectors else None
     dim = len(next(iter(vectors.values()))) if vectors else 0
-    own = np.stack([vectors[r["item_id"]] for r in rows if r["item_id"] in vectors]) if vectors and vector_components else None
-    spec = ContentSpec.fit(rows, specs, vector_dim=dim, min_word_items=min_word_items, numeric_buckets=numeric_buckets,
-                           vectors=own, vector_components=vector_components)
+    own = (
+        np.stack([vectors[r["item_id"]] for r in rows if r["item_id"] in vectors])
+        if vectors and vector_components
+        else None
+    )
+    spec = ContentSpec.fit(
+        rows,
+        specs,
+        vector_dim=dim,
+        min_word_items=min_word_items,
+        numeric_buckets=numeric_buckets,
+        vectors=own,
+        vector_components=vector_components,
+    )
     return spec, {r["item_id"]: r["features"] for r in rows}, vectors
 
 
-def prepare_content_model(cfg, items: pd.DataFrame | None, index, sequences: list[np.ndarray],
-                          item_vectors: str | Path | None = None):
+def prepare_content_model(
+    cfg, items: pd.DataFrame | None, index, sequences: list[np.ndarray], item_vectors: str | Path | None = None
+):
     """-> (index with the whole catalogue, untrained ContentSASRec, ContentSpec) for `cfg`.
 
     The spec is fitted on the item table (`cfg.min_word_items`, `cfg.numeric_buckets`,
@@ -300,8 +370,13 @@ def prepare_content_model(cfg, items: pd.DataFrame | None, index, sequences: lis
     if items is None:
         raise ValueError(f"model {cfg.model} needs an item table (--items)")
     index = with_catalogue(index, items)
-    spec, rows, vectors = fit_content(items, item_vectors, min_word_items=cfg.min_word_items,
-                                      numeric_buckets=cfg.numeric_buckets, vector_components=cfg.vector_components)
+    spec, rows, vectors = fit_content(
+        items,
+        item_vectors,
+        min_word_items=cfg.min_word_items,
+        numeric_buckets=cfg.numeric_buckets,
+        vector_components=cfg.vector_components,
+    )
     n = len(index.item_ids)
     trained = [s[:-1] for s in sequences if len(s) >= 2]
     counts = np.bincount(np.concatenate(trained) - FIRST_TOKEN, minlength=n) if trained else np.zeros(n)
@@ -321,8 +396,16 @@ class ColdShelf:
     so identical vectors cannot win by luck of the order).
     """
 
-    def __init__(self, spec: ContentSpec, rows: dict[str, dict[str, Any]], shelf_ids: list[str],
-                 windows: np.ndarray, targets: np.ndarray, vectors: dict[str, np.ndarray] | None = None, k: int = 10):
+    def __init__(
+        self,
+        spec: ContentSpec,
+        rows: dict[str, dict[str, Any]],
+        shelf_ids: list[str],
+        windows: np.ndarray,
+        targets: np.ndarray,
+        vectors: dict[str, np.ndarray] | None = None,
+        k: int = 10,
+    ):
         if len(windows) != len(targets) or not len(targets):
             raise ValueError("a cold shelf needs one target per history, and at least one")
         missing = [i for i in shelf_ids if i not in rows]
@@ -345,73 +428,7 @@ class ColdShelf:
         ranks = (scores > target).sum(1).double() + ((scores == target).sum(1).double() - 1) / 2  # (U,)
         hit = ranks < self.k
         model.train(was_training)
-        return {f"cold_hr@{self.k}": float(hit.double().mean()),
-                f"cold_ndcg@{self.k}": float(torch.where(hit, 1.0 / torch.log2(ranks + 2.0), 0.0).mean())}
-
-
-def add_items(artifact_dir: str | Path, items: str | Path, out_dir: str | Path, *,
-              content_checkpoint: str | Path | None = None, item_vectors: str | Path | None = None):
-    """Re-exports a content model's artifact with the items of table `items` it lacks.
-
-    New items are appended after the existing columns (popularity 0, no id embedding: content
-    only); existing items keep their columns and vectors, so nothing is retrained. Feature rows
-    in `items` also update existing items' content. The content checkpoint defaults to
-    `<artifact>.ckpt/content_model.pt`; an updated one is written to `<out>.ckpt/`. Returns
-    the new manifest. The feature service must load the new artifact too (its schema carries
-    the new item index checksum).
-    """
-    from recsys.artifact import (
-        HISTORIES,
-        ITEMS,
-        USERS,
-        ItemIndex,
-        read_jsonl,
-        read_manifest,
-    )
-    from trainer.data.tables import feature_rows, read_table
-    from trainer.export.next_item import ExportInputs, export_artifact
-    from trainer.models.content import ContentSASRec
-
-    artifact_dir, out_dir = Path(artifact_dir), Path(out_dir)
-    manifest = read_manifest(artifact_dir)
-    ckpt = Path(content_checkpoint or artifact_dir.with_name(artifact_dir.name + ".ckpt") / CONTENT_CHECKPOINT)
-    if not ckpt.is_file():
-        raise ValueError(f"{ckpt}: no content model checkpoint (only content models trained here can add items)")
-    model, spec, trained_ids = load_content_model(ckpt)
-    index = ItemIndex.read(artifact_dir)
-    if index.item_ids != trained_ids:
-        raise ValueError(f"{ckpt} does not belong to {artifact_dir}: the item ids differ")
-    table = read_table(items, "items").drop_duplicates("item_id", keep="last")
-    rows = {r["item_id"]: r["features"] for r in read_jsonl(artifact_dir / ITEMS)}
-    rows.update({r["item_id"]: r["features"] for r in feature_rows(table, manifest.schema.item_features, "item_id")})
-    vectors = read_item_vectors(item_vectors) if item_vectors else None
-    if vectors and len(next(iter(vectors.values()))) != spec.source_dim:
-        raise ValueError(f"{item_vectors}: vectors must have {spec.source_dim} components, as in training")
-    new_index = with_catalogue(index, table)
-    n_old, n_new = len(index.item_ids), len(new_index.item_ids)
-    known = np.zeros(n_new, dtype=bool)
-    known[:n_old] = model.item_emb.known[FIRST_TOKEN:, 0].numpy() > 0
-    content = spec.encode(new_index.item_ids, rows, vectors, known)
-    grown = ContentSASRec(dataclasses.replace(model.content_cfg, num_items=n_new))
-    state = model.state_dict()
-    id_rows = torch.zeros(n_new + FIRST_TOKEN, state["item_emb.id_emb.weight"].shape[1])
-    id_rows[: n_old + FIRST_TOKEN] = state["item_emb.id_emb.weight"]
-    state["item_emb.id_emb.weight"] = id_rows
-    for name, value in zip(("attrs", "words", "vectors", "known"), content.tensors(), strict=True):
-        state[f"item_emb.{name}"] = value
-    grown.load_state_dict(state)
-    grown.eval()
-    added = new_index.item_ids[n_old:]
-    new_manifest = export_artifact(grown, ExportInputs(
-        model_kind=manifest.model_kind,
-        max_len=manifest.max_history,
-        item_index=new_index,
-        schema=dataclasses.replace(manifest.schema, item_index_sha256=new_index.sha256),
-        histories=read_jsonl(artifact_dir / HISTORIES),
-        users=read_jsonl(artifact_dir / USERS),
-        items=({"item_id": i, "features": rows[i]} for i in new_index.item_ids if i in rows),
-        training={**manifest.training, "added_items": {"count": len(added), "from": manifest.model_version}},
-        metrics={k: v for k, v in manifest.metrics.items() if k != "export_parity_max_abs_diff"},
-    ), out_dir)
-    save_content_model(out_dir.with_name(out_dir.name + ".ckpt") / CONTENT_CHECKPOINT, grown, spec, new_index.item_ids)
-    return new_manifest
+        return {
+            f"cold_hr@{self.k}": float(hit.double().mean()),
+            f"cold_ndcg@{self.k}": float(torch.where(hit, 1.0 / torch.log2(ranks + 2.0), 0.0).mean()),
+        }

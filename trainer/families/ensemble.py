@@ -25,14 +25,22 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.models.ensemble import Ensemble
 from trainer.families.next_item import FitResult, TrainConfig, fit, member_configs, score_histories, validate
+from trainer.models.ensemble import Ensemble
 
 __all__ = ["fit_ensemble", "member_configs"]
 
 
-def fit_ensemble(cfg: TrainConfig, sequences: list[np.ndarray], num_items: int, *, progress: bool = True,
-                 checkpoint_dir: str | Path | None = None, resume: bool = False, log=print) -> FitResult:
+def fit_ensemble(
+    cfg: TrainConfig,
+    sequences: list[np.ndarray],
+    num_items: int,
+    *,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    log=print,
+) -> FitResult:
     """Trains every member in turn, then combines them; the result's metrics are the ensemble's
     on the same validation events the members were selected on, its `best_epoch` the latest of
     the members' best epochs, its history every member's epochs (rows carry "member": i) and
@@ -43,8 +51,10 @@ def fit_ensemble(cfg: TrainConfig, sequences: list[np.ndarray], num_items: int, 
     for i, member_cfg in enumerate(configs):
         directory = Path(checkpoint_dir) / f"member{i}" if checkpoint_dir else None
         result = fit(member_cfg, sequences, num_items, progress=progress, checkpoint_dir=directory, resume=resume)
-        log(f"member {i} ({member_cfg.model}, seed {member_cfg.seed}): best epoch {result.best_epoch}, "
-            f"ndcg@{cfg.k} {result.best_metrics.get(f'ndcg@{cfg.k}', float('nan')):.4f}")
+        log(
+            f"member {i} ({member_cfg.model}, seed {member_cfg.seed}): best epoch {result.best_epoch}, "
+            f"ndcg@{cfg.k} {result.best_metrics.get(f'ndcg@{cfg.k}', float('nan')):.4f}"
+        )
         members.append(result)
         resumed = max(resumed, result.resumed_from)
         history += [{**row, "member": i} for row in result.history]
@@ -53,11 +63,25 @@ def fit_ensemble(cfg: TrainConfig, sequences: list[np.ndarray], num_items: int, 
     weights = [1.0 / _spread(r.model, val) for r in members]
     model = Ensemble([r.model for r in members], weights).eval()
     metrics = validate(model, val, targets, num_items, cfg) if len(val) else {}
-    summary = [{"model": c.model, "seed": c.seed, "best_epoch": r.best_epoch, "weight": w,
-                **{k: v for k, v in r.best_metrics.items() if "@" in k}}
-               for c, r, w in zip(configs, members, weights)]
-    return FitResult(model, max(r.best_epoch for r in members), metrics, history, time.perf_counter() - start, resumed,
-                     members=summary)
+    summary = [
+        {
+            "model": c.model,
+            "seed": c.seed,
+            "best_epoch": r.best_epoch,
+            "weight": w,
+            **{k: v for k, v in r.best_metrics.items() if "@" in k},
+        }
+        for c, r, w in zip(configs, members, weights)
+    ]
+    return FitResult(
+        model,
+        max(r.best_epoch for r in members),
+        metrics,
+        history,
+        time.perf_counter() - start,
+        resumed,
+        members=summary,
+    )
 
 
 def _spread(model, histories: list[np.ndarray]) -> float:

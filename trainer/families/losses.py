@@ -65,8 +65,9 @@ def log_prior(counts: torch.Tensor) -> torch.Tensor:
     return (counts / counts.sum()).log().float()
 
 
-def seen_mask(inputs: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, num_items: int,
-              older: torch.Tensor | None = None) -> torch.Tensor:
+def seen_mask(
+    inputs: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, num_items: int, older: torch.Tensor | None = None
+) -> torch.Tensor:
     """(M, N) bool: True where the user has seen the item by the row's position.
 
     inputs (B, L) tokens, mask (B, L) the positions with a target (M of them, row order of
@@ -146,8 +147,10 @@ def next_item_loss(
         raise ValueError(f"loss {loss!r} needs a negative sampler")
     if loss == "sampled_softmax":
         neg = sampler.sample((negatives,))  # (K,) shared by the batch
-        logits = torch.cat([adjusted(_scores(model, h, pos.unsqueeze(1)), pos.unsqueeze(1)),
-                            adjusted(_scores(model, h, neg), neg)], dim=1)  # (M, 1+K)
+        logits = torch.cat(
+            [adjusted(_scores(model, h, pos.unsqueeze(1)), pos.unsqueeze(1)), adjusted(_scores(model, h, neg), neg)],
+            dim=1,
+        )  # (M, 1+K)
         if logq:
             log_q = torch.cat([sampler.log_q[pos].unsqueeze(1), sampler.log_q[neg].expand(len(pos), -1)], dim=1)
             logits = logits - log_q

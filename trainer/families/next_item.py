@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses as dataclasses_
 import functools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +23,15 @@ from trainer.loop import FitResult, LoopConfig, init_weights
 from trainer.loop import fit as run_loop
 from trainer.metrics import rank_of_targets, ranking_metrics
 from trainer.models import CONTENT_MODELS, MODELS
+from trainer.models.custom import is_custom, load_model_class
 
 __all__ = ["FitResult", "NextItemFamily", "TrainConfig", "fit", "member_configs", "score_histories", "validate"]
 
 
 @dataclass(frozen=True)
 class TrainConfig(LoopConfig):
-    model: str = "sasrec"  # key of trainer.models.MODELS, or "ensemble" (of `members`)
+    model: str = "sasrec"  # key of trainer.models.MODELS, "ensemble" (of `members`), or your own: file.py:Class
+    model_options: dict = field(default_factory=dict)  # your own model's keyword arguments (trainer/models/custom.py)
     epochs: int = 200  # upper bound; early stopping usually ends sooner
     batch_size: int = 256  # windows per step
     bucket: bool = False  # batch windows of similar length and trim their padding (faster for long max_len)
@@ -63,7 +65,9 @@ class TrainConfig(LoopConfig):
     k: int = 10  # cut-off of the validation metric (NDCG@k selects the model)
     # Export
     ann: str = "auto"  # ANN retrieval index: auto (from 100k items), on, off (trainer/export/ann.py)
-    ann_backend: str = "norm-pruned"  # norm-pruned (exact at its default alpha 1) | faiss-ivf | faiss-hnsw | usearch (recsys/ann.py)
+    ann_backend: str = (
+        "norm-pruned"  # norm-pruned (exact at its default alpha 1) | faiss-ivf | faiss-hnsw | usearch (recsys/ann.py)
+    )
     int8: bool = False  # also export model.int8.onnx (dynamic quantisation, quality measured)
     # model = "ensemble": one table of settings per member, each overriding the ones above for
     # that member and naming its `model` (trainer/families/ensemble.py); the served scores are their sum,
@@ -76,8 +80,12 @@ class TrainConfig(LoopConfig):
 
     def model_config(self, num_items: int):
         """The model's own config: the fields it shares with this one, its defaults for the rest."""
+        if is_custom(self.model):
+            raise ValueError("your own model takes model_options, not a model config")
         if self.model == "ensemble":
-            raise ValueError("an ensemble has no model config of its own; see trainer/families/ensemble.py member_configs")
+            raise ValueError(
+                "an ensemble has no model config of its own; see trainer/families/ensemble.py member_configs"
+            )
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
         config_cls = MODELS[self.model][0]
@@ -113,8 +121,16 @@ class TrainConfig(LoopConfig):
             member_configs(self)
         elif self.members:
             raise ValueError(f"`members` is for model ensemble only; model is {self.model!r}")
+        elif is_custom(self.model):
+            if getattr(load_model_class(self.model), "task", "next_item") != "next_item":
+                raise ValueError(f"model {self.model!r} is not a next_item model")
         else:
             self.model_config(1)
+        if self.model_options and not is_custom(self.model):
+            raise ValueError(
+                'model_options are for your own model (model = "file.py:Class"); '
+                "built-in models take their settings as fields"
+            )
 
 
 def member_configs(cfg: TrainConfig) -> list[TrainConfig]:
@@ -128,21 +144,28 @@ def member_configs(cfg: TrainConfig) -> list[TrainConfig]:
         if unknown:
             raise ValueError(f"ensemble member {i}: unknown setting(s) {', '.join(unknown)}")
         if "seed" in own:
-            raise ValueError(f"ensemble member {i}: members take their seeds from the ensemble's "
-                             f"(seed x members + i); remove `seed`")
-        if own["model"] == "ensemble" or own["model"] in CONTENT_MODELS:
-            raise ValueError(f"ensemble member {i}: members cannot be ensembles or content models "
-                             f"({', '.join(CONTENT_MODELS)}); got {own['model']!r}")
+            raise ValueError(
+                f"ensemble member {i}: members take their seeds from the ensemble's (seed x members + i); remove `seed`"
+            )
+        if own["model"] == "ensemble" or own["model"] in CONTENT_MODELS or is_custom(own["model"]):
+            raise ValueError(
+                f"ensemble member {i}: members are built-in sequential models, not ensembles, "
+                f"content models ({', '.join(CONTENT_MODELS)}) or your own; got {own['model']!r}"
+            )
         base = dataclasses_.replace(cfg, members=())
         member = dataclasses_.replace(base, **own, seed=cfg.seed * len(cfg.members) + i)
         member.check()
         if member.max_len > cfg.max_len:
-            raise ValueError(f"ensemble member {i} reads {member.max_len} items, more than the ensemble's "
-                             f"max_len {cfg.max_len} (what the server sends); raise the ensemble's max_len")
+            raise ValueError(
+                f"ensemble member {i} reads {member.max_len} items, more than the ensemble's "
+                f"max_len {cfg.max_len} (what the server sends); raise the ensemble's max_len"
+            )
         out.append(member)
     if out and max(m.max_len for m in out) != cfg.max_len:
-        raise ValueError(f"the ensemble's max_len ({cfg.max_len}) must be its longest member's "
-                         f"({max(m.max_len for m in out)}): the server sends that many items")
+        raise ValueError(
+            f"the ensemble's max_len ({cfg.max_len}) must be its longest member's "
+            f"({max(m.max_len for m in out)}): the server sends that many items"
+        )
     return out
 
 
@@ -158,7 +181,9 @@ def score_histories(model: nn.Module, histories: list[np.ndarray], max_len: int,
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def validate(model: nn.Module, histories: list[np.ndarray], targets: np.ndarray, num_items: int, cfg: TrainConfig) -> dict:
+def validate(
+    model: nn.Module, histories: list[np.ndarray], targets: np.ndarray, num_items: int, cfg: TrainConfig
+) -> dict:
     """Full-ranking metrics of `targets` (tokens) after `histories`, seen items excluded."""
     scores = score_histories(model, histories, cfg.max_len)
     excluded = np.zeros((len(histories), num_items), dtype=bool)
@@ -182,8 +207,16 @@ class NextItemFamily:
     higher_is_better = True
     objective = None
 
-    def __init__(self, cfg: TrainConfig, sequences: list[np.ndarray], num_items: int, *, model: nn.Module | None = None,
-                 validator=None, select: str | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        sequences: list[np.ndarray],
+        num_items: int,
+        *,
+        model: nn.Module | None = None,
+        validator=None,
+        select: str | None = None,
+    ):
         cfg.check()
         self.cfg, self.num_items, self.prebuilt, self.validator = cfg, num_items, model, validator
         self.select = select or f"ndcg@{cfg.k}"
@@ -192,14 +225,27 @@ class NextItemFamily:
         val = [(s[:-1], s[-1]) for s in sequences if len(s) >= 3]
         self.val_histories = [h for h, _ in val]
         self.val_targets = np.array([t for _, t in val], dtype=np.int64)
-        counts = (np.bincount(np.concatenate(self.train_seqs) - FIRST_TOKEN, minlength=num_items)
-                  if self.train_seqs else np.ones(num_items))
-        sampler = (None if cfg.loss == "ce"
-                   else NegativeSampler(torch.from_numpy(counts), cfg.negative_sampling, cfg.negative_alpha))
+        counts = (
+            np.bincount(np.concatenate(self.train_seqs) - FIRST_TOKEN, minlength=num_items)
+            if self.train_seqs
+            else np.ones(num_items)
+        )
+        sampler = (
+            None
+            if cfg.loss == "ce"
+            else NegativeSampler(torch.from_numpy(counts), cfg.negative_sampling, cfg.negative_alpha)
+        )
         prior = log_prior(torch.from_numpy(counts)) if cfg.popularity_debias else None
-        self._loss = functools.partial(next_item_loss, loss=cfg.loss, sampler=sampler, negatives=cfg.negatives,
-                                       logq=cfg.logq_correction, debias=cfg.popularity_debias, prior=prior,
-                                       mask_seen=cfg.masks_seen)
+        self._loss = functools.partial(
+            next_item_loss,
+            loss=cfg.loss,
+            sampler=sampler,
+            negatives=cfg.negatives,
+            logq=cfg.logq_correction,
+            debias=cfg.popularity_debias,
+            prior=prior,
+            mask_seen=cfg.masks_seen,
+        )
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg
@@ -233,18 +279,32 @@ class NextItemFamily:
         return row
 
     def fingerprint(self) -> dict:
-        return {"num_items": self.num_items, "users": len(self.sequences),
-                "events": int(sum(len(s) for s in self.sequences))}
+        return {
+            "num_items": self.num_items,
+            "users": len(self.sequences),
+            "events": int(sum(len(s) for s in self.sequences)),
+        }
 
 
 def build_model(cfg: TrainConfig, num_items: int) -> nn.Module:
     """An untrained `cfg.model` from the registry (trainer/models, or a user's own module)."""
+    if is_custom(cfg.model):
+        return load_model_class(cfg.model)(num_items=num_items, max_len=cfg.max_len, **cfg.model_options)
     return MODELS[cfg.model][1](cfg.model_config(num_items))
 
 
-def fit(cfg: TrainConfig, sequences: list[np.ndarray], num_items: int, *, progress: bool = True,
-        checkpoint_dir: str | Path | None = None, resume: bool = False, model: nn.Module | None = None,
-        validator=None, select: str | None = None) -> FitResult:
+def fit(
+    cfg: TrainConfig,
+    sequences: list[np.ndarray],
+    num_items: int,
+    *,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    model: nn.Module | None = None,
+    validator=None,
+    select: str | None = None,
+) -> FitResult:
     """Trains a next-item model through the loop (trainer/loop.py); see NextItemFamily."""
     family = NextItemFamily(cfg, sequences, num_items, model=model, validator=validator, select=select)
     return run_loop(cfg, family, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)

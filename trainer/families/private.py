@@ -30,7 +30,6 @@ over the sequence and content_sasrec's shared content encoder are not supported 
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -40,12 +39,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from recsys.schema import FIRST_TOKEN, PAD
-from trainer.data.batches import last_window
-from trainer.models import MODELS
 from trainer import distributed
+from trainer.data.batches import last_window
 from trainer.families.next_item import TrainConfig, validate
 from trainer.loop import FitResult, init_weights, make_optimizer
 from trainer.loop import fit as run_loop
+from trainer.models import MODELS
 
 __all__ = ["PRIVATE_MODELS", "PrivacyConfig", "PrivateFamily", "PrivateFitResult", "UntiedNextItem", "fit_private"]
 
@@ -137,8 +136,14 @@ class PrivateFamily:
     higher_is_better = True
     objective = None
 
-    def __init__(self, cfg: TrainConfig, privacy: PrivacyConfig, sequences: list[np.ndarray], num_items: int,
-                 model: nn.Module | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        privacy: PrivacyConfig,
+        sequences: list[np.ndarray],
+        num_items: int,
+        model: nn.Module | None = None,
+    ):
         cfg.check()
         privacy.check()
         if cfg.model not in PRIVATE_MODELS:
@@ -150,8 +155,10 @@ class PrivateFamily:
         if cfg.ema:
             raise ValueError("private training keeps its final weights; ema is not supported with it")
         if cfg.refit_epochs or cfg.clip:
-            raise ValueError("private training bounds each user's gradient itself (max_grad_norm); "
-                             "refit_epochs and clip are not supported with it")
+            raise ValueError(
+                "private training bounds each user's gradient itself (max_grad_norm); "
+                "refit_epochs and clip are not supported with it"
+            )
         self.cfg, self.config, self.num_items, self.prebuilt = cfg, privacy, num_items, model
         self.train_seqs = [s[:-1] for s in sequences if len(s) >= 3]
         val = [(s[:-1], s[-1]) for s in sequences if len(s) >= 3]
@@ -165,7 +172,11 @@ class PrivateFamily:
         self.steps = 0
 
     def build_model(self) -> nn.Module:
-        body = self.prebuilt if self.prebuilt is not None else MODELS[self.cfg.model][1](self.cfg.model_config(self.num_items))
+        body = (
+            self.prebuilt
+            if self.prebuilt is not None
+            else MODELS[self.cfg.model][1](self.cfg.model_config(self.num_items))
+        )
         net = UntiedNextItem(body, self.num_items, body.cfg.hidden)
         init_weights(net, self.cfg.init)
         return net
@@ -185,9 +196,14 @@ class PrivateFamily:
             warnings.filterwarnings("ignore", message="Optimal order is the")
             self.engine = PrivacyEngine(accountant=self.config.accountant)
             self.dp_net, optimizer, self.loader = self.engine.make_private_with_epsilon(
-                module=net, optimizer=make_optimizer(cfg, net), data_loader=loader,
-                target_epsilon=self.config.target_epsilon, target_delta=self.delta, epochs=cfg.epochs,
-                max_grad_norm=self.config.max_grad_norm, poisson_sampling=True,
+                module=net,
+                optimizer=make_optimizer(cfg, net),
+                data_loader=loader,
+                target_epsilon=self.config.target_epsilon,
+                target_delta=self.delta,
+                epochs=cfg.epochs,
+                max_grad_norm=self.config.max_grad_norm,
+                poisson_sampling=True,
             )
         # Opacus's hooks on the first layers, whose inputs are token ids, warn at every backward
         # pass of this process from now on: expected and harmless
@@ -240,8 +256,15 @@ class PrivateFamily:
         _strip_opacus(net)
 
 
-def fit_private(cfg: TrainConfig, privacy: PrivacyConfig, sequences: list[np.ndarray], num_items: int, *,
-                progress: bool = True, model: nn.Module | None = None) -> FitResult:
+def fit_private(
+    cfg: TrainConfig,
+    privacy: PrivacyConfig,
+    sequences: list[np.ndarray],
+    num_items: int,
+    *,
+    progress: bool = True,
+    model: nn.Module | None = None,
+) -> FitResult:
     """DP-SGD training for exactly `cfg.epochs` epochs; returns the final model (an
     UntiedNextItem) with the privacy spent in `.privacy`. sequences as in next_item.fit: each
     user's last event is held out for the final validation and never trained on. `model`: a

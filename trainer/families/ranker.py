@@ -10,11 +10,7 @@ Rankers learn with binary cross-entropy (optionally class-weighted), the rating 
 
 from __future__ import annotations
 
-import copy
-import math
-import random
-import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +20,7 @@ from torch import nn
 
 from recsys.artifact import ItemIndex
 from recsys.schema import FeatureSchema
-from trainer.data.tables import Tables, load_tables
-from trainer.models.conv_ctr import ConvCTR, ConvCTRConfig
-from trainer.models.dcn import DCNv2, DCNv2Config
-from trainer.models.deepfm import DeepFM, DeepFMConfig
-from trainer.models.fields import FieldLayout
-from trainer.models.rating import RatingModel, RatingModelConfig
+from trainer import distributed
 from trainer.data.encoding import build_item_index, build_schema
 from trainer.data.examples import (
     LABELS,
@@ -42,13 +33,28 @@ from trainer.data.examples import (
     field_layout,
     longest_multi,
 )
-from trainer.pointwise_metrics import classification_metrics, rating_metrics
-from trainer import distributed
+from trainer.data.tables import Tables, load_tables
 from trainer.loop import FitResult, LoopConfig, init_weights
 from trainer.loop import fit as run_loop
+from trainer.models.conv_ctr import ConvCTR, ConvCTRConfig
+from trainer.models.custom import is_custom, load_model_class
+from trainer.models.dcn import DCNv2, DCNv2Config
+from trainer.models.deepfm import DeepFM, DeepFMConfig
+from trainer.models.fields import FieldLayout
+from trainer.models.rating import RatingModel, RatingModelConfig
+from trainer.pointwise_metrics import classification_metrics, rating_metrics
 
-__all__ = ["RANKERS", "RankConfig", "RankFit", "RankRun", "batch_inputs", "fit_ranker", "predict", "reads_user_id",
-           "train_ranker"]
+__all__ = [
+    "RANKERS",
+    "RankConfig",
+    "RankFit",
+    "RankRun",
+    "batch_inputs",
+    "fit_ranker",
+    "predict",
+    "reads_user_id",
+    "train_ranker",
+]
 
 # name -> (config class, module class); every forward takes the inputs of fields.py -> (B,)
 RANKERS: dict[str, tuple[type, type[nn.Module]]] = {
@@ -62,7 +68,8 @@ INPUTS = ("user_cat", "user_num", "item_id", "item_cat", "item_num", "item_multi
 
 @dataclass(frozen=True)
 class RankConfig(LoopConfig):
-    model: str = "deepfm"  # deepfm | dcn | conv_ctr | rating (see RANKERS)
+    model: str = "deepfm"  # deepfm | dcn | conv_ctr | rating (see RANKERS), or your own: file.py:Class
+    model_options: dict = field(default_factory=dict)  # your own ranker's keyword arguments (trainer/models/custom.py)
     # Labels (trainer/data/examples.py); model=rating always learns the rating itself.
     label: str = "threshold"  # threshold (rating >= threshold) | implicit (sampled negatives)
     threshold: float = 4.0  # label = rating >= threshold
@@ -95,7 +102,7 @@ class RankConfig(LoopConfig):
 
     @property
     def task(self) -> str:
-        """"rating" for the rating model, else "rank"."""
+        """ "rating" for the rating model, else "rank"."""
         return "rating" if self.model == "rating" else "rank"
 
     @property
@@ -104,6 +111,8 @@ class RankConfig(LoopConfig):
 
     def model_config(self, layout: FieldLayout, rating_range: tuple[float, float] = (1.0, 5.0)) -> Any:
         """The model's own config: the fields it shares with this one, its defaults for the rest."""
+        if is_custom(self.model):
+            return layout  # your own ranker is built from the layout and model_options
         if self.model not in RANKERS:
             raise ValueError(f"unknown model {self.model!r}; known: {', '.join(RANKERS)}")
         config_cls = RANKERS[self.model][0]
@@ -118,8 +127,17 @@ class RankConfig(LoopConfig):
     def check(self) -> None:
         """Raises ValueError naming the first bad setting."""
         self.check_loop()
-        choices = {"model": tuple(RANKERS), "label": LABELS[:2], "negative_sampling": ("uniform", "popularity"),
-                   "class_weight": ("none", "balanced")}
+        if is_custom(self.model):
+            if getattr(load_model_class(self.model), "task", "next_item") != "rank":
+                raise ValueError(f'model {self.model!r} is not a rank model (set task = "rank" on the class)')
+        elif self.model_options:
+            raise ValueError('model_options are for your own model (model = "file.py:Class")')
+        choices = {
+            "model": (*RANKERS, self.model) if is_custom(self.model) else tuple(RANKERS),
+            "label": LABELS[:2],
+            "negative_sampling": ("uniform", "popularity"),
+            "class_weight": ("none", "balanced"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -132,8 +150,9 @@ class RankConfig(LoopConfig):
             raise ValueError("label=implicit needs negatives >= 1")
         if self.ordinal and (self.label != "threshold" or self.model == "rating" or self.class_weight != "none"):
             raise ValueError("ordinal needs label=threshold, a ranker (not rating) and class_weight=none")
-        if not (self.lr > 0 and self.valid_share > 0 and self.test_share > 0
-                and self.valid_share + self.test_share < 1):
+        if not (
+            self.lr > 0 and self.valid_share > 0 and self.test_share > 0 and self.valid_share + self.test_share < 1
+        ):
             raise ValueError("lr must be > 0 and valid_share, test_share > 0 with a sum below 1")
 
 
@@ -158,15 +177,25 @@ def batch_inputs(data: RankingData, rows: np.ndarray, with_user_id: bool = False
     and user_id unless `with_user_id`."""
     users, items = data.user_row[rows], data.item[rows]
     out = {
-        "user_cat": data.user_cat[users], "user_num": data.user_num[users], "item_id": items,
-        "item_cat": data.item_cat[items], "item_num": data.item_num[items],
-        "item_multi": data.item_multi[items], "history": data.history[rows],
+        "user_cat": data.user_cat[users],
+        "user_num": data.user_num[users],
+        "item_id": items,
+        "item_cat": data.item_cat[items],
+        "item_num": data.item_num[items],
+        "item_multi": data.item_multi[items],
+        "history": data.history[rows],
         "user_id": data.user_token[users],
     }
-    present = {"user_cat": out["user_cat"].shape[1], "user_num": out["user_num"].shape[1], "item_id": 1,
-               "item_cat": out["item_cat"].shape[1], "item_num": out["item_num"].shape[1],
-               "item_multi": out["item_multi"].shape[1], "history": out["history"].shape[1],
-               "user_id": int(with_user_id)}
+    present = {
+        "user_cat": out["user_cat"].shape[1],
+        "user_num": out["user_num"].shape[1],
+        "item_id": 1,
+        "item_cat": out["item_cat"].shape[1],
+        "item_num": out["item_num"].shape[1],
+        "item_multi": out["item_multi"].shape[1],
+        "history": out["history"].shape[1],
+        "user_id": int(with_user_id),
+    }
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items() if present[k]}
 
 
@@ -175,8 +204,10 @@ def predict(model: nn.Module, data: RankingData, rows: np.ndarray, batch: int = 
     """Scores (len(rows),) float32 in eval mode: probabilities, or ratings for the rating model."""
     model.eval()
     with_user_id = reads_user_id(model)
-    parts = [model(**_full(batch_inputs(data, rows[i : i + batch], with_user_id))).numpy()
-             for i in range(0, len(rows), batch)]
+    parts = [
+        model(**_full(batch_inputs(data, rows[i : i + batch], with_user_id))).numpy()
+        for i in range(0, len(rows), batch)
+    ]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
@@ -213,7 +244,8 @@ class OrdinalBCE(nn.Module):
 
 def reads_user_id(model: nn.Module) -> bool:
     """Whether a ranker built by fit_ranker takes the user_id input."""
-    return model.cfg.fields.user_ids > 0
+    layout = model.fields if hasattr(model, "fields") else model.cfg.fields
+    return layout.user_ids > 0
 
 
 class RankerFamily:
@@ -242,13 +274,21 @@ class RankerFamily:
             weight = (len(labels) - pos) / max(pos, 1.0) if cfg.class_weight == "balanced" else 1.0
             self.objective = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight))
         self.targets = data.rating if cfg.ordinal else data.label
-        layout = replace(field_layout(data.encoder, data.num_items), history_count=cfg.history_count,
-                         history_attention=cfg.history_attention, user_ids=data.user_vocab if cfg.user_id else 0)
+        layout = replace(
+            field_layout(data.encoder, data.num_items),
+            history_count=cfg.history_count,
+            history_attention=cfg.history_attention,
+            user_ids=data.user_vocab if cfg.user_id else 0,
+        )
+        self.layout = layout
         self.model_cfg = cfg.model_config(layout, self.rating_range)
         self.names: tuple[str, ...] = ()
 
     def build_model(self) -> nn.Module:
-        model = RANKERS[self.cfg.model][1](self.model_cfg)
+        if is_custom(self.cfg.model):
+            model = load_model_class(self.cfg.model)(fields=self.model_cfg, **self.cfg.model_options)
+        else:
+            model = RANKERS[self.cfg.model][1](self.model_cfg)
         if self.cfg.init != "xavier_uniform":  # the models' own init is Xavier-uniform (fields.init_xavier)
             init_weights(model, self.cfg.init)
         return model
@@ -257,7 +297,7 @@ class RankerFamily:
         """(target, *model inputs) per batch, inputs in `self.names` order; `full`: validation rows too."""
         rows = np.concatenate([self.train, self.valid]) if full else self.train
         order = rows[rng.permutation(len(rows))]
-        with_user_id = self.model_cfg.fields.user_ids > 0
+        with_user_id = self.layout.user_ids > 0
         for i in range(0, len(order), self.cfg.batch_size):
             picked = order[i : i + self.cfg.batch_size]
             inputs = batch_inputs(self.data, picked, with_user_id)
@@ -277,23 +317,44 @@ class RankerFamily:
 
     def fingerprint(self) -> dict:
         data = self.data
-        return {"examples": len(data.label), "train": len(self.train), "num_items": int(data.num_items),
-                "label_sum": float(data.label.sum()), "user_vocab": data.user_vocab}
+        return {
+            "examples": len(data.label),
+            "train": len(self.train),
+            "num_items": int(data.num_items),
+            "label_sum": float(data.label.sum()),
+            "user_vocab": data.user_vocab,
+        }
 
 
-def fit_ranker(cfg: RankConfig, data: RankingData, *, progress: bool = True,
-               checkpoint_dir: str | Path | None = None, resume: bool = False) -> FitResult:
+def fit_ranker(
+    cfg: RankConfig,
+    data: RankingData,
+    *,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+) -> FitResult:
     """Trains a ranker or the rating model through the loop (trainer/loop.py); see RankerFamily.
     The batch order is seeded apart from the split (which used cfg.seed)."""
-    result = run_loop(cfg, RankerFamily(cfg, data), progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,
-                      rng_offset=1)
+    result = run_loop(
+        cfg, RankerFamily(cfg, data), progress=progress, checkpoint_dir=checkpoint_dir, resume=resume, rng_offset=1
+    )
     result.best_metrics = {k: v for k, v in result.best_metrics.items() if k.startswith("valid_")}
     return result
 
 
-def train_ranker(cfg: RankConfig, interactions: str | Path | None = None, *, users: str | Path | None = None,
-                 items: str | Path | None = None, tables: Tables | None = None, progress: bool = True,
-                 log=print, checkpoint_dir: str | Path | None = None, resume: bool = False) -> RankRun | None:
+def train_ranker(
+    cfg: RankConfig,
+    interactions: str | Path | None = None,
+    *,
+    users: str | Path | None = None,
+    items: str | Path | None = None,
+    tables: Tables | None = None,
+    progress: bool = True,
+    log=print,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+) -> RankRun | None:
     """Loads (or takes) the tables, builds examples, fits (checkpointing every epoch into
     `checkpoint_dir` when given; `resume` continues from there), and scores the test split once."""
     cfg.check()
@@ -305,17 +366,30 @@ def train_ranker(cfg: RankConfig, interactions: str | Path | None = None, *, use
     index = build_item_index(tables.interactions, tables.items)
     schema = build_schema(tables, index, cfg.history_len or 50)  # 50: the sequential default
     encoder = FeatureEncoder.from_schema(schema, longest_multi(tables, schema, cfg.multi_len), cfg.history_len)
-    data = build_ranking_data(tables, index, schema, encoder, label=cfg.label_mode, threshold=cfg.threshold,
-                              negatives=cfg.negatives, negative_sampling=cfg.negative_sampling,
-                              shares=(cfg.valid_share, cfg.test_share), seed=cfg.seed)
-    log(f"{len(data.label):,} examples: {len(data.rows(TRAIN)):,} train, {len(data.rows(VALID)):,} validation, "
-        f"{len(data.rows(TEST)):,} test; inputs {encoder.describe()}")
+    data = build_ranking_data(
+        tables,
+        index,
+        schema,
+        encoder,
+        label=cfg.label_mode,
+        threshold=cfg.threshold,
+        negatives=cfg.negatives,
+        negative_sampling=cfg.negative_sampling,
+        shares=(cfg.valid_share, cfg.test_share),
+        seed=cfg.seed,
+    )
+    log(
+        f"{len(data.label):,} examples: {len(data.rows(TRAIN)):,} train, {len(data.rows(VALID)):,} validation, "
+        f"{len(data.rows(TEST)):,} test; inputs {encoder.describe()}"
+    )
     result = fit_ranker(cfg, data, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
     if not distributed.current().is_main:
         return None  # under DDP only rank 0 holds the selected model
     if result.resumed_from:
         log(f"resumed from epoch {result.resumed_from} ({checkpoint_dir})")
     test = {f"test_{k}": v for k, v in evaluate(result.model, data, data.rows(TEST), cfg.task).items()}
-    log(f"best epoch {result.best_epoch} of {len(result.history)} in {result.seconds:.0f} s: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in {**result.best_metrics, **test}.items()))
+    log(
+        f"best epoch {result.best_epoch} of {len(result.history)} in {result.seconds:.0f} s: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in {**result.best_metrics, **test}.items())
+    )
     return RankRun(cfg, tables, schema, index, data, result, test)

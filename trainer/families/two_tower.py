@@ -15,10 +15,7 @@ early-stopped on full-ranking NDCG@k of the held-out events, seen items excluded
 
 from __future__ import annotations
 
-import copy
-import math
-import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +25,7 @@ from torch import nn
 
 from recsys.artifact import ItemIndex
 from recsys.schema import FIRST_TOKEN, FeatureSchema
-from trainer.data.tables import Tables, load_tables
-from trainer.metrics import rank_of_targets, ranking_metrics
-from trainer.models.two_tower import TwoTower, TwoTowerConfig
+from trainer import distributed
 from trainer.data.encoding import build_item_index, build_schema, encode_histories
 from trainer.data.examples import (
     FeatureEncoder,
@@ -39,12 +34,21 @@ from trainer.data.examples import (
     field_layout,
     longest_multi,
 )
-from trainer import distributed
+from trainer.data.tables import Tables, load_tables
 from trainer.loop import FitResult, LoopConfig
 from trainer.loop import fit as run_loop
+from trainer.metrics import rank_of_targets, ranking_metrics
+from trainer.models.two_tower import TwoTower, TwoTowerConfig
 
-__all__ = ["RetrievalConfig", "RetrievalData", "RetrievalFit", "RetrievalRun", "build_retrieval_data", "fit_two_tower",
-           "train_two_tower"]
+__all__ = [
+    "RetrievalConfig",
+    "RetrievalData",
+    "RetrievalFit",
+    "RetrievalRun",
+    "build_retrieval_data",
+    "fit_two_tower",
+    "train_two_tower",
+]
 
 
 @dataclass(frozen=True)
@@ -104,18 +108,25 @@ class RetrievalData:
     seen: list[np.ndarray]  # per user row: every token of the user's events before their held-out one
 
     def item_inputs(self, tokens: np.ndarray) -> dict[str, torch.Tensor]:
-        return {"item_id": torch.from_numpy(tokens), "item_cat": torch.from_numpy(self.item_cat[tokens]),
-                "item_num": torch.from_numpy(self.item_num[tokens]),
-                "item_multi": torch.from_numpy(self.item_multi[tokens])}
+        return {
+            "item_id": torch.from_numpy(tokens),
+            "item_cat": torch.from_numpy(self.item_cat[tokens]),
+            "item_num": torch.from_numpy(self.item_num[tokens]),
+            "item_multi": torch.from_numpy(self.item_multi[tokens]),
+        }
 
     def user_inputs(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         users = self.user_row[rows]
-        return {"user_cat": torch.from_numpy(self.user_cat[users]), "user_num": torch.from_numpy(self.user_num[users]),
-                "history": torch.from_numpy(self.history[rows])}
+        return {
+            "user_cat": torch.from_numpy(self.user_cat[users]),
+            "user_num": torch.from_numpy(self.user_num[users]),
+            "history": torch.from_numpy(self.history[rows]),
+        }
 
 
-def build_retrieval_data(tables: Tables, index: ItemIndex, schema: FeatureSchema,
-                         encoder: FeatureEncoder) -> RetrievalData:
+def build_retrieval_data(
+    tables: Tables, index: ItemIndex, schema: FeatureSchema, encoder: FeatureEncoder
+) -> RetrievalData:
     """Pairs from the interactions (time order within each user, as trainer.data.tables loads them)."""
     user_ids, sequences = encode_histories(tables.interactions, index)
     users = np.concatenate([np.full(len(s), r, dtype=np.int64) for r, s in enumerate(sequences)])
@@ -127,8 +138,17 @@ def build_retrieval_data(tables: Tables, index: ItemIndex, schema: FeatureSchema
     keep = positions >= 1
     seen = [s[:-1] if len(s) >= 3 else s for s in sequences]
     encoded = _encode_tables(tables, index, schema, encoder, user_ids)
-    return RetrievalData(encoder=encoder, num_items=len(index.item_ids), user_ids=user_ids, **encoded,
-                         user_row=users[keep], item=items[keep], history=history[keep], valid=valid[keep], seen=seen)
+    return RetrievalData(
+        encoder=encoder,
+        num_items=len(index.item_ids),
+        user_ids=user_ids,
+        **encoded,
+        user_row=users[keep],
+        item=items[keep],
+        history=history[keep],
+        valid=valid[keep],
+        seen=seen,
+    )
 
 
 RetrievalFit = FitResult  # what fit_two_tower returns
@@ -164,7 +184,9 @@ def all_item_vectors(model: TwoTower, data: RetrievalData, batch: int = 4096) ->
     """(N, D) item vectors in item-index order (column i = token i + FIRST_TOKEN), eval mode."""
     model.eval()
     tokens = np.arange(FIRST_TOKEN, data.num_items + FIRST_TOKEN, dtype=np.int64)
-    return torch.cat([model.item_vectors(**data.item_inputs(tokens[i : i + batch])) for i in range(0, len(tokens), batch)])
+    return torch.cat(
+        [model.item_vectors(**data.item_inputs(tokens[i : i + batch])) for i in range(0, len(tokens), batch)]
+    )
 
 
 @torch.no_grad()
@@ -194,8 +216,9 @@ class TwoTowerFamily:
         self.select = f"ndcg@{cfg.k}"
         self.train = np.flatnonzero(~data.valid)
         counts = np.bincount(data.item[self.train], minlength=data.num_items + FIRST_TOKEN).astype(np.float64)
-        self.log_q = (torch.from_numpy(np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32))
-                      if cfg.logq else None)
+        self.log_q = (
+            torch.from_numpy(np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32)) if cfg.logq else None
+        )
 
     def build_model(self) -> nn.Module:
         return TwoTower(self.cfg.model_config(self.data))
@@ -222,8 +245,14 @@ class TwoTowerFamily:
         return {"pairs": len(self.data.item), "train": len(self.train), "num_items": self.data.num_items}
 
 
-def fit_two_tower(cfg: RetrievalConfig, data: RetrievalData, *, progress: bool = True,
-                  checkpoint_dir: str | Path | None = None, resume: bool = False) -> FitResult:
+def fit_two_tower(
+    cfg: RetrievalConfig,
+    data: RetrievalData,
+    *,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+) -> FitResult:
     """Trains the two-tower model through the loop (trainer/loop.py); see TwoTowerFamily.
     Under DDP each rank's in-batch negatives are its own rows of the batch."""
     result = run_loop(cfg, TwoTowerFamily(cfg, data), progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
@@ -231,9 +260,18 @@ def fit_two_tower(cfg: RetrievalConfig, data: RetrievalData, *, progress: bool =
     return result
 
 
-def train_two_tower(cfg: RetrievalConfig, interactions: str | Path | None = None, *, users: str | Path | None = None,
-                    items: str | Path | None = None, tables: Tables | None = None, progress: bool = True,
-                    log=print, checkpoint_dir: str | Path | None = None, resume: bool = False) -> RetrievalRun | None:
+def train_two_tower(
+    cfg: RetrievalConfig,
+    interactions: str | Path | None = None,
+    *,
+    users: str | Path | None = None,
+    items: str | Path | None = None,
+    tables: Tables | None = None,
+    progress: bool = True,
+    log=print,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+) -> RetrievalRun | None:
     """Loads (or takes) the tables, builds pairs with the same schema as a sequential model of
     the same history length (one feature service serves both), and fits."""
     cfg.check()
@@ -246,13 +284,17 @@ def train_two_tower(cfg: RetrievalConfig, interactions: str | Path | None = None
     schema = build_schema(tables, index, cfg.history_len)
     encoder = FeatureEncoder.from_schema(schema, longest_multi(tables, schema, cfg.multi_len), cfg.history_len)
     data = build_retrieval_data(tables, index, schema, encoder)
-    log(f"{len(data.item):,} pairs: {int((~data.valid).sum()):,} train, {int(data.valid.sum()):,} validation; "
-        f"inputs {encoder.describe()}")
+    log(
+        f"{len(data.item):,} pairs: {int((~data.valid).sum()):,} train, {int(data.valid.sum()):,} validation; "
+        f"inputs {encoder.describe()}"
+    )
     result = fit_two_tower(cfg, data, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
     if not distributed.current().is_main:
         return None  # under DDP only rank 0 holds the selected model
     if result.resumed_from:
         log(f"resumed from epoch {result.resumed_from} ({checkpoint_dir})")
-    log(f"best epoch {result.best_epoch} of {len(result.history)} in {result.seconds:.0f} s: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items()))
+    log(
+        f"best epoch {result.best_epoch} of {len(result.history)} in {result.seconds:.0f} s: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
+    )
     return RetrievalRun(cfg, tables, schema, index, data, result)

@@ -18,5 +18,15 @@ MODELS = {
 # Models whose item vectors come from the item table: the pipeline builds them with their content.
 CONTENT_MODELS = ("content_sasrec",)
 
-__all__ = ["CONTENT_MODELS", "MODELS", "Caser", "CaserConfig", "ContentSASRec", "ContentSASRecConfig", "GRU4Rec",
-           "GRU4RecConfig", "SASRec", "SASRecConfig"]
+__all__ = [
+    "CONTENT_MODELS",
+    "MODELS",
+    "Caser",
+    "CaserConfig",
+    "ContentSASRec",
+    "ContentSASRecConfig",
+    "GRU4Rec",
+    "GRU4RecConfig",
+    "SASRec",
+    "SASRecConfig",
+]

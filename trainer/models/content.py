@@ -53,8 +53,15 @@ class ContentSASRecConfig:
     vector_dim: int = 0  # width of the precomputed item vectors; 0 = none
 
     def sasrec(self) -> SASRecConfig:
-        return SASRecConfig(num_items=self.num_items, max_len=self.max_len, hidden=self.hidden, heads=self.heads,
-                            layers=self.layers, inner=self.inner, dropout=self.dropout)
+        return SASRecConfig(
+            num_items=self.num_items,
+            max_len=self.max_len,
+            hidden=self.hidden,
+            heads=self.heads,
+            layers=self.layers,
+            inner=self.inner,
+            dropout=self.dropout,
+        )
 
 
 class FusedItemEmbedding(nn.Module):
@@ -99,6 +106,7 @@ class FusedItemEmbedding(nn.Module):
     def content_of(self, attrs: torch.Tensor, words: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """Content vectors of any items encoded by the same spec: attrs (M, A), words (M, W),
         vectors (M, V) -> (M, D). Items outside the table (new arrivals) are scored this way."""
+
         def masked_mean(emb: nn.Embedding, tokens: torch.Tensor) -> torch.Tensor:
             mask = (tokens != PAD).unsqueeze(-1).float()  # (M, T, 1)
             return (emb(tokens) * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (M, D)
@@ -130,7 +138,9 @@ class FusedItemEmbedding(nn.Module):
         """(R,) score bias of every item from its content alone (row PAD 0); None without a bias head."""
         if self.frozen_bias is not None or self.bias_head is None:
             return self.frozen_bias
-        return self.content_bias(self.content()).masked_fill(torch.arange(len(self.attrs), device=self.attrs.device) == PAD, 0.0)
+        return self.content_bias(self.content()).masked_fill(
+            torch.arange(len(self.attrs), device=self.attrs.device) == PAD, 0.0
+        )
 
     def content_bias(self, content: torch.Tensor) -> torch.Tensor | float:
         """content (M, D) -> (M,) score bias; 0.0 without a bias head."""
@@ -158,7 +168,9 @@ class ContentSASRec(SASRec):
         mask = targets != PAD
         h = self.encode(inputs)[mask]  # (M, D)
         items = self.item_emb.content()[FIRST_TOKEN:]  # (N, D)
-        return self.content_cfg.content_loss * F.cross_entropy(self.score_content(h, items), targets[mask] - FIRST_TOKEN)
+        return self.content_cfg.content_loss * F.cross_entropy(
+            self.score_content(h, items), targets[mask] - FIRST_TOKEN
+        )
 
     def score_content(self, hidden: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
         """hidden (U, D), content (S, D) from `item_emb.content_of` -> (U, S): the scores items

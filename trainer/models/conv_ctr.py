@@ -41,25 +41,41 @@ class ConvCTR(nn.Module):
         self.conv = nn.Conv1d(cfg.dim, cfg.filters, cfg.kernel, padding=cfg.kernel // 2)
         self.pool = nn.MaxPool1d(self.pool_size)
         self.dense = nn.Sequential(
-            nn.Dropout(cfg.dropout), nn.Linear(cfg.filters * (num_fields // self.pool_size), cfg.hidden),
-            nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, 1),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.filters * (num_fields // self.pool_size), cfg.hidden),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, 1),
         )
         init_xavier(self)
 
-    def logits(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
-               item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-               item_multi: torch.Tensor | None, history: torch.Tensor | None,
-               user_id: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self,
+        user_cat: torch.Tensor | None,
+        user_num: torch.Tensor | None,
+        item_id: torch.Tensor,
+        item_cat: torch.Tensor | None,
+        item_num: torch.Tensor | None,
+        item_multi: torch.Tensor | None,
+        history: torch.Tensor | None,
+        user_id: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Inputs (see fields.py) -> logits (B,)."""
         e = self.embed(user_cat, user_num, item_id, item_cat, item_num, item_multi, history, user_id)  # (B, F, D)
         h = torch.relu(self.conv(e.transpose(1, 2)))  # (B, C, F)
         pooled = self.pool(h)  # (B, C, F // pool)
         return self.dense(pooled.flatten(1)).squeeze(-1)  # (B,)
 
-    def forward(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
-                item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-                item_multi: torch.Tensor | None, history: torch.Tensor | None,
-               user_id: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        user_cat: torch.Tensor | None,
+        user_num: torch.Tensor | None,
+        item_id: torch.Tensor,
+        item_cat: torch.Tensor | None,
+        item_num: torch.Tensor | None,
+        item_multi: torch.Tensor | None,
+        history: torch.Tensor | None,
+        user_id: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Inputs -> probabilities (B,)."""
-        return torch.sigmoid(self.logits(user_cat, user_num, item_id, item_cat, item_num, item_multi, history,
-                                         user_id))
+        return torch.sigmoid(self.logits(user_cat, user_num, item_id, item_cat, item_num, item_multi, history, user_id))

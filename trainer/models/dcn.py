@@ -48,21 +48,36 @@ class DCNv2(nn.Module):
         self.out = nn.Linear(width + deep_width, 1)
         init_xavier(self)
 
-    def logits(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
-               item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-               item_multi: torch.Tensor | None, history: torch.Tensor | None,
-               user_id: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self,
+        user_cat: torch.Tensor | None,
+        user_num: torch.Tensor | None,
+        item_id: torch.Tensor,
+        item_cat: torch.Tensor | None,
+        item_num: torch.Tensor | None,
+        item_multi: torch.Tensor | None,
+        history: torch.Tensor | None,
+        user_id: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Inputs (see fields.py) -> logits (B,)."""
-        x0 = self.embed(user_cat, user_num, item_id, item_cat, item_num, item_multi, history, user_id).flatten(1)  # (B, F·D)
+        x0 = self.embed(user_cat, user_num, item_id, item_cat, item_num, item_multi, history, user_id).flatten(
+            1
+        )  # (B, F·D)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
         return self.out(torch.cat([x, self.deep(x0)], dim=-1)).squeeze(-1)  # (B,)
 
-    def forward(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
-                item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-                item_multi: torch.Tensor | None, history: torch.Tensor | None,
-               user_id: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        user_cat: torch.Tensor | None,
+        user_num: torch.Tensor | None,
+        item_id: torch.Tensor,
+        item_cat: torch.Tensor | None,
+        item_num: torch.Tensor | None,
+        item_multi: torch.Tensor | None,
+        history: torch.Tensor | None,
+        user_id: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Inputs -> probabilities (B,)."""
-        return torch.sigmoid(self.logits(user_cat, user_num, item_id, item_cat, item_num, item_multi, history,
-                                         user_id))
+        return torch.sigmoid(self.logits(user_cat, user_num, item_id, item_cat, item_num, item_multi, history, user_id))

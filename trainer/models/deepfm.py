@@ -50,10 +50,17 @@ class DeepFM(nn.Module):
         self.out = nn.Linear(width, 1)
         init_xavier(self)
 
-    def logits(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
-               item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-               item_multi: torch.Tensor | None, history: torch.Tensor | None,
-               user_id: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self,
+        user_cat: torch.Tensor | None,
+        user_num: torch.Tensor | None,
+        item_id: torch.Tensor,
+        item_cat: torch.Tensor | None,
+        item_num: torch.Tensor | None,
+        item_multi: torch.Tensor | None,
+        history: torch.Tensor | None,
+        user_id: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Inputs (see fields.py) -> logits (B,)."""
         args = (user_cat, user_num, item_id, item_cat, item_num, item_multi, history, user_id)
         e = self.embed(*args)  # (B, F, D)
@@ -61,10 +68,16 @@ class DeepFM(nn.Module):
         deep = self.out(self.deep(e.flatten(1))).squeeze(-1)  # (B,)
         return self.bias + first + fm_pairwise(e) + deep
 
-    def forward(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
-                item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-                item_multi: torch.Tensor | None, history: torch.Tensor | None,
-               user_id: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        user_cat: torch.Tensor | None,
+        user_num: torch.Tensor | None,
+        item_id: torch.Tensor,
+        item_cat: torch.Tensor | None,
+        item_num: torch.Tensor | None,
+        item_multi: torch.Tensor | None,
+        history: torch.Tensor | None,
+        user_id: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Inputs -> probabilities (B,)."""
-        return torch.sigmoid(self.logits(user_cat, user_num, item_id, item_cat, item_num, item_multi, history,
-                                         user_id))
+        return torch.sigmoid(self.logits(user_cat, user_num, item_id, item_cat, item_num, item_multi, history, user_id))

@@ -19,7 +19,9 @@ class Ensemble(nn.Module):
     def __init__(self, members: list[nn.Module], weights: list[float]):
         super().__init__()
         if not members or len(members) != len(weights):
-            raise ValueError(f"an ensemble needs one weight per member; got {len(members)} members, {len(weights)} weights")
+            raise ValueError(
+                f"an ensemble needs one weight per member; got {len(members)} members, {len(weights)} weights"
+            )
         self.members = nn.ModuleList(members)
         self.lengths = [m.cfg.max_len for m in members]
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
@@ -27,7 +29,10 @@ class Ensemble(nn.Module):
     def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
         """item_seq (B, L) -> (B, 1, sum of member widths): each member's weighted hidden state
         after the whole history (the last position only: members read different lengths)."""
-        parts = [w * m.encode(self._recent(item_seq, n))[:, -1:, :] for m, n, w in zip(self.members, self.lengths, self.weights)]
+        parts = [
+            w * m.encode(self._recent(item_seq, n))[:, -1:, :]
+            for m, n, w in zip(self.members, self.lengths, self.weights)
+        ]
         return torch.cat(parts, dim=-1)
 
     def _recent(self, item_seq: torch.Tensor, n: int) -> torch.Tensor:

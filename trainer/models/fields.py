@@ -43,6 +43,7 @@ __all__ = ["FieldEmbedding", "FieldLayout", "init_xavier"]
 
 NEG_LARGE = -1e9  # masked attention logits: finite, so all-PAD rows give no NaN
 
+
 @dataclass(frozen=True)
 class FieldLayout:
     """Which features a model reads; vocabulary sizes count PAD and OOV."""
@@ -60,8 +61,16 @@ class FieldLayout:
 
     @property
     def num_fields(self) -> int:
-        return (int(self.user_ids > 0) + len(self.user_cat) + self.n_user_num + 1 + len(self.item_cat)
-                + self.n_item_num + len(self.item_multi) + self._num_history_fields)
+        return (
+            int(self.user_ids > 0)
+            + len(self.user_cat)
+            + self.n_user_num
+            + 1
+            + len(self.item_cat)
+            + self.n_item_num
+            + len(self.item_multi)
+            + self._num_history_fields
+        )
 
     @property
     def num_user_fields(self) -> int:
@@ -99,10 +108,17 @@ class FieldEmbedding(nn.Module):
         self.item_num = nn.Parameter(torch.empty(layout.n_item_num, dim))
         self.item_multi = nn.ModuleList(nn.Embedding(v, dim, padding_idx=PAD) for v in layout.item_multi)
 
-    def forward(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
-                item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-                item_multi: torch.Tensor | None, history: torch.Tensor | None,
-                user_id: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        user_cat: torch.Tensor | None,
+        user_num: torch.Tensor | None,
+        item_id: torch.Tensor,
+        item_cat: torch.Tensor | None,
+        item_num: torch.Tensor | None,
+        item_multi: torch.Tensor | None,
+        history: torch.Tensor | None,
+        user_id: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         user: list[torch.Tensor] = []  # each (U, k, D), U = 1 or B user rows
         if self.user_id is not None:
             if user_id is None:
@@ -135,7 +151,9 @@ class FieldEmbedding(nn.Module):
             fields.append(torch.stack(pooled, dim=1))
         return torch.cat(fields, dim=1)  # (B, F, D)
 
-    def _history_fields(self, history: torch.Tensor, query: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    def _history_fields(
+        self, history: torch.Tensor, query: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """history (U, L), candidate embedding query (B, D) -> the user-side fields (mean, count:
         (U, 1, D) each) and, with attention pooling, the (B, 1, D) field it gives each candidate."""
         mask = (history != PAD).to(query.dtype).unsqueeze(-1)  # (U, L, 1)

@@ -44,15 +44,26 @@ class RatingModel(nn.Module):
         self.out = nn.Linear(width, 1)
         init_xavier(self)
 
-    def forward(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, item_id: torch.Tensor,
-                item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-                item_multi: torch.Tensor | None, history: torch.Tensor | None,
-               user_id: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        user_cat: torch.Tensor | None,
+        user_num: torch.Tensor | None,
+        item_id: torch.Tensor,
+        item_cat: torch.Tensor | None,
+        item_num: torch.Tensor | None,
+        item_multi: torch.Tensor | None,
+        history: torch.Tensor | None,
+        user_id: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Inputs (see fields.py) -> predicted ratings (B,) in [low, high]."""
         args = (user_cat, user_num, item_id, item_cat, item_num, item_multi, history, user_id)
         e = self.embed(*args)  # (B, F, D), user fields first
         n_user = self.cfg.fields.num_user_fields
         u, v = e[:, :n_user].sum(dim=1), e[:, n_user:].sum(dim=1)  # (B, D) each
-        z = (self.bias + self.linear(*args).sum(dim=(1, 2)) + (u * v).sum(dim=-1)
-             + self.out(self.deep(torch.cat([u, v], dim=-1))).squeeze(-1))  # (B,)
+        z = (
+            self.bias
+            + self.linear(*args).sum(dim=(1, 2))
+            + (u * v).sum(dim=-1)
+            + self.out(self.deep(torch.cat([u, v], dim=-1))).squeeze(-1)
+        )  # (B,)
         return self.cfg.low + (self.cfg.high - self.cfg.low) * torch.sigmoid(z)

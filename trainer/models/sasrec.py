@@ -64,9 +64,7 @@ class Block(nn.Module):
         super().__init__()
         self.attn = CausalSelfAttention(cfg)
         self.norm1 = nn.LayerNorm(cfg.hidden)
-        self.ff = nn.Sequential(
-            nn.Linear(cfg.hidden, cfg.inner), nn.GELU(), nn.Linear(cfg.inner, cfg.hidden)
-        )
+        self.ff = nn.Sequential(nn.Linear(cfg.hidden, cfg.inner), nn.GELU(), nn.Linear(cfg.inner, cfg.hidden))
         self.norm2 = nn.LayerNorm(cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
 

@@ -81,8 +81,9 @@ class TwoTower(nn.Module):
             if p.numel():
                 nn.init.normal_(p, std=0.1)
 
-    def user_vectors(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None,
-                     history: torch.Tensor | None) -> torch.Tensor:
+    def user_vectors(
+        self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, history: torch.Tensor | None
+    ) -> torch.Tensor:
         """User inputs (B, ...) -> L2-normalised vectors (B, D); history (B, L') with L' <= L."""
         parts: list[torch.Tensor] = []  # each (B, k, E)
         if user_cat is not None and len(self.user_cat):
@@ -103,8 +104,13 @@ class TwoTower(nn.Module):
         u = self.user_mlp(torch.cat(parts, dim=1).flatten(1))  # (B, D)
         return nn.functional.normalize(u, dim=-1)
 
-    def item_vectors(self, item_id: torch.Tensor, item_cat: torch.Tensor | None, item_num: torch.Tensor | None,
-                     item_multi: torch.Tensor | None) -> torch.Tensor:
+    def item_vectors(
+        self,
+        item_id: torch.Tensor,
+        item_cat: torch.Tensor | None,
+        item_num: torch.Tensor | None,
+        item_multi: torch.Tensor | None,
+    ) -> torch.Tensor:
         """Item inputs (N, ...) -> L2-normalised vectors (N, D)."""
         parts = [self.item_id(item_id).unsqueeze(1)]  # (N, 1, E)
         if item_cat is not None and len(self.item_cat):
@@ -112,13 +118,19 @@ class TwoTower(nn.Module):
         if item_num is not None and self.item_num.shape[0]:
             parts.append(item_num.unsqueeze(-1) * self.item_num)
         if item_multi is not None and len(self.item_multi):
-            parts.append(torch.stack([_masked_mean(emb, item_multi[:, j]) for j, emb in enumerate(self.item_multi)],
-                                     dim=1))
+            parts.append(
+                torch.stack([_masked_mean(emb, item_multi[:, j]) for j, emb in enumerate(self.item_multi)], dim=1)
+            )
         v = self.item_mlp(torch.cat(parts, dim=1).flatten(1))  # (N, D)
         return nn.functional.normalize(v, dim=-1)
 
-    def forward(self, user_cat: torch.Tensor | None, user_num: torch.Tensor | None, history: torch.Tensor | None,
-                item_vectors: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        user_cat: torch.Tensor | None,
+        user_num: torch.Tensor | None,
+        history: torch.Tensor | None,
+        item_vectors: torch.Tensor,
+    ) -> torch.Tensor:
         """User inputs (B, ...) and item vectors (N, D) -> scores (B, N) = <u, v> / temperature."""
         return self.user_vectors(user_cat, user_num, history) @ item_vectors.T / self.cfg.temperature
 
@@ -132,6 +144,10 @@ class TwoTowerScorer(nn.Module):
         self.model = model
         self.register_buffer("item_vectors", item_vectors.detach().clone())  # (N, D)
 
-    def forward(self, user_cat: torch.Tensor | None = None, user_num: torch.Tensor | None = None,
-                history: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        user_cat: torch.Tensor | None = None,
+        user_num: torch.Tensor | None = None,
+        history: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self.model(user_cat, user_num, history, self.item_vectors)
