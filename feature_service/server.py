@@ -65,8 +65,13 @@ def start_server(config: FeatureServiceConfig) -> tuple[grpc.Server, int, health
             FeatureServicer(core), features_pb2_grpc.add_FeatureServiceServicer_to_server, SERVICE_NAME
         )
         server, bound, health_servicer = create_server(
-            [binding], host=c.host, port=c.port, max_workers=c.max_workers, security=c.security,
-            max_concurrent_rpcs=c.max_concurrent_rpcs, interceptors=[metrics.interceptor(access_log=c.access_log)],
+            [binding],
+            host=c.host,
+            port=c.port,
+            max_workers=c.max_workers,
+            security=c.security,
+            max_concurrent_rpcs=c.max_concurrent_rpcs,
+            interceptors=[metrics.interceptor(access_log=c.access_log)],
         )
         if manifest is not None:
             report = load_artifact(store, c.artifact_dir)
@@ -99,8 +104,15 @@ def serve(config: FeatureServiceConfig) -> None:
     security = config.security or ServerSecurity()
     server, bound, health_servicer, core = start_server(config)
     metrics = f", metrics on :{core.metrics_port}" if core.metrics_port else ""
-    log.info("feature service on %s:%d (%s; schema %s, store %s%s)", config.host, bound, security.describe(),
-             core.schema_hash, config.store_url, metrics)
+    log.info(
+        "feature service on %s:%d (%s; schema %s, store %s%s)",
+        config.host,
+        bound,
+        security.describe(),
+        core.schema_hash,
+        config.store_url,
+        metrics,
+    )
     print(f"feature service listening on {config.host}:{bound} (schema {core.schema_hash})", flush=True)
     try:
         run_until_signal(server, health_servicer)

@@ -11,7 +11,7 @@ no wait, while a loaded server runs one large batch instead of many small ones.
 
 It pays where one run of B rows costs much less than B runs of one row: a large catalogue
 (the (B, D) x (D, N) scoring matmul) and CUDA. On a small catalogue on few CPU cores the
-thread handoff can cost more than it saves; `recsys bench` measures both ways, and the server
+thread handoff can cost more than it saves; `python -m benchmarks.load` measures both ways, and the server
 turns it on only when asked (`--batch-max`).
 """
 

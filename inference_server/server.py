@@ -46,8 +46,16 @@ from recsys.metrics import InferenceMetrics
 from recsys.security import ServerSecurity
 from recsys.v1 import admin_pb2_grpc, inference_pb2_grpc
 
-__all__ = ["ADMIN_SERVICE_NAME", "FEATURES_HEALTH_NAME", "SERVICE_NAME", "InferenceService",
-           "create_inference_server", "serve", "start_inference_service", "start_server"]
+__all__ = [
+    "ADMIN_SERVICE_NAME",
+    "FEATURES_HEALTH_NAME",
+    "SERVICE_NAME",
+    "InferenceService",
+    "create_inference_server",
+    "serve",
+    "start_inference_service",
+    "start_server",
+]
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "recsys.v1.InferenceService"
@@ -55,8 +63,16 @@ ADMIN_SERVICE_NAME = "recsys.v1.AdminService"
 FEATURES_HEALTH_NAME = "recsys.v1.FeatureService"  # health entry mirroring the dependency
 
 
-def _stage(artifact_dir, client: FeatureClient, *, device: str, threads: int, max_k: int,
-           speed: SpeedOptions | None = None, **extra) -> Recommender:
+def _stage(
+    artifact_dir,
+    client: FeatureClient,
+    *,
+    device: str,
+    threads: int,
+    max_k: int,
+    speed: SpeedOptions | None = None,
+    **extra,
+) -> Recommender:
     """Reads and checks one artifact, opens its model on `device` (tuned, batched and with ANN
     retrieval per `speed`), warms it up."""
     manifest = read_manifest(artifact_dir)
@@ -111,41 +127,73 @@ def start_server(config: InferenceConfig) -> InferenceService:
     c = config
     c.check()
     first_manifest = read_manifest(c.artifact_dir) if c.artifact_dir is not None else None
-    client = FeatureClient(c.features_target, timeout_s=c.feature_timeout_s,
-                           expected_schema_hash=first_manifest.schema_hash if first_manifest else None,
-                           security=c.feature_security)
+    client = FeatureClient(
+        c.features_target,
+        timeout_s=c.feature_timeout_s,
+        expected_schema_hash=first_manifest.schema_hash if first_manifest else None,
+        security=c.feature_security,
+    )
     metrics = InferenceMetrics()
     client.on_call = metrics.feature_call
     try:
         retrieval = None
         if c.retrieval_dir is not None:
-            retrieval = _stage(c.retrieval_dir, client, device=c.device, threads=c.threads, max_k=c.max_k,
-                               degrade=c.degrade, speed=c.speed)
+            retrieval = _stage(
+                c.retrieval_dir,
+                client,
+                device=c.device,
+                threads=c.threads,
+                max_k=c.max_k,
+                degrade=c.degrade,
+                speed=c.speed,
+            )
 
         def build(path: Path) -> Recommender:
-            return _stage(path, client, device=c.device, threads=c.threads, max_k=c.max_k,
-                          max_candidates=c.max_candidates, retrieval=retrieval, num_candidates=c.num_candidates,
-                          degrade=c.degrade, speed=c.speed)
+            return _stage(
+                path,
+                client,
+                device=c.device,
+                threads=c.threads,
+                max_k=c.max_k,
+                max_candidates=c.max_candidates,
+                retrieval=retrieval,
+                num_candidates=c.num_candidates,
+                degrade=c.degrade,
+                speed=c.speed,
+            )
 
         def changed(served: ServedModel) -> None:
             metrics.model_changed(served.label, served.version)
 
         manager = ModelManager(
-            build, client, artifact_dir=c.artifact_dir,
-            repository=ModelRepository(c.repo) if c.repo is not None else None, model=c.model, version=c.version,
-            on_change=changed, on_reject=metrics.model_rejected,
+            build,
+            client,
+            artifact_dir=c.artifact_dir,
+            repository=ModelRepository(c.repo) if c.repo is not None else None,
+            model=c.model,
+            version=c.version,
+            on_change=changed,
+            on_reject=metrics.model_rejected,
         )
         client.expected_schema_hash = manager.current.recommender.manifest.schema_hash
         bindings = [
-            ServiceBinding(InferenceServicer(manager, request_timeout_s=c.request_timeout_s,
-                                             on_degraded=metrics.degraded_answer),
-                           inference_pb2_grpc.add_InferenceServiceServicer_to_server, SERVICE_NAME),
-            ServiceBinding(AdminServicer(manager), admin_pb2_grpc.add_AdminServiceServicer_to_server,
-                           ADMIN_SERVICE_NAME),
+            ServiceBinding(
+                InferenceServicer(manager, request_timeout_s=c.request_timeout_s, on_degraded=metrics.degraded_answer),
+                inference_pb2_grpc.add_InferenceServiceServicer_to_server,
+                SERVICE_NAME,
+            ),
+            ServiceBinding(
+                AdminServicer(manager), admin_pb2_grpc.add_AdminServiceServicer_to_server, ADMIN_SERVICE_NAME
+            ),
         ]
         server, bound, health_servicer = create_server(
-            bindings, host=c.host, port=c.port, max_workers=c.max_workers, security=c.security,
-            max_concurrent_rpcs=c.max_concurrent_rpcs, max_message_bytes=c.max_message_bytes,
+            bindings,
+            host=c.host,
+            port=c.port,
+            max_workers=c.max_workers,
+            security=c.security,
+            max_concurrent_rpcs=c.max_concurrent_rpcs,
+            max_message_bytes=c.max_message_bytes,
             interceptors=[metrics.interceptor(access_log=c.access_log)],
         )
     except BaseException:
@@ -153,20 +201,26 @@ def start_server(config: InferenceConfig) -> InferenceService:
         raise
     metrics.watch_batches(lambda: _batch_stats(manager.current.recommender))
     bound_metrics = metrics.serve_http(c.metrics_port, c.metrics_host) if c.metrics_port is not None else None
-    watch = HealthWatch(_probe(client, health_servicer, metrics, c.degrade), health_servicer,
-                        [SERVICE_NAME, ADMIN_SERVICE_NAME], c.health_interval_s,
-                        what=f"feature service at {client.target}")
+    watch = HealthWatch(
+        _probe(client, health_servicer, metrics, c.degrade),
+        health_servicer,
+        [SERVICE_NAME, ADMIN_SERVICE_NAME],
+        c.health_interval_s,
+        what=f"feature service at {client.target}",
+    )
     watch.check()
     watch.start()
     manager.start_watch(c.watch_interval_s)
     return InferenceService(server, bound, health_servicer, manager, metrics, watch, bound_metrics)
 
 
-def start_inference_service(artifact_dir: str | Path | None, features_target: str, *, port: int = 0,
-                            **fields) -> InferenceService:
+def start_inference_service(
+    artifact_dir: str | Path | None, features_target: str, *, port: int = 0, **fields
+) -> InferenceService:
     """`start_server` with `InferenceConfig` fields as keywords (tests: port 0, any free port)."""
-    return start_server(InferenceConfig(artifact_dir=artifact_dir, features_target=features_target, port=port,
-                                        **fields))
+    return start_server(
+        InferenceConfig(artifact_dir=artifact_dir, features_target=features_target, port=port, **fields)
+    )
 
 
 def _batch_stats(recommender: Recommender) -> tuple[int, int] | None:
@@ -183,12 +237,17 @@ def _probe(client: FeatureClient, health_servicer: health.HealthServicer, metric
         if up == state["up"]:
             return
         if degrade and (state["up"] is not None or not up):
-            log.warning("feature service at %s %s", client.target,
-                        "answers again: full answers" if up else "cannot be reached: answering degraded (fallbacks)")
+            log.warning(
+                "feature service at %s %s",
+                client.target,
+                "answers again: full answers" if up else "cannot be reached: answering degraded (fallbacks)",
+            )
         state["up"] = up
         metrics.feature_up.set(1 if up else 0)
-        health_servicer.set(FEATURES_HEALTH_NAME, health_pb2.HealthCheckResponse.SERVING if up
-                            else health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_servicer.set(
+            FEATURES_HEALTH_NAME,
+            health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
 
     def probe() -> None:
         try:
@@ -223,12 +282,20 @@ def serve(config: InferenceConfig) -> None:
     served = service.manager.current
     log.info(
         "inference server on %s:%d (%s): model %s (%d items) on %s, features from %s (%s)%s",
-        config.host, service.port, security.describe(), served.label, served.recommender.manifest.num_items,
-        config.device, config.features_target, feature_tls,
+        config.host,
+        service.port,
+        security.describe(),
+        served.label,
+        served.recommender.manifest.num_items,
+        config.device,
+        config.features_target,
+        feature_tls,
         f", metrics on :{service.metrics_port}" if service.metrics_port else "",
     )
-    print(f"inference server listening on {config.host}:{service.port} (model {served.label}, "
-          f"device {config.device})", flush=True)
+    print(
+        f"inference server listening on {config.host}:{service.port} (model {served.label}, device {config.device})",
+        flush=True,
+    )
     try:
         run_until_signal(service.server, service.health)
     finally:

@@ -101,8 +101,7 @@ class Manifest:
             "task": self.task,
             "model_version": self.model_version,
             "inputs": [
-                {"name": i.name, "source": i.source, "dtype": i.dtype, "shape": list(i.shape)}
-                for i in self.inputs
+                {"name": i.name, "source": i.source, "dtype": i.dtype, "shape": list(i.shape)} for i in self.inputs
             ],
             "output": self.output,
             "num_items": self.num_items,

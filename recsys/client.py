@@ -25,8 +25,16 @@ class RecommendError(RecsysError):
         self.code = code
 
 
-def recommend(target: str, user_id: str, k: int, *, exclude_seen: bool = True, timeout_s: float = 5.0,
-              security: ClientSecurity | None = None, explain: bool = False):
+def recommend(
+    target: str,
+    user_id: str,
+    k: int,
+    *,
+    exclude_seen: bool = True,
+    timeout_s: float = 5.0,
+    security: ClientSecurity | None = None,
+    explain: bool = False,
+):
     """One Recommend call (over TLS and with a token per `security`); raises RecommendError
     with the status code and details."""
     with open_channel(target, security) as channel:

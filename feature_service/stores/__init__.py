@@ -46,7 +46,6 @@ def open_store(url: str) -> Store:
     scheme, sep, _ = url.partition("://")
     if not sep or scheme not in STORES:
         raise ValueError(
-            f"unknown feature store URL {url!r}: expected one of "
-            + ", ".join(f"{name}://..." for name in STORES)
+            f"unknown feature store URL {url!r}: expected one of " + ", ".join(f"{name}://..." for name in STORES)
         )
     return STORES[scheme].from_url(url)

@@ -39,6 +39,8 @@ from functools import cached_property
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
+from recsys.errors import Unavailable
+
 __all__ = [
     "MAX_EVENTS",
     "Event",
@@ -54,7 +56,7 @@ __all__ = [
 MAX_EVENTS = 1000
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(Unavailable):
     """The backend cannot serve the call (I/O error, lock timeout, lost connection, closed)."""
 
 

@@ -44,11 +44,17 @@ def main() -> None:
 
 for _command in (
     data.data,
-    train.train, train.add_items, train.evaluate, train.compare,
-    serve.serve, serve.health,
+    train.train,
+    train.add_items,
+    train.evaluate,
+    train.compare,
+    serve.serve,
+    serve.health,
     features.features,
-    model.publish, model.model,
-    recommend.recommend, recommend.explain,
+    model.publish,
+    model.model,
+    recommend.recommend,
+    recommend.explain,
     pseudonym.pseudonym,
 ):
     main.add_command(_command)

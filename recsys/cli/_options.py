@@ -15,10 +15,14 @@ DEFAULT_INFERENCE_PORT = 50052
 DEFAULT_STORE = "sqlite://recsys-features.sqlite"
 INFERENCE_SERVER = f"localhost:{DEFAULT_INFERENCE_PORT}"
 
-STORE_HELP = ("Online store URL: sqlite://PATH (embedded, persistent; sqlite:///abs/path for an absolute path), "
-              "redis://HOST:PORT/DB (shared) or memory:// (lost on exit); ?max_events=N bounds each history.")
-HOST_HELP = ("Address to listen on. The default [::] is every interface, IPv6 and (on dual-stack hosts) IPv4; "
-             "127.0.0.1 keeps the server to this machine.")
+STORE_HELP = (
+    "Online store URL: sqlite://PATH (embedded, persistent; sqlite:///abs/path for an absolute path), "
+    "redis://HOST:PORT/DB (shared) or memory:// (lost on exit); ?max_events=N bounds each history."
+)
+HOST_HELP = (
+    "Address to listen on. The default [::] is every interface, IPv6 and (on dual-stack hosts) IPv4; "
+    "127.0.0.1 keeps the server to this machine."
+)
 
 FILE = click.Path(exists=True, dir_okay=False)  # an existing file (PEM, key, token, table)
 
@@ -45,42 +49,91 @@ def server_options(default_port: int):
 
     def decorate(command):
         @functools.wraps(command)
-        def run(*args, host, port, tls_cert, tls_key, tls_client_ca, auth_token_file, metrics_port, json_logs,
-                access_log, log_user_ids, max_concurrent_rpcs, workers, verbose, **kwargs):
+        def run(
+            *args,
+            host,
+            port,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            auth_token_file,
+            metrics_port,
+            json_logs,
+            access_log,
+            log_user_ids,
+            max_concurrent_rpcs,
+            workers,
+            verbose,
+            **kwargs,
+        ):
             configure_logging(verbose, json_logs, log_user_ids)
-            server = {"host": host, "port": port, "max_workers": workers, "metrics_port": metrics_port,
-                      "access_log": access_log,
-                      "security": server_security(tls_cert, tls_key, tls_client_ca, auth_token_file)}
+            server = {
+                "host": host,
+                "port": port,
+                "max_workers": workers,
+                "metrics_port": metrics_port,
+                "access_log": access_log,
+                "security": server_security(tls_cert, tls_key, tls_client_ca, auth_token_file),
+            }
             if max_concurrent_rpcs is not None:
                 server["max_concurrent_rpcs"] = max_concurrent_rpcs
             return command(*args, server=server, **kwargs)
 
-        return _add(run, [
-            click.option("--host", default="[::]", show_default=True, help=HOST_HELP),
-            click.option("--port", default=default_port, show_default=True, type=int, help="0: any free port."),
-            click.option("--tls-cert", type=FILE, help="Serve TLS with this certificate chain (PEM); needs --tls-key."),
-            click.option("--tls-key", type=FILE, help="Private key of --tls-cert (PEM)."),
-            click.option("--tls-client-ca", type=FILE,
-                         help="Mutual TLS: require client certificates signed by this CA (PEM)."),
-            click.option("--auth-token-file", type=FILE,
-                         help="Require `authorization: Bearer TOKEN` with one of these tokens (one per line; "
-                              "health stays open). Default: the comma-separated RECSYS_AUTH_TOKENS, if set."),
-            click.option("--metrics-port", type=click.IntRange(min=0, max=65535),
-                         help="Serve Prometheus metrics over HTTP on this port (text format, any path)."),
-            click.option("--json-logs", is_flag=True,
-                         help="One JSON object per log line (ts, level, logger, message, request_id)."),
-            click.option("--access-log", is_flag=True,
-                         help="Log one line per call: method, status code, ms, request id."),
-            click.option("--log-user-ids", is_flag=True,
-                         help="Write user ids in clear in logs (default: a keyed hash; key from RECSYS_LOG_KEY)."),
-            click.option("--max-concurrent-rpcs", type=click.IntRange(min=1),
-                         help="Calls in flight (running or queued) beyond which new ones get RESOURCE_EXHAUSTED "
-                              "(default: 256 inference, 512 features)."),
-            click.option("--workers", default=8, show_default=True, type=click.IntRange(min=1, max=1024),
-                         help="Threads serving calls at once (more lets concurrent calls share feature fetches "
-                              "and model runs; each costs memory and GIL hand-offs)."),
-            click.option("-v", "--verbose", is_flag=True),
-        ])
+        return _add(
+            run,
+            [
+                click.option("--host", default="[::]", show_default=True, help=HOST_HELP),
+                click.option("--port", default=default_port, show_default=True, type=int, help="0: any free port."),
+                click.option(
+                    "--tls-cert", type=FILE, help="Serve TLS with this certificate chain (PEM); needs --tls-key."
+                ),
+                click.option("--tls-key", type=FILE, help="Private key of --tls-cert (PEM)."),
+                click.option(
+                    "--tls-client-ca",
+                    type=FILE,
+                    help="Mutual TLS: require client certificates signed by this CA (PEM).",
+                ),
+                click.option(
+                    "--auth-token-file",
+                    type=FILE,
+                    help="Require `authorization: Bearer TOKEN` with one of these tokens (one per line; "
+                    "health stays open). Default: the comma-separated RECSYS_AUTH_TOKENS, if set.",
+                ),
+                click.option(
+                    "--metrics-port",
+                    type=click.IntRange(min=0, max=65535),
+                    help="Serve Prometheus metrics over HTTP on this port (text format, any path).",
+                ),
+                click.option(
+                    "--json-logs",
+                    is_flag=True,
+                    help="One JSON object per log line (ts, level, logger, message, request_id).",
+                ),
+                click.option(
+                    "--access-log", is_flag=True, help="Log one line per call: method, status code, ms, request id."
+                ),
+                click.option(
+                    "--log-user-ids",
+                    is_flag=True,
+                    help="Write user ids in clear in logs (default: a keyed hash; key from RECSYS_LOG_KEY).",
+                ),
+                click.option(
+                    "--max-concurrent-rpcs",
+                    type=click.IntRange(min=1),
+                    help="Calls in flight (running or queued) beyond which new ones get RESOURCE_EXHAUSTED "
+                    "(default: 256 inference, 512 features).",
+                ),
+                click.option(
+                    "--workers",
+                    default=8,
+                    show_default=True,
+                    type=click.IntRange(min=1, max=1024),
+                    help="Threads serving calls at once (more lets concurrent calls share feature fetches "
+                    "and model runs; each costs memory and GIL hand-offs).",
+                ),
+                click.option("-v", "--verbose", is_flag=True),
+            ],
+        )
 
     return decorate
 
@@ -114,4 +167,3 @@ def pseudonym(key_file: str | None, user_id: str) -> str:
     from recsys.pseudonym import Pseudonymiser
 
     return Pseudonymiser.from_file(key_file)(user_id)
-

@@ -34,8 +34,9 @@ def load(artifact, store) -> None:
 
 @features.command("forget")
 @click.option("--store", required=True, help=STORE_HELP)
-@click.option("--pseudonymise-key", type=FILE,
-              help="USER_IDS are raw ids of a store loaded with pseudonyms under this key.")
+@click.option(
+    "--pseudonymise-key", type=FILE, help="USER_IDS are raw ids of a store loaded with pseudonyms under this key."
+)
 @click.argument("user_ids", nargs=-1, required=True)
 def forget(store, pseudonymise_key, user_ids) -> None:
     """Delete everything the store holds about USER_IDS and keep their tombstones."""
@@ -49,8 +50,12 @@ def forget(store, pseudonymise_key, user_ids) -> None:
 
 @features.command("forgotten")
 @click.option("--store", required=True, help=STORE_HELP)
-@click.option("--out", required=True, type=click.Path(dir_okay=False, writable=True),
-              help="JSON lines {user_id, forgotten_at} for the trainer to leave out.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True),
+    help="JSON lines {user_id, forgotten_at} for the trainer to leave out.",
+)
 def forgotten(store, out) -> None:
     """Write the users the store has forgotten (tombstones), for the next export to leave out."""
     with _open_store(store) as opened:

@@ -38,13 +38,20 @@ def model() -> None:
 
 
 def _admin_options(command):
-    for option in reversed([
-        click.option("--server", default=INFERENCE_SERVER, show_default=True, help="Inference server HOST:PORT."),
-        click.option("--token", envvar="RECSYS_TOKEN", show_envvar=True, help="Bearer token to send."),
-        click.option("--tls-ca", type=FILE, help="Use TLS, trusting this CA (PEM)."),
-        click.option("--timeout", default=60.0, show_default=True, type=float,
-                     help="Seconds (loading and checking a version takes a while)."),
-    ]):
+    for option in reversed(
+        [
+            click.option("--server", default=INFERENCE_SERVER, show_default=True, help="Inference server HOST:PORT."),
+            click.option("--token", envvar="RECSYS_TOKEN", show_envvar=True, help="Bearer token to send."),
+            click.option("--tls-ca", type=FILE, help="Use TLS, trusting this CA (PEM)."),
+            click.option(
+                "--timeout",
+                default=60.0,
+                show_default=True,
+                type=float,
+                help="Seconds (loading and checking a version takes a while).",
+            ),
+        ]
+    ):
         command = option(command)
     return command
 
@@ -86,8 +93,13 @@ def load(version, server, token, tls_ca, timeout) -> None:
 
 
 @model.command("rollback")
-@click.option("--version", "version", default=0, type=click.IntRange(min=0),
-              help="Roll back to this version (default: the one served before the current one).")
+@click.option(
+    "--version",
+    "version",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Roll back to this version (default: the one served before the current one).",
+)
 @_admin_options
 def rollback(version, server, token, tls_ca, timeout) -> None:
     """Serve (and pin) the previously served version again."""

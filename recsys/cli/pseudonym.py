@@ -16,8 +16,9 @@ def pseudonym() -> None:
 
 
 @pseudonym.command("keygen")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="New key file (mode 600; never overwritten).")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="New key file (mode 600; never overwritten)."
+)
 def keygen(out) -> None:
     """Write a new random 32-byte key. Keep it outside artifacts and data directories."""
     from recsys.pseudonym import Pseudonymiser, write_key

@@ -18,19 +18,30 @@ PSEUDONYMISE_HELP = "The model was trained with this pseudonymisation key: send 
 @click.option("--tls-ca", type=FILE, help="Use TLS, trusting this CA (PEM) for the server's certificate.")
 @click.option("--tls-cert", type=FILE, help="Client certificate (PEM) for a server that requires mutual TLS.")
 @click.option("--tls-key", type=FILE, help="Key of --tls-cert.")
-@click.option("--token", envvar="RECSYS_TOKEN", show_envvar=True,
-              help="Bearer token to send (prefer the environment variable: flags show in `ps`).")
+@click.option(
+    "--token",
+    envvar="RECSYS_TOKEN",
+    show_envvar=True,
+    help="Bearer token to send (prefer the environment variable: flags show in `ps`).",
+)
 @click.option("--token-file", type=FILE, help="File holding the token (one line).")
 @click.option("--pseudonymise-key", type=FILE, help=PSEUDONYMISE_HELP)
-def recommend(server, user_id, k, include_seen, timeout, tls_ca, tls_cert, tls_key, token, token_file,
-              pseudonymise_key) -> None:
+def recommend(
+    server, user_id, k, include_seen, timeout, tls_ca, tls_cert, tls_key, token, token_file, pseudonymise_key
+) -> None:
     """Ask the inference server for a user's top-k and print them."""
     security = client_security(tls_ca, tls_cert, tls_key, token_file, token, flags="--tls-cert/--tls-key")
     from recsys.client import format_recommendations
     from recsys.client import recommend as call
 
-    response = call(server, pseudonym(pseudonymise_key, user_id), k, exclude_seen=not include_seen,
-                    timeout_s=timeout, security=security)
+    response = call(
+        server,
+        pseudonym(pseudonymise_key, user_id),
+        k,
+        exclude_seen=not include_seen,
+        timeout_s=timeout,
+        security=security,
+    )
     click.echo(format_recommendations(user_id, response))
 
 
@@ -50,6 +61,13 @@ def explain(server, user_id, k, include_seen, timeout, tls_ca, token, token_file
     from recsys.client import format_explanations
     from recsys.client import recommend as call
 
-    response = call(server, pseudonym(pseudonymise_key, user_id), k, exclude_seen=not include_seen,
-                    timeout_s=timeout, security=security, explain=True)
+    response = call(
+        server,
+        pseudonym(pseudonymise_key, user_id),
+        k,
+        exclude_seen=not include_seen,
+        timeout_s=timeout,
+        security=security,
+        explain=True,
+    )
     click.echo(format_explanations(user_id, response))

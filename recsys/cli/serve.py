@@ -24,8 +24,11 @@ def serve() -> None:
 
 
 @serve.command("features")
-@click.option("--artifact", type=click.Path(exists=True, file_okay=False),
-              help="Load this artifact first (idempotent); without it, serve what the store was last loaded with.")
+@click.option(
+    "--artifact",
+    type=click.Path(exists=True, file_okay=False),
+    help="Load this artifact first (idempotent); without it, serve what the store was last loaded with.",
+)
 @click.option("--store", default=DEFAULT_STORE, show_default=True, help=STORE_HELP)
 @server_options(DEFAULT_FEATURES_PORT)
 def serve_features(artifact, store, server) -> None:
@@ -38,58 +41,156 @@ def serve_features(artifact, store, server) -> None:
 
 @serve.command("inference")
 @click.option("--artifact", type=click.Path(exists=True, file_okay=False), help="Serve this artifact directory.")
-@click.option("--repo", type=click.Path(exists=True, file_okay=False),
-              help="Or serve --model from this model repository (REPO/MODEL/VERSION/), swapping in new versions.")
+@click.option(
+    "--repo",
+    type=click.Path(exists=True, file_okay=False),
+    help="Or serve --model from this model repository (REPO/MODEL/VERSION/), swapping in new versions.",
+)
 @click.option("--model", "model_name", help="Model name in --repo.")
-@click.option("--version", "model_version", type=click.IntRange(min=1),
-              help="Pin this version of --model (default: the newest version that passes its checks).")
-@click.option("--watch-interval", default=2.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds between looks at --repo for new versions (0: only through the admin RPC).")
+@click.option(
+    "--version",
+    "model_version",
+    type=click.IntRange(min=1),
+    help="Pin this version of --model (default: the newest version that passes its checks).",
+)
+@click.option(
+    "--watch-interval",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds between looks at --repo for new versions (0: only through the admin RPC).",
+)
 @click.option("--features", "features_target", required=True, help="Feature service HOST:PORT.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
-              help="ONNX Runtime intra-op threads.")
-@click.option("--max-k", default=1000, show_default=True, type=click.IntRange(min=1),
-              help="Largest k a request may ask for.")
-@click.option("--retrieval", "retrieval_dir", type=click.Path(exists=True, file_okay=False),
-              help="Two-stage serving: this next-item artifact proposes candidates, --artifact (a ranker) re-scores "
-                   "them.")
-@click.option("--candidates", default=200, show_default=True, type=click.IntRange(min=1),
-              help="Candidates the retrieval stage proposes per request.")
-@click.option("--max-candidates", default=10000, show_default=True, type=click.IntRange(min=1),
-              help="Most item_ids one Score request may carry.")
-@click.option("--max-message-mb", default=16, show_default=True, type=click.IntRange(min=1),
-              help="Largest request or response, in MiB.")
-@click.option("--request-timeout", default=1.0, show_default=True, type=click.FloatRange(min=0.001),
-              help="Seconds a call may wait for the feature service, even when the caller set no deadline.")
-@click.option("--feature-timeout", default=1.0, show_default=True, type=click.FloatRange(min=0.001),
-              help="Seconds any one call to the feature service may take.")
-@click.option("--no-degrade", is_flag=True,
-              help="Fail with UNAVAILABLE when the feature service is down or slow, instead of answering "
-                   "from the request's history or popularity (marked degraded).")
+@click.option(
+    "--threads", default=1, show_default=True, type=click.IntRange(min=1), help="ONNX Runtime intra-op threads."
+)
+@click.option(
+    "--max-k", default=1000, show_default=True, type=click.IntRange(min=1), help="Largest k a request may ask for."
+)
+@click.option(
+    "--retrieval",
+    "retrieval_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Two-stage serving: this next-item artifact proposes candidates, --artifact (a ranker) re-scores them.",
+)
+@click.option(
+    "--candidates",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Candidates the retrieval stage proposes per request.",
+)
+@click.option(
+    "--max-candidates",
+    default=10000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most item_ids one Score request may carry.",
+)
+@click.option(
+    "--max-message-mb",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Largest request or response, in MiB.",
+)
+@click.option(
+    "--request-timeout",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Seconds a call may wait for the feature service, even when the caller set no deadline.",
+)
+@click.option(
+    "--feature-timeout",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Seconds any one call to the feature service may take.",
+)
+@click.option(
+    "--no-degrade",
+    is_flag=True,
+    help="Fail with UNAVAILABLE when the feature service is down or slow, instead of answering "
+    "from the request's history or popularity (marked degraded).",
+)
 @click.option("--features-tls-ca", type=FILE, help="Reach the feature service over TLS, trusting this CA (PEM).")
-@click.option("--features-tls-cert", type=FILE,
-              help="Client certificate (PEM) for a feature service that requires mutual TLS.")
+@click.option(
+    "--features-tls-cert", type=FILE, help="Client certificate (PEM) for a feature service that requires mutual TLS."
+)
 @click.option("--features-tls-key", type=FILE, help="Key of --features-tls-cert.")
-@click.option("--features-token-file", type=FILE,
-              help="Bearer token (one line) for the feature service. Default: RECSYS_FEATURES_TOKEN, if set.")
-@click.option("--batch-max", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Micro-batching: gather up to this many concurrent requests into one ONNX Runtime run (0 = off).")
-@click.option("--batch-wait-us", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Micro-batching: longest wait for more requests after the first (0 = batch only those queued).")
-@click.option("--ann", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
-              help="Recommend through the artifact's ANN index: auto = when it has one, off = exact scoring.")
-@click.option("--graph-opt", default="all", show_default=True,
-              type=click.Choice(["disabled", "basic", "extended", "all"]),
-              help="ONNX Runtime graph optimisation level.")
+@click.option(
+    "--features-token-file",
+    type=FILE,
+    help="Bearer token (one line) for the feature service. Default: RECSYS_FEATURES_TOKEN, if set.",
+)
+@click.option(
+    "--batch-max",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Micro-batching: gather up to this many concurrent requests into one ONNX Runtime run (0 = off).",
+)
+@click.option(
+    "--batch-wait-us",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Micro-batching: longest wait for more requests after the first (0 = batch only those queued).",
+)
+@click.option(
+    "--ann",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "on", "off"]),
+    help="Recommend through the artifact's ANN index: auto = when it has one, off = exact scoring.",
+)
+@click.option(
+    "--graph-opt",
+    default="all",
+    show_default=True,
+    type=click.Choice(["disabled", "basic", "extended", "all"]),
+    help="ONNX Runtime graph optimisation level.",
+)
 @click.option("--spin", is_flag=True, help="Let ONNX Runtime threads busy-wait (only with idle cores to spare).")
-@click.option("--variant", default="fp32", show_default=True, type=click.Choice(["fp32", "int8"]),
-              help="Model variant: int8 runs model.int8.onnx (exported with int8 = true).")
+@click.option(
+    "--variant",
+    default="fp32",
+    show_default=True,
+    type=click.Choice(["fp32", "int8"]),
+    help="Model variant: int8 runs model.int8.onnx (exported with int8 = true).",
+)
 @server_options(DEFAULT_INFERENCE_PORT)
-def serve_inference(artifact, repo, model_name, model_version, watch_interval, features_target, device, threads,
-                    max_k, retrieval_dir, candidates, max_candidates, max_message_mb, request_timeout,
-                    feature_timeout, no_degrade, features_tls_ca, features_tls_cert, features_tls_key,
-                    features_token_file, batch_max, batch_wait_us, ann, graph_opt, spin, variant, server) -> None:
+def serve_inference(
+    artifact,
+    repo,
+    model_name,
+    model_version,
+    watch_interval,
+    features_target,
+    device,
+    threads,
+    max_k,
+    retrieval_dir,
+    candidates,
+    max_candidates,
+    max_message_mb,
+    request_timeout,
+    feature_timeout,
+    no_degrade,
+    features_tls_ca,
+    features_tls_cert,
+    features_tls_key,
+    features_token_file,
+    batch_max,
+    batch_wait_us,
+    ann,
+    graph_opt,
+    spin,
+    variant,
+    server,
+) -> None:
     """Serve Recommend and Score from an artifact's ONNX model, or from a model repository."""
     # numpy's BLAS (the ANN scan) gets ONNX Runtime's thread budget: requests run concurrently, so
     # a BLAS pool per call only adds hand-offs and tail latency. Set before numpy loads; an
@@ -100,22 +201,49 @@ def serve_inference(artifact, repo, model_name, model_version, watch_interval, f
         raise click.UsageError("give --artifact DIR, or --repo PATH with --model NAME")
     if (repo is None) != (model_name is None) or (model_version is not None and repo is None):
         raise click.UsageError("--repo and --model go together (and --version needs them)")
-    feature_security = client_security(features_tls_ca, features_tls_cert, features_tls_key, features_token_file,
-                                       os.environ.get("RECSYS_FEATURES_TOKEN"), flags="--features-tls-*")
+    feature_security = client_security(
+        features_tls_ca,
+        features_tls_cert,
+        features_tls_key,
+        features_token_file,
+        os.environ.get("RECSYS_FEATURES_TOKEN"),
+        flags="--features-tls-*",
+    )
     from inference_server.config import InferenceConfig
     from inference_server.server import serve as run
     from inference_server.speed import SpeedOptions
     from recsys.onnx_session import SessionTuning
 
-    speed = SpeedOptions(batch_max=batch_max, batch_wait_us=batch_wait_us, ann=ann, variant=variant,
-                         tuning=SessionTuning(graph_opt=graph_opt, intra_threads=threads, spinning=spin))
-    run(InferenceConfig(
-        artifact_dir=artifact, repo=repo, model=model_name, version=model_version, watch_interval_s=watch_interval,
-        retrieval_dir=retrieval_dir, num_candidates=candidates, features_target=features_target,
-        feature_timeout_s=feature_timeout, feature_security=feature_security, degrade=not no_degrade,
-        max_message_bytes=max_message_mb * 1024 * 1024, request_timeout_s=request_timeout, max_k=max_k,
-        max_candidates=max_candidates, device=device, threads=threads, speed=speed, **server,
-    ))
+    speed = SpeedOptions(
+        batch_max=batch_max,
+        batch_wait_us=batch_wait_us,
+        ann=ann,
+        variant=variant,
+        tuning=SessionTuning(graph_opt=graph_opt, intra_threads=threads, spinning=spin),
+    )
+    run(
+        InferenceConfig(
+            artifact_dir=artifact,
+            repo=repo,
+            model=model_name,
+            version=model_version,
+            watch_interval_s=watch_interval,
+            retrieval_dir=retrieval_dir,
+            num_candidates=candidates,
+            features_target=features_target,
+            feature_timeout_s=feature_timeout,
+            feature_security=feature_security,
+            degrade=not no_degrade,
+            max_message_bytes=max_message_mb * 1024 * 1024,
+            request_timeout_s=request_timeout,
+            max_k=max_k,
+            max_candidates=max_candidates,
+            device=device,
+            threads=threads,
+            speed=speed,
+            **server,
+        )
+    )
 
 
 @click.command()
@@ -129,8 +257,11 @@ def health(server, service, timeout) -> None:
 
     try:
         with grpc.insecure_channel(server) as channel:
-            status = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
+            status = (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+                .status
+            )
     except grpc.RpcError as exc:
         click.echo(f"{server}: {exc.code().name}", err=True)
         sys.exit(1)

@@ -25,8 +25,7 @@ CAPABILITY_FLAGS = {
     "--private": "private",
     "--item-vectors": "item_vectors",
 }
-MODEL_HELP = ("A built-in model ({names}) or your own class as path/to/file.py:ClassName or "
-              "package.module:ClassName.")
+MODEL_HELP = "A built-in model ({names}) or your own class as path/to/file.py:ClassName or package.module:ClassName."
 
 
 class _ModelOption(click.Option):
@@ -74,51 +73,113 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 @click.command()
-@click.option("--interactions", required=True, type=FILE,
-              help="user_id,item_id,timestamp[,rating] table (CSV, TSV, Parquet, RecBole .inter, GroupLens u.data).")
+@click.option(
+    "--interactions",
+    required=True,
+    type=FILE,
+    help="user_id,item_id,timestamp[,rating] table (CSV, TSV, Parquet, RecBole .inter, GroupLens u.data).",
+)
 @click.option("--users", type=FILE, help="User feature table keyed by user_id.")
 @click.option("--items", type=FILE, help="Item feature table keyed by item_id.")
 @click.option("--model", default="sasrec", show_default=True, cls=_ModelOption, help=MODEL_HELP)
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Artifact directory (replaced atomically).")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Artifact directory (replaced atomically)."
+)
 @click.option("--epochs", type=int, help="Maximum epochs (early stopping may end sooner).")
 @click.option("--seed", type=int, help="Random seed.")
-@click.option("--config", "config_file", type=FILE,
-              help="TOML or JSON file of training settings: fields of the model family's config (see below).")
+@click.option(
+    "--config",
+    "config_file",
+    type=FILE,
+    help="TOML or JSON file of training settings: fields of the model family's config (see below).",
+)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out (OUT.ckpt) after a crash.")
 @click.option("--forget-users", type=FILE, help="File from `recsys features forgotten`: leave those users out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--pseudonymise-key", type=FILE,
-              help="Replace user ids by HMAC-SHA256 pseudonyms under this key file (kept out of the artifact; "
-                   "`recsys pseudonym keygen`).")
-@click.option("--popularity-debias", type=click.FloatRange(min=0),
-              help="Logit adjustment tau against popularity bias (next-item models; 0 = off; "
-                   "TrainConfig.popularity_debias).")
-@click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Data-parallel ranks on this machine (PyTorch DDP via torchrun; gloo on CPU, NCCL on GPU).")
-@click.option("--item-vectors", type=FILE,
-              help="content_sasrec: precomputed item vectors (CSV item_id,v1,..,vk or JSONL {item_id, vector}).")
-@click.option("--private", is_flag=True,
-              help="Differentially private training (DP-SGD via Opacus, user-level; sasrec only; "
-                   "runs exactly --epochs epochs on one process). Needs the `private` extra.")
-@click.option("--target-epsilon", type=click.FloatRange(min=0, min_open=True), default=8.0, show_default=True,
-              help="--private: the epsilon the whole run may spend.")
-@click.option("--delta", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
-              help="--private: delta (default 1 / (10 x users)).")
-@click.option("--max-grad-norm", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="--private: per-user gradient clipping bound.")
-@click.option("--expected-batch", type=click.IntRange(min=1), default=256, show_default=True,
-              help="--private: expected users per step (Poisson sampling).")
-def train(interactions, users, items, model, out, epochs, seed, config_file, resume, forget_users, quiet,
-          pseudonymise_key, popularity_debias, nproc, item_vectors, private, target_epsilon, delta, max_grad_norm,
-          expected_batch) -> None:
+@click.option(
+    "--pseudonymise-key",
+    type=FILE,
+    help="Replace user ids by HMAC-SHA256 pseudonyms under this key file (kept out of the artifact; "
+    "`recsys pseudonym keygen`).",
+)
+@click.option(
+    "--popularity-debias",
+    type=click.FloatRange(min=0),
+    help="Logit adjustment tau against popularity bias (next-item models; 0 = off; TrainConfig.popularity_debias).",
+)
+@click.option(
+    "--nproc",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Data-parallel ranks on this machine (PyTorch DDP via torchrun; gloo on CPU, NCCL on GPU).",
+)
+@click.option(
+    "--item-vectors",
+    type=FILE,
+    help="content_sasrec: precomputed item vectors (CSV item_id,v1,..,vk or JSONL {item_id, vector}).",
+)
+@click.option(
+    "--private",
+    is_flag=True,
+    help="Differentially private training (DP-SGD via Opacus, user-level; sasrec only; "
+    "runs exactly --epochs epochs on one process). Needs the `private` extra.",
+)
+@click.option(
+    "--target-epsilon",
+    type=click.FloatRange(min=0, min_open=True),
+    default=8.0,
+    show_default=True,
+    help="--private: the epsilon the whole run may spend.",
+)
+@click.option(
+    "--delta",
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    help="--private: delta (default 1 / (10 x users)).",
+)
+@click.option(
+    "--max-grad-norm",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="--private: per-user gradient clipping bound.",
+)
+@click.option(
+    "--expected-batch",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="--private: expected users per step (Poisson sampling).",
+)
+def train(
+    interactions,
+    users,
+    items,
+    model,
+    out,
+    epochs,
+    seed,
+    config_file,
+    resume,
+    forget_users,
+    quiet,
+    pseudonymise_key,
+    popularity_debias,
+    nproc,
+    item_vectors,
+    private,
+    target_epsilon,
+    delta,
+    max_grad_norm,
+    expected_batch,
+) -> None:
     """Train a model and export it as an artifact directory.
 
     The model's family decides which settings --config and the environment take: next-item
-    models (sasrec, gru4rec, caser, content_sasrec; ensemble adds `members`) take TrainConfig
-    (trainer/families/next_item.py, RECSYS_TRAIN_*); feature-based rankers and the rating model
-    RankConfig (trainer/families/ranker.py, RECSYS_RANK_*); two_tower RetrievalConfig
-    (trainer/families/two_tower.py, RECSYS_RETRIEVAL_*). A flag the family cannot use is an error.
+    models TrainConfig (trainer/families/next_item.py, RECSYS_TRAIN_*; an ensemble adds its
+    `members`), feature-based rankers and the rating model RankConfig (trainer/families/ranker.py,
+    RECSYS_RANK_*), two_tower RetrievalConfig (trainer/families/two_tower.py, RECSYS_RETRIEVAL_*).
+    A flag the model's family cannot use is an error that says which models it applies to.
 
     --nproc N runs N DDP ranks through torchrun; so does `torchrun --nproc-per-node N -m recsys.cli
     train ...` (add --nnodes/--rdzv-endpoint for several machines). Only rank 0 writes the artifact.
@@ -127,14 +188,23 @@ def train(interactions, users, items, model, out, epochs, seed, config_file, res
 
     spec = _resolve(model)
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    _refuse_unsupported(spec, {
-        "--resume": resume, "--nproc": nproc > 1 or under_torchrun, "--forget-users": forget_users is not None,
-        "--pseudonymise-key": pseudonymise_key is not None, "--popularity-debias": popularity_debias is not None,
-        "--private": private, "--item-vectors": item_vectors is not None,
-    })
+    _refuse_unsupported(
+        spec,
+        {
+            "--resume": resume,
+            "--nproc": nproc > 1 or under_torchrun,
+            "--forget-users": forget_users is not None,
+            "--pseudonymise-key": pseudonymise_key is not None,
+            "--popularity-debias": popularity_debias is not None,
+            "--private": private,
+            "--item-vectors": item_vectors is not None,
+        },
+    )
     if private and (resume or nproc > 1 or under_torchrun):
-        raise click.UsageError("--private runs exactly --epochs epochs on one process: its privacy accounting "
-                               "covers one uninterrupted run, so no --resume or --nproc")
+        raise click.UsageError(
+            "--private runs exactly --epochs epochs on one process: its privacy accounting "
+            "covers one uninterrupted run, so no --resume or --nproc"
+        )
     overrides = {"model": model, "epochs": epochs, "seed": seed, "popularity_debias": popularity_debias}
     cfg = load_config(spec.config_cls, file=config_file, env_prefix=spec.env_prefix, overrides=overrides)
     if nproc > 1 and not under_torchrun:
@@ -145,32 +215,47 @@ def train(interactions, users, items, model, out, epochs, seed, config_file, res
     if private:
         from trainer.families.private import PrivacyConfig
 
-        privacy = PrivacyConfig(target_epsilon=target_epsilon, delta=delta, max_grad_norm=max_grad_norm,
-                                expected_batch=expected_batch)
+        privacy = PrivacyConfig(
+            target_epsilon=target_epsilon, delta=delta, max_grad_norm=max_grad_norm, expected_batch=expected_batch
+        )
     distributed = None
     if "WORLD_SIZE" in os.environ:  # a rank started by torchrun: join the process group
         from trainer import distributed
 
         distributed.init_from_env()
     try:
-        spec.train_and_export(cfg, interactions, out, users=users, items=items, progress=not quiet, resume=resume,
-                              forget_users=forget_users, pseudonymise_key=pseudonymise_key,
-                              item_vectors=item_vectors, private=privacy)
+        spec.train_and_export(
+            cfg,
+            interactions,
+            out,
+            users=users,
+            items=items,
+            progress=not quiet,
+            resume=resume,
+            forget_users=forget_users,
+            pseudonymise_key=pseudonymise_key,
+            item_vectors=item_vectors,
+            private=privacy,
+        )
     finally:
         if distributed is not None:
             distributed.shutdown()
 
 
 @click.command("add-items")
-@click.option("--artifact", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Artifact of a content model (content_sasrec) trained here.")
+@click.option(
+    "--artifact",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Artifact of a content model (content_sasrec) trained here.",
+)
 @click.option("--items", required=True, type=FILE, help="Item table holding the new items (and any updated rows).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="New artifact directory.")
 @click.option("--item-vectors", type=FILE, help="Vectors, as in training.")
 @click.option("--checkpoint", type=FILE, help="content_model.pt (default: ARTIFACT.ckpt/content_model.pt).")
 def add_items(artifact, items, out, item_vectors, checkpoint) -> None:
     """Add items without interactions to a content model by re-export (no retraining)."""
-    from trainer.families.content import add_items as add
+    from trainer.export.add_items import add_items as add
 
     manifest = add(artifact, items, out, content_checkpoint=checkpoint, item_vectors=item_vectors)
     click.echo(f"wrote {out} ({manifest.model_version}): {manifest.training['added_items']['count']} item(s) added")
@@ -180,8 +265,13 @@ def add_items(artifact, items, out, item_vectors, checkpoint) -> None:
 @click.option("--artifact", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--test", "test_path", required=True, type=FILE, help="Table of user_id,item_id rows to predict.")
 @click.option("--k", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--protocol", default="full", show_default=True, type=click.Choice(["full", "sampled"]),
-              help="Rank against every unseen item, or against --negatives sampled ones.")
+@click.option(
+    "--protocol",
+    default="full",
+    show_default=True,
+    type=click.Choice(["full", "sampled"]),
+    help="Rank against every unseen item, or against --negatives sampled ones.",
+)
 @click.option("--negatives", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--sampling", default="uniform", show_default=True, type=click.Choice(["uniform", "popularity"]))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
@@ -197,15 +287,24 @@ def evaluate(artifact, test_path, k, protocol, negatives, sampling, as_json) -> 
 
 
 @click.command()
-@click.option("--interactions", required=True, type=FILE,
-              help="Training table; split leave-last-out when --test is not given.")
+@click.option(
+    "--interactions", required=True, type=FILE, help="Training table; split leave-last-out when --test is not given."
+)
 @click.option("--test", "test_path", type=FILE, help="user_id,item_id rows to predict.")
 @click.option("--users", type=FILE)
 @click.option("--items", type=FILE)
-@click.option("--models", default="sasrec,gru4rec,caser", show_default=True,
-              help="Comma-separated next-item models (built-in names or file.py:Class).")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Directory for artifacts, compare.json and compare.png.")
+@click.option(
+    "--models",
+    default="sasrec,gru4rec,caser",
+    show_default=True,
+    help="Comma-separated next-item models (built-in names or file.py:Class).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory for artifacts, compare.json and compare.png.",
+)
 @click.option("--epochs", type=int)
 @click.option("--seed", type=int)
 @click.option("--config", "config_file", type=FILE)
@@ -226,10 +325,13 @@ def compare(interactions, test_path, users, items, models, out, epochs, seed, co
     names = [m.strip() for m in models.split(",") if m.strip()]
     unsupported = [m for m in names if not next_item(m)]
     if unsupported or not names:
-        raise click.BadParameter(f"unknown or unsupported model(s) {', '.join(unsupported) or '(none given)'}; "
-                                 f"compare takes next-item models: {', '.join(filter(next_item, BUILTIN_NAMES))}",
-                                 param_hint="--models")
+        raise click.BadParameter(
+            f"unknown or unsupported model(s) {', '.join(unsupported) or '(none given)'}; "
+            f"compare takes next-item models: {', '.join(filter(next_item, BUILTIN_NAMES))}",
+            param_hint="--models",
+        )
     spec = resolve(names[0])  # every next-item family shares one config class
-    cfg = load_config(spec.config_cls, file=config_file, env_prefix=spec.env_prefix,
-                      overrides={"epochs": epochs, "seed": seed})
+    cfg = load_config(
+        spec.config_cls, file=config_file, env_prefix=spec.env_prefix, overrides={"epochs": epochs, "seed": seed}
+    )
     compare_models(interactions, names, out, cfg, test=test_path, users=users, items=items, k=k, progress=not quiet)

@@ -28,10 +28,28 @@ def test_train_serve_recommend_evaluate(ring_data, tmp_path: Path):
         "dropout = 0.1\nlr = 0.005\neval_every = 5\n"
     )
     subprocess.run(
-        [*RECSYS, "train", "--interactions", str(ring_data["train"]), "--items", str(ring_data["items"]),
-         "--users", str(ring_data["users"]), "--model", "sasrec", "--out", str(artifact),
-         "--config", str(config), "--seed", "1", "--quiet"],
-        check=True, capture_output=True, text=True,
+        [
+            *RECSYS,
+            "train",
+            "--interactions",
+            str(ring_data["train"]),
+            "--items",
+            str(ring_data["items"]),
+            "--users",
+            str(ring_data["users"]),
+            "--model",
+            "sasrec",
+            "--out",
+            str(artifact),
+            "--config",
+            str(config),
+            "--seed",
+            "1",
+            "--quiet",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["training"]["config"]["seed"] == 1 and manifest["training"]["config"]["epochs"] == 20
@@ -40,33 +58,67 @@ def test_train_serve_recommend_evaluate(ring_data, tmp_path: Path):
     fport, iport = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     features = subprocess.Popen(
-        [*RECSYS, "serve", "features", "--artifact", str(artifact), "--store", f"sqlite://{tmp_path}/f.sqlite",
-         "--host", "127.0.0.1", "--port", str(fport)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            *RECSYS,
+            "serve",
+            "features",
+            "--artifact",
+            str(artifact),
+            "--store",
+            f"sqlite://{tmp_path}/f.sqlite",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(fport),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     inference = subprocess.Popen(
-        [*RECSYS, "serve", "inference", "--artifact", str(artifact), "--features", f"127.0.0.1:{fport}",
-         "--host", "127.0.0.1", "--port", str(iport)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            *RECSYS,
+            "serve",
+            "inference",
+            "--artifact",
+            str(artifact),
+            "--features",
+            f"127.0.0.1:{fport}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(iport),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         wait_serving(f"127.0.0.1:{fport}", features)
         wait_serving(f"127.0.0.1:{iport}", inference)
         out = subprocess.run(
             [*RECSYS, "recommend", "--server", f"127.0.0.1:{iport}", "--user", "u003", "--k", "5"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         assert "from model" in out and out.count("Movie ") == 5
 
         with grpc.insecure_channel(f"127.0.0.1:{iport}") as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             top = stub.Recommend(inference_pb2.RecommendRequest(user_id="u003", k=3, exclude_seen=True), timeout=5)
-            scored = stub.Score(inference_pb2.ScoreRequest(user_id="u003", item_ids=[i.item_id for i in top.items]), timeout=5)
+            scored = stub.Score(
+                inference_pb2.ScoreRequest(user_id="u003", item_ids=[i.item_id for i in top.items]), timeout=5
+            )
             assert scored.scores == pytest.approx([i.score for i in top.items], abs=1e-6)
 
         result = subprocess.run(
             [*RECSYS, "evaluate", "--artifact", str(artifact), "--test", str(ring_data["test"]), "--k", "10", "--json"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         metrics = json.loads(result.strip().splitlines()[-1])
         assert metrics["users"] == 80 and metrics["hr@10"] > 0.5  # random ranking would give ~0.27

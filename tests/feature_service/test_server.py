@@ -34,7 +34,9 @@ def store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> s
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
-def served(request: pytest.FixtureRequest, artifact_dir: Path, tmp_path: Path) -> Iterator[tuple[int, FeatureServiceCore]]:
+def served(
+    request: pytest.FixtureRequest, artifact_dir: Path, tmp_path: Path
+) -> Iterator[tuple[int, FeatureServiceCore]]:
     url = store_url(request.param, request, tmp_path)
     server, port, _health, core = create_feature_server(artifact_dir, url, host="127.0.0.1", max_workers=4)
     yield port, core
@@ -78,7 +80,9 @@ def test_get_user_features(stub: features_pb2_grpc.FeatureServiceStub, schema: F
     assert list(capped.users[0].history) == ["i1", "i2", "i3", "i4"]  # more than the model reads
 
 
-def test_get_item_features_sends_text_as_text(stub: features_pb2_grpc.FeatureServiceStub, schema: FeatureSchema) -> None:
+def test_get_item_features_sends_text_as_text(
+    stub: features_pb2_grpc.FeatureServiceStub, schema: FeatureSchema
+) -> None:
     reply = stub.GetItemFeatures(features_pb2.GetItemFeaturesRequest(item_ids=["i4", "i9", "i3"]), timeout=5)
     assert reply.schema_hash == schema.hash
     i4, i9, i3 = reply.items
@@ -134,8 +138,17 @@ def test_get_schema(stub: features_pb2_grpc.FeatureServiceStub, schema: FeatureS
             r"interactions\[0\]: item_id is empty",
         ),
     ],
-    ids=["no-users", "empty-user", "long-id", "too-many", "negative-history", "empty-item", "no-events",
-         "bad-timestamp", "no-item-id"],
+    ids=[
+        "no-users",
+        "empty-user",
+        "long-id",
+        "too-many",
+        "negative-history",
+        "empty-item",
+        "no-events",
+        "bad-timestamp",
+        "no-item-id",
+    ],
 )
 def test_bad_input_is_invalid_argument(
     stub: features_pb2_grpc.FeatureServiceStub, call: str, request_: object, message: str
@@ -174,8 +187,11 @@ def test_update_features_replaces_rows(stub: features_pb2_grpc.FeatureServiceStu
     assert u9.found and from_proto_map(u9.features) == {"gender": "F"}
 
     item = features_pb2.FeatureRow(
-        id="i1", features={"title": types_pb2.FeatureValue(text="Toy Story 2"),
-                           "genres": types_pb2.FeatureValue(categories=types_pb2.StringList(values=["Comedy"]))},
+        id="i1",
+        features={
+            "title": types_pb2.FeatureValue(text="Toy Story 2"),
+            "genres": types_pb2.FeatureValue(categories=types_pb2.StringList(values=["Comedy"])),
+        },
     )
     assert stub.UpdateItemFeatures(features_pb2.UpdateItemFeaturesRequest(rows=[item]), timeout=5).updated == 1
     (i1,) = stub.GetItemFeatures(features_pb2.GetItemFeaturesRequest(item_ids=["i1"]), timeout=5).items
@@ -185,13 +201,22 @@ def test_update_features_replaces_rows(stub: features_pb2_grpc.FeatureServiceStu
 @pytest.mark.parametrize(
     ("call", "row", "message"),
     [
-        ("UpdateUserFeatures", features_pb2.FeatureRow(id="u1", features={"height": types_pb2.FeatureValue(number=1)}),
-         r"rows\[1\]: feature 'height' is not in the schema"),
-        ("UpdateUserFeatures", features_pb2.FeatureRow(id="u1", features={"age": types_pb2.FeatureValue(category="x")}),
-         r"rows\[1\]: feature 'age' is numeric"),
+        (
+            "UpdateUserFeatures",
+            features_pb2.FeatureRow(id="u1", features={"height": types_pb2.FeatureValue(number=1)}),
+            r"rows\[1\]: feature 'height' is not in the schema",
+        ),
+        (
+            "UpdateUserFeatures",
+            features_pb2.FeatureRow(id="u1", features={"age": types_pb2.FeatureValue(category="x")}),
+            r"rows\[1\]: feature 'age' is numeric",
+        ),
         ("UpdateUserFeatures", features_pb2.FeatureRow(id=""), r"rows\[1\] is empty"),
-        ("UpdateItemFeatures", features_pb2.FeatureRow(id="i1", features={"genres": types_pb2.FeatureValue(text="A")}),
-         r"rows\[1\]: feature 'genres' is multi_categorical"),
+        (
+            "UpdateItemFeatures",
+            features_pb2.FeatureRow(id="i1", features={"genres": types_pb2.FeatureValue(text="A")}),
+            r"rows\[1\]: feature 'genres' is multi_categorical",
+        ),
     ],
 )
 def test_bad_feature_rows_write_nothing(
@@ -235,7 +260,9 @@ def test_forgotten_user_stays_forgotten_across_restart_and_reload(artifact_dir: 
         core.close()
 
 
-def test_serves_the_stored_schema_without_an_artifact(artifact_dir: Path, tmp_path: Path, schema: FeatureSchema) -> None:
+def test_serves_the_stored_schema_without_an_artifact(
+    artifact_dir: Path, tmp_path: Path, schema: FeatureSchema
+) -> None:
     url = f"sqlite://{tmp_path}/features.db"
     with pytest.raises(FailedPrecondition, match="holds no artifact: load one first"):
         create_feature_server(None, url, host="127.0.0.1")
@@ -294,7 +321,10 @@ def test_restart_over_persistent_store_loads_nothing_new(
     artifact_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, schema: FeatureSchema
 ) -> None:
     url = f"sqlite://{tmp_path}/features.db"
-    for expected in ("2 users, 4 items, 5 events written (0 duplicate", "0 users, 0 items, 0 events written (5 duplicate"):
+    for expected in (
+        "2 users, 4 items, 5 events written (0 duplicate",
+        "0 users, 0 items, 0 events written (5 duplicate",
+    ):
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="feature_service.server"):
             server, port, _, core = create_feature_server(artifact_dir, url, host="127.0.0.1")
@@ -322,8 +352,9 @@ def test_servers_do_not_import_torch() -> None:
 
 
 def test_start_server_takes_one_config(artifact_dir: Path, tmp_path: Path) -> None:
-    config = FeatureServiceConfig(artifact_dir=artifact_dir, store_url=f"sqlite://{tmp_path}/f.db", host="127.0.0.1",
-                                  port=0, max_workers=2)
+    config = FeatureServiceConfig(
+        artifact_dir=artifact_dir, store_url=f"sqlite://{tmp_path}/f.db", host="127.0.0.1", port=0, max_workers=2
+    )
     server, port, _, core = start_server(config)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -344,11 +375,33 @@ def test_serve_features_hands_the_server_one_config(artifact_dir: Path, monkeypa
     configs: list[FeatureServiceConfig] = []
     monkeypatch.setattr(feature_service.server, "serve", configs.append)
     monkeypatch.delenv("RECSYS_AUTH_TOKENS", raising=False)
-    result = CliRunner().invoke(main, ["serve", "features", "--artifact", str(artifact_dir), "--store", "memory://",
-                                       "--port", "0", "--workers", "3", "--access-log"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "serve",
+            "features",
+            "--artifact",
+            str(artifact_dir),
+            "--store",
+            "memory://",
+            "--port",
+            "0",
+            "--workers",
+            "3",
+            "--access-log",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert configs == [FeatureServiceConfig(artifact_dir=str(artifact_dir), store_url="memory://", port=0,
-                                            max_workers=3, access_log=True, security=ServerSecurity())]
+    assert configs == [
+        FeatureServiceConfig(
+            artifact_dir=str(artifact_dir),
+            store_url="memory://",
+            port=0,
+            max_workers=3,
+            access_log=True,
+            security=ServerSecurity(),
+        )
+    ]
     result = CliRunner().invoke(main, ["serve", "features", "--max-concurrent-rpcs", "7", "--host", "127.0.0.1"])
     assert result.exit_code == 0, result.output
     assert configs[-1] == FeatureServiceConfig(host="127.0.0.1", max_concurrent_rpcs=7, security=ServerSecurity())

@@ -132,7 +132,8 @@ def test_score_names_unknown_items(services):
 def test_feature_service_down_is_unavailable_with_a_clear_message(services, trained_artifact):
     """Without degradation (see test_degradation.py for the default, degraded answers)."""
     iserver, iport, _, recommender = create_inference_server(
-        trained_artifact, services["recommender"].features.target, degrade=False)
+        trained_artifact, services["recommender"].features.target, degrade=False
+    )
     services["feature_server"].stop(None).wait()
     try:
         with grpc.insecure_channel(f"localhost:{iport}") as channel:
@@ -145,8 +146,13 @@ def test_feature_service_down_is_unavailable_with_a_clear_message(services, trai
 
 
 def test_start_server_takes_one_config(services, trained_artifact):
-    config = InferenceConfig(artifact_dir=trained_artifact, features_target=services["recommender"].features.target,
-                             host="127.0.0.1", port=0, max_k=5)
+    config = InferenceConfig(
+        artifact_dir=trained_artifact,
+        features_target=services["recommender"].features.target,
+        host="127.0.0.1",
+        port=0,
+        max_k=5,
+    )
     service = start_server(config)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
@@ -180,17 +186,50 @@ def test_serve_inference_hands_the_server_one_config(trained_artifact, monkeypat
         monkeypatch.delenv(name, raising=False)
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the command sets them if unset
         monkeypatch.setenv(name, "1")
-    result = CliRunner().invoke(main, [
-        "serve", "inference", "--artifact", str(trained_artifact), "--features", "127.0.0.1:1", "--port", "0",
-        "--threads", "2", "--batch-max", "4", "--max-message-mb", "2", "--no-degrade", "--candidates", "50",
-        "--graph-opt", "basic", "--spin", "--variant", "int8", "--ann", "off",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "serve",
+            "inference",
+            "--artifact",
+            str(trained_artifact),
+            "--features",
+            "127.0.0.1:1",
+            "--port",
+            "0",
+            "--threads",
+            "2",
+            "--batch-max",
+            "4",
+            "--max-message-mb",
+            "2",
+            "--no-degrade",
+            "--candidates",
+            "50",
+            "--graph-opt",
+            "basic",
+            "--spin",
+            "--variant",
+            "int8",
+            "--ann",
+            "off",
+        ],
+    )
     assert result.exit_code == 0, result.output
     tuning = SessionTuning(graph_opt="basic", intra_threads=2, spinning=True)
-    assert configs == [InferenceConfig(
-        artifact_dir=str(trained_artifact), features_target="127.0.0.1:1", port=0, threads=2, degrade=False,
-        max_message_bytes=2 * 1024 * 1024, num_candidates=50, security=ServerSecurity(),
-        feature_security=ClientSecurity(), speed=SpeedOptions(batch_max=4, ann="off", variant="int8", tuning=tuning),
-    )]
+    assert configs == [
+        InferenceConfig(
+            artifact_dir=str(trained_artifact),
+            features_target="127.0.0.1:1",
+            port=0,
+            threads=2,
+            degrade=False,
+            max_message_bytes=2 * 1024 * 1024,
+            num_candidates=50,
+            security=ServerSecurity(),
+            feature_security=ClientSecurity(),
+            speed=SpeedOptions(batch_max=4, ann="off", variant="int8", tuning=tuning),
+        )
+    ]
     result = CliRunner().invoke(main, ["serve", "inference", "--repo", str(trained_artifact), "--features", "x:1"])
     assert result.exit_code == 2 and "--repo and --model go together" in result.output

@@ -49,8 +49,14 @@ def registry(monkeypatch):
         fake.calls.append((cfg, interactions, out, options))
 
     def spec(name, task, config_cls, prefix, supports):
-        return types.SimpleNamespace(name=name, task=task, config_cls=config_cls, env_prefix=prefix,
-                                     supports=frozenset(supports), train_and_export=train_and_export)
+        return types.SimpleNamespace(
+            name=name,
+            task=task,
+            config_cls=config_cls,
+            env_prefix=prefix,
+            supports=frozenset(supports),
+            train_and_export=train_and_export,
+        )
 
     specs = {
         "sasrec": spec("sasrec", "next_item", FakeConfig, "RECSYS_FAKE_", NEXT_ITEM | {"private"}),
@@ -89,8 +95,16 @@ def test_train_loads_the_family_config_and_calls_its_trainer(registry, table, tm
     [(cfg, interactions, out, options)] = registry.calls
     assert cfg == FakeConfig(model="sasrec", epochs=4, seed=3, lr=0.5, popularity_debias=1.0)  # flags > env > file
     assert (interactions, out) == (str(table), str(tmp_path / "a"))
-    assert options == {"users": None, "items": None, "progress": False, "resume": False, "forget_users": None,
-                       "pseudonymise_key": None, "item_vectors": None, "private": None}
+    assert options == {
+        "users": None,
+        "items": None,
+        "progress": False,
+        "resume": False,
+        "forget_users": None,
+        "pseudonymise_key": None,
+        "item_vectors": None,
+        "private": None,
+    }
 
     assert train(table, tmp_path, "--model", "deepfm", "--seed", "5").exit_code == 0
     assert registry.calls[-1][0] == FakeRankConfig(model="deepfm", seed=5)  # the rank family's own config
@@ -99,7 +113,9 @@ def test_train_loads_the_family_config_and_calls_its_trainer(registry, table, tm
 def test_a_flag_the_family_does_not_support_is_a_usage_error(registry, table, tmp_path):
     result = train(table, tmp_path, "--model", "deepfm", "--popularity-debias", "1")
     assert result.exit_code == 2
-    assert "--popularity-debias is not supported by rank model 'deepfm'; it applies to sasrec, ensemble" in result.output
+    assert (
+        "--popularity-debias is not supported by rank model 'deepfm'; it applies to sasrec, ensemble" in result.output
+    )
     result = train(table, tmp_path, "--model", "ensemble", "--nproc", "2")
     assert result.exit_code == 2 and "--nproc is not supported by next_item model 'ensemble'" in result.output
     result = train(table, tmp_path, "--model", "deepfm", "--private")

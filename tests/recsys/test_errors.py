@@ -14,17 +14,13 @@ from recsys.errors import RecsysError
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("recsys", "feature_service", "inference_server", "trainer")
-BUILTIN_EXCEPTIONS = {name for name, value in vars(builtins).items()
-                      if isinstance(value, type) and issubclass(value, BaseException)}
+BUILTIN_EXCEPTIONS = {
+    name for name, value in vars(builtins).items() if isinstance(value, type) and issubclass(value, BaseException)
+}
 
 # Classes outside this test's owner's files that still derive from a builtin; remove an entry
 # when its file is fixed (strict xfail: the test then fails until the entry goes).
-PENDING = {
-    "feature_service/stores/base.py:StoreUnavailable":
-        "subclass recsys.errors.Unavailable (its CLI errors and UNAVAILABLE status depend on it)",
-    "trainer/data/download.py:ChecksumError":
-        "use recsys.artifact.ChecksumError (a FailedPrecondition) instead of a RuntimeError of its own",
-}
+PENDING: dict[str, str] = {}
 
 
 def _base_name(node: ast.expr) -> str:
@@ -50,8 +46,9 @@ def exception_classes() -> list[str]:
             if name not in exceptions and exceptions.intersection(bases):
                 exceptions.add(name)
                 changed = True
-    return sorted(where for where, (name, bases) in classes.items()
-                  if exceptions.intersection(bases) and name != "RecsysError")
+    return sorted(
+        where for where, (name, bases) in classes.items() if exceptions.intersection(bases) and name != "RecsysError"
+    )
 
 
 def _case(where: str):
@@ -62,8 +59,12 @@ def _case(where: str):
 
 def test_the_walk_finds_the_known_classes():
     found = exception_classes()
-    assert {"recsys/errors.py:Unavailable", "recsys/client.py:RecommendError",
-            "recsys/artifact.py:ChecksumError", "trainer/export/onnx.py:ExportError"} <= set(found)
+    assert {
+        "recsys/errors.py:Unavailable",
+        "recsys/client.py:RecommendError",
+        "recsys/artifact.py:ChecksumError",
+        "trainer/export/onnx.py:ExportError",
+    } <= set(found)
 
 
 @pytest.mark.parametrize("where", [_case(w) for w in exception_classes()])

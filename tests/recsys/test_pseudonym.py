@@ -19,7 +19,8 @@ def test_pseudonym_is_hmac_sha256_of_the_utf8_id():
     # RFC 4231 test case 6 (a key longer than the block size)
     p = Pseudonymiser(b"\xaa" * 131)
     assert p("Test Using Larger Than Block-Size Key - Hash Key First") == (
-        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+    )
     key = b"k" * 32
     assert Pseudonymiser(key)("196") == Pseudonymiser(key)("196") != Pseudonymiser(b"j" * 32)("196")
     assert Pseudonymiser(key)("196") != Pseudonymiser(key)("197")
@@ -58,16 +59,25 @@ def test_cli_keygen_and_map(tmp_path):
 
 @pytest.fixture(scope="module")
 def pseudonymised(ring_data, tmp_path_factory):
-    from trainer.pipeline import train_and_export
     from trainer.families.next_item import TrainConfig
+    from trainer.pipeline import train_and_export
 
     root = tmp_path_factory.mktemp("pseudo")
     key = root / "key"
     write_key(key)
     (root / "forget.jsonl").write_text(json.dumps({"user_id": "u003"}) + "\n")  # a raw id
     cfg = TrainConfig(epochs=1, batch_size=64, max_len=10, hidden=16, heads=1, layers=1, inner=32, eval_every=1)
-    train_and_export(ring_data["train"], root / "artifact", cfg, users=ring_data["users"], items=ring_data["items"],
-                     progress=False, log=lambda *_: None, pseudonymise_key=key, forget_users=root / "forget.jsonl")
+    train_and_export(
+        ring_data["train"],
+        root / "artifact",
+        cfg,
+        users=ring_data["users"],
+        items=ring_data["items"],
+        progress=False,
+        log=lambda *_: None,
+        pseudonymise_key=key,
+        forget_users=root / "forget.jsonl",
+    )
     return root / "artifact", key
 
 
@@ -103,8 +113,20 @@ def test_serving_works_through_the_pseudonym(pseudonymised):
             assert source(p("u001")) == inference_pb2.SOURCE_MODEL
             assert source("u001") == inference_pb2.SOURCE_POPULARITY  # the raw id is unknown to the store
             assert source(p("u003")) == inference_pb2.SOURCE_POPULARITY  # forgotten before training
-            out = CliRunner().invoke(main, ["recommend", "--server", f"localhost:{iport}", "--user", "u001",
-                                            "--k", "3", "--pseudonymise-key", str(key)])
+            out = CliRunner().invoke(
+                main,
+                [
+                    "recommend",
+                    "--server",
+                    f"localhost:{iport}",
+                    "--user",
+                    "u001",
+                    "--k",
+                    "3",
+                    "--pseudonymise-key",
+                    str(key),
+                ],
+            )
             assert out.exit_code == 0 and "from model" in out.output, out.output
     finally:
         iserver.stop(None)

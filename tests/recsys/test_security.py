@@ -88,7 +88,7 @@ def test_token_auth_refuses_missing_and_wrong_tokens_but_leaves_health_open(trai
     ca = ClientTls(ca=certs["ca.crt"])
     with feature_server(trained_artifact, security) as target:
         for sent in (None, "wrong", TOKEN + "x"):
-            error = failure(lambda: get_schema(target, ClientSecurity(tls=ca, token=sent)))
+            error = failure(lambda sent=sent: get_schema(target, ClientSecurity(tls=ca, token=sent)))
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
             assert TOKEN not in error.details()
         assert get_schema(target, ClientSecurity(tls=ca, token=TOKEN)).schema_hash
@@ -96,7 +96,10 @@ def test_token_auth_refuses_missing_and_wrong_tokens_but_leaves_health_open(trai
         with open_channel(target, ClientSecurity(tls=ca)) as channel:
             # Another scheme than Bearer is no token either.
             stub = features_pb2_grpc.FeatureServiceStub(channel)
-            call = lambda: stub.GetSchema(features_pb2.GetSchemaRequest(), metadata=[("authorization", f"Basic {TOKEN}")])
+
+            def call():
+                return stub.GetSchema(features_pb2.GetSchemaRequest(), metadata=[("authorization", f"Basic {TOKEN}")])
+
             assert failure(call).code() == grpc.StatusCode.UNAUTHENTICATED
             # Health answers without a token; server reflection (a streaming RPC) does not.
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
@@ -115,17 +118,30 @@ def test_inference_server_over_mutual_tls_with_tokens_end_to_end(trained_artifac
 
     feature_tls = ServerTls(certs["server.crt"], certs["server.key"], client_ca=certs["ca.crt"])
     client_tls = ClientTls(ca=certs["ca.crt"], cert=certs["client.crt"], key=certs["client.key"])
-    with feature_server(trained_artifact, ServerSecurity(tls=feature_tls, tokens=frozenset({"feature-token"}))) as ftarget:
+    with feature_server(
+        trained_artifact, ServerSecurity(tls=feature_tls, tokens=frozenset({"feature-token"}))
+    ) as ftarget:
         server, port, health, recommender = create_inference_server(
-            trained_artifact, ftarget, security=ServerSecurity(tls=tls(certs), tokens=frozenset({TOKEN})),
+            trained_artifact,
+            ftarget,
+            security=ServerSecurity(tls=tls(certs), tokens=frozenset({TOKEN})),
             feature_security=ClientSecurity(tls=client_tls, token="feature-token"),
         )
         try:
             assert recommender.features.check_schema() is None
             token_file = tmp_path / "token"
             token_file.write_text(f"# the client's token\n{TOKEN}\n")
-            base = ["recommend", "--server", f"localhost:{port}", "--user", "u000", "--k", "3",
-                    "--tls-ca", str(certs["ca.crt"])]
+            base = [
+                "recommend",
+                "--server",
+                f"localhost:{port}",
+                "--user",
+                "u000",
+                "--k",
+                "3",
+                "--tls-ca",
+                str(certs["ca.crt"]),
+            ]
             result = CliRunner().invoke(main, [*base, "--token-file", str(token_file)])
             assert result.exit_code == 0, result.output
             assert "top 3 for user u000" in result.output
@@ -142,7 +158,9 @@ def test_inference_server_over_mutual_tls_with_tokens_end_to_end(trained_artifac
     # The same feature service with a token the inference server does not have: it reports why.
     with feature_server(trained_artifact, ServerSecurity(tls=feature_tls, tokens=frozenset({"other"}))) as ftarget:
         server, port, health, recommender = create_inference_server(
-            trained_artifact, ftarget, feature_security=ClientSecurity(tls=client_tls, token="feature-token"),
+            trained_artifact,
+            ftarget,
+            feature_security=ClientSecurity(tls=client_tls, token="feature-token"),
         )
         try:
             with pytest.raises(Exception, match="refused this server's credentials"):
@@ -195,17 +213,33 @@ def test_unreadable_or_non_pem_files_are_refused_before_binding(trained_artifact
     not_pem = tmp_path / "cert.txt"
     not_pem.write_text("hello")
     with pytest.raises(ValueError, match="is not a PEM file"):
-        create_feature_server(trained_artifact, "memory://", security=ServerSecurity(tls=ServerTls(not_pem, certs["server.key"])))
+        create_feature_server(
+            trained_artifact, "memory://", security=ServerSecurity(tls=ServerTls(not_pem, certs["server.key"]))
+        )
     with pytest.raises(ValueError, match="cannot read TLS key"):
-        create_feature_server(trained_artifact, "memory://",
-                              security=ServerSecurity(tls=ServerTls(certs["server.crt"], tmp_path / "missing.key")))
+        create_feature_server(
+            trained_artifact,
+            "memory://",
+            security=ServerSecurity(tls=ServerTls(certs["server.crt"], tmp_path / "missing.key")),
+        )
 
 
 def test_cli_checks_tls_flags_before_serving(trained_artifact, certs):
     from recsys.cli import main
 
-    result = CliRunner().invoke(main, ["serve", "features", "--artifact", str(trained_artifact),
-                                       "--store", "memory://", "--tls-cert", str(certs["server.crt"])])
+    result = CliRunner().invoke(
+        main,
+        [
+            "serve",
+            "features",
+            "--artifact",
+            str(trained_artifact),
+            "--store",
+            "memory://",
+            "--tls-cert",
+            str(certs["server.crt"]),
+        ],
+    )
     assert result.exit_code != 0 and "--tls-cert and --tls-key go together" in result.output
     result = CliRunner().invoke(main, ["recommend", "--user", "u", "--tls-cert", str(certs["client.crt"])])
     assert result.exit_code != 0 and "go together" in result.output
@@ -219,10 +253,30 @@ def test_serve_features_command_with_tls_and_tokens_from_the_environment(trained
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", AUTH_TOKENS_ENV: f"{TOKEN},another"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "recsys.cli", "serve", "features", "--artifact", str(trained_artifact),
-         "--store", "memory://", "--host", "127.0.0.1", "--port", "0", "--verbose",
-         "--tls-cert", str(certs["server.crt"]), "--tls-key", str(certs["server.key"])],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "recsys.cli",
+            "serve",
+            "features",
+            "--artifact",
+            str(trained_artifact),
+            "--store",
+            "memory://",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--verbose",
+            "--tls-cert",
+            str(certs["server.crt"]),
+            "--tls-key",
+            str(certs["server.key"]),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         lines = []
@@ -244,9 +298,15 @@ def test_serve_features_command_with_tls_and_tokens_from_the_environment(trained
 
 
 def test_unauthenticated_bytes_are_refused_before_they_are_parsed(trained_artifact):
-    with feature_server(trained_artifact, ServerSecurity(tokens=frozenset({TOKEN}))) as target:
-        with grpc.insecure_channel(target) as channel:
-            call = channel.unary_unary("/recsys.v1.FeatureService/ForgetUser")
-            assert failure(lambda: call(b"\x0a\x02\xff\xfe", timeout=5)).code() == grpc.StatusCode.UNAUTHENTICATED
-            assert failure(lambda: call(b"\x0a\x02\xff\xfe", timeout=5, metadata=[("authorization", f"Bearer {TOKEN}")])
-                           ).code() == grpc.StatusCode.INVALID_ARGUMENT
+    with (
+        feature_server(trained_artifact, ServerSecurity(tokens=frozenset({TOKEN}))) as target,
+        grpc.insecure_channel(target) as channel,
+    ):
+        call = channel.unary_unary("/recsys.v1.FeatureService/ForgetUser")
+        assert failure(lambda: call(b"\x0a\x02\xff\xfe", timeout=5)).code() == grpc.StatusCode.UNAUTHENTICATED
+        assert (
+            failure(
+                lambda: call(b"\x0a\x02\xff\xfe", timeout=5, metadata=[("authorization", f"Bearer {TOKEN}")])
+            ).code()
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )

@@ -40,8 +40,18 @@ def test_generated_stubs_match_the_protos(tmp_path):
         )
 
 
-@pytest.mark.parametrize("module", ["inference_server.server", "feature_service.server", "recsys.cli", "recsys.client",
-                                    "recsys.security", "inference_server.config", "feature_service.config"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "inference_server.server",
+        "feature_service.server",
+        "recsys.cli",
+        "recsys.client",
+        "recsys.security",
+        "inference_server.config",
+        "feature_service.config",
+    ],
+)
 def test_serving_code_does_not_import_torch(module):
     code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, f"{module} pulls in torch"
@@ -114,4 +124,3 @@ def test_atomic_write_replaces_whole_or_leaves_old(tmp_path):
 
     write_atomically(target, lambda d: (d / "b.txt").write_text("two"))
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
-

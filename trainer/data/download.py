@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from recsys.artifact import ChecksumError
 from trainer.data.tables import STANDARD_COLUMNS, read_table
 
 __all__ = ["download_movielens_100k"]
@@ -64,10 +65,6 @@ TABLE_FILES = {"interactions": "interactions.csv", "users": "users.csv", "items"
 MARKER = ".ml-100k.json"
 SOURCE_GROUPLENS = "grouplens"
 SOURCE_PYPI = f"pypi:recbole-{RECBOLE_VERSION}"
-
-
-class ChecksumError(RuntimeError):
-    """Downloaded or extracted bytes differ from the pinned sha256."""
 
 
 def download_movielens_100k(to_dir: str | Path, *, timeout_s: float = 10.0) -> dict[str, Any]:
