@@ -59,7 +59,9 @@ class Dist:
         if not self.enabled:
             return step
         ids = [self.local_rank] if self.device.startswith("cuda") else None
-        return DistributedDataParallel(step, device_ids=ids)
+        # some families leave parameters out of a step (a ranker's unused field tables, an
+        # ordinal loss's offsets with another label): DDP must not wait for their gradients
+        return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True)
 
     def from_main(self, value: int) -> int:
         """Rank 0's `value` on every rank (a collective: every rank must call it)."""

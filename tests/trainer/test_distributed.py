@@ -121,3 +121,39 @@ def test_two_ranks_match_one_process(ring_data, tmp_path):
     # one data summary per rank: both ranks read the data, one artifact came out
     assert run.stdout.count("kept:") == 2
     assert Path(tmp_path / "two.ckpt" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["deepfm", "two_tower"])
+def test_feature_families_train_and_export_under_ddp(ring_data, tmp_path, model):
+    """`recsys train --nproc 2` for the families that read features: two gloo ranks, one artifact."""
+    out = tmp_path / model
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recsys.cli",
+            "train",
+            "--model",
+            model,
+            "--nproc",
+            "2",
+            "--interactions",
+            str(ring_data["train"]),
+            "--users",
+            str(ring_data["users"]),
+            "--items",
+            str(ring_data["items"]),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["config"]["epochs"] == 2

@@ -198,3 +198,39 @@ def test_two_tower_as_the_retrieval_stage_of_a_ranker(stack):
     assert len(reply.items) == 6  # only the retrieval stage's 6 candidates come back, re-ranked
     scores = [i.score for i in reply.items]
     assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_two_tower_resumes_after_a_crash_to_the_same_model(ring_data, tmp_path, monkeypatch):
+    from trainer import loop as loop_module
+    from trainer.checkpoint import load_checkpoint
+    from trainer.data.tables import load_tables
+    from trainer.families.two_tower import RetrievalConfig, train_two_tower
+
+    tables = load_tables(ring_data["train"], ring_data["users"], ring_data["items"])
+    cfg = RetrievalConfig(**{**SMALL, "epochs": 4, "patience": 4}, ema=0.5, schedule="cosine")
+
+    def run(directory, resume=False):
+        return train_two_tower(
+            cfg, tables=tables, progress=False, log=lambda *_: None, checkpoint_dir=directory, resume=resume
+        )
+
+    straight = run(tmp_path / "a")
+    real_save = loop_module.save_checkpoint
+
+    def save_then_crash(directory, state):
+        real_save(directory, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt("killed after epoch 2")
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b")
+    monkeypatch.setattr(loop_module, "save_checkpoint", real_save)
+    assert load_checkpoint(tmp_path / "b")["epoch"] == 2
+
+    resumed = run(tmp_path / "b", resume=True)
+    assert resumed.fit.resumed_from == 2 and len(resumed.fit.history) == 4
+    assert resumed.fit.best_epoch == straight.fit.best_epoch
+    assert resumed.fit.best_metrics == straight.fit.best_metrics
+    for a, b in zip(straight.fit.model.state_dict().values(), resumed.fit.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
