@@ -58,8 +58,8 @@ def test_members_inherit_the_ensemble_settings_and_get_their_own_seeds():
     [
         ((), "needs `members`"),
         (({"dropout": 0.1},), "at least a `model` key"),
-        (({"model": "ensemble"},), "cannot be ensembles"),
-        (({"model": "content_sasrec"},), "cannot be ensembles or content models"),
+        (({"model": "ensemble"},), "not ensembles"),
+        (({"model": "content_sasrec"},), "not ensembles, content models"),
         (({"model": "sasrec", "hidden_size": 8},), "unknown setting"),
         (({"model": "sasrec", "seed": 3},), "take their seeds from the ensemble"),
         (({"model": "sasrec", "max_len": 99},), "raise the ensemble's max_len"),
