@@ -1,4 +1,4 @@
-"""`make bench`: the standard serving benchmark (issue #5), each case against real servers.
+"""`make bench`: the standard serving benchmark, each case against real servers.
 
 Each case starts a feature service (memory store loaded from the artifact) and an inference
 server as their own processes, runs the load generator (benchmarks/load.py) against them,
@@ -131,7 +131,7 @@ def run_case(name: str, case: dict, args, out: Path) -> dict | None:
 
 
 def checks(reports: dict[str, dict]) -> list[dict]:
-    """Issue #5's Done-when, measured (None where the case did not run)."""
+    """The benchmark's headline checks, measured (None where the case did not run)."""
 
     def level(name, clients):
         r = reports.get(name)

@@ -26,7 +26,7 @@ interaction not with a test item (validation items' included, so they know more 
   set and 5-year release bucket, falling back to genre popularity.
 A yardstick, not a baseline: the test items ranked by their true interaction counts (which no
 cold-start method can know).
-The target (issue 8) is at least 3x the genre-popularity baseline's HR@10, as a mean over seeds.
+The goal is at least 3x the genre-popularity baseline's HR@10, as a mean over seeds.
 """
 
 from __future__ import annotations

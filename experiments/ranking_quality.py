@@ -22,7 +22,7 @@ from pathlib import Path
 from trainer.data.tables import load_tables
 from trainer.families.ranker import RankConfig, train_ranker
 
-# RecBole 1.2.1 DeepFM, same data, features, label and split (issue 3).
+# RecBole 1.2.1 DeepFM, same data, features, label and split.
 RECBOLE_DEEPFM = {"test_auc": 0.7861, "test_logloss": 0.5718}
 # history_len 50 = the sequential models' default: max_history is part of the hashed schema, so
 # equal lengths let a ranker share a feature service with SASRec (200 scored ~0.005 higher with

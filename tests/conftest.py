@@ -1,4 +1,5 @@
-"""Session-wide fixtures: small generated data with sequential structure, and one trained artifact.
+"""Session-wide fixtures: small generated data with sequential structure, trained artifacts, and
+both services started through the `recsys` command.
 
 Users walk a ring of items: after item i usually comes item i+1, so a sequential model can
 learn something real in a few seconds and tests can check that it did.
@@ -6,6 +7,11 @@ learn something real in a few seconds and tests can check that it did.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +184,67 @@ def _write_genre_data(
 def genre_taste_data():
     """The genre-taste data writer (content / cold-start tests): call it with a directory."""
     return _write_genre_data
+
+
+@contextlib.contextmanager
+def _served_by_cli(artifact: Path, directory: Path):
+    """`recsys serve features` and `recsys serve inference` for `artifact` on loopback, waited
+    for; yields a dict with the inference `target`. On leaving, both get SIGTERM and the dict
+    gains their `returncodes` and `logs` (inference first)."""
+    from recsys.client import free_port, wait_serving
+
+    recsys = [sys.executable, "-m", "recsys.cli"]
+    fport, iport = free_port(), free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    pipes = {"env": env, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    features = subprocess.Popen(
+        [*recsys, "serve", "features", "--artifact", str(artifact), "--store", f"sqlite://{directory}/f.sqlite",
+         "--host", "127.0.0.1", "--port", str(fport)],
+        **pipes,
+    )  # fmt: skip
+    inference = subprocess.Popen(
+        [*recsys, "serve", "inference", "--artifact", str(artifact), "--features", f"127.0.0.1:{fport}",
+         "--host", "127.0.0.1", "--port", str(iport)],
+        **pipes,
+    )  # fmt: skip
+    state: dict = {"target": f"127.0.0.1:{iport}"}
+    try:
+        wait_serving(f"127.0.0.1:{fport}", features)
+        wait_serving(state["target"], inference)
+        yield state
+    finally:
+        for proc in (inference, features):
+            proc.send_signal(signal.SIGTERM)
+        state["logs"] = [proc.communicate(timeout=30)[0] for proc in (inference, features)]
+        state["returncodes"] = [inference.returncode, features.returncode]
+
+
+@pytest.fixture
+def served_by_cli():
+    """A context manager: `with served_by_cli(artifact, tmp_path) as servers: servers["target"]`."""
+    return _served_by_cli
+
+
+@pytest.fixture
+def crash_after_epoch(monkeypatch):
+    """`with crash_after_epoch(n): train(...)`: the training loop writes epoch n's checkpoint and
+    then dies (a KeyboardInterrupt the block must raise); its own save is back afterwards."""
+    from trainer import loop
+
+    real_save = loop.save_checkpoint
+
+    @contextlib.contextmanager
+    def crash(epoch: int):
+        def save_then_crash(directory, state):
+            real_save(directory, state)
+            if state["epoch"] == epoch:
+                raise KeyboardInterrupt(f"killed after epoch {epoch}")
+
+        monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                yield
+        finally:
+            monkeypatch.setattr(loop, "save_checkpoint", real_save)
+
+    return crash

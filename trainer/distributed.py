@@ -54,14 +54,13 @@ class Dist:
         """This rank's rows of a global batch: rows rank, rank + world, ... (disjoint, covering)."""
         return tuple(t[self.rank :: self.world_size].to(self.device) for t in tensors)
 
-    def wrap(self, step: nn.Module) -> nn.Module:
-        """`step` in DDP when distributed, else unchanged."""
+    def wrap(self, step: nn.Module, partial: bool = False) -> nn.Module:
+        """`step` in DDP when distributed, else unchanged. `partial`: a step may leave some
+        parameters without a gradient, which DDP then looks for after every backward pass."""
         if not self.enabled:
             return step
         ids = [self.local_rank] if self.device.startswith("cuda") else None
-        # some families leave parameters out of a step (a ranker's unused field tables, an
-        # ordinal loss's offsets with another label): DDP must not wait for their gradients
-        return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True)
+        return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=partial)
 
     def from_main(self, value: int) -> int:
         """Rank 0's `value` on every rank (a collective: every rank must call it)."""

@@ -106,6 +106,7 @@ class Family(Protocol):
     higher_is_better: bool
     unit: str  # what `count` counts, for the progress rate ("events", "examples", ...)
     objective: nn.Module | None  # the loss's own trained parameters (e.g. ordinal offsets), or None
+    # optional `partial_steps = True`: some parameters may get no gradient in a step (DDP must not wait for them)
 
     def build_model(self) -> nn.Module: ...
     def batches(self, rng: np.random.Generator, full: bool = False) -> Iterator[tuple[torch.Tensor, ...]]: ...
@@ -125,6 +126,13 @@ class FitResult:
     resumed_from: int = 0  # epochs restored from a checkpoint
     members: list[dict] = field(default_factory=list)  # an ensemble's members: model, seed, best epoch, weight, metrics
     privacy: dict = field(default_factory=dict)  # DP training: what goes into the manifest's `privacy`
+
+    def summary(self, metrics: dict[str, float] | None = None) -> str:
+        """One log line: the best epoch, the epochs run, the time and `metrics` (default: the best's)."""
+        shown = self.best_metrics if metrics is None else metrics
+        return f"best epoch {self.best_epoch} of {len(self.history)} in {self.seconds:.0f} s: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in shown.items()
+        )
 
 
 class _Step(nn.Module):
@@ -175,15 +183,16 @@ def fit(
     optimizer = optimizer(cfg, step) if optimizer else make_optimizer(cfg, step)
     average = copy.deepcopy(model) if cfg.ema else None  # with ema: what is validated and kept
     kept = average if average is not None else model
-    train_step = dist.wrap(step)
+    train_step = dist.wrap(step, partial=getattr(family, "partial_steps", False))
     key, sign = family.select, (1.0 if family.higher_is_better else -1.0)
     best: dict[str, Any] = {"value": -math.inf, "epoch": 0, "metrics": {}, "state": None}
     history: list[dict[str, float]] = []
     bad, first_epoch, elapsed = 0, 1, 0.0
+    fingerprint = family.fingerprint()
 
     saved = load_checkpoint(checkpoint_dir) if (checkpoint_dir and resume) else None
     if saved is not None:
-        if saved["config"] != asdict(cfg) or saved["data"] != family.fingerprint():
+        if saved["config"] != asdict(cfg) or saved["data"] != fingerprint:
             raise ValueError(f"checkpoint in {checkpoint_dir} was made with another config or data; not resuming")
         step.load_state_dict(saved["step"])
         if average is not None:
@@ -236,7 +245,7 @@ def fit(
                 checkpoint_dir,
                 {
                     "config": asdict(cfg),
-                    "data": family.fingerprint(),
+                    "data": fingerprint,
                     "epoch": epoch,
                     "step": step.state_dict(),
                     "average": average.state_dict() if average is not None else None,

@@ -49,84 +49,26 @@ class FamilySpec:
         return f"{capability.replace('_', '-')} is not supported by model {self.name!r}: {reason}"
 
 
-def _next_item(
-    cfg: TrainConfig,
-    interactions,
-    out,
-    *,
-    users=None,
-    items=None,
-    progress=True,
-    resume=False,
-    forget_users=None,
-    pseudonymise_key=None,
-    item_vectors=None,
-    private=None,
-):
+def _next_item(cfg: TrainConfig, interactions, out, **options):
     from trainer.pipeline import train_and_export
 
-    return train_and_export(
-        interactions,
-        out,
-        cfg,
-        users=users,
-        items=items,
-        progress=progress,
-        resume=resume,
-        forget_users=forget_users,
-        pseudonymise_key=pseudonymise_key,
-        item_vectors=item_vectors,
-        private=private,
-    )
+    return train_and_export(interactions, out, cfg, **options)
 
 
-def _tables(interactions, users, items, forget_users):
+def _with_features(
+    cfg, interactions, out, *, users=None, items=None, progress=True, resume=False, forget_users=None, **unsupported
+):
+    """Rankers and two-tower: the same cleaned tables as next-item training, then their own run."""
+    from trainer.export.ranker import train_and_export_ranker
+    from trainer.export.two_tower import train_and_export_two_tower
     from trainer.pipeline import prepare_tables
 
-    return prepare_tables(interactions, users, items, forget_users=forget_users)[0]
-
-
-def _ranker(
-    cfg: RankConfig, interactions, out, *, users=None, items=None, progress=True, resume=False, forget_users=None, **_
-):
-    from trainer.export.ranker import train_and_export_ranker
-
-    return train_and_export_ranker(
-        cfg,
-        interactions,
-        out,
-        users=users,
-        items=items,
-        progress=progress,
-        resume=resume,
-        tables=_tables(interactions, users, items, forget_users),
-    )
-
-
-def _two_tower(
-    cfg: RetrievalConfig,
-    interactions,
-    out,
-    *,
-    users=None,
-    items=None,
-    progress=True,
-    resume=False,
-    forget_users=None,
-    **_,
-):
-    from trainer.export.two_tower import train_and_export_two_tower
-
-    return train_and_export_two_tower(
-        cfg,
-        interactions,
-        out,
-        users=users,
-        items=items,
-        progress=progress,
-        resume=resume,
-        tables=_tables(interactions, users, items, forget_users),
-    )
+    given = sorted(k for k, v in unsupported.items() if v)
+    if given:
+        raise ValueError(f"{', '.join(given)} not supported by model {cfg.model!r}")
+    run = train_and_export_two_tower if isinstance(cfg, RetrievalConfig) else train_and_export_ranker
+    tables, _ = prepare_tables(interactions, users, items, forget_users=forget_users)
+    return run(cfg, interactions, out, progress=progress, resume=resume, tables=tables)
 
 
 _SEQUENTIAL = frozenset({"resume", "nproc", "forget_users", "pseudonymise", "popularity_debias"})
@@ -136,8 +78,8 @@ _FEATURES = frozenset({"resume", "nproc", "forget_users"})
 def _spec(name: str, task: str, supports: frozenset[str]) -> FamilySpec:
     config_cls, prefix, run = {
         "next_item": (TrainConfig, "RECSYS_TRAIN_", _next_item),
-        "rank": (RankConfig, "RECSYS_RANK_", _ranker),
-        "two_tower": (RetrievalConfig, "RECSYS_RETRIEVAL_", _two_tower),
+        "rank": (RankConfig, "RECSYS_RANK_", _with_features),
+        "two_tower": (RetrievalConfig, "RECSYS_RETRIEVAL_", _with_features),
     }[task]
     return FamilySpec(name, task, config_cls, prefix, supports, run)
 

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +11,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from recsys.client import free_port, wait_serving
 from recsys.v1 import inference_pb2, inference_pb2_grpc
 
 RECSYS = [sys.executable, "-m", "recsys.cli"]
 
 
 @pytest.mark.slow
-def test_train_serve_recommend_evaluate(ring_data, tmp_path: Path):
+def test_train_serve_recommend_evaluate(ring_data, tmp_path: Path, served_by_cli):
     artifact = tmp_path / "artifact"
     config = tmp_path / "train.toml"
     config.write_text(
@@ -55,58 +52,17 @@ def test_train_serve_recommend_evaluate(ring_data, tmp_path: Path):
     assert manifest["training"]["config"]["seed"] == 1 and manifest["training"]["config"]["epochs"] == 20
     assert {"report.json", "curves.png"} <= set(manifest["files"])  # the run report travels with the model
 
-    fport, iport = free_port(), free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    features = subprocess.Popen(
-        [
-            *RECSYS,
-            "serve",
-            "features",
-            "--artifact",
-            str(artifact),
-            "--store",
-            f"sqlite://{tmp_path}/f.sqlite",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(fport),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    inference = subprocess.Popen(
-        [
-            *RECSYS,
-            "serve",
-            "inference",
-            "--artifact",
-            str(artifact),
-            "--features",
-            f"127.0.0.1:{fport}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(iport),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_serving(f"127.0.0.1:{fport}", features)
-        wait_serving(f"127.0.0.1:{iport}", inference)
+    with served_by_cli(artifact, tmp_path) as servers:
+        target = servers["target"]
         out = subprocess.run(
-            [*RECSYS, "recommend", "--server", f"127.0.0.1:{iport}", "--user", "u003", "--k", "5"],
+            [*RECSYS, "recommend", "--server", target, "--user", "u003", "--k", "5"],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
         assert "from model" in out and out.count("Movie ") == 5
 
-        with grpc.insecure_channel(f"127.0.0.1:{iport}") as channel:
+        with grpc.insecure_channel(target) as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             top = stub.Recommend(inference_pb2.RecommendRequest(user_id="u003", k=3, exclude_seen=True), timeout=5)
             scored = stub.Score(
@@ -122,9 +78,5 @@ def test_train_serve_recommend_evaluate(ring_data, tmp_path: Path):
         ).stdout
         metrics = json.loads(result.strip().splitlines()[-1])
         assert metrics["users"] == 80 and metrics["hr@10"] > 0.5  # random ranking would give ~0.27
-    finally:
-        for proc in (inference, features):
-            proc.send_signal(signal.SIGTERM)
-        logs = [proc.communicate(timeout=30)[0] for proc in (inference, features)]
-    assert [inference.returncode, features.returncode] == [0, 0], logs
-    assert "listening" in logs[0]
+    assert servers["returncodes"] == [0, 0], servers["logs"]
+    assert "listening" in servers["logs"][0]

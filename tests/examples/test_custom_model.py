@@ -4,8 +4,6 @@ next-item example), and train -> export -> evaluate (the ranker example)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +11,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from recsys.client import free_port, wait_serving
 from recsys.v1 import inference_pb2, inference_pb2_grpc
 
 RECSYS = [sys.executable, "-m", "recsys.cli"]
@@ -51,7 +48,7 @@ def train(data: dict[str, Path], model: str, out: Path, config: str) -> dict:
 
 
 @pytest.mark.slow
-def test_own_next_item_model_trains_serves_and_recommends(ring_data, tmp_path: Path):
+def test_own_next_item_model_trains_serves_and_recommends(ring_data, tmp_path: Path, served_by_cli):
     artifact = tmp_path / "bag"
     manifest = train(
         ring_data, HISTORY_BAG, artifact, "epochs = 1\nbatch_size = 32\nmax_len = 10\n[model_options]\ndim = 16\n"
@@ -59,61 +56,12 @@ def test_own_next_item_model_trains_serves_and_recommends(ring_data, tmp_path: P
     assert manifest["model_kind"] == "historybag" and manifest["task"] == "next_item"
     assert manifest["training"]["config"]["model_options"] == {"dim": 16}
 
-    fport, iport = free_port(), free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    servers = [
-        subprocess.Popen(
-            [
-                *RECSYS,
-                "serve",
-                "features",
-                "--artifact",
-                str(artifact),
-                "--store",
-                f"sqlite://{tmp_path}/f.sqlite",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(fport),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        ),
-        subprocess.Popen(
-            [
-                *RECSYS,
-                "serve",
-                "inference",
-                "--artifact",
-                str(artifact),
-                "--features",
-                f"127.0.0.1:{fport}",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(iport),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        ),
-    ]
-    try:
-        wait_serving(f"127.0.0.1:{fport}", servers[0])
-        wait_serving(f"127.0.0.1:{iport}", servers[1])
-        with grpc.insecure_channel(f"127.0.0.1:{iport}") as channel:
-            stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            reply = stub.Recommend(inference_pb2.RecommendRequest(user_id="u003", k=5, exclude_seen=True), timeout=10)
-        assert len(reply.items) == 5 and len({i.item_id for i in reply.items}) == 5
-        assert reply.model_version == manifest["model_version"]
-    finally:
-        for proc in servers:
-            proc.send_signal(signal.SIGTERM)
-        for proc in servers:
-            proc.communicate(timeout=30)
+    with served_by_cli(artifact, tmp_path) as servers, grpc.insecure_channel(servers["target"]) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        reply = stub.Recommend(inference_pb2.RecommendRequest(user_id="u003", k=5, exclude_seen=True), timeout=10)
+    assert len(reply.items) == 5 and len({i.item_id for i in reply.items}) == 5
+    assert reply.model_version == manifest["model_version"]
+    assert servers["returncodes"] == [0, 0], servers["logs"]
 
 
 @pytest.mark.slow
@@ -126,7 +74,18 @@ def test_own_ranker_trains_exports_and_evaluates(ring_data, tmp_path: Path):
         'epochs = 2\nbatch_size = 64\nlabel = "implicit"\n[model_options]\nhidden = 16\n',
     )
     assert manifest["model_kind"] == "fieldmlp" and manifest["task"] == "rank"
-    assert 0.0 <= manifest["metrics"]["test_auc"] <= 1.0
+    assert set(manifest["metrics"]) >= {"valid_auc", "test_auc", "test_logloss"}
+    assert manifest["metrics"]["export_parity_max_abs_diff"] < 1e-4  # the ONNX graph matches torch
+
+    result = subprocess.run(
+        [*RECSYS, "evaluate", "--artifact", str(artifact), "--test", str(ring_data["test"]), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    metrics = json.loads(result.strip().splitlines()[-1])
+    assert metrics["model_kind"] == "fieldmlp" and metrics["task"] == "rank"
+    assert metrics["users"] == 80 and 0.0 <= metrics["ndcg@10"] <= metrics["hr@10"] <= 1.0
 
 
 def test_a_class_without_the_contract_is_refused_with_what_is_missing(ring_data, tmp_path: Path):

@@ -10,8 +10,7 @@ import torch
 
 from recsys.artifact import read_manifest
 from recsys.schema import FIRST_TOKEN, PAD
-from trainer.families.ensemble import member_configs
-from trainer.families.next_item import TrainConfig
+from trainer.families.next_item import TrainConfig, member_configs
 from trainer.models import MODELS
 from trainer.models.ensemble import Ensemble
 

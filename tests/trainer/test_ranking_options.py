@@ -32,7 +32,7 @@ def quiet(cfg, tables, **kw):
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_resume_after_a_crash_reaches_the_same_ranker(tables, tmp_path, monkeypatch, ema):
+def test_resume_after_a_crash_reaches_the_same_ranker(tables, tmp_path, crash_after_epoch, ema):
     cfg = RankConfig(
         model="dcn",
         **{**SMALL, "epochs": 4, "patience": 4},
@@ -43,17 +43,8 @@ def test_resume_after_a_crash_reaches_the_same_ranker(tables, tmp_path, monkeypa
         ema=ema,
     )
     straight = quiet(cfg, tables, checkpoint_dir=tmp_path / "a")
-    real_save = loop_module.save_checkpoint
-
-    def save_then_crash(directory, state):
-        real_save(directory, state)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt("killed after epoch 2")
-
-    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_after_epoch(2):
         quiet(cfg, tables, checkpoint_dir=tmp_path / "b")
-    monkeypatch.setattr(loop_module, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "b")["epoch"] == 2
 
     resumed = quiet(cfg, tables, checkpoint_dir=tmp_path / "b", resume=True)

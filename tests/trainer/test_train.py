@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recsys.schema import FIRST_TOKEN
-from trainer import loop as train_module
+from trainer import loop as loop_module
 from trainer.checkpoint import load_checkpoint
 from trainer.families.next_item import TrainConfig, fit, score_histories
 from trainer.loop import lr_factor
@@ -63,21 +63,12 @@ def test_schedules():
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_resume_after_a_crash_reaches_the_same_model(tmp_path, monkeypatch, ema):
+def test_resume_after_a_crash_reaches_the_same_model(tmp_path, crash_after_epoch, ema):
     cfg = TrainConfig(epochs=6, optimizer="adamw", weight_decay=0.01, schedule="cosine", ema=ema, **SMALL)
     straight = fit(cfg, ring_sequences(), NUM_ITEMS, progress=False, checkpoint_dir=tmp_path / "a")
 
-    real_save = train_module.save_checkpoint
-
-    def save_then_crash(directory, state):
-        real_save(directory, state)
-        if state["epoch"] == 3:
-            raise KeyboardInterrupt("killed after epoch 3")
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_after_epoch(3):
         fit(cfg, ring_sequences(), NUM_ITEMS, progress=False, checkpoint_dir=tmp_path / "b")
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "b")["epoch"] == 3
 
     resumed = fit(cfg, ring_sequences(), NUM_ITEMS, progress=False, checkpoint_dir=tmp_path / "b", resume=True)
@@ -91,7 +82,7 @@ def test_ema_validates_and_keeps_the_moving_average_not_the_last_weights(monkeyp
     """With ema, the model returned (and validated) is the weights' running average after some
     step, never the raw weights of any step; it still learns the ring."""
     steps = []
-    real = train_module.ema_update
+    real = loop_module.ema_update
 
     def recording(average, model, decay):
         before = [p.detach().clone() for p in average.parameters()]
@@ -100,7 +91,7 @@ def test_ema_validates_and_keeps_the_moving_average_not_the_last_weights(monkeyp
             torch.testing.assert_close(a, decay * b + (1 - decay) * p)
         steps.append((copy.deepcopy(average.state_dict()), copy.deepcopy(model.state_dict())))
 
-    monkeypatch.setattr(train_module, "ema_update", recording)
+    monkeypatch.setattr(loop_module, "ema_update", recording)
     result = fit(TrainConfig(epochs=8, ema=0.8, **SMALL), ring_sequences(), NUM_ITEMS, progress=False)
     assert result.best_metrics["ndcg@10"] > 0.5
     kept = result.model.state_dict()

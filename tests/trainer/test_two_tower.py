@@ -200,8 +200,7 @@ def test_two_tower_as_the_retrieval_stage_of_a_ranker(stack):
     assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
 
 
-def test_two_tower_resumes_after_a_crash_to_the_same_model(ring_data, tmp_path, monkeypatch):
-    from trainer import loop as loop_module
+def test_two_tower_resumes_after_a_crash_to_the_same_model(ring_data, tmp_path, crash_after_epoch):
     from trainer.checkpoint import load_checkpoint
     from trainer.data.tables import load_tables
     from trainer.families.two_tower import RetrievalConfig, train_two_tower
@@ -215,17 +214,8 @@ def test_two_tower_resumes_after_a_crash_to_the_same_model(ring_data, tmp_path, 
         )
 
     straight = run(tmp_path / "a")
-    real_save = loop_module.save_checkpoint
-
-    def save_then_crash(directory, state):
-        real_save(directory, state)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt("killed after epoch 2")
-
-    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_after_epoch(2):
         run(tmp_path / "b")
-    monkeypatch.setattr(loop_module, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "b")["epoch"] == 2
 
     resumed = run(tmp_path / "b", resume=True)

@@ -219,6 +219,23 @@ def clean_interactions(df: pd.DataFrame, source: str = "") -> tuple[pd.DataFrame
     return out, report
 
 
+def tables_or_load(
+    tables: Tables | None,
+    interactions: str | Path | None,
+    users: str | Path | None = None,
+    items: str | Path | None = None,
+    log=print,
+) -> Tables:
+    """`tables` when given, else the tables loaded from the paths (their summary logged)."""
+    if tables is not None:
+        return tables
+    if interactions is None:
+        raise ValueError("give interactions (a path) or tables")
+    tables = load_tables(interactions, users, items)
+    log(tables.report.summary())
+    return tables
+
+
 def load_tables(interactions: str | Path, users: str | Path | None = None, items: str | Path | None = None) -> Tables:
     """Read and clean the interaction table and, when given, the user and item tables.
 

@@ -66,7 +66,15 @@ from trainer.export.report import write_report
 from trainer.families.ranker import INPUTS, RankConfig, RankRun, reads_user_id, train_ranker
 from trainer.models.custom import kind_of
 
-__all__ = ["SOURCES", "RankerInputs", "export_ranker", "parity_check", "ranker_inputs", "train_and_export_ranker"]
+__all__ = [
+    "SOURCES",
+    "RankerInputs",
+    "export_ranker",
+    "parity_check",
+    "ranker_inputs",
+    "train_and_export_ranker",
+    "train_then_export",
+]
 
 SOURCES = {
     "user_cat": "user.cat",
@@ -289,38 +297,36 @@ def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
     return box["m"]
 
 
-def train_and_export_ranker(
-    cfg: RankConfig,
-    interactions: str | Path,
+def train_then_export(
+    train,
+    export,
+    cfg,
+    interactions: str | Path | None,
     out_dir: str | Path,
     *,
-    users: str | Path | None = None,
-    items: str | Path | None = None,
-    progress: bool = True,
-    log=print,
-    resume: bool = False,
-    tables=None,
     checkpoint_dir: str | Path | None = None,
+    log=print,
+    **options,
 ) -> Manifest | None:
-    """`recsys train --model deepfm|...`: tables -> examples -> fit -> test once -> artifact.
-
-    The training state is checkpointed every epoch into `checkpoint_dir` (default `<out_dir>.ckpt`
-    beside the artifact); `resume=True` continues an interrupted run from there. Under DDP every
-    rank trains; rank 0 exports and returns the manifest, the others None."""
+    """`train(cfg, interactions, **options)` then `export(run, out_dir)`, for the families that
+    read features. The training state is checkpointed every epoch into `checkpoint_dir` (default
+    `<out_dir>.ckpt` beside the artifact); `resume=True` in `options` continues an interrupted
+    run from there. Under DDP every rank trains; rank 0 exports and returns the manifest, the
+    others None."""
     checkpoint_dir = checkpoint_dir or Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
-    run = train_ranker(
-        cfg,
-        None if tables is not None else interactions,
-        users=users,
-        items=items,
-        tables=tables,
-        progress=progress,
-        log=log,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-    )
+    if options.get("tables") is not None:
+        interactions = None
+    run = train(cfg, interactions, checkpoint_dir=checkpoint_dir, log=log, **options)
     if run is None:
         return None
-    manifest = export_ranker(run, out_dir)
+    manifest = export(run, out_dir)
     log(f"wrote {out_dir} ({manifest.model_version})")
     return manifest
+
+
+def train_and_export_ranker(
+    cfg: RankConfig, interactions: str | Path | None, out_dir: str | Path, **options
+) -> Manifest | None:
+    """`recsys train --model deepfm|...`: tables -> examples -> fit -> test once -> artifact.
+    `options`: users, items, tables, progress, log, resume, checkpoint_dir (train_then_export)."""
+    return train_then_export(train_ranker, export_ranker, cfg, interactions, out_dir, **options)

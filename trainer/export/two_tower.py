@@ -46,7 +46,7 @@ from recsys.schema import FIRST_TOKEN, OOV, PAD
 from trainer.data.encoding import history_rows
 from trainer.data.tables import feature_rows
 from trainer.export.onnx import compare_with_onnx, seal_manifest, set_metadata, versions
-from trainer.export.ranker import SOURCES
+from trainer.export.ranker import SOURCES, train_then_export
 from trainer.export.report import write_report
 from trainer.families.two_tower import (
     RetrievalConfig,
@@ -229,36 +229,8 @@ def export_two_tower(run: RetrievalRun, out_dir: str | Path) -> Manifest:
 
 
 def train_and_export_two_tower(
-    cfg: RetrievalConfig,
-    interactions: str | Path,
-    out_dir: str | Path,
-    *,
-    users: str | Path | None = None,
-    items: str | Path | None = None,
-    progress: bool = True,
-    log=print,
-    resume: bool = False,
-    tables=None,
-    checkpoint_dir: str | Path | None = None,
+    cfg: RetrievalConfig, interactions: str | Path | None, out_dir: str | Path, **options
 ) -> Manifest | None:
     """`recsys train --model two_tower`: tables -> pairs -> fit -> artifact.
-
-    Checkpoints and resume as for the rankers (trainer/export/ranker.py train_and_export_ranker);
-    under DDP rank 0 exports and returns the manifest, the others None."""
-    checkpoint_dir = checkpoint_dir or Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
-    run = train_two_tower(
-        cfg,
-        None if tables is not None else interactions,
-        users=users,
-        items=items,
-        tables=tables,
-        progress=progress,
-        log=log,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-    )
-    if run is None:
-        return None
-    manifest = export_two_tower(run, out_dir)
-    log(f"wrote {out_dir} ({manifest.model_version})")
-    return manifest
+    `options` as for trainer/export/ranker.py train_then_export."""
+    return train_then_export(train_two_tower, export_two_tower, cfg, interactions, out_dir, **options)

@@ -28,7 +28,7 @@ import numpy as np
 from trainer.families.next_item import FitResult, TrainConfig, fit, member_configs, score_histories, validate
 from trainer.models.ensemble import Ensemble
 
-__all__ = ["fit_ensemble", "member_configs"]
+__all__ = ["fit_ensemble"]
 
 
 def fit_ensemble(

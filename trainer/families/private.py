@@ -41,10 +41,9 @@ from torch.nn import functional as F
 from recsys.schema import FIRST_TOKEN, PAD
 from trainer import distributed
 from trainer.data.batches import last_window
-from trainer.families.next_item import TrainConfig, validate
+from trainer.families.next_item import TrainConfig, build_model, validate
 from trainer.loop import FitResult, init_weights, make_optimizer
 from trainer.loop import fit as run_loop
-from trainer.models import MODELS
 
 __all__ = ["PRIVATE_MODELS", "PrivacyConfig", "PrivateFamily", "PrivateFitResult", "UntiedNextItem", "fit_private"]
 
@@ -172,11 +171,7 @@ class PrivateFamily:
         self.steps = 0
 
     def build_model(self) -> nn.Module:
-        body = (
-            self.prebuilt
-            if self.prebuilt is not None
-            else MODELS[self.cfg.model][1](self.cfg.model_config(self.num_items))
-        )
+        body = self.prebuilt if self.prebuilt is not None else build_model(self.cfg, self.num_items)
         net = UntiedNextItem(body, self.num_items, body.cfg.hidden)
         init_weights(net, self.cfg.init)
         return net

@@ -33,7 +33,7 @@ from trainer.data.examples import (
     field_layout,
     longest_multi,
 )
-from trainer.data.tables import Tables, load_tables
+from trainer.data.tables import Tables, tables_or_load
 from trainer.loop import FitResult, LoopConfig, init_weights
 from trainer.loop import fit as run_loop
 from trainer.models.conv_ctr import ConvCTR, ConvCTRConfig
@@ -254,6 +254,9 @@ class RankerFamily:
     cross-entropy (optionally class-weighted, or ordinal), the rating model with MSE."""
 
     unit = "examples"
+    # some field-embedding parameters can get no gradient in a step (DeepFM on the test data: two
+    # of them), so DDP must not wait for every parameter
+    partial_steps = True
 
     def __init__(self, cfg: RankConfig, data: RankingData):
         cfg.check()
@@ -358,11 +361,7 @@ def train_ranker(
     """Loads (or takes) the tables, builds examples, fits (checkpointing every epoch into
     `checkpoint_dir` when given; `resume` continues from there), and scores the test split once."""
     cfg.check()
-    if tables is None:
-        if interactions is None:
-            raise ValueError("give interactions (a path) or tables")
-        tables = load_tables(interactions, users, items)
-        log(tables.report.summary())
+    tables = tables_or_load(tables, interactions, users, items, log)
     index = build_item_index(tables.interactions, tables.items)
     schema = build_schema(tables, index, cfg.history_len or 50)  # 50: the sequential default
     encoder = FeatureEncoder.from_schema(schema, longest_multi(tables, schema, cfg.multi_len), cfg.history_len)
@@ -388,8 +387,5 @@ def train_ranker(
     if result.resumed_from:
         log(f"resumed from epoch {result.resumed_from} ({checkpoint_dir})")
     test = {f"test_{k}": v for k, v in evaluate(result.model, data, data.rows(TEST), cfg.task).items()}
-    log(
-        f"best epoch {result.best_epoch} of {len(result.history)} in {result.seconds:.0f} s: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in {**result.best_metrics, **test}.items())
-    )
+    log(result.summary({**result.best_metrics, **test}))
     return RankRun(cfg, tables, schema, index, data, result, test)

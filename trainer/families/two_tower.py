@@ -34,7 +34,7 @@ from trainer.data.examples import (
     field_layout,
     longest_multi,
 )
-from trainer.data.tables import Tables, load_tables
+from trainer.data.tables import Tables, tables_or_load
 from trainer.loop import FitResult, LoopConfig
 from trainer.loop import fit as run_loop
 from trainer.metrics import rank_of_targets, ranking_metrics
@@ -207,6 +207,9 @@ class TwoTowerFamily:
     docstring); selection by full-ranking NDCG@k of each user's held-out last event."""
 
     unit = "examples"
+    # some of the towers' parameters can get no gradient in a step (DDP stops on the test data
+    # without this), so DDP must not wait for every parameter
+    partial_steps = True
     higher_is_better = True
     objective = None
 
@@ -275,11 +278,7 @@ def train_two_tower(
     """Loads (or takes) the tables, builds pairs with the same schema as a sequential model of
     the same history length (one feature service serves both), and fits."""
     cfg.check()
-    if tables is None:
-        if interactions is None:
-            raise ValueError("give interactions (a path) or tables")
-        tables = load_tables(interactions, users, items)
-        log(tables.report.summary())
+    tables = tables_or_load(tables, interactions, users, items, log)
     index = build_item_index(tables.interactions, tables.items)
     schema = build_schema(tables, index, cfg.history_len)
     encoder = FeatureEncoder.from_schema(schema, longest_multi(tables, schema, cfg.multi_len), cfg.history_len)
@@ -293,8 +292,5 @@ def train_two_tower(
         return None  # under DDP only rank 0 holds the selected model
     if result.resumed_from:
         log(f"resumed from epoch {result.resumed_from} ({checkpoint_dir})")
-    log(
-        f"best epoch {result.best_epoch} of {len(result.history)} in {result.seconds:.0f} s: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
-    )
+    log(result.summary())
     return RetrievalRun(cfg, tables, schema, index, data, result)
