@@ -13,17 +13,27 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: this module stays free of grpc
     from recsys.security import ServerSecurity
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_STORE", "FeatureServiceConfig"]
+__all__ = ["DEFAULT_PORT", "STORE_FILE", "FeatureServiceConfig", "default_store"]
 
 DEFAULT_PORT = 50051
-DEFAULT_STORE = "sqlite://recsys-features.sqlite"
+STORE_FILE = "features.sqlite"  # the default store, beside the artifact (see default_store)
+
+
+def default_store(artifact_dir: str | Path | None) -> str:
+    """The store a run uses when none is named: `features.sqlite` in the artifact's parent
+    folder, so the versions of one model share it and unrelated runs never do."""
+    if artifact_dir is None:
+        raise ValueError("name a store (--store URL): without --artifact there is no default store")
+    return f"sqlite://{Path(artifact_dir).resolve().parent / STORE_FILE}"
 
 
 @dataclass(frozen=True)
 class FeatureServiceConfig:
     # What it serves.
-    artifact_dir: str | Path | None = None  # load this artifact first (idempotent); None: the store's last one
-    store_url: str = DEFAULT_STORE  # sqlite://PATH, redis://HOST:PORT/DB or memory:// (feature_service.stores)
+    artifact_dir: str | Path | None = None  # load this artifact first (idempotent); None: serve the store as it is
+    # sqlite://PATH, redis://HOST:PORT/DB or memory:// (feature_service.stores); None: default_store(artifact_dir)
+    store_url: str | None = None
+    load_mode: str = "add"  # loading into a store that holds another dataset: "add" refuses, "replace", "merge"
 
     # The gRPC server.
     host: str = "[::]"  # every interface, IPv6 and (on dual-stack hosts) IPv4; 127.0.0.1: this machine only

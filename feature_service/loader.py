@@ -1,23 +1,34 @@
-"""Loads an artifact's users, items and histories into a store, idempotently.
+"""Loads an artifact's users, items and histories into a store, idempotently, and keeps the
+store's raw feature contract.
 
 Reads `users.jsonl`, `items.jsonl` ({"user_id"|"item_id", "features": {...}}) and
 `histories.jsonl` ({"user_id", "item_ids", "timestamps"}, aligned lists); a missing file loads
 nothing. Every feature row is checked against the artifact's schema (known name, value of the
-declared kind) before anything is written, so the store never holds a value the servers would
-encode differently from the trainer. Loading the same artifact again writes nothing: unchanged
-rows are skipped and events are deduplicated on (user_id, item_id, timestamp).
+declared kind) before anything is written. Loading the same artifact again writes nothing:
+unchanged rows are skipped and events are deduplicated on (user_id, item_id, timestamp).
+
+What a load never does:
+- **undo a newer write**: a feature row changed in the store after the artifact was exported
+  (`UpdateUserFeatures` after training) is kept; older rows are replaced by the artifact's;
+- **mix two datasets**: when the users the store and the artifact share have histories that do
+  not match (another dataset whose ids happen to overlap), the load is refused unless asked to
+  `replace` the store's contents or `merge` into them;
+- **bring a forgotten user back**: users the store has forgotten (tombstones, see
+  `Store.forget_user`) are skipped, features and events alike.
 
 Events go in batches of `EVENT_BATCH`, one transaction each: a load that fails midway leaves
 whole batches behind, and rerunning it completes the load without duplicates.
 
-Users the store has forgotten (tombstones, see `Store.forget_user`) are skipped, features and
-events alike, so reloading an artifact exported before a user asked to be forgotten does not
-bring the user back. The store's meta table records the artifact's schema (JSON and hash) and
-model version: `recsys serve features --store URL` without `--artifact` serves that schema.
+The store's meta table holds its raw feature contract (`recsys.schema.FeatureContract`): each
+load adds the artifact's features to it (a feature never changes kind), and records what the
+artifact's model reads, so `remove_feature` refuses to remove a feature a registered model
+needs until that model is released (`release_model`).
 """
 
 from __future__ import annotations
 
+import calendar
+import json
 import logging
 import math
 import time
@@ -27,27 +38,38 @@ from pathlib import Path
 from typing import Any
 
 from feature_service.stores.base import Event, Store
-from recsys.artifact import HISTORIES, ITEMS, USERS, read_jsonl, read_manifest
+from recsys.artifact import HISTORIES, ITEMS, USERS, Manifest, read_jsonl, read_manifest
 from recsys.errors import FailedPrecondition, RecsysError
-from recsys.schema import FeatureKind, FeatureSchema, FeatureSpec
+from recsys.schema import FeatureContract, FeatureKind, FeatureSchema, canonical_json
 
 __all__ = [
     "EVENT_BATCH",
+    "LOAD_MODES",
+    "META_CONTRACT",
     "META_MODEL_VERSION",
-    "META_SCHEMA_HASH",
-    "META_SCHEMA_JSON",
+    "META_MODELS",
     "LoadReport",
     "check_features",
     "load_artifact",
-    "stored_schema",
+    "release_model",
+    "remove_feature",
+    "stored_contract",
 ]
 
 log = logging.getLogger(__name__)
 
 EVENT_BATCH = 100_000
-META_SCHEMA_HASH = "artifact.schema_hash"
-META_MODEL_VERSION = "artifact.model_version"
-META_SCHEMA_JSON = "artifact.schema_json"
+META_CONTRACT = "store.contract_json"  # the raw feature contract the store serves
+META_MODELS = "store.models_json"  # {model_version: {"needs": contract, "loaded_at": unix s}}
+META_MODEL_VERSION = "artifact.model_version"  # the last artifact loaded
+META_OLD_SCHEMA = "artifact.schema_json"  # stores written by earlier recsys: the contract comes from it
+# `load_artifact(mode=...)`: refuse a store holding another dataset, empty it first, or add anyway
+LOAD_MODES = ("add", "replace", "merge")
+# Users sampled to tell whether the store holds the artifact's dataset, and the share of their
+# stored events the artifact must hold (events recorded after its export do not count).
+DATASET_SAMPLE = 200
+DATASET_MIN_SHARED = 0.5
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -78,21 +100,26 @@ class LoadReport:
 
 
 def check_features(
-    features: Any, specs: dict[str, FeatureSpec], where: str, error: type[RecsysError] = FailedPrecondition
+    features: Any, kinds: dict[str, FeatureKind], where: str, error: type[RecsysError] = FailedPrecondition
 ) -> dict[str, Any]:
-    """Returns `features` if every value matches its spec's kind; raises `error` otherwise.
+    """Returns `features` if every value matches its feature's kind; raises `error` otherwise.
 
-    Missing values (absent or `None`) are allowed; names outside the schema are not.
+    Missing values (absent or `None`) are allowed; names outside `kinds` are not. Numbers must
+    be finite and within float32's range (models compute in float32).
     """
     if not isinstance(features, dict):
         raise error(f"{where}: features must be an object, got {type(features).__name__}")
     for name, value in features.items():
-        spec = specs.get(name)
-        if spec is None:
+        kind = kinds.get(name)
+        if kind is None:
             raise error(f"{where}: feature {_short(name)} is not in the schema")
-        if value is None or _fits(value, spec.kind):
+        if value is None or _fits(value, kind):
             continue
-        raise error(f"{where}: feature {_short(name)} is {spec.kind.value}, got {_short(value)}")
+        if kind is FeatureKind.NUMERIC and isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise error(
+                f"{where}: feature {_short(name)} is {_short(value)}, beyond float32's range (±{FLOAT32_MAX:.4g})"
+            )
+        raise error(f"{where}: feature {_short(name)} is {kind.value}, got {_short(value)}")
     return features
 
 
@@ -104,20 +131,25 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def _fits(value: Any, kind: FeatureKind) -> bool:
     if kind is FeatureKind.NUMERIC:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and abs(value) <= FLOAT32_MAX
+        )
     if kind is FeatureKind.MULTI_CATEGORICAL:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     return isinstance(value, str)  # CATEGORICAL, TEXT
 
 
-def _feature_rows(path: Path, key: str, specs: dict[str, FeatureSpec]) -> list[tuple[str, dict[str, Any]]]:
+def _feature_rows(path: Path, key: str, kinds: dict[str, FeatureKind]) -> list[tuple[str, dict[str, Any]]]:
     rows = []
     for line, row in enumerate(read_jsonl(path), 1):
         where = f"{path.name} line {line}"
         entity = row.get(key)
         if not isinstance(entity, str) or not entity:
             raise FailedPrecondition(f"{where}: {key!r} is missing or empty")
-        rows.append((entity, check_features(row.get("features", {}), specs, where)))
+        rows.append((entity, check_features(row.get("features", {}), kinds, where)))
     return rows
 
 
@@ -139,26 +171,37 @@ def _events(path: Path, max_events: int) -> Iterator[Event]:
             yield Event(user_id, items[i], stamps[i])
 
 
-def load_artifact(store: Store, artifact_dir: str | Path) -> LoadReport:
+def load_artifact(store: Store, artifact_dir: str | Path, *, mode: str = "add") -> LoadReport:
     """Writes the artifact's feature rows and histories into `store`; see the module docstring.
 
-    Feature files are checked in full before the first write. Records the artifact's schema
-    hash and model version in the store's meta table.
+    `mode`: "add" refuses a store that holds another dataset, "replace" empties the store
+    first (tombstones included), "merge" adds whatever the store holds. Feature files and the
+    contract are checked in full before the first write (`FailedPrecondition`).
     """
+    if mode not in LOAD_MODES:
+        raise ValueError(f"mode must be one of {LOAD_MODES}, got {mode!r}")
     start = time.perf_counter()
     artifact_dir = Path(artifact_dir)
     manifest = read_manifest(artifact_dir)
     schema = manifest.schema
-    users = _feature_rows(artifact_dir / USERS, "user_id", {s.name: s for s in schema.user_features})
-    items = _feature_rows(artifact_dir / ITEMS, "item_id", {s.name: s for s in schema.item_features})
-
-    previous = store.get_meta(META_SCHEMA_HASH)
-    if previous is not None and previous != schema.hash:
-        log.warning("store held schema %s; loading artifact with schema %s", previous, schema.hash)
+    users = _feature_rows(artifact_dir / USERS, "user_id", schema.contract().user)
+    items = _feature_rows(artifact_dir / ITEMS, "item_id", schema.contract().item)
+    held = None if mode == "replace" else stored_contract(store, required=False)
+    try:
+        contract = schema.contract() if held is None else held.merged(schema.contract())
+    except ValueError as exc:
+        raise FailedPrecondition(f"artifact {artifact_dir}: {exc}") from None
+    if mode == "add" and held is not None:
+        _check_same_dataset(store, artifact_dir)
+    if mode == "replace":
+        store.clear()
+    # The contract first: a service reading it meanwhile accepts the new features' writes.
+    store.set_meta(META_CONTRACT, contract.to_json())
+    exported = _exported_at(manifest)
     forgotten = store.forgotten_users()
     skipped = {uid for uid, _ in users if uid in forgotten}
-    users_written = store.put_users([(uid, f) for uid, f in users if uid not in forgotten])
-    items_written = store.put_items(items)
+    users_written = store.put_users([(uid, f) for uid, f in users if uid not in forgotten], older_than=exported)
+    items_written = store.put_items(items, older_than=exported)
     recorded = duplicates = 0
     batch: list[Event] = []
     for event in _events(artifact_dir / HISTORIES, store.max_events):
@@ -170,22 +213,118 @@ def load_artifact(store: Store, artifact_dir: str | Path) -> LoadReport:
             r, d = store.append_events(batch)
             recorded, duplicates, batch = recorded + r, duplicates + d, []
     r, d = store.append_events(batch)
-    store.set_meta(META_SCHEMA_JSON, schema.to_json())
-    store.set_meta(META_SCHEMA_HASH, schema.hash)
+    models = _models(store)
+    models[manifest.model_version] = {"needs": manifest.needs.to_dict(), "loaded_at": int(time.time())}
+    store.set_meta(META_MODELS, canonical_json(models))
     store.set_meta(META_MODEL_VERSION, manifest.model_version)
     return LoadReport(
         users_written, items_written, recorded + r, duplicates + d, time.perf_counter() - start, len(skipped)
     )
 
 
-def stored_schema(store: Store) -> FeatureSchema:
-    """The schema of the last artifact loaded into `store`; `FailedPrecondition` if none was."""
-    text = store.get_meta(META_SCHEMA_JSON)
-    if text is None:
+def stored_contract(store: Store, *, required: bool = True) -> FeatureContract | None:
+    """The raw feature contract `store` serves; without one, `FailedPrecondition` (or None
+    when not `required`). A store loaded by an earlier recsys gets it from the schema it kept."""
+    text = store.get_meta(META_CONTRACT)
+    if text is not None:
+        return FeatureContract.from_json(text)
+    old = store.get_meta(META_OLD_SCHEMA)
+    if old is not None:
+        return FeatureSchema.from_json(old).contract()
+    if not required:
+        return None
+    raise FailedPrecondition(
+        "the feature store holds no artifact: load one first (recsys features load --artifact DIR --store URL)"
+    )
+
+
+def remove_feature(store: Store, side: str, name: str) -> FeatureContract:
+    """Removes a raw feature from the store's contract (values already held stay, unserved by
+    the contract's checks); `FailedPrecondition` while a registered model reads it, naming
+    those models. Returns the new contract."""
+    contract = stored_contract(store)
+    try:
+        served = contract.side(side)
+    except ValueError as exc:
+        raise FailedPrecondition(str(exc)) from None
+    if name not in served:
+        raise FailedPrecondition(f"the store serves no {side} feature {name!r} (it serves {sorted(served)})")
+    needing = sorted(v for v, m in _models(store).items() if name in FeatureContract.from_dict(m["needs"]).side(side))
+    if needing:
         raise FailedPrecondition(
-            "the feature store holds no artifact: load one first (recsys features load --artifact DIR --store URL)"
+            f"{side} feature {name!r} is read by model(s) {', '.join(needing)}: serve models that do not read it, "
+            "then release these (recsys features release MODEL_VERSION) and remove it again"
         )
-    schema = FeatureSchema.from_json(text)
-    if schema.hash != store.get_meta(META_SCHEMA_HASH):
-        raise FailedPrecondition("the feature store's schema does not match its recorded hash: reload the artifact")
-    return schema
+    smaller = contract.without(side, name)
+    store.set_meta(META_CONTRACT, smaller.to_json())
+    return smaller
+
+
+def release_model(store: Store, model_version: str) -> bool:
+    """Forgets what `model_version` reads (its features may then be removed); returns whether
+    it was registered."""
+    models = _models(store)
+    found = models.pop(model_version, None) is not None
+    store.set_meta(META_MODELS, canonical_json(models))
+    return found
+
+
+def registered_models(store: Store) -> dict[str, FeatureContract]:
+    """model_version -> the raw features it reads, for every artifact loaded and not released."""
+    return {v: FeatureContract.from_dict(m["needs"]) for v, m in _models(store).items()}
+
+
+def _models(store: Store) -> dict[str, Any]:
+    text = store.get_meta(META_MODELS)
+    return json.loads(text) if text else {}
+
+
+def _exported_at(manifest: Manifest) -> float | None:
+    """The artifact's creation time (unix seconds): store rows written later are newer."""
+    try:
+        return calendar.timegm(time.strptime(manifest.created_at, "%Y-%m-%dT%H:%M:%SZ"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_same_dataset(store: Store, artifact_dir: Path) -> None:
+    """Refuses an artifact whose users' histories do not match what the store holds for them.
+
+    For up to `DATASET_SAMPLE` users the artifact shares with the store, events are compared
+    where both histories cover the same time span (the store may have dropped older events and
+    recorded newer ones since the export): at least `DATASET_MIN_SHARED` of the events in that
+    span must be in both. Retraining on grown data passes; another dataset whose ids overlap does
+    not. Histories whose spans do not overlap tell nothing and are left out.
+    """
+    sample: dict[str, set[tuple[str, int]]] = {}
+    for row in read_jsonl(artifact_dir / HISTORIES):
+        if isinstance(row.get("user_id"), str) and row.get("timestamps"):
+            sample[row["user_id"]] = set(zip(row.get("item_ids", []), row["timestamps"]))
+        if len(sample) >= DATASET_SAMPLE * 5:
+            break
+    ids = list(sample)
+    shared = total = users = 0
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        for user_id, record in zip(chunk, store.get_users(chunk, store.max_events)):
+            if record is None or not record.history:
+                continue
+            theirs = sample[user_id]
+            mine = set(zip(record.history, record.history_timestamps))
+            low = max(min(t for _, t in theirs), min(t for _, t in mine))
+            high = min(max(t for _, t in theirs), max(t for _, t in mine))
+            if low > high:
+                continue
+            theirs = {e for e in theirs if low <= e[1] <= high}
+            mine = {e for e in mine if low <= e[1] <= high}
+            shared += len(theirs & mine)
+            total += max(len(theirs), len(mine))
+            users += 1
+        if users >= DATASET_SAMPLE:
+            break
+    if total and shared < DATASET_MIN_SHARED * total:
+        raise FailedPrecondition(
+            f"the store holds another dataset: for {users} users it shares with artifact {artifact_dir}, only "
+            f"{shared} of {total} events over the same time span are in both. Load into an empty store, or pass "
+            "--replace (empty this store first) or --merge (add to what it holds)"
+        )

@@ -5,8 +5,8 @@ URL and, optionally, an artifact directory.
 SIGINT); `create_feature_server` takes the config's fields as keywords for tests (a memory://
 store on port 0 by default). Startup
 order: open the store, bind the port with health NOT_SERVING, load the artifact if one is given
-(idempotent, so restarts over a persistent store are cheap) or else take the schema the store
-was last loaded with, then turn SERVING. A failure on the way stops the server and closes the
+(idempotent, so restarts over a persistent store are cheap; `load_mode` as `load_artifact`'s
+`mode`), take the store's feature contract, then turn SERVING. A failure on the way stops the server and closes the
 store before re-raising.
 
 While it runs, a watcher pings the store every `health_interval_s`: health turns NOT_SERVING
@@ -27,8 +27,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health
 
-from feature_service.config import FeatureServiceConfig
-from feature_service.loader import load_artifact, stored_schema
+from feature_service.config import FeatureServiceConfig, default_store
+from feature_service.loader import load_artifact, stored_contract
 from feature_service.service import FeatureServiceCore
 from feature_service.servicer import SERVICE_NAME, FeatureServicer
 from feature_service.stores import open_store
@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 def start_server(config: FeatureServiceConfig) -> tuple[grpc.Server, int, health.HealthServicer, FeatureServiceCore]:
     """Starts a loaded, SERVING feature server; returns it, its port, health and core.
 
-    `config.artifact_dir=None` serves the schema of the artifact last loaded into the store
-    (`FailedPrecondition` if none was). The caller owns shutdown: `server.stop(grace)` then
+    `config.artifact_dir=None` serves what the store holds (`FailedPrecondition` if no artifact
+    was ever loaded into it). The caller owns shutdown: `server.stop(grace)` then
     `core.close()` (closes the store and ends the store watcher). Raises `FailedPrecondition`
     for a bad artifact, `ValueError` for a bad store URL, `StoreUnavailable` for a store that
     cannot be reached, `ValueError` for unreadable certificates. `core.metrics` is the server's
@@ -55,12 +55,15 @@ def start_server(config: FeatureServiceConfig) -> tuple[grpc.Server, int, health
     """
     c = config
     manifest = read_manifest(c.artifact_dir) if c.artifact_dir is not None else None
-    store = open_store(c.store_url)
+    store_url = c.store_url or default_store(c.artifact_dir)
+    store = open_store(store_url)
     server: grpc.Server | None = None
     metrics = ServiceMetrics()
     try:
-        schema = manifest.schema if manifest is not None else stored_schema(store)
-        core = FeatureServiceCore(store, schema)
+        if manifest is not None:
+            report = load_artifact(store, c.artifact_dir, mode=c.load_mode)
+            log.info("loaded %s from %s into %s: %s", manifest.model_version, c.artifact_dir, store_url, report)
+        core = FeatureServiceCore(store, stored_contract(store))
         binding = ServiceBinding(
             FeatureServicer(core), features_pb2_grpc.add_FeatureServiceServicer_to_server, SERVICE_NAME
         )
@@ -73,9 +76,6 @@ def start_server(config: FeatureServiceConfig) -> tuple[grpc.Server, int, health
             max_concurrent_rpcs=c.max_concurrent_rpcs,
             interceptors=[metrics.interceptor(access_log=c.access_log)],
         )
-        if manifest is not None:
-            report = load_artifact(store, c.artifact_dir)
-            log.info("loaded %s from %s into %s: %s", manifest.model_version, c.artifact_dir, c.store_url, report)
         core.metrics = metrics
         core.metrics_port = metrics.serve_http(c.metrics_port, c.metrics_host) if c.metrics_port is not None else None
     except BaseException:
@@ -84,7 +84,13 @@ def start_server(config: FeatureServiceConfig) -> tuple[grpc.Server, int, health
         store.close()
         raise
     set_serving(health_servicer, [SERVICE_NAME], serving=True)
-    watch = HealthWatch(core.ping, health_servicer, [SERVICE_NAME], c.health_interval_s, what="feature store")
+
+    def ping() -> None:
+        core.ping()
+        if core.refresh_contract():
+            log.info("feature contract is now %s: %s", core.contract_hash, core.contract_json)
+
+    watch = HealthWatch(ping, health_servicer, [SERVICE_NAME], c.health_interval_s, what="feature store")
     watch.serving = True  # the load above just read and wrote the store
     watch.start()
     core.on_close(watch.stop)
@@ -105,15 +111,15 @@ def serve(config: FeatureServiceConfig) -> None:
     server, bound, health_servicer, core = start_server(config)
     metrics = f", metrics on :{core.metrics_port}" if core.metrics_port else ""
     log.info(
-        "feature service on %s:%d (%s; schema %s, store %s%s)",
+        "feature service on %s:%d (%s; contract %s, store %s%s)",
         config.host,
         bound,
         security.describe(),
-        core.schema_hash,
-        config.store_url,
+        core.contract_hash,
+        config.store_url or default_store(config.artifact_dir),
         metrics,
     )
-    print(f"feature service listening on {config.host}:{bound} (schema {core.schema_hash})", flush=True)
+    print(f"feature service listening on {config.host}:{bound} (contract {core.contract_hash})", flush=True)
     try:
         run_until_signal(server, health_servicer)
     finally:

@@ -15,7 +15,7 @@ from typing import Any
 from feature_service.loader import check_features
 from feature_service.stores.base import Event, ItemRecord, Store, StoreUnavailable, UserRecord
 from recsys.errors import InvalidArgument, Unavailable
-from recsys.schema import FeatureKind, FeatureSchema
+from recsys.schema import FeatureContract, FeatureKind
 
 __all__ = ["MAX_ID_CHARS", "MAX_TIMESTAMP", "MAX_VALUE_CHARS", "MAX_VALUES", "FeatureServiceCore"]
 
@@ -28,10 +28,12 @@ MAX_TIMESTAMP = 2**53
 
 
 class FeatureServiceCore:
-    """Serves one feature schema from one store.
+    """Serves raw features under the store's feature contract.
 
-    `max_history_default` is what `max_history = 0` means (the schema's `max_history` unless
-    given); `max_history_limit` is the most a request gets (larger requests are capped, not
+    The contract grows while the service runs (`refresh_contract`, called by the server's
+    store watcher, picks up what a load into the same store added); rows are checked against
+    it. `max_history_default` is what `max_history = 0` means (the contract's `max_history`
+    unless given); `max_history_limit` is the most a request gets (larger requests are capped, not
     refused): the inference server asks for more than the model reads, to exclude seen items.
     `max_batch` bounds the ids or events of one request.
     """
@@ -39,27 +41,46 @@ class FeatureServiceCore:
     def __init__(
         self,
         store: Store,
-        schema: FeatureSchema,
+        contract: FeatureContract,
         max_history_default: int | None = None,
         max_batch: int = 1000,
         max_history_limit: int = 1000,
     ) -> None:
         self.store = store
-        self.schema = schema
-        self.max_history_default = schema.max_history if max_history_default is None else max_history_default
+        self.max_history_default = contract.max_history if max_history_default is None else max_history_default
         if self.max_history_default < 0:
             raise ValueError(f"max_history_default must be >= 0, got {self.max_history_default}")
         self.max_history_limit = max(max_history_limit, self.max_history_default)
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = max_batch
-        self.schema_json = schema.to_json()
-        self.schema_hash = schema.hash
-        self.user_kinds: dict[str, FeatureKind] = {s.name: s.kind for s in schema.user_features}
-        self.item_kinds: dict[str, FeatureKind] = {s.name: s.kind for s in schema.item_features}
+        # Kinds by name, shared with the servicer's renderers and updated in place: a feature
+        # keeps its kind for good, so entries are only ever added or removed.
+        self.user_kinds: dict[str, FeatureKind] = {}
+        self.item_kinds: dict[str, FeatureKind] = {}
         self._on_close: list[Callable[[], None]] = []
-        self._user_specs = {s.name: s for s in schema.user_features}
-        self._item_specs = {s.name: s for s in schema.item_features}
+        self.set_contract(contract)
+
+    def set_contract(self, contract: FeatureContract) -> None:
+        """Serves under `contract` from now on (every answer names its hash)."""
+        for kinds, new in ((self.user_kinds, contract.user), (self.item_kinds, contract.item)):
+            kinds.update(new)
+            for gone in set(kinds) - set(new):
+                kinds.pop(gone, None)
+        self.contract = contract
+        self.contract_json = contract.to_json()
+        self.contract_hash = contract.hash
+
+    def refresh_contract(self) -> bool:
+        """Reads the store's contract again; returns whether it changed."""
+        from feature_service.loader import stored_contract
+
+        with self._store_call():
+            contract = stored_contract(self.store, required=False)
+        if contract is None or contract.hash == self.contract_hash:
+            return False
+        self.set_contract(contract)
+        return True
 
     def get_user_features(self, user_ids: Sequence[str], max_history: int = 0) -> list[UserRecord | None]:
         """One record per id in request order, `None` for unknown users.
@@ -110,13 +131,13 @@ class FeatureServiceCore:
         many changed. Every row is checked against the schema (and `MAX_VALUE_CHARS`,
         `MAX_VALUES`) first: one bad row rejects the batch, naming its index, and nothing is
         written. A user's events are kept."""
-        self._check_rows("rows", rows, self._user_specs)
+        self._check_rows("rows", rows, self.user_kinds)
         with self._store_call():
             return self.store.put_users(list(rows))
 
     def update_item_features(self, rows: Sequence[tuple[str, dict[str, Any]]]) -> int:
         """Replaces items' feature rows; as `update_user_features`."""
-        self._check_rows("rows", rows, self._item_specs)
+        self._check_rows("rows", rows, self.item_kinds)
         with self._store_call():
             return self.store.put_items(list(rows))
 
@@ -144,10 +165,10 @@ class FeatureServiceCore:
             callback()
         self.store.close()
 
-    def _check_rows(self, field: str, rows: Sequence[tuple[str, dict[str, Any]]], specs: dict) -> None:
+    def _check_rows(self, field: str, rows: Sequence[tuple[str, dict[str, Any]]], kinds: dict) -> None:
         self._check_ids(field, [key for key, _ in rows])
         for i, (_, features) in enumerate(rows):
-            check_features(features, specs, f"{field}[{i}]", InvalidArgument)
+            check_features(features, kinds, f"{field}[{i}]", InvalidArgument)
             for name, value in features.items():
                 values = value if isinstance(value, list) else [value]
                 if len(values) > MAX_VALUES:

@@ -2,8 +2,9 @@
 
 Errors are raised by the core and mapped to status codes by the shared interceptor
 (`recsys.errors`); this module never touches the context. Feature values go out through
-`recsys.feature_values` with the schema's kinds, so text features are sent as `text` and
-categorical ones as `category`. Every response names the schema hash it was served under.
+`recsys.feature_values` with the contract's kinds, so text features are sent as `text` and
+categorical ones as `category`. Every response names the hash of the feature contract it was
+served under (`schema_hash`), so a client notices a grown contract without asking.
 
 Speed: stores hand back each feature row as its canonical JSON text, and `FeatureBytes` turns
 a text into the serialised `features` map once, then merges those bytes into each answer that
@@ -63,7 +64,7 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         self, request: features_pb2.GetUserFeaturesRequest, context: grpc.ServicerContext
     ) -> features_pb2.GetUserFeaturesResponse:
         records = self._core.get_user_features(list(request.user_ids), request.max_history)
-        response = features_pb2.GetUserFeaturesResponse(schema_hash=self._core.schema_hash)
+        response = features_pb2.GetUserFeaturesResponse(schema_hash=self._core.contract_hash)
         for user_id, record in zip(request.user_ids, records):
             if record is None:
                 response.users.add(user_id=user_id, found=False)
@@ -82,7 +83,7 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         self, request: features_pb2.GetItemFeaturesRequest, context: grpc.ServicerContext
     ) -> features_pb2.GetItemFeaturesResponse:
         records = self._core.get_item_features(list(request.item_ids))
-        response = features_pb2.GetItemFeaturesResponse(schema_hash=self._core.schema_hash)
+        response = features_pb2.GetItemFeaturesResponse(schema_hash=self._core.contract_hash)
         for item_id, record in zip(request.item_ids, records):
             if record is None:
                 response.items.add(item_id=item_id, found=False)
@@ -118,4 +119,5 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
     def GetSchema(
         self, request: features_pb2.GetSchemaRequest, context: grpc.ServicerContext
     ) -> features_pb2.GetSchemaResponse:
-        return features_pb2.GetSchemaResponse(schema_json=self._core.schema_json, schema_hash=self._core.schema_hash)
+        contract = self._core.contract  # read once: json and hash of the same contract
+        return features_pb2.GetSchemaResponse(schema_json=contract.to_json(), schema_hash=contract.hash)

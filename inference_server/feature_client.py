@@ -1,8 +1,10 @@
 """Client of the feature service, as the inference server sees it.
 
-Every answer names the schema hash the feature service serves under; a client built with
-`expected_schema_hash` (the model's) refuses features of any other schema with
-`FailedPrecondition`, so a model never scores features encoded for another one. With
+Every answer names the hash of the raw feature contract the feature service serves under; the
+client keeps that contract (asking `GetSchema` again when an answer names a new hash), and each
+model checks against it that every raw feature it reads is served with the kind it reads
+(`check_compatible`, `SchemaMismatch`): the store may grow (new items, users, features) under
+a running model, never lose what it reads. With
 `security` the channel uses TLS (mutual TLS with a client certificate) and sends a bearer token
 (`recsys.security`); a refused token shows as UNAVAILABLE naming the feature service, like any
 other reason it cannot answer.
@@ -10,6 +12,12 @@ other reason it cannot answer.
 Deadlines: each call waits at most `timeout_s`, or the `timeout_s` the caller passes (the
 inference server passes what is left of its own request's deadline). The request id of the call
 being served (`recsys.logs.REQUEST_ID`) goes along as `x-request-id` metadata.
+
+Message sizes: the channel accepts answers up to `max_message_bytes` (the server's own limit),
+and look-ups are sized to fit it: users per call from the history length asked for, items per
+call from the bytes per item seen so far. An answer that is still too large is asked again in
+halves; one user or item that alone exceeds the limit is reported (`oversize`, a WARNING) and
+treated as unavailable (the request degrades) or unknown (an item), never as a crash.
 
 Combining (`combine_users`, on by default): user look-ups made by concurrent threads while a
 look-up is in flight are gathered into one GetUserFeatures call (inference_server/combine.py),
@@ -23,6 +31,9 @@ seconds, code)`, when set, hears about every call (the server's metrics).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,30 +45,41 @@ from inference_server.combine import Combiner
 from recsys.errors import FailedPrecondition, InvalidArgument, Unavailable
 from recsys.feature_values import from_proto_map
 from recsys.logs import REQUEST_ID, REQUEST_ID_HEADER
+from recsys.schema import FeatureContract
 from recsys.security import ClientSecurity, open_channel
 from recsys.v1 import features_pb2, features_pb2_grpc
 
 __all__ = ["ITEM_BATCH", "FeatureClient", "SchemaMismatch", "UserView"]
 
+log = logging.getLogger(__name__)
+
 
 class SchemaMismatch(FailedPrecondition):
-    """The feature service serves another feature schema than the model was trained with."""
+    """The feature service does not serve a raw feature the model reads (or serves it with
+    another kind)."""
 
-    def __init__(self, target: str, served: str, expected: str) -> None:
+    def __init__(self, target: str, problems: list[str]) -> None:
         super().__init__(
-            f"feature schema mismatch: the feature service at {target} serves schema {served}, "
-            f"the model was trained with schema {expected}; load this model's artifact into the "
-            "feature store (recsys features load --artifact DIR --store URL) or serve the model "
-            "that matches it"
+            f"the feature service at {target} cannot feed this model: {'; '.join(problems)}. Load this "
+            "model's artifact into its store (recsys features load --artifact DIR --store URL) or serve a "
+            "model that reads what it serves"
         )
-        self.served = served
-        self.expected = expected
+        self.problems = problems
 
 
 # Ids per GetItemFeatures call: the feature service's per-request maximum.
 ITEM_BATCH = 1000
 # Most users per combined GetUserFeatures call.
 USER_BATCH = 64
+# What one answered history event may take on the wire (an id of up to 256 characters, its
+# timestamp, field tags), and an allowance for a user's feature row, to size user look-ups.
+EVENT_BYTES = 256 + 16
+USER_ROW_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class _TooLarge(Exception):
+    """The answer exceeded the channel's receive limit."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,7 @@ class UserView:
     found: bool
     history: tuple[str, ...]  # item ids, oldest first
     features: dict[str, Any] = field(default_factory=dict)  # plain values (recsys.feature_values)
+    contract_hash: str = ""  # of the feature contract the answer was served under; "" when built locally
     # Derived arrays computed once per request by whoever reads this view (the pipeline's item
     # tokens of `history`, keyed by the item index that encoded them); not part of its value.
     derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -84,13 +107,13 @@ class FeatureClient:
         target: str,
         *,
         timeout_s: float = 1.0,
-        expected_schema_hash: str | None = None,
         security: ClientSecurity | None = None,
         combine_users: bool = True,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ):
         self.target = target
         self.timeout_s = timeout_s
-        self.expected_schema_hash = expected_schema_hash
+        self.max_message_bytes = max_message_bytes
         # Reconnect within a second of the feature service coming back (gRPC's default backoff
         # grows to two minutes, which would keep the inference server failing long after).
         self.channel = open_channel(
@@ -100,11 +123,17 @@ class FeatureClient:
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),
+                ("grpc.max_receive_message_length", max_message_bytes),
             ],
         )
         self.stub = features_pb2_grpc.FeatureServiceStub(self.channel)
         self.on_call: Callable[[str, float, str], None] | None = None
+        # `on_oversize(what, n)` hears about users or items whose answer alone exceeds the limit.
+        self.on_oversize: Callable[[str, int], None] | None = None
         self.users = Combiner(self._fetch_users, max_batch=USER_BATCH) if combine_users else None
+        self._contract: FeatureContract | None = None
+        self._contract_lock = threading.Lock()
+        self._item_bytes = 0.0  # bytes per item answered so far (running mean), to size item calls
 
     def get_user(self, user_id: str, max_history: int, *, timeout_s: float | None = None) -> UserView:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
@@ -130,7 +159,7 @@ class FeatureClient:
             groups.setdefault(ask.max_history, []).append(n)
         for max_history, members in groups.items():
             try:
-                fetched = self._get_users([asks[n] for n in members], max_history)
+                fetched = self._get_users_sized([asks[n] for n in members], max_history)
             except InvalidArgument as exc:
                 if len(members) == 1:
                     fetched = [exc]
@@ -140,36 +169,110 @@ class FeatureClient:
                 views[n] = view
         return views
 
+    def _get_users_sized(self, asks: list[_UserAsk], max_history: int) -> list[UserView | Exception]:
+        """`_get_users` in calls whose answers fit the receive limit: sized from `max_history`
+        first, halved when an answer is still too large; a single user too large to answer
+        comes back as `Unavailable` (its request degrades)."""
+        per_user = max(1, max_history) * EVENT_BYTES + USER_ROW_BYTES
+        step = max(1, min(len(asks), self.max_message_bytes // per_user))
+        out: list[UserView | Exception] = []
+        pending = [asks[i : i + step] for i in range(0, len(asks), step)]
+        while pending:
+            chunk = pending.pop(0)
+            try:
+                out.extend(self._get_users(chunk, max_history))
+            except _TooLarge:
+                if len(chunk) > 1:
+                    half = len(chunk) // 2
+                    pending[:0] = [chunk[:half], chunk[half:]]
+                    continue
+                self._oversize("user", 1)
+                out.append(
+                    Unavailable(
+                        f"feature service at {self.target}: the answer for one user exceeds "
+                        f"{self.max_message_bytes} bytes (raise --max-message-mb or shorten its history)"
+                    )
+                )
+        return out
+
     def _get_users(self, asks: list[_UserAsk], max_history: int) -> list[UserView]:
         request = features_pb2.GetUserFeaturesRequest(user_ids=[a.user_id for a in asks], max_history=max_history)
         wait_s = max(0.001, max(a.deadline for a in asks) - time.monotonic())
         response = self._call(self.stub.GetUserFeatures, request, wait_s)
-        self._check_schema(response.schema_hash)
+        self._saw_contract(response.schema_hash)
         if len(response.users) != len(asks):
             raise Unavailable(f"feature service at {self.target} answered {len(response.users)} users for {len(asks)}")
-        return [UserView(u.user_id, u.found, tuple(u.history), from_proto_map(u.features)) for u in response.users]
+        return [
+            UserView(u.user_id, u.found, tuple(u.history), from_proto_map(u.features), response.schema_hash)
+            for u in response.users
+        ]
 
     def get_items(self, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Features (plain values) of the items the feature service knows, by id; unknown ids
-        are left out. Asks in batches of `ITEM_BATCH`."""
+        are left out. Asks at most `ITEM_BATCH` ids per call, fewer when the items seen so far
+        say a full batch would not fit the receive limit; an item whose answer alone does not
+        fit is left out and reported (`on_oversize`)."""
         found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(item_ids), ITEM_BATCH):
-            request = features_pb2.GetItemFeaturesRequest(item_ids=item_ids[start : start + ITEM_BATCH])
-            response = self._call(self.stub.GetItemFeatures, request)
-            self._check_schema(response.schema_hash)
+        ids = list(item_ids)
+        start = 0
+        while start < len(ids):
+            fit = int(self.max_message_bytes / 2 / self._item_bytes) if self._item_bytes else ITEM_BATCH
+            chunk = ids[start : start + max(1, min(ITEM_BATCH, fit))]
+            while True:
+                try:
+                    response = self._call(
+                        self.stub.GetItemFeatures, features_pb2.GetItemFeaturesRequest(item_ids=chunk)
+                    )
+                    break
+                except _TooLarge:
+                    if len(chunk) == 1:
+                        self._oversize("item", 1)
+                        response = None
+                        break
+                    chunk = chunk[: len(chunk) // 2]
+            start += len(chunk)
+            if response is None:
+                continue
+            self._saw_contract(response.schema_hash)
+            per_item = response.ByteSize() / len(chunk)
+            self._item_bytes = per_item if not self._item_bytes else max(per_item, 0.8 * self._item_bytes)
             found.update((i.item_id, from_proto_map(i.features)) for i in response.items if i.found)
         return found
 
-    def schema_hash(self) -> str:
-        return self._call(self.stub.GetSchema, features_pb2.GetSchemaRequest()).schema_hash
+    def contract(self) -> FeatureContract:
+        """The raw feature contract the feature service serves now (asks it)."""
+        response = self._call(self.stub.GetSchema, features_pb2.GetSchemaRequest())
+        contract = FeatureContract.from_json(response.schema_json)
+        with self._contract_lock:
+            self._contract = contract
+        return contract
 
-    def check_schema(self) -> None:
-        """Asks the feature service for its schema: `SchemaMismatch` or `Unavailable` if not ours."""
-        self._check_schema(self.schema_hash())
+    def contract_of(self, contract_hash: str) -> FeatureContract:
+        """The contract an answer named by its hash: the one known, or asked for again."""
+        known = self._contract
+        if known is not None and known.hash == contract_hash:
+            return known
+        return self.contract()
 
-    def _check_schema(self, served: str) -> None:
-        if self.expected_schema_hash is not None and served != self.expected_schema_hash:
-            raise SchemaMismatch(self.target, served, self.expected_schema_hash)
+    def check_compatible(self, needs: FeatureContract) -> None:
+        """Asks the feature service for its contract: `SchemaMismatch` when it does not serve
+        what `needs` lists, `Unavailable` when it cannot be asked."""
+        problems = self.contract().problems(needs)
+        if problems:
+            raise SchemaMismatch(self.target, problems)
+
+    def _saw_contract(self, contract_hash: str) -> None:
+        known = self._contract
+        if known is None or known.hash != contract_hash:
+            with contextlib.suppress(Unavailable):  # the answer stands; the next one asks again
+                self.contract()
+
+    def _oversize(self, what: str, n: int) -> None:
+        log.warning(
+            "feature service at %s: %d %s answer(s) exceed %d bytes", self.target, n, what, self.max_message_bytes
+        )
+        if self.on_oversize is not None:
+            self.on_oversize(what, n)
 
     def _call(self, method, request, timeout_s: float | None = None):
         request_id = REQUEST_ID.get()
@@ -184,6 +287,8 @@ class FeatureClient:
             code, details = exc.code(), exc.details()
             if self.on_call is not None:
                 self.on_call(type(request).__name__.removesuffix("Request"), time.perf_counter() - start, code.name)
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in (details or "").lower():
+                raise _TooLarge(details) from None
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument(details) from None
             if code == grpc.StatusCode.FAILED_PRECONDITION:

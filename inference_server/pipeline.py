@@ -17,11 +17,21 @@ Degradation: when the feature service fails or does not answer within `timeout_s
 passes what is left of the request's deadline), a Recommender built with `degrade=True` answers
 anyway: a next-item model reads the history the request carried (source
 SOURCE_REQUEST_HISTORY), and without one, or for feature-based rankers, popularity answers
-(SOURCE_FALLBACK). Both sources mean "degraded"; `DEGRADED_SOURCES` lists them.
+(SOURCE_FALLBACK). Both sources mean "degraded"; `DEGRADED_SOURCES` lists them. A model run
+whose scores are not all finite is a failed run: popularity answers (SOURCE_FALLBACK), and
+`on_failure(cause)` hears about it, as it hears about item refreshes that failed (the old item
+rows keep serving and the refresh is tried again on the next request).
+
+Catalogue drift: items the model was not trained on (they reached the feature store after it)
+are never recommended by it; `Score` gives them `-inf` and names them (`unknown_item_ids`).
+Users' histories may hold them: they read as out-of-vocabulary tokens. Every answer of the
+feature service is checked against what the model reads (`Manifest.needs`): a store that stops
+serving one of those features fails the request with FAILED_PRECONDITION (`SchemaMismatch`).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -38,7 +48,7 @@ from inference_server.explain import (
     explain_next_item,
     window_scorer,
 )
-from inference_server.feature_client import FeatureClient, UserView
+from inference_server.feature_client import FeatureClient, SchemaMismatch, UserView
 from inference_server.feature_inputs import USER_SOURCES, FeatureInputs
 from recsys.artifact import SOURCE_USER_HISTORY, ItemIndex, Manifest
 from recsys.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -47,12 +57,17 @@ from recsys.schema import FIRST_TOKEN, OOV, PAD
 
 __all__ = ["MAX_ID_CHARS", "Recommendation", "Recommender"]
 
+log = logging.getLogger(__name__)
+
 MAX_ID_CHARS = 256
 SOURCE_MODEL = "model"
 SOURCE_POPULARITY = "popularity"
 SOURCE_REQUEST_HISTORY = "request_history"  # degraded: the model on the request's own history
 SOURCE_FALLBACK = "fallback"  # degraded: popularity, because the feature service failed
 DEGRADED_SOURCES = (SOURCE_REQUEST_HISTORY, SOURCE_FALLBACK)
+# Why an answer degraded beyond the feature service failing (`Recommender.on_failure`)
+CAUSE_NON_FINITE = "non_finite_scores"
+CAUSE_ITEM_REFRESH = "item_refresh"
 MAX_REQUEST_HISTORY = 1000
 FEATURE_TASKS = ("rank", "rating")
 
@@ -125,6 +140,9 @@ class Recommender:
         self.ann = ann
         self._items_loaded_at = -np.inf
         self._items_lock = threading.Lock()
+        self.needs = manifest.needs
+        self._compatible_with = ""  # hash of the last feature contract found to serve self.needs
+        self.on_failure = None  # on_failure(cause): a failed model run or item refresh (metrics)
 
     @property
     def model_version(self) -> str:
@@ -180,11 +198,17 @@ class Recommender:
             )
         elif self.inputs is None:
             scores, source = self._next_item_scores(user), SOURCE_REQUEST_HISTORY if degraded else SOURCE_MODEL
+            if not np.isfinite(scores).all():
+                scores, source = self._failed_run(), SOURCE_FALLBACK
         else:
             candidates = self._candidates(user, seen if exclude_seen else None)
             scores = np.full(self.manifest.num_items, -np.inf, dtype=np.float32)
-            scores[candidates - FIRST_TOKEN] = self._feature_scores(user, candidates)
-            source = SOURCE_MODEL
+            ranked = self._feature_scores(user, candidates)
+            if np.isfinite(ranked).all():
+                scores[candidates - FIRST_TOKEN] = ranked
+                source = SOURCE_MODEL
+            else:
+                scores, source = self._failed_run(), SOURCE_FALLBACK
         if exclude_seen and len(seen):
             scores[seen] = -np.inf
         k = min(k, int(np.isfinite(scores).sum()))
@@ -219,29 +243,45 @@ class Recommender:
         )
 
     def score(self, user_id: str, item_ids: list[str], *, timeout_s: float | None = None) -> tuple[list[float], str]:
+        """Scores in the order of `item_ids` and the source (see `score_all`)."""
+        scores, source, _ = self.score_all(user_id, item_ids, timeout_s=timeout_s)
+        return scores, source
+
+    def score_all(
+        self, user_id: str, item_ids: list[str], *, timeout_s: float | None = None
+    ) -> tuple[list[float], str, list[str]]:
+        """Scores in the order of `item_ids`, the source, and the ids this model does not know
+        (scored -inf: it cannot rank what it never saw)."""
         _check_user_id(user_id)
         if not item_ids:
             raise InvalidArgument("item_ids is empty")
         if len(item_ids) > self.max_candidates:
             raise InvalidArgument(f"{len(item_ids)} item_ids exceeds the maximum of {self.max_candidates}")
+        if any(len(i) > MAX_ID_CHARS for i in item_ids):
+            raise InvalidArgument(f"item_ids holds an id longer than {MAX_ID_CHARS} characters")
         tokens = np.fromiter(map(self.token.get, item_ids, repeat(-1)), dtype=np.int64, count=len(item_ids))
-        if (tokens < 0).any():
-            unknown = [item_ids[j] for j in np.flatnonzero(tokens < 0)]
-            shown = ", ".join(repr(i) for i in unknown[:10])
-            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-            raise InvalidArgument(f"unknown item_ids: {shown}{more}")
+        known = tokens >= 0
+        unknown = [item_ids[j] for j in np.flatnonzero(~known)]
+        out = np.full(len(item_ids), -np.inf, dtype=np.float32)
+        if not known.any():
+            return out.tolist(), SOURCE_POPULARITY, unknown
+        tokens = tokens[known]
         user, degraded = self._user(user_id, (), timeout_s)
-        if degraded:
-            return self.popularity[tokens - FIRST_TOKEN].tolist(), SOURCE_FALLBACK
-        if self._fallback(user, self._seen(user)):
-            return self.popularity[tokens - FIRST_TOKEN].tolist(), SOURCE_POPULARITY
+        if degraded or self._fallback(user, self._seen(user)):
+            out[known] = self.popularity[tokens - FIRST_TOKEN]
+            return out.tolist(), SOURCE_FALLBACK if degraded else SOURCE_POPULARITY, unknown
         if self.inputs is None and self.ann is not None:
             scores = self.ann.score_items(self._window(user), tokens - FIRST_TOKEN)
         elif self.inputs is None:
             scores = self._next_item_scores(user)[tokens - FIRST_TOKEN]
         else:
             scores = self._feature_scores(user, tokens)
-        return np.asarray(scores, dtype=np.float32).tolist(), SOURCE_MODEL
+        scores = np.asarray(scores, dtype=np.float32)
+        if not np.isfinite(scores).all():
+            out[known] = self._failed_run()[tokens - FIRST_TOKEN]
+            return out.tolist(), SOURCE_FALLBACK, unknown
+        out[known] = scores
+        return out.tolist(), SOURCE_MODEL, unknown
 
     # -- stages -------------------------------------------------------------------------
 
@@ -249,11 +289,34 @@ class Recommender:
         """The feature service's view of the user, or (with `degrade`, when it fails or is too
         slow) one built from the request's `history`; the flag says which."""
         try:
-            return self.features.get_user(user_id, self.seen_window, timeout_s=timeout_s), False
+            user = self.features.get_user(user_id, self.seen_window, timeout_s=timeout_s)
         except Unavailable:
             if not self.degrade:
                 raise
             return UserView(user_id, bool(history), tuple(history[-self.seen_window :])), True
+        if user.contract_hash != self._compatible_with:
+            self._check_contract(user.contract_hash)
+        return user, False
+
+    def _check_contract(self, contract_hash: str) -> None:
+        """The feature contract an answer was served under holds what this model reads
+        (`SchemaMismatch` otherwise); remembered by hash, so asked once per contract change."""
+        if not self.needs.user and not self.needs.item:
+            self._compatible_with = contract_hash
+            return
+        problems = self.features.contract_of(contract_hash).problems(self.needs)
+        if problems:
+            raise SchemaMismatch(self.features.target, problems)
+        self._compatible_with = contract_hash
+
+    def _failed_run(self) -> np.ndarray:
+        """Popularity scores in place of a model run whose scores were not all finite."""
+        if not np.isfinite(self._items_loaded_at) and self.inputs is not None and self.inputs.needs_item_features:
+            return self.popularity.copy()  # item features could not be fetched: counted as such
+        if self.on_failure is not None:
+            self.on_failure(CAUSE_NON_FINITE)
+        log.warning("model %s gave non-finite scores: answering from popularity", self.manifest.model_version)
+        return self.popularity.copy()
 
     def _tokens(self, user: UserView) -> np.ndarray:
         """The user's history as item tokens (OOV for items this model does not know); computed
@@ -311,7 +374,14 @@ class Recommender:
         return np.array([t for t in tokens if t is not None], dtype=np.int64)
 
     def _feature_scores(self, user: UserView, tokens: np.ndarray) -> np.ndarray:
-        self._refresh_items()
+        """Ranker scores of `tokens`; when item features were never fetched and cannot be now,
+        non-finite scores (NaN), which the callers answer from popularity (with `degrade`)."""
+        try:
+            self._refresh_items()
+        except Unavailable:
+            if not self.degrade:
+                raise
+            return np.full(len(tokens), np.nan, dtype=np.float32)
         feeds = self.inputs.feeds(user.features, self._tokens(user), tokens, user.user_id)
         return self.session.run(feeds).astype(np.float32, copy=False)
 
@@ -327,7 +397,15 @@ class Recommender:
                 found = self.features.get_items(ids)
                 return [(i, found.get(i)) for i in ids]
 
-            self.inputs.load_items(fetch)
+            try:
+                self.inputs.load_items(fetch)
+            except Unavailable as exc:  # keep the rows we have; ask again on the next request
+                if self.on_failure is not None:
+                    self.on_failure(CAUSE_ITEM_REFRESH)
+                log.warning("item features not refreshed (%s): %s", self.manifest.model_version, exc)
+                if np.isfinite(self._items_loaded_at):
+                    return
+                raise  # never loaded: nothing to score with
             self._items_loaded_at = time.monotonic()
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.errors import FailedPrecondition
-from recsys.schema import FIRST_TOKEN, FeatureSchema, canonical_json, sha256_hex
+from recsys.schema import FIRST_TOKEN, FeatureContract, FeatureSchema, canonical_json, sha256_hex
 
 __all__ = [
     "FORMAT_VERSION",
@@ -93,6 +93,25 @@ class Manifest:
     @property
     def max_history(self) -> int:
         return self.schema.max_history
+
+    @property
+    def needs(self) -> FeatureContract:
+        """The raw features this model reads at serving time (the store must serve them with
+        these kinds): those its feature inputs list in training["inputs"]; none for a model
+        that reads only the history."""
+        described = self.training.get("inputs")
+        if not isinstance(described, dict):
+            return FeatureContract(max_history=self.max_history)
+        read = {
+            side: {n for key in keys for n in described.get(key, [])}
+            for side, keys in (("user", ("user_cat", "user_num")), ("item", ("item_cat", "item_num", "item_multi")))
+        }
+        full = self.schema.contract()
+        return FeatureContract(
+            user={n: k for n, k in full.user.items() if n in read["user"]},
+            item={n: k for n, k in full.item.items() if n in read["item"]},
+            max_history=self.max_history,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,14 @@
-"""The feature schema: declared once by the trainer, hashed, served and checked everywhere.
+"""Feature schemas: the model's encoding (`FeatureSchema`) and the store's raw contract
+(`FeatureContract`).
+
+A `FeatureSchema` belongs to one model version: feature kinds plus the encoding learnt in
+training (vocabularies, normalisation statistics, item index checksum). A `FeatureContract` is
+what the feature store serves: feature names and kinds only, under which raw values are kept.
+A model is compatible with a store when every raw feature it reads is served with the kind it
+expects (`FeatureContract.problems`); new items, users, vocabulary entries and added features
+never break a model. The evolution rules (docs/feature-store.md): adding a feature is free,
+removing one is refused while a model needs it, and a feature's kind never changes (a new kind
+is a new name).
 
 Vocabularies reserve two slots: index 0 is padding and index 1 is out-of-vocabulary; real
 values start at 2. The item vocabulary follows the same rule, so the model's item token for
@@ -21,6 +31,7 @@ __all__ = [
     "FIRST_TOKEN",
     "OOV",
     "PAD",
+    "FeatureContract",
     "FeatureKind",
     "FeatureSchema",
     "FeatureSpec",
@@ -151,4 +162,89 @@ class FeatureSchema:
 
     @classmethod
     def from_json(cls, text: str) -> FeatureSchema:
+        return cls.from_dict(json.loads(text))
+
+    def contract(self) -> FeatureContract:
+        """The raw features of this schema: names and kinds, no encoding."""
+        return FeatureContract(
+            user={s.name: s.kind for s in self.user_features},
+            item={s.name: s.kind for s in self.item_features},
+            max_history=self.max_history,
+        )
+
+
+SIDES = ("user", "item")
+
+
+@dataclass(frozen=True)
+class FeatureContract:
+    """Raw features by side (`user`, `item`): name -> kind. What a store serves, or what a
+    model needs. `max_history` is the service's default history length (the largest loaded)."""
+
+    user: dict[str, FeatureKind] = field(default_factory=dict)
+    item: dict[str, FeatureKind] = field(default_factory=dict)
+    max_history: int = 50
+
+    def side(self, side: str) -> dict[str, FeatureKind]:
+        if side not in SIDES:
+            raise ValueError(f"feature side must be one of {SIDES}, got {side!r}")
+        return self.user if side == "user" else self.item
+
+    def problems(self, needs: FeatureContract) -> list[str]:
+        """Why a model needing `needs` cannot read features served under this contract; []
+        when it can. Extra features here are fine; missing or retyped ones are not."""
+        out = []
+        for side in SIDES:
+            served = self.side(side)
+            for name, kind in sorted(needs.side(side).items()):
+                have = served.get(name)
+                if have is None:
+                    out.append(f"{side} feature {name!r} ({kind.value}) is not served")
+                elif have is not kind:
+                    out.append(f"{side} feature {name!r} is served as {have.value}, the model reads {kind.value}")
+        return out
+
+    def merged(self, other: FeatureContract) -> FeatureContract:
+        """This contract plus `other`'s features; ValueError if one name changes kind."""
+        sides = {}
+        for side in SIDES:
+            mine, theirs = dict(self.side(side)), other.side(side)
+            for name, kind in theirs.items():
+                if mine.get(name, kind) is not kind:
+                    raise ValueError(
+                        f"{side} feature {name!r} is {mine[name].value} in the store and {kind.value} in the "
+                        "artifact: a feature keeps its kind (give the new kind a new name)"
+                    )
+                mine[name] = kind
+            sides[side] = mine
+        return FeatureContract(sides["user"], sides["item"], max(self.max_history, other.max_history))
+
+    def without(self, side: str, name: str) -> FeatureContract:
+        sides = {s: dict(self.side(s)) for s in SIDES}
+        sides[side].pop(name, None)
+        return FeatureContract(sides["user"], sides["item"], self.max_history)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_features": [{"name": n, "kind": k.value} for n, k in sorted(self.user.items())],
+            "item_features": [{"name": n, "kind": k.value} for n, k in sorted(self.item.items())],
+            "max_history": self.max_history,
+        }
+
+    def to_json(self) -> str:
+        return canonical_json(self.to_dict())
+
+    @property
+    def hash(self) -> str:
+        return sha256_hex(self.to_json())[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureContract:
+        def side(key: str) -> dict[str, FeatureKind]:
+            return {f["name"]: FeatureKind(f["kind"]) for f in d.get(key, [])}
+
+        return cls(side("user_features"), side("item_features"), int(d.get("max_history", 50)))
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureContract:
         return cls.from_dict(json.loads(text))

@@ -1,4 +1,5 @@
-"""`recsys features load | forget | forgotten`: manage the online feature store."""
+"""`recsys features load | contract | remove-feature | release | forget | forgotten`: manage the
+online feature store."""
 
 from __future__ import annotations
 
@@ -20,16 +21,77 @@ def _open_store(url: str):
     return open_store(url)
 
 
+def load_mode_option(f):
+    """--replace / --merge: what to do with a store that holds another dataset."""
+    return click.option(
+        "--replace",
+        "load_mode",
+        flag_value="replace",
+        help="Empty the store first (features, events, tombstones) if it holds another dataset's data.",
+    )(
+        click.option(
+            "--merge",
+            "load_mode",
+            flag_value="merge",
+            help="Add to a store that holds another dataset (ids shared by both then mix).",
+        )(click.option("--add", "load_mode", flag_value="add", default=True, hidden=True)(f))
+    )
+
+
 @features.command("load")
 @click.option("--artifact", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--store", required=True, help=STORE_HELP)
-def load(artifact, store) -> None:
-    """Write an artifact's users, items and histories into a store (idempotent); print what was written."""
+@load_mode_option
+def load(artifact, store, load_mode) -> None:
+    """Write an artifact's users, items and histories into a store (idempotent) and add its
+    features to the store's contract; print what was written. A running feature service on
+    the same store serves the new items, users and features within seconds, with no restart.
+    Rows changed in the store after the artifact was exported are kept."""
     from feature_service.loader import load_artifact
 
     with _open_store(store) as opened:
-        report = load_artifact(opened, artifact)
+        report = load_artifact(opened, artifact, mode=load_mode)
     click.echo(json.dumps(report.to_dict()))
+
+
+@features.command("contract")
+@click.option("--store", required=True, help=STORE_HELP)
+def contract(store) -> None:
+    """Print the raw features the store serves and the models registered as reading them."""
+    from feature_service.loader import registered_models, stored_contract
+
+    with _open_store(store) as opened:
+        served = stored_contract(opened)
+        models = registered_models(opened)
+    shown = {**served.to_dict(), "hash": served.hash, "models": {v: n.to_dict() for v, n in sorted(models.items())}}
+    click.echo(json.dumps(shown, indent=2))
+
+
+@features.command("remove-feature")
+@click.option("--store", required=True, help=STORE_HELP)
+@click.argument("feature", metavar="user:NAME|item:NAME")
+def remove_feature(store, feature) -> None:
+    """Stop serving a raw feature; refused while a registered model reads it."""
+    from feature_service.loader import remove_feature as remove
+
+    side, _, name = feature.partition(":")
+    if not name:
+        raise click.BadParameter("give the side and the name, e.g. user:age or item:genres", param_hint="FEATURE")
+    with _open_store(store) as opened:
+        smaller = remove(opened, side, name)
+    click.echo(f"{side} feature {name!r} removed; contract {smaller.hash}")
+
+
+@features.command("release")
+@click.option("--store", required=True, help=STORE_HELP)
+@click.argument("model_versions", nargs=-1, required=True)
+def release(store, model_versions) -> None:
+    """Unregister models no server serves any more, so the features only they read can be removed."""
+    from feature_service.loader import release_model
+
+    with _open_store(store) as opened:
+        for version in model_versions:
+            click.echo(json.dumps({"model_version": version, "released": release_model(opened, version)}))
 
 
 @features.command("forget")

@@ -55,7 +55,7 @@ def test_served_features_equal_what_the_trainer_used(stub, ring_data, trained_ar
     token = {item: i + FIRST_TOKEN for i, item in enumerate(index.item_ids)}
 
     reply = stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=list(trained_users), max_history=1000))
-    assert reply.schema_hash == schema.hash
+    assert reply.schema_hash == schema.contract().hash
     served = {u.user_id: u for u in reply.users}
     for uid, sequence in zip(user_ids, sequences):
         history = served[uid].history

@@ -64,7 +64,7 @@ def test_health_is_serving(channel: grpc.Channel) -> None:
 
 def test_get_user_features(stub: features_pb2_grpc.FeatureServiceStub, schema: FeatureSchema) -> None:
     reply = stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=["u1", "nobody", "u2", "u3"]), timeout=5)
-    assert reply.schema_hash == schema.hash
+    assert reply.schema_hash == schema.contract().hash
     u1, nobody, u2, u3 = reply.users
     assert (u1.user_id, u1.found, nobody.user_id, nobody.found) == ("u1", True, "nobody", False)
     assert list(u1.history) == ["i2", "i3", "i4"]  # schema max_history = 3, most recent last
@@ -84,7 +84,7 @@ def test_get_item_features_sends_text_as_text(
     stub: features_pb2_grpc.FeatureServiceStub, schema: FeatureSchema
 ) -> None:
     reply = stub.GetItemFeatures(features_pb2.GetItemFeaturesRequest(item_ids=["i4", "i9", "i3"]), timeout=5)
-    assert reply.schema_hash == schema.hash
+    assert reply.schema_hash == schema.contract().hash
     i4, i9, i3 = reply.items
     assert i4.found and not i9.found and i9.item_id == "i9"
     assert i4.features["title"] == types_pb2.FeatureValue(text="Get Shorty (1995)")
@@ -108,8 +108,8 @@ def test_recorded_event_appears_in_next_read(stub: features_pb2_grpc.FeatureServ
 
 def test_get_schema(stub: features_pb2_grpc.FeatureServiceStub, schema: FeatureSchema) -> None:
     reply = stub.GetSchema(features_pb2.GetSchemaRequest(), timeout=5)
-    assert reply.schema_hash == schema.hash
-    assert json.loads(reply.schema_json) == schema.to_dict()
+    assert reply.schema_hash == schema.contract().hash
+    assert json.loads(reply.schema_json) == schema.contract().to_dict()
 
 
 @pytest.mark.parametrize(
@@ -271,12 +271,12 @@ def test_serves_the_stored_schema_without_an_artifact(
     core.close()
     server, port, _, core = create_feature_server(None, url, host="127.0.0.1")
     try:
-        assert core.schema_hash == schema.hash
+        assert core.contract_hash == schema.contract().hash
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             reply = features_pb2_grpc.FeatureServiceStub(ch).GetUserFeatures(
                 features_pb2.GetUserFeaturesRequest(user_ids=["u1"]), timeout=5
             )
-        assert reply.schema_hash == schema.hash and list(reply.users[0].history) == ["i2", "i3", "i4"]
+        assert reply.schema_hash == schema.contract().hash and list(reply.users[0].history) == ["i2", "i3", "i4"]
     finally:
         server.stop(None)
         core.close()
@@ -330,7 +330,7 @@ def test_restart_over_persistent_store_loads_nothing_new(
             server, port, _, core = create_feature_server(artifact_dir, url, host="127.0.0.1")
         try:
             assert expected in caplog.text
-            assert core.store.get_meta("artifact.schema_hash") == schema.hash
+            assert core.contract == schema.contract()
             with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
                 stub = features_pb2_grpc.FeatureServiceStub(ch)
                 reply = stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=["u1"]), timeout=5)
@@ -402,6 +402,12 @@ def test_serve_features_hands_the_server_one_config(artifact_dir: Path, monkeypa
             security=ServerSecurity(),
         )
     ]
-    result = CliRunner().invoke(main, ["serve", "features", "--max-concurrent-rpcs", "7", "--host", "127.0.0.1"])
+    args = ["serve", "features", "--max-concurrent-rpcs", "7", "--host", "127.0.0.1"]
+    result = CliRunner().invoke(main, [*args, "--store", "sqlite://f.db", "--replace"])
     assert result.exit_code == 0, result.output
-    assert configs[-1] == FeatureServiceConfig(host="127.0.0.1", max_concurrent_rpcs=7, security=ServerSecurity())
+    assert configs[-1] == FeatureServiceConfig(
+        store_url="sqlite://f.db", load_mode="replace", host="127.0.0.1", max_concurrent_rpcs=7, security=ServerSecurity()
+    )
+    # no store and no artifact to put one beside: refused, not a store in the current folder
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "give --store URL" in result.output

@@ -13,7 +13,7 @@ from recsys.schema import FeatureSchema
 
 @pytest.fixture
 def core(schema: FeatureSchema) -> FeatureServiceCore:
-    return FeatureServiceCore(MemoryStore(), schema, max_batch=3)
+    return FeatureServiceCore(MemoryStore(), schema.contract(), max_batch=3)
 
 
 def test_max_history_zero_means_default_and_larger_is_capped(core: FeatureServiceCore) -> None:
@@ -23,7 +23,7 @@ def test_max_history_zero_means_default_and_larger_is_capped(core: FeatureServic
     assert core.get_user_features(["u"])[0].history == ["i2", "i3", "i4"]
     assert core.get_user_features(["u"], 2)[0].history == ["i3", "i4"]
     assert core.get_user_features(["u"], 100)[0].history == ["i1", "i2", "i3", "i4"]
-    capped = FeatureServiceCore(core.store, core.schema, max_history_limit=2)
+    capped = FeatureServiceCore(core.store, core.contract, max_history_limit=2)
     assert capped.max_history_limit == 3  # never below the default
     assert capped.get_user_features(["u"], 100)[0].history == ["i2", "i3", "i4"]
 
@@ -94,6 +94,6 @@ def test_forget_user(core: FeatureServiceCore) -> None:
 
 def test_bad_configuration_is_refused(schema: FeatureSchema) -> None:
     with pytest.raises(ValueError):
-        FeatureServiceCore(MemoryStore(), schema, max_history_default=-1)
+        FeatureServiceCore(MemoryStore(), schema.contract(), max_history_default=-1)
     with pytest.raises(ValueError):
-        FeatureServiceCore(MemoryStore(), schema, max_batch=0)
+        FeatureServiceCore(MemoryStore(), schema.contract(), max_batch=0)

@@ -17,14 +17,14 @@ def test_rendering_equals_plain_construction(artifact_dir: Path, schema: Feature
     store = MemoryStore()
     load_artifact(store, artifact_dir)
     store.put_items([("i9", {"title": "Amélie — 日本語", "genres": []}), ("i8", {})])
-    core = FeatureServiceCore(store, schema)
+    core = FeatureServiceCore(store, schema.contract())
     servicer = FeatureServicer(core)
     kinds_u = {s.name: s.kind for s in schema.user_features}
     kinds_i = {s.name: s.kind for s in schema.item_features}
     for _ in range(2):  # the second round is served from the memo
         user_ids = ["u1", "nobody", "u2", "u3", "u1"]
         got = servicer.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=user_ids), None)
-        want = features_pb2.GetUserFeaturesResponse(schema_hash=schema.hash)
+        want = features_pb2.GetUserFeaturesResponse(schema_hash=schema.contract().hash)
         for uid, r in zip(user_ids, store.get_users(user_ids, schema.max_history)):
             want.users.append(
                 features_pb2.UserFeatures(user_id=uid, found=False)
@@ -42,7 +42,7 @@ def test_rendering_equals_plain_construction(artifact_dir: Path, schema: Feature
 
         item_ids = ["i1", "i9", "missing", "i4", "i8", "i1"]
         got = servicer.GetItemFeatures(features_pb2.GetItemFeaturesRequest(item_ids=item_ids), None)
-        want = features_pb2.GetItemFeaturesResponse(schema_hash=schema.hash)
+        want = features_pb2.GetItemFeaturesResponse(schema_hash=schema.contract().hash)
         for iid, r in zip(item_ids, store.get_items(item_ids)):
             want.items.append(
                 features_pb2.ItemFeatures(item_id=iid, found=False)

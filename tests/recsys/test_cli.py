@@ -167,6 +167,6 @@ def test_cli_defaults_are_the_server_configs_defaults():
     from inference_server.config import InferenceConfig
 
     features, inference = FeatureServiceConfig(), InferenceConfig()
-    assert (features.port, features.store_url) == (_options.DEFAULT_FEATURES_PORT, _options.DEFAULT_STORE)
+    assert (features.port, features.store_url) == (_options.DEFAULT_FEATURES_PORT, None)
     assert inference.port == _options.DEFAULT_INFERENCE_PORT
     assert inference.features_target == f"localhost:{features.port}"
