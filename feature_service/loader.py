@@ -58,7 +58,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EVENT_BATCH = 100_000
+EVENT_BATCH = 10_000  # events per transaction (a Redis script of 10k events holds it ~0.2 s)
 META_CONTRACT = "store.contract_json"  # the raw feature contract the store serves
 META_MODELS = "store.models_json"  # {model_version: {"needs": contract, "loaded_at": unix s}}
 META_MODEL_VERSION = "artifact.model_version"  # the last artifact loaded
@@ -279,12 +279,13 @@ def _models(store: Store) -> dict[str, Any]:
     return json.loads(text) if text else {}
 
 
-def _exported_at(manifest: Manifest) -> float | None:
-    """The artifact's creation time (unix seconds): store rows written later are newer."""
+def _exported_at(manifest: Manifest) -> float:
+    """The artifact's creation time (unix seconds): store rows written later are newer. An
+    artifact that does not say when it was made writes only rows the store lacks (0)."""
     try:
         return calendar.timegm(time.strptime(manifest.created_at, "%Y-%m-%dT%H:%M:%SZ"))
     except (TypeError, ValueError):
-        return None
+        return 0.0
 
 
 def _check_same_dataset(store: Store, artifact_dir: Path) -> None:

@@ -115,6 +115,27 @@ def trained_artifact(ring_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ranker_artifact(ring_data, tmp_path_factory) -> Path:
+    """A small DeepFM (implicit labels) on the same ring data and tables as `trained_artifact`."""
+    from trainer.export.ranker import train_and_export_ranker
+    from trainer.families.ranker import RankConfig
+
+    out = tmp_path_factory.mktemp("ranker") / "deepfm"
+    # history_len equal to the SASRec fixture's max_len: same tables, same schema, one feature service
+    cfg = RankConfig(model="deepfm", label="implicit", negatives=2, history_len=10, epochs=3, batch_size=128, seed=0)
+    train_and_export_ranker(
+        cfg,
+        ring_data["train"],
+        out,
+        users=ring_data["users"],
+        items=ring_data["items"],
+        progress=False,
+        log=lambda *_: None,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
 def ensemble_artifact(ring_data, tmp_path_factory) -> Path:
     """A small ensemble (SASRec over 8 items + GRU4Rec over 10) exported with an ANN index."""
     from trainer.families.next_item import TrainConfig

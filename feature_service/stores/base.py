@@ -19,6 +19,11 @@ tests/feature_service/test_store_contract.py. The rules it checks:
   (not counted, `updated_at` kept). Values must be JSON-serialisable plain values.
 - `updated_at` is the store clock's unix seconds at the last write that changed the entity
   (a feature row change, or a newly recorded event for users).
+- **Conditional puts**: with `older_than=T`, a put writes a row only where the store holds none
+  for the id or its feature row was last written before `T` (strictly), so loading an artifact
+  made at `T` never undoes a feature update acknowledged after it. Events are not feature
+  writes: a user known only through events, or whose events came after its row, still takes
+  the row. A row kept this way is not counted.
 - **Forgetting** a user deletes its feature row, events and event ids, and records a tombstone
   (user id and time) that `forgotten_users` lists: the loader skips tombstoned users, and the
   trainer reads the list to leave them out of the next export. Events recorded for the user
@@ -26,6 +31,8 @@ tests/feature_service/test_store_contract.py. The rules it checks:
 - Backends raise `StoreUnavailable` for their own failures (disk, network, a closed store), so
   callers map exactly one exception type; anything else is a bug and propagates as is.
   `ping` raises it too, and succeeds again once the backend is back (no reopening needed).
+- `clear` deletes every user, item, event, tombstone and meta key; it ends with the store
+  empty (Redis clears a large store in chunks, so readers meanwhile may see part of it gone).
 - Methods are safe to call from many threads at once; a batch write is atomic.
 """
 
@@ -155,15 +162,27 @@ class Store(ABC):
         """One entry per id, in request order; `None` for unknown items."""
 
     @abstractmethod
-    def put_users(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
+    def put_users(self, rows: Iterable[tuple[str, dict[str, Any]]], *, older_than: float | None = None) -> int:
         """Upserts `(user_id, features)` rows atomically; returns how many rows changed.
 
-        A user's events are kept; only its feature row is replaced.
+        A user's events are kept; only its feature row is replaced. With `older_than` (unix
+        seconds), a row whose features were written at or after it is kept.
         """
 
     @abstractmethod
-    def put_items(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
-        """Upserts `(item_id, features)` rows atomically; returns how many rows changed."""
+    def put_items(self, rows: Iterable[tuple[str, dict[str, Any]]], *, older_than: float | None = None) -> int:
+        """Upserts `(item_id, features)` rows atomically; returns how many rows changed.
+
+        With `older_than` (unix seconds), a row written at or after it is kept.
+        """
+
+    @abstractmethod
+    def count_users(self) -> int:
+        """How many users the store knows (a feature row or events; tombstones do not count)."""
+
+    @abstractmethod
+    def count_items(self) -> int:
+        """How many items have a feature row."""
 
     @abstractmethod
     def append_events(self, events: Sequence[Event]) -> tuple[int, int]:
@@ -191,6 +210,10 @@ class Store(ABC):
     @abstractmethod
     def set_meta(self, key: str, value: str) -> None:
         """Sets `key` (e.g. the schema hash of the last artifact loaded)."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Deletes every user, item, event, tombstone and meta key (a reload from scratch)."""
 
     @abstractmethod
     def ping(self) -> None:

@@ -48,7 +48,8 @@ class MemoryStore(Store):
         self._lock = threading.Lock()
         self._closed = False
         self._users: dict[str, tuple[str, int]] = {}  # user_id -> (features json, updated_at)
-        self._items: dict[str, tuple[str, int]] = {}
+        self._features_at: dict[str, int] = {}  # user_id -> when its feature row was written
+        self._items: dict[str, tuple[str, int]] = {}  # item_id -> (features json, updated_at)
         self._histories: dict[str, _History] = {}
         self._event_ids: dict[str, str] = {}  # event_id -> user_id, for held events
         self._seq = 0
@@ -99,13 +100,19 @@ class MemoryStore(Store):
                 out.append(None if row is None else ItemRecord(iid, row[0], row[1]))
         return out
 
-    def put_users(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
-        return self._put(self._users, rows)
+    def put_users(self, rows: Iterable[tuple[str, dict[str, Any]]], *, older_than: float | None = None) -> int:
+        return self._put(self._users, rows, older_than, self._features_at)
 
-    def put_items(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
-        return self._put(self._items, rows)
+    def put_items(self, rows: Iterable[tuple[str, dict[str, Any]]], *, older_than: float | None = None) -> int:
+        return self._put(self._items, rows, older_than, None)
 
-    def _put(self, table: dict[str, tuple[str, int]], rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
+    def _put(
+        self,
+        table: dict[str, tuple[str, int]],
+        rows: Iterable[tuple[str, dict[str, Any]]],
+        older_than: float | None,
+        features_at: dict[str, int] | None,  # None: the table's updated_at is the feature-write time
+    ) -> int:
         # Serialise first so that a bad row leaves the table untouched (atomic, like SQLite).
         encoded = [(key, features_json(features)) for key, features in rows]
         now = int(self._clock())
@@ -114,10 +121,27 @@ class MemoryStore(Store):
             self._check_open()
             for key, text in encoded:
                 old = table.get(key)
-                if old is None or old[0] != text:
-                    table[key] = (text, now)
-                    changed += 1
+                if old is not None:
+                    if old[0] == text:
+                        continue
+                    written = old[1] if features_at is None else features_at.get(key, 0)
+                    if older_than is not None and written >= older_than:
+                        continue
+                table[key] = (text, now)
+                if features_at is not None:
+                    features_at[key] = now
+                changed += 1
         return changed
+
+    def count_users(self) -> int:
+        with self._lock:
+            self._check_open()
+            return len(self._users)
+
+    def count_items(self) -> int:
+        with self._lock:
+            self._check_open()
+            return len(self._items)
 
     def append_events(self, events: Sequence[Event]) -> tuple[int, int]:
         now = int(self._clock())
@@ -156,6 +180,7 @@ class MemoryStore(Store):
         with self._lock:
             self._check_open()
             held = self._users.pop(user_id, None) is not None
+            self._features_at.pop(user_id, None)
             history = self._histories.pop(user_id, None)
             if history is not None:
                 held = held or bool(history.events)
@@ -178,6 +203,14 @@ class MemoryStore(Store):
         with self._lock:
             self._check_open()
             self._meta[key] = value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._check_open()
+            for table in (self._users, self._features_at, self._items, self._forgotten, self._meta):
+                table.clear()
+            self._histories.clear()
+            self._event_ids.clear()
 
     def ping(self) -> None:
         with self._lock:

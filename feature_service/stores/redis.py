@@ -3,6 +3,8 @@
 Keys, all under one prefix (`?prefix=`, default `recsys:`) so one Redis can hold several stores:
 
     {p}users         hash  user_id -> "updated_at features-JSON"  (a field <=> the user is known)
+    {p}features_at   hash  user_id -> when its feature row was last written (0: events only;
+                           absent in rows an older release wrote, where updated_at stands in)
     {p}items         hash  item_id -> "updated_at features-JSON"  (one HMGET reads 100 items)
     {p}h:{user_id}   zset  the history: score = timestamp, member = 16 hex digits of a store-wide
                            sequence number + "timestamp:item_id", so ties in time sort by
@@ -14,7 +16,8 @@ Keys, all under one prefix (`?prefix=`, default `recsys:`) so one Redis can hold
     {p}forgotten     hash  user_id -> forgotten_at
     {p}meta          hash
 
-Every write is one Lua script, so a batch is atomic and readers never see half of it; a read
+Every write is one Lua script, so a batch is atomic and readers never see half of it (`clear`
+runs one per 1,000 users, then one for the rest, so a large store never blocks Redis); a read
 is one round trip (one HMGET for items; HMGET plus the histories in one MULTI/EXEC for users). The scripts touch keys they compute (not declared in
 KEYS), which a single Redis (or a primary with replicas) allows and Redis Cluster does not.
 
@@ -59,13 +62,28 @@ log = logging.getLogger(__name__)
 SCHEMES = ("redis", "rediss")
 _SEQ_DIGITS = 16
 
-# KEYS[1]: the users or items hash. ARGV: now, then (id, features JSON) pairs.
+_CLEAR_CHUNK = 1000  # users per clear script
+
+# KEYS[1]: the users or items hash; KEYS[2], for users only: the features_at hash (items: the
+# row's updated_at is its feature-write time). ARGV: now, older_than ('' for none), then
+# (id, features JSON) pairs.
 _PUT = """
-local now, changed = ARGV[1], 0
-for n = 2, #ARGV, 2 do
-  local old = redis.call('HGET', KEYS[1], ARGV[n])
-  if not old or string.sub(old, string.find(old, ' ', 1, true) + 1) ~= ARGV[n + 1] then
-    redis.call('HSET', KEYS[1], ARGV[n], now .. ' ' .. ARGV[n + 1])
+local now, older, changed = ARGV[1], tonumber(ARGV[2]), 0
+for n = 3, #ARGV, 2 do
+  local id, features = ARGV[n], ARGV[n + 1]
+  local old, write = redis.call('HGET', KEYS[1], id), true
+  if old then
+    local sep = string.find(old, ' ', 1, true)
+    if string.sub(old, sep + 1) == features then
+      write = false
+    elseif older then
+      local at = KEYS[2] and redis.call('HGET', KEYS[2], id)
+      write = tonumber(at or string.sub(old, 1, sep - 1)) < older
+    end
+  end
+  if write then
+    redis.call('HSET', KEYS[1], id, now .. ' ' .. features)
+    if KEYS[2] then redis.call('HSET', KEYS[2], id, now) end
     changed = changed + 1
   end
 end
@@ -95,7 +113,11 @@ for n = 4, #ARGV, 4 do
 end
 for uid in pairs(touched) do
   local row, features = redis.call('HGET', p .. 'users', uid), '{}'
-  if row then features = string.sub(row, string.find(row, ' ', 1, true) + 1) end
+  if row then
+    features = string.sub(row, string.find(row, ' ', 1, true) + 1)
+  else
+    redis.call('HSET', p .. 'features_at', uid, 0)
+  end
   redis.call('HSET', p .. 'users', uid, now .. ' ' .. features)
   local excess = redis.call('ZCARD', p .. 'h:' .. uid) - max_events
   if excess > 0 then
@@ -121,9 +143,33 @@ local p, now, uid = ARGV[1], ARGV[2], ARGV[3]
 local eids = redis.call('HVALS', p .. 'e:' .. uid)
 for n = 1, #eids do redis.call('SREM', p .. 'eids', eids[n]) end
 local held = redis.call('HDEL', p .. 'users', uid)
+redis.call('HDEL', p .. 'features_at', uid)
 held = held + redis.call('DEL', p .. 'h:' .. uid, p .. 'k:' .. uid, p .. 'e:' .. uid)
 redis.call('HSET', p .. 'forgotten', uid, now)
 if held > 0 then return 1 end
+return 0
+"""
+
+# ARGV: prefix, then user ids: deletes those users (rows, histories, event ids). With no user
+# ids: deletes every user left (those added since the chunks were listed) and every other key.
+_CLEAR = """
+local p = ARGV[1]
+local function drop(uid)
+  local eids = redis.call('HVALS', p .. 'e:' .. uid)
+  for n = 1, #eids do redis.call('SREM', p .. 'eids', eids[n]) end
+  redis.call('UNLINK', p .. 'h:' .. uid, p .. 'k:' .. uid, p .. 'e:' .. uid)
+  redis.call('HDEL', p .. 'users', uid)
+  redis.call('HDEL', p .. 'features_at', uid)
+end
+if #ARGV > 1 then
+  for n = 2, #ARGV do drop(ARGV[n]) end
+  return 0
+end
+local uids = redis.call('HKEYS', p .. 'users')
+for n = 1, #uids do drop(uids[n]) end
+for _, name in ipairs({'users', 'features_at', 'items', 'eids', 'seq', 'forgotten', 'meta'}) do
+  redis.call('UNLINK', p .. name)
+end
 return 0
 """
 
@@ -150,6 +196,7 @@ class RedisStore(Store):
         self._put = client.register_script(_PUT)
         self._append = client.register_script(_APPEND)
         self._forget = client.register_script(_FORGET)
+        self._clear = client.register_script(_CLEAR)
         with self._call():
             aof = client.info("persistence").get("aof_enabled")
         if not aof:
@@ -233,20 +280,28 @@ class RedisStore(Store):
             rows = self._client.hmget(self.prefix + "items", item_ids)
         return [None if row is None else ItemRecord(iid, *self._row(row)) for iid, row in zip(item_ids, rows)]
 
-    def put_users(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
-        return self._put_rows("users", rows)
+    def put_users(self, rows: Iterable[tuple[str, dict[str, Any]]], *, older_than: float | None = None) -> int:
+        return self._put_rows(["users", "features_at"], rows, older_than)
 
-    def put_items(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
-        return self._put_rows("items", rows)
+    def put_items(self, rows: Iterable[tuple[str, dict[str, Any]]], *, older_than: float | None = None) -> int:
+        return self._put_rows(["items"], rows, older_than)
 
-    def _put_rows(self, table: str, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
-        args: list[str] = [str(int(self._clock()))]
+    def _put_rows(self, keys: list[str], rows: Iterable[tuple[str, dict[str, Any]]], older_than: float | None) -> int:
+        args: list[str] = [str(int(self._clock())), "" if older_than is None else repr(float(older_than))]
         for key, features in rows:
             args += (key, features_json(features))  # serialise all first: a bad row writes nothing
-        if len(args) == 1:
+        if len(args) == 2:
             return 0
         with self._call():
-            return int(self._put(keys=[self.prefix + table], args=args))
+            return int(self._put(keys=[self.prefix + k for k in keys], args=args))
+
+    def count_users(self) -> int:
+        with self._call():
+            return int(self._client.hlen(self.prefix + "users"))
+
+    def count_items(self) -> int:
+        with self._call():
+            return int(self._client.hlen(self.prefix + "items"))
 
     def append_events(self, events: Sequence[Event]) -> tuple[int, int]:
         if not events:
@@ -275,6 +330,13 @@ class RedisStore(Store):
     def set_meta(self, key: str, value: str) -> None:
         with self._call():
             self._client.hset(self.prefix + "meta", key, value)
+
+    def clear(self) -> None:
+        with self._call():
+            users = self._client.hkeys(self.prefix + "users")
+            for start in range(0, len(users), _CLEAR_CHUNK):
+                self._clear(args=[self.prefix, *users[start : start + _CLEAR_CHUNK]])
+            self._clear(args=[self.prefix])
 
     def ping(self) -> None:
         with self._call():

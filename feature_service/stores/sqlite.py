@@ -1,7 +1,9 @@
 """The embedded default store: one SQLite file in WAL mode, stdlib `sqlite3` only.
 
-Tables: `users(user_id, features, updated_at)`, `items(...)` with features as canonical JSON;
-`events(user_id, item_id, ts, event_id)` where the rowid is the insertion order that breaks
+Tables: `users(user_id, features, updated_at, features_at)` and `items(item_id, features,
+updated_at)` with features as canonical JSON, where `features_at` is when the feature row was
+last written (0 for a user known only through events; NULL in rows an older release wrote,
+where `updated_at` stands in); `events(user_id, item_id, ts, event_id)` where the rowid is the insertion order that breaks
 timestamp ties; `forgotten(user_id, forgotten_at)` tombstones; `meta(key, value)`. Indexes:
 `(user_id, ts)`, whose implicit rowid tail gives the newest-first history scan (and the trim of
 a user's oldest events) without a sort; unique `(user_id, item_id, ts)` and unique `event_id`
@@ -15,11 +17,17 @@ needs no busy-timeout retries between writers, and closes in one place.
 Durability: `synchronous=NORMAL` (the default) makes a commit survive a crash or SIGKILL of the
 process (the WAL is written before the commit returns); `?synchronous=FULL` also survives a
 power cut, at the cost of an fsync per write.
+Privacy on disk: a new file is created mode 0600 (SQLite gives its -wal and -shm the file's
+mode); `secure_delete` zeroes deleted content, and deleting calls (`forget_user`, `clear`)
+checkpoint and truncate the WAL, so no copy of the deleted rows stays in either file.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,14 +48,16 @@ from feature_service.stores.base import (
 
 __all__ = ["SqliteStore"]
 
+log = logging.getLogger(__name__)
+
 SCHEME = "sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's variable limit
 _SYNCHRONOUS = ("NORMAL", "FULL")
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS users (
-    user_id TEXT PRIMARY KEY, features TEXT NOT NULL, updated_at INTEGER NOT NULL
+    user_id TEXT PRIMARY KEY, features TEXT NOT NULL, updated_at INTEGER NOT NULL, features_at INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS items (
     item_id TEXT PRIMARY KEY, features TEXT NOT NULL, updated_at INTEGER NOT NULL
@@ -65,12 +75,18 @@ CREATE TABLE IF NOT EXISTS forgotten (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
-# Replace the feature row only when it differs, so an unchanged row keeps its updated_at and
-# does not count in the row count.
-_UPSERT = """
-INSERT INTO {table}({key}, features, updated_at) VALUES (?, ?, ?)
-ON CONFLICT({key}) DO UPDATE SET features = excluded.features, updated_at = excluded.updated_at
-WHERE features IS NOT excluded.features
+# Replace a feature row only when it differs, so an unchanged row keeps its updated_at and does
+# not count in the row count; given ?4 (older_than), only when its features were written before.
+_PUT_USERS = """
+INSERT INTO users(user_id, features, updated_at, features_at) VALUES (?1, ?2, ?3, ?3)
+ON CONFLICT(user_id) DO UPDATE SET
+    features = excluded.features, updated_at = excluded.updated_at, features_at = excluded.features_at
+WHERE features IS NOT excluded.features AND (?4 IS NULL OR COALESCE(features_at, updated_at) < ?4)
+"""
+_PUT_ITEMS = """
+INSERT INTO items(item_id, features, updated_at) VALUES (?1, ?2, ?3)
+ON CONFLICT(item_id) DO UPDATE SET features = excluded.features, updated_at = excluded.updated_at
+WHERE features IS NOT excluded.features AND (?4 IS NULL OR updated_at < ?4)
 """
 
 
@@ -93,11 +109,13 @@ class SqliteStore(Store):
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            _create_private(self.path)
             # Autocommit mode: transactions are opened explicitly in _write().
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
             conn.execute("PRAGMA busy_timeout=5000")  # other processes on the same file
+            conn.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed, not left in free space
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:
                 conn.close()
@@ -105,8 +123,10 @@ class SqliteStore(Store):
                     f"{self.path} has store schema version {version}; this recsys reads {SCHEMA_VERSION}"
                 )
             conn.executescript(_DDL)
+            if "features_at" not in {row[1] for row in conn.execute("PRAGMA table_info(users)")}:
+                conn.execute("ALTER TABLE users ADD COLUMN features_at INTEGER")  # version 2 and older
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         self._conn: sqlite3.Connection | None = conn
 
@@ -133,8 +153,12 @@ class SqliteStore(Store):
                 raise StoreUnavailable(f"{self.path}: {exc}") from exc
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: all of the block's writes commit, or none do."""
+    def _write(self, *, erase: bool = False) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: all of the block's writes commit, or none do.
+
+        `erase`: the block deletes personal data; then the WAL, which still holds the pages as
+        they were, is checkpointed into the (zeroed) file and truncated.
+        """
         with self._read() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -143,6 +167,13 @@ class SqliteStore(Store):
                 conn.rollback()
                 raise
             conn.commit()
+            if erase:
+                (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if busy:
+                    log.warning(
+                        "%s: another process kept reading, so the WAL holds deleted data until its next checkpoint",
+                        self.path,
+                    )
 
     def get_users(self, user_ids: Sequence[str], max_history: int) -> list[UserRecord | None]:
         if max_history < 0:
@@ -190,19 +221,27 @@ class SqliteStore(Store):
                 found[k] = (features, updated_at)
         return found
 
-    def put_users(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
-        return self._put("users", "user_id", rows)
+    def put_users(self, rows: Iterable[tuple[str, dict[str, Any]]], *, older_than: float | None = None) -> int:
+        return self._put(_PUT_USERS, rows, older_than)
 
-    def put_items(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
-        return self._put("items", "item_id", rows)
+    def put_items(self, rows: Iterable[tuple[str, dict[str, Any]]], *, older_than: float | None = None) -> int:
+        return self._put(_PUT_ITEMS, rows, older_than)
 
-    def _put(self, table: str, key: str, rows: Iterable[tuple[str, dict[str, Any]]]) -> int:
+    def _put(self, statement: str, rows: Iterable[tuple[str, dict[str, Any]]], older_than: float | None) -> int:
         now = int(self._clock())
-        encoded = [(k, features_json(features), now) for k, features in rows]
+        encoded = [(k, features_json(features), now, older_than) for k, features in rows]
         if not encoded:
             return 0
         with self._write() as conn:
-            return conn.executemany(_UPSERT.format(table=table, key=key), encoded).rowcount
+            return conn.executemany(statement, encoded).rowcount
+
+    def count_users(self) -> int:
+        with self._read() as conn:
+            return conn.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+
+    def count_items(self) -> int:
+        with self._read() as conn:
+            return conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
 
     def append_events(self, events: Sequence[Event]) -> tuple[int, int]:
         if not events:
@@ -220,7 +259,7 @@ class SqliteStore(Store):
                     uid for (uid,) in conn.execute("SELECT DISTINCT user_id FROM events WHERE rowid > ?", (before,))
                 ]
                 conn.executemany(
-                    "INSERT INTO users(user_id, features, updated_at) VALUES (?, '{}', ?)"
+                    "INSERT INTO users(user_id, features, updated_at, features_at) VALUES (?, '{}', ?, 0)"
                     " ON CONFLICT(user_id) DO UPDATE SET updated_at = excluded.updated_at",
                     [(uid, now) for uid in touched],
                 )
@@ -234,7 +273,7 @@ class SqliteStore(Store):
 
     def forget_user(self, user_id: str) -> bool:
         now = int(self._clock())
-        with self._write() as conn:
+        with self._write(erase=True) as conn:
             held = conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,)).rowcount
             held += conn.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
             conn.execute(
@@ -260,6 +299,11 @@ class SqliteStore(Store):
                 (key, value),
             )
 
+    def clear(self) -> None:
+        with self._write(erase=True) as conn:
+            for table in ("users", "items", "events", "forgotten", "meta"):
+                conn.execute(f"DELETE FROM {table}")
+
     def ping(self) -> None:
         with self._read() as conn:
             conn.execute("SELECT 1").fetchone()
@@ -269,3 +313,20 @@ class SqliteStore(Store):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _create_private(path: Path) -> None:
+    """Creates `path` empty with mode 0600 whatever the umask (SQLite starts a database in an
+    empty file and gives its -wal and -shm the file's mode); warns when an existing file is
+    readable by others, and leaves its mode, which may be the operator's choice."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o044:
+            log.warning("%s is readable by other users (mode %o) and holds personal data: chmod 600 it", path, mode)
+        return
+    try:
+        os.fchmod(fd, 0o600)  # the umask may have taken the owner's bits too
+    finally:
+        os.close(fd)

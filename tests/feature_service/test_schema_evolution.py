@@ -114,6 +114,26 @@ def test_a_load_keeps_rows_written_after_the_artifact_was_exported(tmp_path: Pat
         assert store.get_users(["u1"], 0)[0].features == {"age": 24, "gender": "M"}
 
 
+def test_a_restart_with_the_artifact_keeps_an_acknowledged_update(tmp_path: Path) -> None:
+    artifact = write_artifact(tmp_path / "a")  # says nothing of when it was made: adds only what is missing
+    url = f"sqlite://{tmp_path}/f.db"
+    update = features_pb2.UpdateUserFeaturesRequest(
+        rows=[features_pb2.FeatureRow(id="u1", features={"age": {"number": 61.0}, "gender": {"category": "F"}})]
+    )
+    for restart in range(2):
+        server, port, _, core = create_feature_server(artifact, url, host="127.0.0.1")
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = features_pb2_grpc.FeatureServiceStub(channel)
+                if restart == 0:
+                    assert stub.UpdateUserFeatures(update, timeout=5).updated == 1
+                reply = stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=["u1"]), timeout=5)
+                assert reply.users[0].features["age"].number == 61.0
+        finally:
+            server.stop(None)
+            core.close()
+
+
 def other_dataset(path: Path) -> Path:
     """The same ids, other events: another dataset whose users happen to be named alike."""
     write_artifact(path)

@@ -108,6 +108,50 @@ def test_feature_rows_replace_and_unchanged_rows_are_not_writes(store: Store, cl
     assert i1.features == {"title": "B"} and i1.updated_at == 2_000  # replaced, not merged
 
 
+@pytest.mark.parametrize("table", ["users", "items"])
+def test_put_older_than_keeps_rows_written_since(store: Store, clock: Clock, table: str) -> None:
+    put, get = (
+        (store.put_users, lambda ids: store.get_users(ids, 0))
+        if table == "users"
+        else (store.put_items, store.get_items)
+    )
+    assert put([("before", {"v": 1}), ("same", {"v": 1})]) == 2  # at 1_000
+    clock.now = 2_000
+    assert put([("at", {"v": 1})]) == 1  # written at T itself: not older than T
+    clock.now = 3_000
+    assert put([("after", {"v": 1})]) == 1  # an acknowledged update after T
+    clock.now = 4_000
+    rows = [("before", {"v": 2}), ("same", {"v": 1}), ("at", {"v": 2}), ("after", {"v": 2}), ("absent", {"v": 2})]
+    assert put(rows, older_than=2_000) == 2  # "before" and "absent"; "same" is unchanged
+    got = {r.item_id if table == "items" else r.user_id: (r.features, r.updated_at) for r in get([k for k, _ in rows])}
+    assert got == {
+        "before": ({"v": 2}, 4_000),
+        "same": ({"v": 1}, 1_000),
+        "at": ({"v": 1}, 2_000),
+        "after": ({"v": 1}, 3_000),
+        "absent": ({"v": 2}, 4_000),
+    }
+    assert put([("after", {"v": 3})], older_than=3_500.5) == 1  # fractional times compare exactly
+    assert put([("after", {"v": 4})]) == 1  # no older_than: replaces, as before
+    assert get(["after"])[0].features == {"v": 4}
+
+
+def test_put_older_than_looks_at_feature_writes_not_events(store: Store, clock: Clock) -> None:
+    # Events move a user's updated_at but are not feature writes: a newer artifact's features
+    # still reach a user that only recorded events since the old row was written.
+    store.put_users([("u1", {"age": 1})])  # at 1_000
+    clock.now = 3_000
+    store.append_events([Event("u1", "a", 100), Event("u2", "a", 100)])  # u2 known through events only
+    assert [u.updated_at for u in store.get_users(["u1", "u2"], 0)] == [3_000, 3_000]
+    clock.now = 4_000
+    assert store.put_users([("u1", {"age": 2}), ("u2", {"age": 3})], older_than=2_000) == 2
+    assert [u.features for u in store.get_users(["u1", "u2"], 0)] == [{"age": 2}, {"age": 3}]
+    # Forgotten and back through events: the old row's time is gone with it.
+    store.forget_user("u1")
+    store.append_events([Event("u1", "b", 200)])
+    assert store.put_users([("u1", {"age": 5})], older_than=2_000) == 1
+
+
 def test_non_json_features_are_refused_and_nothing_is_written(store: Store) -> None:
     with pytest.raises((TypeError, ValueError)):
         store.put_users([("u1", {"age": 1}), ("u2", {"age": float("nan")})])
@@ -185,6 +229,9 @@ def test_closed_store_is_unavailable(store: Store) -> None:
         lambda: store.forget_user("u1"),
         lambda: store.forgotten_users(),
         lambda: store.get_meta("k"),
+        store.count_users,
+        store.count_items,
+        store.clear,
         store.ping,
     ):
         with pytest.raises(StoreUnavailable):
@@ -230,6 +277,30 @@ def test_forget_user_deletes_everything_and_keeps_a_tombstone(store: Store, cloc
     assert "u1" in store.forgotten_users()  # the tombstone stays for the next export
 
 
+def test_clear_deletes_everything(store: Store, clock: Clock) -> None:
+    assert (store.count_users(), store.count_items()) == (0, 0)
+    store.put_users([("u1", {"age": 30}), ("gone", {})])
+    store.put_items([("i1", {"title": "A"}), ("i2", {})])
+    store.append_events([Event("u1", "a", 100, "e1"), Event("u2", "b", 200, "e2")])  # u2: events only
+    store.forget_user("gone")
+    store.set_meta("k", "v")
+    assert (store.count_users(), store.count_items()) == (2, 2)
+    store.append_events([Event(f"many{n}", "a", n, f"m{n}") for n in range(2_100)])  # Redis clears in chunks
+    assert store.count_users() == 2_102
+    store.clear()
+    assert (store.count_users(), store.count_items()) == (0, 0)
+    assert store.get_users(["u1", "u2", "gone"], 10) == [None, None, None]
+    assert store.get_items(["i1", "i2"]) == [None, None]
+    assert store.forgotten_users() == {} and store.get_meta("k") is None
+    # Event ids and keys are free again; an older_than put finds no row to keep.
+    assert store.append_events([Event("u1", "a", 100, "e1"), Event("u3", "c", 1, "e2")]) == (2, 0)
+    assert histories(store, ["u1", "u3"]) == [[("a", 100)], [("c", 1)]]
+    assert store.put_items([("i1", {"title": "B"})], older_than=0) == 1
+    store.clear()
+    store.clear()  # idempotent on an empty store
+    assert (store.count_users(), store.count_items()) == (0, 0)
+
+
 def test_url_options(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if backend == "redis":
         url = f"{request.getfixturevalue('redis_url')}?prefix={request.getfixturevalue('redis_prefix')}&"
@@ -259,6 +330,7 @@ def test_durable_across_reopen(backend: str, open_backend: Factory) -> None:
         assert s.get_items(["i1"])[0].features == {"title": "A"}
         assert s.get_meta("k") == "v"
         assert s.append_events([Event("u9", "z", 1, "e1"), Event("u1", "b", 50)]) == (0, 2)  # still dups
+        assert s.put_users([("u1", {"age": 9})], older_than=500) == 0  # the feature-write time survives too
     finally:
         s.close()
 
@@ -341,3 +413,60 @@ def test_sqlite_opens_a_version_1_file(tmp_path: Path) -> None:
         assert histories(s, ["u1"]) == [[("a", 10), ("b", 20)]]
         assert s.append_events([Event("u1", "a", 10), Event("u2", "x", 1, "e1")]) == (0, 2)
         assert s.forget_user("u1") and s.forgotten_users().keys() == {"u1"}
+
+
+def test_sqlite_version_2_rows_keep_their_updated_at_as_feature_time(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "v2.db"
+    SqliteStore(path).close()
+    with sqlite3.connect(path) as conn:  # the version 2 layout: no feature-write time
+        conn.executescript(
+            "DROP TABLE users;"
+            "CREATE TABLE users (user_id TEXT PRIMARY KEY, features TEXT NOT NULL, updated_at INTEGER NOT NULL) WITHOUT ROWID;"
+            "INSERT INTO users VALUES ('u1', '{}', 5), ('u2', '{}', 5); PRAGMA user_version=2;"
+        )
+    conn.close()
+    with SqliteStore(path) as s:
+        # Unknown whether updated_at came from features or events: keep the row as if features.
+        assert s.put_users([("u1", {"age": 1})], older_than=5) == 0
+        assert s.put_users([("u2", {"age": 1})], older_than=6) == 1
+
+
+def test_redis_rows_without_a_feature_time_use_updated_at(redis_url: str, redis_prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.hset(redis_prefix + "users", mapping={"u1": "5 {}", "u2": "5 {}"})  # as an older release wrote them
+        with open_store(f"{redis_url}?prefix={redis_prefix}") as s:
+            assert s.put_users([("u1", {"age": 1})], older_than=5) == 0
+            assert s.put_users([("u2", {"age": 1})], older_than=6) == 1
+    finally:
+        client.close()
+
+
+def test_redis_clear_leaves_other_prefixes_alone(redis_url: str, redis_prefix: str) -> None:
+    import redis
+
+    # A prefix that extends another one must survive the shorter one's clear, and vice versa.
+    with (
+        open_store(f"{redis_url}?prefix={redis_prefix}") as outer,
+        open_store(f"{redis_url}?prefix={redis_prefix}x:") as inner,
+    ):
+        for s in (outer, inner):
+            s.put_users([("u1", {"age": 1})])
+            s.put_items([("i1", {})])
+            s.append_events([Event("u1", "a", 1, "e1"), Event("x:u1", "a", 1, "e2")])
+            s.forget_user("gone")
+            s.set_meta("k", "v")
+        outer.clear()
+        assert inner.count_users() == 2 and inner.get_users(["u1"], 10)[0].history == ["a"]
+        client = redis.Redis.from_url(redis_url)
+        try:
+            left = {k.decode() for k in client.scan_iter(match=redis_prefix + "*", count=1000)}
+        finally:
+            client.close()
+        assert left and all(k.startswith(redis_prefix + "x:") for k in left)
+        inner.clear()
+        assert outer.count_users() == 0 and inner.count_users() == 0

@@ -13,26 +13,6 @@ from recsys.artifact import read_manifest
 from recsys.v1 import features_pb2, features_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 
-@pytest.fixture(scope="module")
-def ranker_artifact(ring_data, tmp_path_factory):
-    from trainer.export.ranker import train_and_export_ranker
-    from trainer.families.ranker import RankConfig
-
-    out = tmp_path_factory.mktemp("ranker") / "deepfm"
-    # history_len equal to the SASRec fixture's max_len: same tables, same schema, one feature service
-    cfg = RankConfig(model="deepfm", label="implicit", negatives=2, history_len=10, epochs=3, batch_size=128, seed=0)
-    train_and_export_ranker(
-        cfg,
-        ring_data["train"],
-        out,
-        users=ring_data["users"],
-        items=ring_data["items"],
-        progress=False,
-        log=lambda *_: None,
-    )
-    return out
-
-
 @pytest.fixture
 def stack(request, ranker_artifact, trained_artifact):
     two_stage = request.param

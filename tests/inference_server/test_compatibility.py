@@ -1,11 +1,11 @@
-"""The inference server refuses features served under another schema than its model's:
-health NOT_SERVING and FAILED_PRECONDITION with a message saying what to do; SERVING once the
-feature service answers with the right schema."""
+"""The inference server checks what its model reads against the feature contract the feature
+service serves: a store that lacks a feature the model reads is NOT_SERVING and
+FAILED_PRECONDITION with a message saying what to do; a store that holds more (another model's
+vocabulary, extra features) serves it; SERVING follows the feature service."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +18,7 @@ from feature_service.server import create_feature_server
 from inference_server.server import create_inference_server
 from recsys.artifact import MANIFEST, read_manifest
 from recsys.errors import FailedPrecondition
+from recsys.schema import FeatureContract, FeatureKind
 from recsys.v1 import inference_pb2, inference_pb2_grpc
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -30,6 +31,17 @@ def other_schema_artifact(trained_artifact: Path, tmp_path: Path) -> Path:
     manifest = read_manifest(copy)
     schema = dataclasses.replace(manifest.schema, extra={"vocabulary_version": 2})
     (copy / MANIFEST).write_text(dataclasses.replace(manifest, schema=schema).to_json())
+    return copy
+
+
+def without_user_features(trained_artifact: Path, tmp_path: Path) -> Path:
+    """The artifact with no user features at all: a store loaded from it serves none."""
+    copy = tmp_path / "no-users"
+    shutil.copytree(trained_artifact, copy)
+    manifest = read_manifest(copy)
+    schema = dataclasses.replace(manifest.schema, user_features=())
+    (copy / MANIFEST).write_text(dataclasses.replace(manifest, schema=schema).to_json())
+    (copy / "users.jsonl").write_text("")
     return copy
 
 
@@ -46,10 +58,12 @@ def wait_health(port: int, status: int, timeout_s: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def test_schema_mismatch_is_not_serving_and_failed_precondition(trained_artifact: Path, tmp_path: Path) -> None:
-    other = other_schema_artifact(trained_artifact, tmp_path)
-    fserver, fport, _, fcore = create_feature_server(other, "memory://", host="127.0.0.1")
-    iserver, iport, _, recommender = create_inference_server(trained_artifact, f"127.0.0.1:{fport}", host="127.0.0.1")
+def test_a_store_without_a_read_feature_is_not_serving_and_failed_precondition(
+    ranker_artifact: Path, trained_artifact: Path, tmp_path: Path
+) -> None:
+    store_side = without_user_features(trained_artifact, tmp_path)
+    fserver, fport, _, fcore = create_feature_server(store_side, "memory://", host="127.0.0.1")
+    iserver, iport, _, recommender = create_inference_server(ranker_artifact, f"127.0.0.1:{fport}", host="127.0.0.1")
     try:
         assert health_of(iport) == NOT_SERVING
         with grpc.insecure_channel(f"127.0.0.1:{iport}") as channel, pytest.raises(grpc.RpcError) as info:
@@ -58,8 +72,26 @@ def test_schema_mismatch_is_not_serving_and_failed_precondition(trained_artifact
             )
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         details = info.value.details()
-        assert "feature schema mismatch" in details and fcore.schema_hash in details
-        assert read_manifest(trained_artifact).schema_hash in details and "recsys features load" in details
+        assert "cannot feed this model: user feature 'age' (numeric) is not served" in details
+        assert "recsys features load" in details
+    finally:
+        iserver.stop(None)
+        fserver.stop(None)
+        recommender.features.close()
+        fcore.close()
+
+
+def test_a_store_loaded_by_another_version_serves_this_one(trained_artifact: Path, tmp_path: Path) -> None:
+    other = other_schema_artifact(trained_artifact, tmp_path)
+    fserver, fport, _, fcore = create_feature_server(other, "memory://", host="127.0.0.1")
+    iserver, iport, _, recommender = create_inference_server(trained_artifact, f"127.0.0.1:{fport}", host="127.0.0.1")
+    try:
+        assert health_of(iport) == SERVING
+        with grpc.insecure_channel(f"127.0.0.1:{iport}") as channel:
+            reply = inference_pb2_grpc.InferenceServiceStub(channel).Recommend(
+                inference_pb2.RecommendRequest(user_id="u000", k=5), timeout=5
+            )
+        assert reply.source == inference_pb2.SOURCE_MODEL and len(reply.items) == 5
     finally:
         iserver.stop(None)
         fserver.stop(None)
@@ -69,8 +101,6 @@ def test_schema_mismatch_is_not_serving_and_failed_precondition(trained_artifact
 
 def test_serving_follows_the_feature_service(trained_artifact: Path, tmp_path: Path) -> None:
     """Without degradation; with it, test_degradation.py checks the dependency's own entry."""
-    manifest = json.loads((trained_artifact / MANIFEST).read_text())
-    assert manifest["schema_hash"]
     # The feature service is not up yet: NOT_SERVING; it comes up on that port: SERVING.
     fserver, fport, _, fcore = create_feature_server(trained_artifact, "memory://", host="127.0.0.1")
     fserver.stop(None).wait()
@@ -95,7 +125,7 @@ def test_feature_client_reads_users_and_items(trained_artifact: Path, monkeypatc
     from inference_server.feature_client import FeatureClient
 
     fserver, fport, _, fcore = create_feature_server(trained_artifact, "memory://", host="127.0.0.1")
-    client = FeatureClient(f"127.0.0.1:{fport}", expected_schema_hash=fcore.schema_hash)
+    client = FeatureClient(f"127.0.0.1:{fport}")
     try:
         user = client.get_user("u000", 5)
         assert user.found and len(user.history) == 5 and set(user.features) == {"age", "gender"}
@@ -103,9 +133,9 @@ def test_feature_client_reads_users_and_items(trained_artifact: Path, monkeypatc
         monkeypatch.setattr(feature_client, "ITEM_BATCH", 3)  # several calls
         items = client.get_items(["m00", "nope", "m01", "m02", "m03"])
         assert list(items) == ["m00", "m01", "m02", "m03"] and items["m01"]["title"] == "Movie 1"
-        client.expected_schema_hash = "0" * 16
-        with pytest.raises(FailedPrecondition, match="feature schema mismatch"):
-            client.get_items(["m00"])
+        assert client.contract_of(fcore.contract_hash) == fcore.contract
+        with pytest.raises(FailedPrecondition, match="user feature 'zip' .* is not served"):
+            client.check_compatible(FeatureContract(user={"zip": FeatureKind.CATEGORICAL}))
     finally:
         client.close()
         fserver.stop(None)
