@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(strip $(ORT))
 LOCK := requirements/$(strip $(ORT)).lock
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto test fuzz certs demo clean
+.PHONY: help setup proto test fuzz certs demo retrain-demo clean
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ certs: ## Local CA, server and client certificates and a token in certs/ (openss
 demo: $(STAMP) ## Get ML-100K, train SASRec, serve it, print recommendations
 	$(PY) scripts/demo.py --data $(DATA) --out $(DEMO_DIR)
 
+retrain-demo: $(STAMP) ## Retrain twice on growing ML-100K (new items, users, a feature column): load, publish, canary, promote under load
+	$(PY) scripts/retrain_demo.py --data $(DATA) --out runs/retrain-demo
+
 # --- Containers (docker/): images built from wheelhouses prepared here, so `docker build` needs
 # no PyPI access; OFFLINE=1 builds the bases locally too (debootstrap), for machines without a registry.
 BASE_IMAGE ?= python:3.11-slim
@@ -117,6 +120,7 @@ docker-base: ## OFFLINE=1 bases: Debian bookworm + Python 3.11 by debootstrap, a
 docker: docker-wheels $(if $(filter 1,$(OFFLINE)),docker-base) ## Build the images (OFFLINE=1: no registry needed); print their sizes
 	docker build -f docker/feature-service.Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) -t recsys/feature-service:$(TAG) $(WHEELS)/serve
 	docker build -f docker/inference-server.Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) -t recsys/inference-server:$(TAG) $(WHEELS)/serve
+	install -m 0755 docker/retrain.sh $(WHEELS)/train/retrain.sh  # the recipe goes into the trainer image
 	docker build -f docker/trainer.Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) -t recsys/trainer:$(TAG) $(WHEELS)/train
 	docker build -f docker/inference-server-cuda.Dockerfile --build-arg BASE_IMAGE=$(CUDA_BASE_IMAGE) \
 		-t recsys/inference-server-cuda:$(TAG) $(WHEELS)/gpu

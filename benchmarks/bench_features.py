@@ -324,7 +324,7 @@ def bench_in_process(artifact: Path, db: Path, requests: dict[str, list], warmup
     from recsys.artifact import read_manifest
 
     with SqliteStore(db) as store:
-        core = FeatureServiceCore(store, read_manifest(artifact).schema)
+        core = FeatureServiceCore(store, read_manifest(artifact).schema.contract())
         return {
             "users_1": timed(lambda ids: core.get_user_features(ids), requests["users_1"], warmup),
             "items_100": timed(core.get_item_features, requests["items_100"], warmup),

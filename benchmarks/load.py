@@ -239,7 +239,6 @@ class ArtifactFeatures:
     def __init__(self, artifact: str | Path, user_ids: list[str]):
         wanted = set(user_ids)
         self.target = f"artifact:{artifact}"
-        self.expected_schema_hash = None
         self.histories = {
             r["user_id"]: r["item_ids"] for r in read_jsonl(Path(artifact) / HISTORIES) if r["user_id"] in wanted
         }
@@ -265,7 +264,11 @@ class ArtifactFeatures:
             self._items = {r["item_id"]: r.get("features", {}) for r in read_jsonl(path)} if path.is_file() else {}
         return {i: self._items[i] for i in item_ids if i in self._items}
 
-    def check_schema(self) -> None:
+    def contract_of(self, contract_hash: str):
+        """The artifact's own raw features: what a store loaded from it would serve."""
+        return read_manifest(self._artifact).schema.contract()
+
+    def check_compatible(self, needs) -> None:
         pass
 
     def close(self) -> None:

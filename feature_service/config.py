@@ -39,11 +39,13 @@ class FeatureServiceConfig:
     host: str = "[::]"  # every interface, IPv6 and (on dual-stack hosts) IPv4; 127.0.0.1: this machine only
     port: int = DEFAULT_PORT  # 0: any free port (tests)
     security: ServerSecurity | None = None  # TLS / mutual TLS and accepted tokens; None: plaintext, no auth
-    max_workers: int = 8  # threads serving calls at once
+    max_workers: int = 8  # threads serving unary calls at once
+    max_streams: int | None = None  # streaming calls (reflection, health Watch) at once; None: max_workers // 4
+    reflection: bool | None = None  # server reflection; None: only on loopback or behind tokens
     max_concurrent_rpcs: int | None = 512  # calls in flight beyond which new ones get RESOURCE_EXHAUSTED
     health_interval_s: float = 1.0  # seconds between pings of the store (health follows them)
 
     # Operations.
     metrics_port: int | None = None  # serve Prometheus text over HTTP on this port; None: off
-    metrics_host: str = "0.0.0.0"  # interface of the metrics endpoint
+    metrics_host: str | None = None  # interface of the metrics endpoint; None: `host`
     access_log: bool = False  # one log line per call: method, status, ms, request id

@@ -72,12 +72,14 @@ def start_server(config: FeatureServiceConfig) -> tuple[grpc.Server, int, health
             host=c.host,
             port=c.port,
             max_workers=c.max_workers,
+            max_streams=c.max_streams,
+            reflection=c.reflection,
             security=c.security,
             max_concurrent_rpcs=c.max_concurrent_rpcs,
             interceptors=[metrics.interceptor(access_log=c.access_log)],
         )
         core.metrics = metrics
-        core.metrics_port = metrics.serve_http(c.metrics_port, c.metrics_host) if c.metrics_port is not None else None
+        core.metrics_port = metrics.serve_http(c.metrics_port, c.metrics_host or c.host) if c.metrics_port is not None else None
     except BaseException:
         if server is not None:
             server.stop(None)

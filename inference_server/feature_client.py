@@ -1,8 +1,8 @@
 """Client of the feature service, as the inference server sees it.
 
 Every answer names the hash of the raw feature contract the feature service serves under; the
-client keeps that contract (asking `GetSchema` again when an answer names a new hash), and each
-model checks against it that every raw feature it reads is served with the kind it reads
+client keeps the last contract it asked for (`contract_of` asks `GetSchema` again for a hash it
+does not know), and each model checks against it that every raw feature it reads is served with the kind it reads
 (`check_compatible`, `SchemaMismatch`): the store may grow (new items, users, features) under
 a running model, never lose what it reads. With
 `security` the channel uses TLS (mutual TLS with a client certificate) and sends a bearer token
@@ -31,7 +31,6 @@ seconds, code)`, when set, hears about every call (the server's metrics).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -42,7 +41,7 @@ from typing import Any
 import grpc
 
 from inference_server.combine import Combiner
-from recsys.errors import FailedPrecondition, InvalidArgument, Unavailable
+from recsys.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from recsys.feature_values import from_proto_map
 from recsys.logs import REQUEST_ID, REQUEST_ID_HEADER
 from recsys.schema import FeatureContract
@@ -78,8 +77,8 @@ USER_ROW_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-class _TooLarge(Exception):
-    """The answer exceeded the channel's receive limit."""
+class _TooLarge(ResourceExhausted):
+    """The answer exceeded the channel's receive limit (asked again in smaller parts)."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +198,6 @@ class FeatureClient:
         request = features_pb2.GetUserFeaturesRequest(user_ids=[a.user_id for a in asks], max_history=max_history)
         wait_s = max(0.001, max(a.deadline for a in asks) - time.monotonic())
         response = self._call(self.stub.GetUserFeatures, request, wait_s)
-        self._saw_contract(response.schema_hash)
         if len(response.users) != len(asks):
             raise Unavailable(f"feature service at {self.target} answered {len(response.users)} users for {len(asks)}")
         return [
@@ -233,7 +231,6 @@ class FeatureClient:
             start += len(chunk)
             if response is None:
                 continue
-            self._saw_contract(response.schema_hash)
             per_item = response.ByteSize() / len(chunk)
             self._item_bytes = per_item if not self._item_bytes else max(per_item, 0.8 * self._item_bytes)
             found.update((i.item_id, from_proto_map(i.features)) for i in response.items if i.found)
@@ -260,12 +257,6 @@ class FeatureClient:
         problems = self.contract().problems(needs)
         if problems:
             raise SchemaMismatch(self.target, problems)
-
-    def _saw_contract(self, contract_hash: str) -> None:
-        known = self._contract
-        if known is None or known.hash != contract_hash:
-            with contextlib.suppress(Unavailable):  # the answer stands; the next one asks again
-                self.contract()
 
     def _oversize(self, what: str, n: int) -> None:
         log.warning(

@@ -6,11 +6,18 @@ feature order per input; `recsys.encoding.FeatureEncoder` turns plain values int
 same way the trainer did. Item rows are encoded once into arrays indexed by item token and
 refreshed from the feature service; user rows are encoded per request. A next_item model
 whose inputs come only from USER_SOURCES (a two-tower user tower) gets one row per user.
+
+Numeric values too far from the training mean to be measurements (`FeatureSpec.encode_numeric`)
+encode as missing, so every float32 input is finite; `out_of_range` counts them, by feature,
+and the first one of each feature is logged.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -19,9 +26,11 @@ import numpy as np
 from recsys.artifact import Manifest
 from recsys.encoding import FeatureEncoder
 from recsys.errors import FailedPrecondition
-from recsys.schema import FIRST_TOKEN, OOV, PAD
+from recsys.schema import FIRST_TOKEN, OOV, PAD, FeatureSpec
 
 __all__ = ["FEATURE_SOURCES", "USER_SOURCES", "FeatureInputs"]
+
+log = logging.getLogger(__name__)
 
 FEATURE_SOURCES = {
     "user.cat": "user_cat",
@@ -65,6 +74,26 @@ class FeatureInputs:
         self.item_num = np.zeros((n, len(enc.item_num)), dtype=np.float32)
         self.item_multi = np.full((n, len(enc.item_multi), enc.multi_len), PAD, dtype=np.int64)
         self._lock = threading.Lock()
+        self.out_of_range: Counter[str] = Counter()  # "user.age" -> values encoded as missing
+
+    def _count_out_of_range(self, side: str, specs: tuple[FeatureSpec, ...], features: dict[str, Any]) -> None:
+        for spec in specs:
+            value = features.get(spec.name)
+            if (
+                isinstance(value, (int, float))
+                and math.isfinite(value)
+                and value != spec.mean
+                and spec.encode_numeric(value) == 0.0
+            ):
+                key = f"{side}.{spec.name}"
+                if not self.out_of_range[key]:
+                    log.warning(
+                        "%s feature %r: %.3g is too far from its mean to encode; read as missing",
+                        side,
+                        spec.name,
+                        value,
+                    )
+                self.out_of_range[key] += 1
 
     @property
     def needs_item_features(self) -> bool:
@@ -85,7 +114,9 @@ class FeatureInputs:
                     continue
                 row = start + offset + FIRST_TOKEN
                 c, v, m = enc.encode_item(features)
-                cat[row], num[row], multi[row] = c, v, m
+                self._count_out_of_range("item", enc.item_num, features)
+                # reshape: with no multi-valued feature, m is [] and the row is (0, M)
+                cat[row], num[row], multi[row] = c, v, np.asarray(m, dtype=np.int64).reshape(multi.shape[1:])
                 found += 1
         with self._lock:  # swap whole arrays: a request sees the old rows or the new ones
             self.item_cat, self.item_num, self.item_multi = cat, num, multi
@@ -110,6 +141,7 @@ class FeatureInputs:
             item_cat, item_num, item_multi = self.item_cat, self.item_num, self.item_multi
         out: dict[str, np.ndarray] = {}
         user_cat, user_num = enc.encode_user(user_features)
+        self._count_out_of_range("user", enc.user_num, user_features)
 
         def rows(source: str) -> int:
             return 1 if source in self.shared_user_rows and not row_per_candidate else b

@@ -187,6 +187,8 @@ class Recommender:
             scores, source = self.popularity.copy(), SOURCE_POPULARITY
         elif self.inputs is None and self.ann is not None:
             cols, top_scores = self.ann.top_k(self._window(user), k, seen if exclude_seen else None)
+            if not np.isfinite(top_scores).all():
+                return self._popular(self._failed_run(), SOURCE_FALLBACK, seen if exclude_seen else (), k)
             why = self._explain(user, np.asarray(cols, dtype=np.int64)[:MAX_EXPLAINED]) if explain else None
             return Recommendation(
                 [self.index.item_ids[i] for i in cols],
@@ -223,6 +225,19 @@ class Recommender:
             source=source,
             because_items=why.because_items if why else None,
             because_features=why.because_features if why else None,
+        )
+
+    def _popular(self, scores: np.ndarray, source: str, seen, k: int) -> Recommendation:
+        """The top `k` of `scores` (popularity), `seen` columns left out."""
+        if len(seen):
+            scores[seen] = -np.inf
+        k = min(k, int(np.isfinite(scores).sum()))
+        top = np.argsort(-scores, kind="stable")[:k]
+        return Recommendation(
+            [self.index.item_ids[i] for i in top],
+            [float(scores[i]) for i in top],
+            [self.index.titles[i] for i in top],
+            source,
         )
 
     def _explain(self, user: UserView, cols: np.ndarray) -> Explanation:

@@ -227,14 +227,42 @@ class ChecksumError(FailedPrecondition):
     """Bytes (an artifact's file, a download) differ from the sha256 recorded for them."""
 
 
+# Files every artifact has and every server reads: the manifest must list them.
+REQUIRED_FILES = (MODEL, ITEM_INDEX)
+
+
 def verify_files(artifact_dir: str | Path, manifest: Manifest) -> None:
-    """Checks every file the manifest lists against its sha256."""
+    """Checks that the manifest lists every file of the directory (but itself), model.onnx and
+    item_index.json included, each a plain name inside it, and that each matches its sha256:
+    a server reads only bytes the manifest vouches for. `FailedPrecondition` (`ChecksumError`
+    for changed bytes) on the first problem, in one line."""
+    root = Path(artifact_dir)
+    for name in REQUIRED_FILES:
+        if name not in manifest.files:
+            raise FailedPrecondition(f"artifact {artifact_dir}: {name} is not listed in its manifest")
+    for name in manifest.files:
+        if not _inside(name):
+            raise FailedPrecondition(
+                f"artifact {artifact_dir}: manifest entry {name[:60]!r} is not a file name inside the artifact"
+            )
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        if path.is_file() and name != MANIFEST and name not in manifest.files:
+            raise FailedPrecondition(
+                f"artifact {artifact_dir}: {name} is not listed in its manifest (no checksum vouches for it)"
+            )
     for name, digest in manifest.files.items():
-        path = Path(artifact_dir) / name
+        path = root / name
         if not path.is_file():
             raise FailedPrecondition(f"artifact {artifact_dir}: {name} is missing")
         if file_sha256(path) != digest:
             raise ChecksumError(f"artifact {artifact_dir}: {name} does not match its checksum")
+
+
+def _inside(name: str) -> bool:
+    """A relative path that stays inside the directory: no root, no drive, no '..', no '.'."""
+    parts = name.split("/")
+    return bool(name) and "\\" not in name and ":" not in name and all(p not in ("", ".", "..") for p in parts)
 
 
 def write_jsonl(path: str | Path, rows: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> int:

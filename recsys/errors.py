@@ -7,7 +7,8 @@
     │   ├── ChecksumError                           bytes differ from their recorded sha256 (recsys.artifact)
     │   └── SchemaMismatch                          the feature service serves another schema (inference_server)
     ├── Unavailable             UNAVAILABLE         a dependency (store, feature service) is down
-    │   └── StoreUnavailable                        the feature store cannot serve a call (feature_service.stores)
+    │   ├── StoreUnavailable                        the feature store cannot serve a call (feature_service.stores)
+    │   └── NonFiniteScores                         a model run gave NaN or ±inf (recsys.onnx_session.check_finite)
     ├── ResourceExhausted       RESOURCE_EXHAUSTED  too much load or too large a request
     ├── RecommendError          (as received)       a Recommend call failed (recsys.client)
     └── ExportError             INTERNAL            training could not write an artifact (trainer.export.onnx)
@@ -36,6 +37,7 @@ __all__ = [
     "ErrorMappingInterceptor",
     "FailedPrecondition",
     "InvalidArgument",
+    "NonFiniteScores",
     "NotFound",
     "RecsysError",
     "ResourceExhausted",
@@ -65,6 +67,10 @@ class FailedPrecondition(RecsysError):
 
 class Unavailable(RecsysError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class NonFiniteScores(Unavailable):
+    """A model run gave NaN or ±inf: the run failed, as if the model were down for this call."""
 
 
 class ResourceExhausted(RecsysError):

@@ -3,12 +3,20 @@
 `create_server` returns `(server, port, health)` so tests can bind port 0; `run_until_signal`
 is what `main()` calls: it serves until SIGTERM/SIGINT, then drains in-flight requests for a
 grace period. Every server carries the standard health service (NOT_SERVING until the caller
-says otherwise), server reflection, and the error-mapping interceptor; `security` adds TLS or
-mutual TLS and token authentication (`recsys.security`), whose interceptor runs first.
+says otherwise), the error-mapping interceptor and a budget for streaming calls; server
+reflection where the port is loopback or needs a token (or when asked for); `security` adds TLS
+or mutual TLS and token authentication (`recsys.security`), whose interceptor runs first.
+
+A sync grpcio server runs every call, streams included, on one of its worker threads for as
+long as the call lasts, so idle long-lived streams (reflection, health Watch) could hold every
+worker and starve the unary calls. `StreamBudget` lets at most `max_streams` streaming calls run
+at once (more get RESOURCE_EXHAUSTED), and the pool has `max_workers + max_streams` threads:
+unary calls always keep `max_workers` of them.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import threading
@@ -18,12 +26,20 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as grpc_reflection
 
 from recsys.errors import ErrorMappingInterceptor, RecsysError
 from recsys.security import ServerSecurity
 
-__all__ = ["HealthWatch", "ServiceBinding", "create_server", "run_until_signal", "set_serving"]
+__all__ = [
+    "HealthWatch",
+    "ServiceBinding",
+    "StreamBudget",
+    "create_server",
+    "is_loopback",
+    "run_until_signal",
+    "set_serving",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +65,8 @@ def create_server(
     max_concurrent_rpcs: int | None = None,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    max_streams: int | None = None,
+    reflection: bool | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Builds and starts a server; returns it, the bound port and its health servicer.
 
@@ -58,13 +76,22 @@ def create_server(
     Load shedding: with `max_concurrent_rpcs`, a call arriving while that many are in flight
     (running or queued for a worker) is refused at once with RESOURCE_EXHAUSTED instead of
     queueing without bound. `interceptors` (e.g. metrics) run outermost, before authentication.
+    Streaming calls (reflection, health Watch): at most `max_streams` at once (default
+    max(1, max_workers // 4); 0 refuses them all), on threads of their own. `reflection`:
+    None turns server reflection on only where `host` is loopback or tokens are required.
     """
     security = security or ServerSecurity()
+    max_streams = max(1, max_workers // 4) if max_streams is None else max_streams
+    if max_streams < 0:
+        raise ValueError(f"max_streams must be >= 0, got {max_streams}")
+    if reflection is None:
+        reflection = is_loopback(host) or bool(security.tokens)
     credentials = security.credentials()  # reads the PEM files first: a bad path fails before binding
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
-        # Authentication first, so an unauthenticated call never reaches a servicer.
-        interceptors=[*interceptors, *security.interceptors(), ErrorMappingInterceptor()],
+        futures.ThreadPoolExecutor(max_workers=max_workers + max_streams),
+        # Authentication first, so an unauthenticated call never reaches a servicer nor takes a
+        # stream slot.
+        interceptors=[*interceptors, *security.interceptors(), StreamBudget(max_streams), ErrorMappingInterceptor()],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -77,10 +104,11 @@ def create_server(
     names = [b.full_name for b in bindings]
     for binding in bindings:
         binding.add_to_server(binding.servicer, server)
-    reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-        server,
-    )
+    if reflection:
+        grpc_reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, grpc_reflection.SERVICE_NAME],
+            server,
+        )
     address = f"{host}:{port}"
     bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if bound == 0:
@@ -88,6 +116,72 @@ def create_server(
     set_serving(health_servicer, names, serving=False)
     server.start()
     return server, bound, health_servicer
+
+
+def is_loopback(host: str) -> bool:
+    """True for "localhost" and loopback addresses ("127.0.0.1", "::1", "[::1]")."""
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+class StreamBudget(grpc.ServerInterceptor):
+    """RESOURCE_EXHAUSTED for a streaming call that starts while `limit` streaming calls are
+    being served; unary calls pass untouched. A slot is taken when the call starts on a worker
+    and given back when the call ends, however it ends (completed, cancelled, timed out)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or not (handler.request_streaming or handler.response_streaming):
+            return handler
+        kind = (handler.request_streaming, handler.response_streaming)
+        behavior, make = {
+            (False, True): (handler.unary_stream, grpc.unary_stream_rpc_method_handler),
+            (True, False): (handler.stream_unary, grpc.stream_unary_rpc_method_handler),
+            (True, True): (handler.stream_stream, grpc.stream_stream_rpc_method_handler),
+        }[kind]
+        return make(
+            self._bounded(behavior),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._in_flight >= self.limit:
+                return False
+            self._in_flight += 1
+            return True
+
+    def _give_back(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _bounded(self, behavior):
+        def run(request_or_iterator, context: grpc.ServicerContext):
+            if not self._take():
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{self.limit} streaming calls already in flight on this server; try again later",
+                )
+            if not context.add_callback(self._give_back):  # the call has already ended
+                self._give_back()
+            return behavior(request_or_iterator, context)
+
+        return run
 
 
 def set_serving(health_servicer: health.HealthServicer, names: Sequence[str], *, serving: bool) -> None:

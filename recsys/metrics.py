@@ -81,8 +81,16 @@ class ServiceMetrics:
         return generate_latest(self.registry)
 
     def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
-        """Serves the metrics over HTTP on a daemon thread; returns the bound port (0 = any)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Serves the metrics over HTTP on a daemon thread; returns the bound port (0 = any).
+        `host` is written as for gRPC: "127.0.0.1", "::1" or "[::1]", "[::]" (every interface;
+        like gRPC, 0.0.0.0 where this machine has no IPv6)."""
+        addr = host.strip("[]")
+        try:
+            server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError:
+            if addr != "::":
+                raise
+            server, _thread = start_http_server(port, addr="0.0.0.0", registry=self.registry)
         self._http = server
         return server.server_port
 
@@ -115,6 +123,13 @@ class InferenceMetrics(ServiceMetrics):
         )
         self.degraded = Counter("recsys_degraded_responses", "answers from a fallback", ["rpc", "source"], registry=r)
         self.feature_up = Gauge("recsys_feature_service_up", "1 while the feature service answers", registry=r)
+        self.failures = Counter(
+            "recsys_failures",
+            "work that failed and was answered around: non-finite model scores, item feature refreshes, "
+            "feature answers over the message limit",
+            ["cause"],
+            registry=r,
+        )
 
     def model_changed(self, label: str, version: int | None) -> None:
         self.model_info.clear()
@@ -130,6 +145,9 @@ class InferenceMetrics(ServiceMetrics):
 
     def degraded_answer(self, rpc: str, source: str) -> None:
         self.degraded.labels(rpc, source).inc()
+
+    def failure(self, cause: str, n: int = 1) -> None:
+        self.failures.labels(cause).inc(n)
 
     def watch_batches(self, stats: Callable[[], tuple[int, int] | None]) -> None:
         """Exports `stats()` -> (runs, rows) of the serving model's micro-batcher, or None."""

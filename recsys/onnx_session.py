@@ -11,6 +11,10 @@ cores, and on a small machine that oversubscription collapses under load. Spinni
 default: a spinning ORT pool burns the cores the gRPC threads need between runs. On CUDA the
 inputs and outputs go through I/O binding (one host->device copy in, one device->host copy out,
 no staging by `run`).
+
+A model file ONNX Runtime cannot load is a `FailedPrecondition` naming the artifact and the
+first line of ONNX Runtime's error. `check_finite` turns NaN or ±inf in a model's output into
+`NonFiniteScores`: serving code treats such a run as failed rather than ranking by NaN.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from recsys.artifact import MODEL, Manifest
-from recsys.errors import FailedPrecondition
+from recsys.errors import FailedPrecondition, NonFiniteScores
 
-__all__ = ["DEVICES", "GRAPH_OPT_LEVELS", "ModelSession", "SessionTuning", "threads_for"]
+__all__ = ["DEVICES", "GRAPH_OPT_LEVELS", "ModelSession", "SessionTuning", "check_finite", "threads_for"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,13 @@ GRAPH_OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+# What ONNX Runtime raises for a file that is not a model it can read (bytes that do not parse,
+# a graph that does not check, an opset or IR version it does not know), and its other errors.
+_NOT_A_MODEL_ERRORS = ("InvalidProtobuf", "InvalidGraph", "Fail", "NotImplemented", "InvalidArgument", "NoModel")
+_NOT_A_MODEL = tuple(getattr(_ort_state, n) for n in _NOT_A_MODEL_ERRORS if hasattr(_ort_state, n))
+_ORT_ERRORS = tuple(
+    v for v in vars(_ort_state).values() if isinstance(v, type) and issubclass(v, Exception) and v is not Exception
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,33 @@ def threads_for(concurrent_runs: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, concurrent_runs))
 
 
+def check_finite(values: np.ndarray, what: str) -> np.ndarray:
+    """`values` unchanged when every one is finite (integer outputs, e.g. top-k indices, always
+    are); else `NonFiniteScores` saying how many are not. Two reductions, no mask: NaN
+    propagates through min and max, ±inf shows in them."""
+    if values.dtype.kind not in "fc" or values.size == 0:
+        return values
+    if np.isfinite(values.min()) and np.isfinite(values.max()):
+        return values
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    raise NonFiniteScores(f"{what} gave {bad} non-finite value(s) (NaN or inf) of {values.size}")
+
+
+def _open(path: Path, what: str, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except _NOT_A_MODEL as exc:
+        raise FailedPrecondition(f"{what} is not a valid ONNX model: {_first_line(exc)}") from None
+    except _ORT_ERRORS as exc:  # the rest (e.g. a provider that fails to start)
+        raise FailedPrecondition(f"{what}: ONNX Runtime cannot open it: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else f"{text[:300]}…"
+
+
 class ModelSession:
     """Runs the artifact's model: `scores(item_seq) -> (batch, num_items)` float32.
 
@@ -116,7 +155,7 @@ class ModelSession:
         path = Path(artifact_dir) / model_file
         if not path.is_file():
             raise FailedPrecondition(f"artifact {artifact_dir} has no {model_file}")
-        self.session = ort.InferenceSession(str(path), tuning.options(), providers=providers)
+        self.session = _open(path, f"artifact {artifact_dir}: {model_file}", tuning.options(), providers)
         got = self.session.get_providers()[0]
         if got != wanted:
             raise FailedPrecondition(

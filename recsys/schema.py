@@ -84,11 +84,14 @@ class FeatureSpec:
     def encode_categories(self, values: list[str] | None) -> list[int]:
         return [self.encode_category(v) for v in (values or [])]
 
-    def encode_numeric(self, value: float | None) -> float:
-        """(value - mean) / std; missing or non-finite values encode as 0 (the mean)."""
+    def encode_numeric(self, value: float | None, limit: float = 1e6) -> float:
+        """(value - mean) / std; missing or non-finite values encode as 0 (the mean), and so do
+        values more than `limit` standard deviations from the mean: a unit or data error, not a
+        measurement, and one that would overflow float32 inside the model (NaN scores)."""
         if value is None or not math.isfinite(value):
             return 0.0
-        return (float(value) - self.mean) / (self.std or 1.0)
+        z = (float(value) - self.mean) / (self.std or 1.0)
+        return z if abs(z) <= limit else 0.0  # abs(inf) and abs(nan) fail the test too
 
     def _lookup(self) -> dict[str, int]:
         cached = self.__dict__.get("_lookup_cache")

@@ -12,7 +12,6 @@ import click
 # them equal.
 DEFAULT_FEATURES_PORT = 50051
 DEFAULT_INFERENCE_PORT = 50052
-DEFAULT_STORE = "sqlite://recsys-features.sqlite"
 INFERENCE_SERVER = f"localhost:{DEFAULT_INFERENCE_PORT}"
 
 STORE_HELP = (
@@ -20,8 +19,13 @@ STORE_HELP = (
     "redis://HOST:PORT/DB (shared) or memory:// (lost on exit); ?max_events=N bounds each history."
 )
 HOST_HELP = (
-    "Address to listen on. The default [::] is every interface, IPv6 and (on dual-stack hosts) IPv4; "
-    "127.0.0.1 keeps the server to this machine."
+    "Address to listen on. The default [::] is every interface, IPv6 and (on dual-stack hosts) IPv4 "
+    "(what containers need); 127.0.0.1 keeps the server to this machine. Server reflection is on "
+    "only on a loopback address or with tokens (--auth-token-file)."
+)
+METRICS_HOST_HELP = (
+    "Address of the metrics endpoint (--metrics-port). Default: the same as --host, so a server kept "
+    "to 127.0.0.1 keeps its metrics there too."
 )
 
 FILE = click.Path(exists=True, dir_okay=False)  # an existing file (PEM, key, token, table)
@@ -43,8 +47,8 @@ def server_options(default_port: int):
     """--host/--port, TLS and token flags, operations flags and -v of a `serve` command.
 
     The command receives them as one `server` dict of the fields both server configs share
-    (host, port, security, max_workers, metrics_port, access_log, and max_concurrent_rpcs when
-    given); logging is configured before the command runs.
+    (host, port, security, max_workers, metrics_port, metrics_host, access_log, and
+    max_concurrent_rpcs when given); logging is configured before the command runs.
     """
 
     def decorate(command):
@@ -58,6 +62,7 @@ def server_options(default_port: int):
             tls_client_ca,
             auth_token_file,
             metrics_port,
+            metrics_host,
             json_logs,
             access_log,
             log_user_ids,
@@ -72,6 +77,7 @@ def server_options(default_port: int):
                 "port": port,
                 "max_workers": workers,
                 "metrics_port": metrics_port,
+                "metrics_host": host if metrics_host is None else metrics_host,
                 "access_log": access_log,
                 "security": server_security(tls_cert, tls_key, tls_client_ca, auth_token_file),
             }
@@ -104,6 +110,7 @@ def server_options(default_port: int):
                     type=click.IntRange(min=0, max=65535),
                     help="Serve Prometheus metrics over HTTP on this port (text format, any path).",
                 ),
+                click.option("--metrics-host", help=METRICS_HOST_HELP),
                 click.option(
                     "--json-logs",
                     is_flag=True,
@@ -129,7 +136,8 @@ def server_options(default_port: int):
                     show_default=True,
                     type=click.IntRange(min=1, max=1024),
                     help="Threads serving calls at once (more lets concurrent calls share feature fetches "
-                    "and model runs; each costs memory and GIL hand-offs).",
+                    "and model runs; each costs memory and GIL hand-offs). Streaming calls (health Watch, "
+                    "reflection) get max(1, N/4) threads of their own and are refused beyond them.",
                 ),
                 click.option("-v", "--verbose", is_flag=True),
             ],

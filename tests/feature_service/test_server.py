@@ -400,13 +400,19 @@ def test_serve_features_hands_the_server_one_config(artifact_dir: Path, monkeypa
             max_workers=3,
             access_log=True,
             security=ServerSecurity(),
+            metrics_host="[::]",
         )
     ]
     args = ["serve", "features", "--max-concurrent-rpcs", "7", "--host", "127.0.0.1"]
     result = CliRunner().invoke(main, [*args, "--store", "sqlite://f.db", "--replace"])
     assert result.exit_code == 0, result.output
     assert configs[-1] == FeatureServiceConfig(
-        store_url="sqlite://f.db", load_mode="replace", host="127.0.0.1", max_concurrent_rpcs=7, security=ServerSecurity()
+        store_url="sqlite://f.db",
+        load_mode="replace",
+        host="127.0.0.1",
+        max_concurrent_rpcs=7,
+        security=ServerSecurity(),
+        metrics_host="127.0.0.1",
     )
     # no store and no artifact to put one beside: refused, not a store in the current folder
     result = CliRunner().invoke(main, args)

@@ -187,7 +187,7 @@ def users_server():
 def test_concurrent_user_lookups_share_calls_and_each_gets_its_own_user(users_server):
     servicer, target = users_server
     servicer.delay_s = 0.02
-    client = FeatureClient(target, expected_schema_hash="s")
+    client = FeatureClient(target)
     try:
         out = _run_together(lambda i: client.get_user(f"u{i}", 50), 12)
     finally:
@@ -202,7 +202,7 @@ def test_concurrent_user_lookups_share_calls_and_each_gets_its_own_user(users_se
 def test_one_bad_id_in_a_combined_call_fails_only_its_own_request(users_server):
     servicer, target = users_server
     servicer.delay_s = 0.02
-    client = FeatureClient(target, expected_schema_hash="s")
+    client = FeatureClient(target)
     try:
         out = _run_together(lambda i: client.get_user("bad" if i == 5 else f"u{i}", 50), 10)
     finally:
@@ -214,7 +214,7 @@ def test_one_bad_id_in_a_combined_call_fails_only_its_own_request(users_server):
 def test_a_slow_feature_service_fails_each_request_at_its_own_deadline(users_server):
     servicer, target = users_server
     servicer.delay_s = 0.5
-    client = FeatureClient(target, expected_schema_hash="s")
+    client = FeatureClient(target)
     try:
         started = time.monotonic()
         out = _run_together(lambda i: client.get_user(f"u{i}", 50, timeout_s=0.1), 4)
@@ -226,7 +226,7 @@ def test_a_slow_feature_service_fails_each_request_at_its_own_deadline(users_ser
 
 def test_combining_can_be_turned_off(users_server):
     _, target = users_server
-    client = FeatureClient(target, expected_schema_hash="s", combine_users=False)
+    client = FeatureClient(target, combine_users=False)
     try:
         assert client.users is None and client.get_user("u1", 50).history == ("u1-item",) * 3
         with pytest.raises(InvalidArgument):

@@ -44,7 +44,7 @@ class SlowFeatures(FeatureServicer):
 def slow_features(trained_artifact):
     store = open_store("memory://")
     load_artifact(store, trained_artifact)
-    core = FeatureServiceCore(store, read_manifest(trained_artifact).schema)
+    core = FeatureServiceCore(store, read_manifest(trained_artifact).schema.contract())
     servicer = SlowFeatures(core)
     server, port, health = create_server(
         [ServiceBinding(servicer, features_pb2_grpc.add_FeatureServiceServicer_to_server, FEATURES)], host="127.0.0.1"

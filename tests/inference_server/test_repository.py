@@ -17,17 +17,19 @@ from click.testing import CliRunner
 from feature_service.server import create_feature_server
 from inference_server.model_repository import ModelManager, ModelRepository
 from inference_server.server import start_inference_service
-from recsys.artifact import MANIFEST, MODEL, read_manifest
+from recsys.artifact import MANIFEST, MODEL, file_sha256, read_manifest
 from recsys.cli import main
 from recsys.errors import FailedPrecondition, InvalidArgument, NotFound
 from recsys.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 
-def other_schema(artifact: Path, out: Path) -> Path:
+def not_onnx(artifact: Path, out: Path) -> Path:
+    """The artifact with a model file that is not ONNX, its checksum recorded to match."""
     shutil.copytree(artifact, out)
+    (out / MODEL).write_bytes(b"this is not an onnx model")
     manifest = read_manifest(out)
-    schema = dataclasses.replace(manifest.schema, extra={"vocabulary_version": 2})
-    (out / MANIFEST).write_text(dataclasses.replace(manifest, schema=schema).to_json())
+    files = {**manifest.files, MODEL: file_sha256(out / MODEL)}
+    (out / MANIFEST).write_text(dataclasses.replace(manifest, files=files).to_json())
     return out
 
 
@@ -118,12 +120,12 @@ def test_hot_swap_reject_rollback_through_the_server(trained_artifact, features,
         None, features, repo=repo.root, model="m", watch_interval_s=0.05, host="127.0.0.1"
     )
     served_version = read_manifest(trained_artifact).model_version
+    stop = threading.Event()
     try:
         assert recommend(service.port).model_version == f"m/1:{served_version}"
         # Requests keep flowing during every swap below; none may fail.
         failures: list[BaseException] = []
         seen: set[str] = set()
-        stop = threading.Event()
 
         def load() -> None:
             while not stop.is_set():
@@ -132,7 +134,7 @@ def test_hot_swap_reject_rollback_through_the_server(trained_artifact, features,
                 except BaseException as exc:  # noqa: BLE001 - collected and asserted below
                     failures.append(exc)
 
-        clients = [threading.Thread(target=load) for _ in range(3)]
+        clients = [threading.Thread(target=load, daemon=True) for _ in range(3)]
         for c in clients:
             c.start()
         repo.publish(trained_artifact, "m")
@@ -142,9 +144,9 @@ def test_hot_swap_reject_rollback_through_the_server(trained_artifact, features,
         bad = corrupt(repo, "m", trained_artifact, tmp_path)  # version 3: checksum fails
         wait_for(lambda: bad in service.manager.rejected)
         assert "checksum" in service.manager.rejected[bad]
-        other = repo.publish(other_schema(trained_artifact, tmp_path / "other"), "m")  # version 4: wrong schema
+        other = repo.publish(not_onnx(trained_artifact, tmp_path / "other"), "m")  # version 4: no model
         wait_for(lambda: other in service.manager.rejected)
-        assert "feature schema" in service.manager.rejected[other]
+        assert "onnx" in service.manager.rejected[other].lower()
         time.sleep(0.3)  # a few more watch rounds: rejected versions are not retried
         assert service.manager.current.version == 2
         stop.set()
@@ -186,6 +188,7 @@ def test_hot_swap_reject_rollback_through_the_server(trained_artifact, features,
         result = CliRunner().invoke(main, ["model", "load", "3", *server])
         assert result.exit_code != 0 and "FAILED_PRECONDITION" in result.output
     finally:
+        stop.set()  # the load threads end even when an assertion above failed
         service.stop()
 
 

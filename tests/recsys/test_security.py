@@ -128,7 +128,7 @@ def test_inference_server_over_mutual_tls_with_tokens_end_to_end(trained_artifac
             feature_security=ClientSecurity(tls=client_tls, token="feature-token"),
         )
         try:
-            assert recommender.features.check_schema() is None
+            assert recommender.features.contract().user  # asked over mTLS with a token
             token_file = tmp_path / "token"
             token_file.write_text(f"# the client's token\n{TOKEN}\n")
             base = [
@@ -164,7 +164,7 @@ def test_inference_server_over_mutual_tls_with_tokens_end_to_end(trained_artifac
         )
         try:
             with pytest.raises(Exception, match="refused this server's credentials"):
-                recommender.features.check_schema()
+                recommender.features.contract()
         finally:
             server.stop(None)
             recommender.features.close()
