@@ -1,5 +1,7 @@
-# recsys trainer: PyTorch (CPU wheel) -> ONNX artifact -> model repository. Runs as a one-shot job.
-#   docker build -f docker/trainer.Dockerfile -t recsys/trainer docker/wheels/train
+# recsys trainer: PyTorch (CPU wheel) -> ONNX artifact -> model repository. Runs as a one-shot job;
+# `retrain.sh` (docker/retrain.sh) is the recipe compose and Kubernetes run: train, load the store,
+# publish. Build context: the train wheelhouse with retrain.sh copied in (`make docker` does both):
+#   cp docker/retrain.sh docker/wheels/train/ && docker build -f docker/trainer.Dockerfile -t recsys/trainer docker/wheels/train
 # For CUDA training, build from a CUDA base and a wheelhouse holding a CUDA torch build instead.
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -12,7 +14,9 @@ RUN python3 -m venv /opt/recsys \
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/recsys /opt/recsys
-RUN useradd --system --uid 10001 --create-home --shell /usr/sbin/nologin recsys \
+COPY retrain.sh /usr/local/bin/retrain.sh
+RUN chmod 0755 /usr/local/bin/retrain.sh \
+ && useradd --system --uid 10001 --create-home --shell /usr/sbin/nologin recsys \
  && mkdir -p /models /work && chown recsys /models /work
 USER 10001
 WORKDIR /work
