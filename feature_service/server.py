@@ -79,7 +79,9 @@ def start_server(config: FeatureServiceConfig) -> tuple[grpc.Server, int, health
             interceptors=[metrics.interceptor(access_log=c.access_log)],
         )
         core.metrics = metrics
-        core.metrics_port = metrics.serve_http(c.metrics_port, c.metrics_host or c.host) if c.metrics_port is not None else None
+        core.metrics_port = (
+            metrics.serve_http(c.metrics_port, c.metrics_host or c.host) if c.metrics_port is not None else None
+        )
     except BaseException:
         if server is not None:
             server.stop(None)

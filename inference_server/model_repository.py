@@ -16,8 +16,9 @@ check beside the old one:
 
 1. it loads: checksums of its files, ONNX Runtime session on the server's device, item index
    against the manifest, warm-up run with the output shape the manifest states;
-2. its feature schema hash is the one the feature service serves (when the feature service
-   cannot be asked, only the hash of the version being served is accepted);
+2. the feature service serves every raw feature it reads, with the kind it reads
+   (`Manifest.needs` against the service's `FeatureContract`; when the feature service cannot
+   be asked, only a version needing nothing the served version does not need is accepted);
 3. output sanity on a sample: scores for up to `SAMPLE_USERS` histories from the artifact (or
    for a block of candidates, for feature-based rankers) are finite and not all equal.
 
@@ -30,10 +31,21 @@ the newest version as it appears (`poll`, run every `watch_interval_s` by `start
 current one. Versions already rejected are skipped by `latest` and retried only when asked
 for by number. Without a repository (a plain `--artifact` directory) the manager serves that
 directory and has no versions to swap to.
+
+Rollouts (inference_server/rollout.py): `start_rollout` loads a version through the same checks
+as a *candidate* beside `current`, which a canary fraction of users gets (or which scores in the
+background: shadow); `promote_rollout` makes it `current`, `abort_rollout` drops it. A rollout
+that crosses its limits is rolled back on its own: the version is rejected with the reason (one
+ERROR line), as a version failing a check is. With `auto_rollout`, `poll` rolls a new version
+out instead of swapping to it, and `tick` (every second on the watch thread) promotes it once
+healthy for its time. Changing the served version otherwise (`load_version`, `rollback`) ends
+a running rollout first. Requests go through `recommend` / `score`, which name the version
+that answered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -48,8 +60,10 @@ from pathlib import Path
 
 import numpy as np
 
+from inference_server.config import DEFAULT_FRACTION, AutoRollout, RolloutLimits
 from inference_server.feature_client import FeatureClient, UserView
-from inference_server.pipeline import Recommender
+from inference_server.pipeline import Recommendation, Recommender
+from inference_server.rollout import CANARY, PROMOTED, ROLLED_BACK, Rollout, check_settings
 from recsys.artifact import HISTORIES, fsync_dir, read_jsonl, read_manifest, verify_files
 from recsys.errors import FailedPrecondition, InvalidArgument, NotFound, RecsysError, Unavailable
 from recsys.schema import FIRST_TOKEN
@@ -154,6 +168,7 @@ class ModelManager:
         on_change: Callable[[ServedModel], None] | None = None,
         on_reject: Callable[[int, str], None] | None = None,
         retire_after_s: float = 30.0,
+        auto_rollout: AutoRollout | None = None,
     ) -> None:
         if (artifact_dir is None) == (repository is None):
             raise ValueError("give an artifact directory or a repository, not both")
@@ -169,6 +184,8 @@ class ModelManager:
         self.on_change = on_change
         self.on_reject = on_reject
         self.retire_after_s = retire_after_s
+        self.auto_rollout = auto_rollout
+        self.rollout: Rollout | None = None  # the running rollout, or the last one (its outcome)
         self._lock = threading.RLock()  # one change of version at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -193,23 +210,129 @@ class ModelManager:
         if on_change is not None:
             on_change(self.current)
 
+    # -- serving -------------------------------------------------------------------------
+
+    def recommend(
+        self, user_id: str, k: int, exclude_seen: bool, explain: bool = False, *, history=(), timeout_s=None
+    ) -> tuple[Recommendation, ServedModel]:
+        """`Recommender.recommend` of the version that answers this user, and that version."""
+        served, rollout = self.current, self.rollout
+        if rollout is not None and rollout.running:
+            return rollout.recommend(served, user_id, k, exclude_seen, explain, history=history, timeout_s=timeout_s)
+        rec = served.recommender.recommend(user_id, k, exclude_seen, explain, history=history, timeout_s=timeout_s)
+        return rec, served
+
+    def score(
+        self, user_id: str, item_ids: list[str], *, timeout_s=None
+    ) -> tuple[list[float], str, list[str], ServedModel]:
+        """`Recommender.score_all` of the version that answers this user, and that version."""
+        served, rollout = self.current, self.rollout
+        if rollout is not None and rollout.running:
+            return rollout.score(served, user_id, item_ids, timeout_s=timeout_s)
+        return (*served.recommender.score_all(user_id, item_ids, timeout_s=timeout_s), served)
+
     # -- changing versions ---------------------------------------------------------------
 
     def poll(self) -> ServedModel | None:
-        """Under `latest`: swaps to the newest version not yet rejected if it is not the one
-        served; returns the new model, or None when nothing changed (or it was rejected)."""
+        """Under `latest`: swaps to (with `auto_rollout`: rolls out) the newest version not yet
+        rejected if it is neither served nor rolling out already (a newer one ends a running
+        rollout); returns the new model, or None when nothing changed (or it was rejected)."""
         if self.repository is None:
             return None
         with self._lock:  # an admin call pinning a version meanwhile waits, and then wins
             if self.policy != "latest":
                 return None
             candidates = [v for v in self.repository.versions(self.model) if v not in self.rejected]
-            if not candidates or candidates[-1] == self.current.version:
+            running = self.rollout.candidate.version if self.rollout and self.rollout.running else None
+            if not candidates or candidates[-1] in (self.current.version, running):
                 return None
             try:
-                return self._swap(candidates[-1])
+                if self.auto_rollout is None:
+                    served = self._swap(candidates[-1])
+                    self._end_rollout(f"superseded by version {served.version}")
+                    return served
+                auto = self.auto_rollout
+                self.start_rollout(candidates[-1], auto.mode, auto.fraction, promote_after_s=auto.promote_after_s)
             except RecsysError:
-                return None
+                pass
+            return None
+
+    def start_rollout(
+        self,
+        version: int | None,
+        mode: str = CANARY,
+        fraction: float | None = None,
+        *,
+        limits: dict | None = None,
+        promote_after_s: float | None = None,
+    ) -> Rollout:
+        """Loads and checks `version` (None: the newest not rejected) as the candidate of a
+        rollout (a running one for an older version is ended: superseded). Limits: the
+        artifact's (manifest `training["rollout"]`) with `limits` over them. Raises like
+        `load_version`; `FailedPrecondition` when it is served already."""
+        self._need_repository()
+        fraction = DEFAULT_FRACTION.get(mode, 1.0) if fraction is None else fraction
+        check_settings(mode, fraction, promote_after_s)
+        with self._lock:
+            versions = self.repository.versions(self.model)
+            if version is None:
+                fresh = [v for v in versions if v not in self.rejected and v != self.current.version]
+                if not fresh:
+                    raise FailedPrecondition(f"model {self.model!r} has no version to roll out")
+                version = fresh[-1]
+            if version not in versions:
+                raise NotFound(f"model {self.model!r} has no version {version} in {self.repository.root}")
+            if version == self.current.version:
+                raise FailedPrecondition(f"model {self.model!r} version {version} is the one serving")
+            running = self.rollout if self.rollout is not None and self.rollout.running else None
+            if running is not None and running.candidate.version >= version:
+                raise FailedPrecondition(
+                    f"a rollout of version {running.candidate.version} is running: promote or abort it first"
+                )
+            self.rejected.pop(version, None)
+            candidate = self._load(version, first=False)
+            rollout = Rollout(
+                candidate,
+                mode,
+                fraction,
+                RolloutLimits.of_manifest(candidate.recommender.manifest.training).merged(limits),
+                on_fail=self._rolled_back,
+                salt=f"{self.model}/{version}",  # the same users on every replica, until the next rollout
+                promote_after_s=promote_after_s,
+            )
+            if running is not None:
+                self._end_rollout(f"superseded by version {version}")
+            self.rollout = rollout
+            log.info(
+                "model %s: rolling out version %d (%s) as %s to %.1f%% of users beside %s",
+                self.model, version, candidate.label, mode, 100 * rollout.fraction, self.current.label,
+            )  # fmt: skip
+            return rollout
+
+    def promote_rollout(self, reason: str = "promoted by an operator") -> ServedModel:
+        """Serves the running rollout's candidate; `FailedPrecondition` when none runs."""
+        with self._lock:
+            rollout = self._running_rollout()
+            if not rollout.finish(PROMOTED, reason):
+                raise FailedPrecondition(f"the rollout of version {rollout.candidate.version} ended: {rollout.reason}")
+            log.info("model %s: version %d promoted (%s)", self.model, rollout.candidate.version, reason)
+            return self._serve(rollout.candidate)
+
+    def abort_rollout(self, reason: str = "") -> Rollout:
+        """Drops the running rollout's candidate and rejects its version; the stable one stays."""
+        with self._lock:
+            rollout = self._running_rollout()
+            reason = reason or "aborted by an operator"
+            if rollout.finish(ROLLED_BACK, reason):
+                self._rolled_back(rollout, reason, automatic=False)
+            return rollout
+
+    def tick(self) -> None:
+        """Promotes a running rollout that is ready (`Rollout.ready_to_promote`)."""
+        rollout = self.rollout
+        if rollout is not None and rollout.ready_to_promote():
+            with contextlib.suppress(FailedPrecondition):  # it ended meanwhile
+                self.promote_rollout(f"healthy for {rollout.promote_after_s:g} s")
 
     def load_version(self, version: int | None) -> ServedModel:
         """Pins `version` (or, for None, follows `latest` again) and serves it now. Raises
@@ -223,6 +346,7 @@ class ModelManager:
 
     def _load_version(self, version: int | None) -> ServedModel:
         if version is None:  # the newest version that passes, as the watcher would pick it
+            self._end_rollout("ended by following the newest version")
             self.policy = "latest"
             for candidate in reversed(self.repository.versions(self.model)):
                 if candidate == self.current.version:
@@ -235,6 +359,7 @@ class ModelManager:
             return self.current
         if version not in self.repository.versions(self.model):
             raise NotFound(f"model {self.model!r} has no version {version} in {self.repository.root}")
+        self._end_rollout(f"ended by loading version {version}")
         self.rejected.pop(version, None)
         served = self.current if version == self.current.version else self._swap(version)
         self.policy = "pinned"
@@ -263,19 +388,26 @@ class ModelManager:
             "path": str(self.current.path),
             "versions": versions,
             "rejected": dict(self.rejected),
+            "rollout": self.rollout.status() if self.rollout is not None else None,
         }
 
     # -- watching ------------------------------------------------------------------------
 
     def start_watch(self, interval_s: float) -> None:
-        """Polls the repository every `interval_s` seconds on a daemon thread until `stop()`."""
-        if self.repository is None or interval_s <= 0 or self._thread is not None:
+        """On a daemon thread until `stop()`: `tick` every second (at most), and `poll` the
+        repository every `interval_s` seconds (never for 0)."""
+        if self.repository is None or self._thread is not None:
             return
+        step = min(interval_s, 1.0) if interval_s > 0 else 1.0
 
         def run() -> None:
-            while not self._stop.wait(interval_s):
+            next_poll = time.monotonic() + interval_s
+            while not self._stop.wait(step):
                 try:
-                    self.poll()
+                    self.tick()
+                    if interval_s > 0 and time.monotonic() >= next_poll:
+                        next_poll = time.monotonic() + interval_s
+                        self.poll()
                 except Exception:  # keep watching whatever one round hit
                     log.exception("model repository watch round failed")
 
@@ -284,6 +416,8 @@ class ModelManager:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.rollout is not None:
+            self.rollout.close()
 
     # -- internals -----------------------------------------------------------------------
 
@@ -298,17 +432,42 @@ class ModelManager:
         with self._lock:
             if version == self.current.version:
                 return self.current
-            old = self.current
-            served = self._load(version, first=False)
-            self.features.expected_schema_hash = served.recommender.manifest.schema_hash
-            self.current = served  # one reference assignment: requests see the old or the new model
-            if old.version is not None:
-                self.history.append(old.version)
-            log.info("model %s: now serving version %d (%s), was %s", self.model, version, served.label, old.label)
-            if self.on_change is not None:
-                self.on_change(served)
-            _retire(old.recommender, self.retire_after_s)
-            return served
+            return self._serve(self._load(version, first=False))
+
+    def _serve(self, served: ServedModel) -> ServedModel:
+        old = self.current
+        self.current = served  # one reference assignment: requests see the old or the new model
+        if old.version is not None:
+            self.history.append(old.version)
+        log.info("model %s: now serving version %d (%s), was %s", self.model, served.version, served.label, old.label)
+        if self.on_change is not None:
+            self.on_change(served)
+        _retire(old.recommender, self.retire_after_s)
+        return served
+
+    def _running_rollout(self) -> Rollout:
+        rollout = self.rollout
+        if rollout is None or not rollout.running:
+            raise FailedPrecondition(f"no rollout of model {self.model!r} is running")
+        return rollout
+
+    def _end_rollout(self, reason: str) -> None:
+        """Ends a running rollout without rejecting its version (an operator took over)."""
+        rollout = self.rollout
+        if rollout is not None and rollout.finish(ROLLED_BACK, reason):
+            log.warning("model %s: rollout of version %d %s", self.model, rollout.candidate.version, reason)
+            _retire(rollout.candidate.recommender, self.retire_after_s)
+
+    def _rolled_back(self, rollout: Rollout, reason: str, *, automatic: bool = True) -> None:
+        """The candidate is dropped: its version is rejected (`poll` skips it) and retired."""
+        version = rollout.candidate.version
+        self.rejected[version] = f"rolled back: {reason}"
+        still = f"still serving {self.current.label}"
+        level = logging.ERROR if automatic else logging.WARNING
+        log.log(level, "model %s version %d rolled back: %s; %s", self.model, version, reason, still)
+        if self.on_reject is not None:
+            self.on_reject(version, self.rejected[version])
+        _retire(rollout.candidate.recommender, self.retire_after_s)
 
     def _load(self, version: int, *, first: bool) -> ServedModel:
         path = self.repository.path(self.model, version)
@@ -331,17 +490,18 @@ class ModelManager:
         return ServedModel(recommender, path, version, f"{self.model}/{version}:{recommender.model_version}")
 
     def _check_schema(self, recommender: Recommender) -> None:
-        wanted = recommender.manifest.schema_hash
+        needs = recommender.manifest.needs
         try:
-            served = self.features.schema_hash()
+            served = self.features.contract()
         except Unavailable:
-            if wanted == self.current.recommender.manifest.schema_hash:
-                return  # the health watch keeps asking; requests check every answer's hash too
+            if not self.current.recommender.manifest.needs.problems(needs):
+                return  # the health watch keeps asking; requests check every answer's contract too
             raise
-        if served != wanted:
-            raise FailedPrecondition(
-                f"its feature schema {wanted} is not the one the feature service "
-                f"at {self.features.target} serves ({served})"
+        problems = served.problems(needs)
+        if problems:  # not a fault of the version: tried again once the store serves what it reads
+            raise Unavailable(
+                f"the feature service at {self.features.target} cannot feed it yet: {'; '.join(problems)} "
+                "(load its artifact into the feature store: recsys features load --artifact DIR --store URL)"
             )
 
 

@@ -11,9 +11,10 @@ Model: `artifact_dir` serves one artifact; `repo` + `model` serve a versioned mo
 AdminService on the same port loads, pins and rolls back versions. Every response names the
 version that produced it.
 
-Health follows the feature service: `HealthWatch` asks for its schema hash at startup and every
-`health_interval_s`. On a schema mismatch the server turns NOT_SERVING (requests fail with
-FAILED_PRECONDITION: scoring features of another schema would be wrong). When the feature
+Health follows the feature service: `HealthWatch` asks for its feature contract at startup and
+every `health_interval_s`. When it no longer serves a raw feature the served model reads (or
+serves it with another kind), the server turns NOT_SERVING (requests fail with
+FAILED_PRECONDITION: scoring missing features would be wrong). When the feature
 service cannot be reached, a server with `degrade=True` (the default) stays SERVING and answers
 from fallbacks marked `degraded` (see inference_server/pipeline.py); the health entry
 "recsys.v1.FeatureService" and the metric `recsys_feature_service_up` say the dependency is
@@ -37,6 +38,7 @@ from inference_server.config import InferenceConfig
 from inference_server.feature_client import FeatureClient
 from inference_server.model_repository import ModelManager, ModelRepository, ServedModel
 from inference_server.pipeline import Recommender
+from inference_server.rollout import RolloutCollector
 from inference_server.servicer import AdminServicer, InferenceServicer
 from inference_server.speed import SpeedOptions, open_model
 from recsys.artifact import ItemIndex, read_manifest, read_user_index, verify_files
@@ -71,6 +73,7 @@ def _stage(
     threads: int,
     max_k: int,
     speed: SpeedOptions | None = None,
+    on_failure=None,
     **extra,
 ) -> Recommender:
     """Reads and checks one artifact, opens its model on `device` (tuned, batched and with ANN
@@ -83,6 +86,7 @@ def _stage(
     if any(i.source == "user.id" for i in manifest.inputs):
         extra["user_index"] = read_user_index(artifact_dir)
     recommender = Recommender(manifest, ItemIndex.read(artifact_dir), session, client, max_k=max_k, **extra)
+    recommender.on_failure = on_failure
     recommender.warm_up()
     return recommender
 
@@ -126,15 +130,15 @@ def start_server(config: InferenceConfig) -> InferenceService:
     """
     c = config
     c.check()
-    first_manifest = read_manifest(c.artifact_dir) if c.artifact_dir is not None else None
     client = FeatureClient(
         c.features_target,
         timeout_s=c.feature_timeout_s,
-        expected_schema_hash=first_manifest.schema_hash if first_manifest else None,
         security=c.feature_security,
+        max_message_bytes=c.max_message_bytes,
     )
     metrics = InferenceMetrics()
     client.on_call = metrics.feature_call
+    client.on_oversize = lambda what, n: metrics.failure(f"oversize_{what}", n)
     try:
         retrieval = None
         if c.retrieval_dir is not None:
@@ -146,6 +150,7 @@ def start_server(config: InferenceConfig) -> InferenceService:
                 max_k=c.max_k,
                 degrade=c.degrade,
                 speed=c.speed,
+                on_failure=metrics.failure,
             )
 
         def build(path: Path) -> Recommender:
@@ -160,6 +165,7 @@ def start_server(config: InferenceConfig) -> InferenceService:
                 num_candidates=c.num_candidates,
                 degrade=c.degrade,
                 speed=c.speed,
+                on_failure=metrics.failure,
             )
 
         def changed(served: ServedModel) -> None:
@@ -174,8 +180,8 @@ def start_server(config: InferenceConfig) -> InferenceService:
             version=c.version,
             on_change=changed,
             on_reject=metrics.model_rejected,
+            auto_rollout=c.rollout,
         )
-        client.expected_schema_hash = manager.current.recommender.manifest.schema_hash
         bindings = [
             ServiceBinding(
                 InferenceServicer(manager, request_timeout_s=c.request_timeout_s, on_degraded=metrics.degraded_answer),
@@ -191,6 +197,8 @@ def start_server(config: InferenceConfig) -> InferenceService:
             host=c.host,
             port=c.port,
             max_workers=c.max_workers,
+            max_streams=c.max_streams,
+            reflection=c.reflection,
             security=c.security,
             max_concurrent_rpcs=c.max_concurrent_rpcs,
             max_message_bytes=c.max_message_bytes,
@@ -200,9 +208,10 @@ def start_server(config: InferenceConfig) -> InferenceService:
         client.close()
         raise
     metrics.watch_batches(lambda: _batch_stats(manager.current.recommender))
-    bound_metrics = metrics.serve_http(c.metrics_port, c.metrics_host) if c.metrics_port is not None else None
+    metrics.registry.register(RolloutCollector(lambda: manager.rollout))
+    bound_metrics = metrics.serve_http(c.metrics_port, c.metrics_host or c.host) if c.metrics_port is not None else None
     watch = HealthWatch(
-        _probe(client, health_servicer, metrics, c.degrade),
+        _probe(manager, health_servicer, metrics, c.degrade),
         health_servicer,
         [SERVICE_NAME, ADMIN_SERVICE_NAME],
         c.health_interval_s,
@@ -228,9 +237,11 @@ def _batch_stats(recommender: Recommender) -> tuple[int, int] | None:
     return None if batcher is None else (batcher.batches, batcher.batch_rows)
 
 
-def _probe(client: FeatureClient, health_servicer: health.HealthServicer, metrics: InferenceMetrics, degrade: bool):
-    """One health round: the feature service answers with the served model's schema. A service
-    that cannot be reached fails the round only without `degrade` (see the module docstring)."""
+def _probe(manager: ModelManager, health_servicer: health.HealthServicer, metrics: InferenceMetrics, degrade: bool):
+    """One health round: the feature service answers and serves what the served model reads. A
+    service that cannot be reached fails the round only without `degrade` (see the module
+    docstring)."""
+    client = manager.features
     state = {"up": None}
 
     def mark(up: bool) -> None:
@@ -251,13 +262,13 @@ def _probe(client: FeatureClient, health_servicer: health.HealthServicer, metric
 
     def probe() -> None:
         try:
-            client.check_schema()
+            client.check_compatible(manager.current.recommender.manifest.needs)
         except Unavailable:
             mark(False)
             if not degrade:
                 raise
             return
-        except RecsysError:  # it answers, with another schema
+        except RecsysError:  # it answers, without a feature the model reads
             mark(True)
             raise
         mark(True)

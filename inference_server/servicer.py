@@ -1,8 +1,9 @@
-"""gRPC adapters: InferenceService and AdminService protos <-> Recommender / ModelManager calls.
+"""gRPC adapters: InferenceService and AdminService protos <-> ModelManager calls.
 
-Each call reads the served model once (`manager.current`), so a hot swap never splits a call
-between two versions, and the response names the version that produced it. Deadlines: the
-feature fetch gets what is left of the call's deadline (or of the server's own per-request
+Each call is answered by one version (`manager.recommend` / `manager.score` read the served
+model once, and pick a rollout's candidate for the users it covers), so a hot swap never
+splits a call between two versions, and the response names the version that produced it.
+Deadlines: the feature fetch gets what is left of the call's deadline (or of the server's own per-request
 timeout, whichever ends first) minus a reserve for the model, so a slow feature service turns
 into a degraded answer before the caller gives up, not into DEADLINE_EXCEEDED.
 """
@@ -13,6 +14,7 @@ import logging
 
 import grpc
 
+from inference_server.config import CANARY
 from inference_server.model_repository import ModelManager
 from inference_server.pipeline import (
     DEGRADED_SOURCES,
@@ -77,8 +79,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return True
 
     def Recommend(self, request, context):
-        served = self.manager.current
-        rec = served.recommender.recommend(
+        rec, served = self.manager.recommend(
             request.user_id,
             request.k,
             request.exclude_seen,
@@ -102,12 +103,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         )
 
     def Score(self, request, context):
-        served = self.manager.current
-        scores, source = served.recommender.score(
+        scores, source, unknown, served = self.manager.score(
             request.user_id, list(request.item_ids), timeout_s=self._timeout(context)
         )
         return inference_pb2.ScoreResponse(
             scores=scores,
+            unknown_item_ids=unknown,
             model_version=served.label,
             source=_source(source),
             degraded=self._degraded("Score", source, request.user_id),
@@ -115,7 +116,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """Model status, load a version, roll back (see protos/recsys/v1/admin.proto)."""
+    """Model status, load a version, roll back, rollouts (see protos/recsys/v1/admin.proto)."""
 
     def __init__(self, manager: ModelManager):
         self.manager = manager
@@ -129,6 +130,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             model_version=status["label"],
             versions=status["versions"],
             rejected=[admin_pb2.RejectedVersion(version=v, reason=r) for v, r in sorted(status["rejected"].items())],
+            rollout=_rollout(status["rollout"]),
         )
 
     def LoadModelVersion(self, request, context):
@@ -138,3 +140,43 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def RollbackModel(self, request, context):
         served = self.manager.rollback(request.version or None)
         return admin_pb2.RollbackModelResponse(serving_version=served.version or 0, model_version=served.label)
+
+    def StartRollout(self, request, context):
+        limits = {name: getattr(request.limits, name) for name in _LIMITS if request.limits.HasField(name)}
+        rollout = self.manager.start_rollout(
+            request.version or None,
+            request.mode or CANARY,
+            request.fraction or None,
+            limits=limits,
+            promote_after_s=request.promote_after_s or None,
+        )
+        return admin_pb2.StartRolloutResponse(rollout=_rollout(rollout.status()))
+
+    def PromoteRollout(self, request, context):
+        rollout = self.manager.rollout
+        served = self.manager.promote_rollout()
+        return admin_pb2.PromoteRolloutResponse(
+            serving_version=served.version or 0, model_version=served.label, rollout=_rollout(rollout.status())
+        )
+
+    def AbortRollout(self, request, context):
+        rollout = self.manager.abort_rollout(request.reason)
+        served = self.manager.current
+        return admin_pb2.AbortRolloutResponse(
+            serving_version=served.version or 0, model_version=served.label, rollout=_rollout(rollout.status())
+        )
+
+
+_LIMITS = tuple(f.name for f in admin_pb2.RolloutLimits.DESCRIPTOR.fields)
+
+
+def _rollout(status: dict | None) -> admin_pb2.RolloutStatus | None:
+    if status is None:
+        return None
+    fields = {k: v for k, v in status.items() if k not in ("candidate", "stable", "limits")}
+    return admin_pb2.RolloutStatus(
+        candidate=admin_pb2.RolloutAnswers(**status["candidate"]),
+        stable=admin_pb2.RolloutAnswers(**status["stable"]),
+        limits=admin_pb2.RolloutLimits(**status["limits"]),
+        **fields,
+    )

@@ -1,5 +1,5 @@
-"""`recsys publish` and `recsys model status | load | rollback`: a model repository and the
-running inference server that serves from it."""
+"""`recsys publish` and `recsys model status | load | rollback | rollout | promote | abort`: a
+model repository and the running inference server that serves from it."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def publish(artifact, repo, model_name) -> None:
 
 @click.group()
 def model() -> None:
-    """Operate a running inference server's model repository: status, load a version, roll back."""
+    """Operate a running inference server's model repository: status, load a version, roll back,
+    roll a version out (canary or shadow), promote or abort it."""
 
 
 def _admin_options(command):
@@ -76,7 +77,8 @@ def _admin_call(server: str, method: str, request, token: str | None, tls_ca: st
 @model.command("status")
 @_admin_options
 def status(server, token, tls_ca, timeout) -> None:
-    """The version serving now, the policy and the repository's versions (rejected ones with why)."""
+    """The version serving now, the policy, the repository's versions (rejected ones with why)
+    and the running or last rollout with its counters."""
     from recsys.v1 import admin_pb2
 
     _admin_call(server, "GetModelStatus", admin_pb2.GetModelStatusRequest(), token, tls_ca, timeout)
@@ -106,3 +108,79 @@ def rollback(version, server, token, tls_ca, timeout) -> None:
     from recsys.v1 import admin_pb2
 
     _admin_call(server, "RollbackModel", admin_pb2.RollbackModelRequest(version=version), token, tls_ca, timeout)
+
+
+@model.command("rollout")
+@click.argument("version", type=click.IntRange(min=0))
+@click.option(
+    "--canary",
+    "fraction",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    help="Let VERSION answer this share of users (the same users every time). Default: 0.05.",
+)
+@click.option("--shadow", is_flag=True, help="Let VERSION score every request in the background only; compare.")
+@click.option(
+    "--promote-after",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds within its limits (and at least --min-requests answers) after which it is promoted; 0: by `promote`.",
+)
+@click.option("--max-error-rate", type=click.FloatRange(min=0), help="Roll back above this share of failed answers.")
+@click.option("--max-p99-ms", type=click.FloatRange(min=0), help="Roll back above this p99 latency.")
+@click.option("--min-overlap", type=click.FloatRange(min=0, max=1), help="Roll back below this mean top-10 overlap.")
+@click.option("--min-requests", type=click.IntRange(min=1), help="Answers before the limits above apply.")
+@_admin_options
+def rollout(
+    version,
+    fraction,
+    shadow,
+    promote_after,
+    max_error_rate,
+    max_p99_ms,
+    min_overlap,
+    min_requests,
+    server,
+    token,
+    tls_ca,
+    timeout,
+) -> None:
+    """Check VERSION beside the served one and roll it out: canary (default) or --shadow.
+
+    Limits left unset come from the artifact (manifest training["rollout"]) or the defaults;
+    crossing one rolls VERSION back automatically. VERSION 0: the newest not serving nor rejected.
+    """
+    from recsys.v1 import admin_pb2
+
+    if shadow and fraction is not None:
+        raise click.UsageError("--canary and --shadow exclude each other")
+    limits = admin_pb2.RolloutLimits(
+        max_error_rate=max_error_rate, max_p99_ms=max_p99_ms, min_overlap=min_overlap, min_requests=min_requests
+    )
+    request = admin_pb2.StartRolloutRequest(
+        version=version,
+        mode="shadow" if shadow else "canary",
+        fraction=fraction or 0.0,
+        limits=limits,
+        promote_after_s=promote_after,
+    )
+    _admin_call(server, "StartRollout", request, token, tls_ca, timeout)
+
+
+@model.command("promote")
+@_admin_options
+def promote(server, token, tls_ca, timeout) -> None:
+    """Serve the running rollout's version from now on."""
+    from recsys.v1 import admin_pb2
+
+    _admin_call(server, "PromoteRollout", admin_pb2.PromoteRolloutRequest(), token, tls_ca, timeout)
+
+
+@model.command("abort")
+@click.option("--reason", default="", help="Recorded as why the version was rejected.")
+@_admin_options
+def abort(reason, server, token, tls_ca, timeout) -> None:
+    """Drop the running rollout's version (rejected: the watcher does not try it again)."""
+    from recsys.v1 import admin_pb2
+
+    _admin_call(server, "AbortRollout", admin_pb2.AbortRolloutRequest(reason=reason), token, tls_ca, timeout)

@@ -10,12 +10,12 @@ import click
 from recsys.cli._options import (
     DEFAULT_FEATURES_PORT,
     DEFAULT_INFERENCE_PORT,
-    DEFAULT_STORE,
     FILE,
     STORE_HELP,
     client_security,
     server_options,
 )
+from recsys.cli.features import load_mode_option
 
 
 @click.group()
@@ -27,16 +27,22 @@ def serve() -> None:
 @click.option(
     "--artifact",
     type=click.Path(exists=True, file_okay=False),
-    help="Load this artifact first (idempotent); without it, serve what the store was last loaded with.",
+    help="Load this artifact first (idempotent); without it, serve the store as it is.",
 )
-@click.option("--store", default=DEFAULT_STORE, show_default=True, help=STORE_HELP)
+@click.option(
+    "--store",
+    help=f"{STORE_HELP} Default with --artifact: features.sqlite in the artifact's parent folder.",
+)
+@load_mode_option
 @server_options(DEFAULT_FEATURES_PORT)
-def serve_features(artifact, store, server) -> None:
+def serve_features(artifact, store, load_mode, server) -> None:
     """Serve user and item features (and record events) from an online store."""
     from feature_service.config import FeatureServiceConfig
     from feature_service.server import serve as run
 
-    run(FeatureServiceConfig(artifact_dir=artifact, store_url=store, **server))
+    if artifact is None and store is None:
+        raise click.UsageError("give --store URL (or --artifact DIR, whose default store is beside it)")
+    run(FeatureServiceConfig(artifact_dir=artifact, store_url=store, load_mode=load_mode, **server))
 
 
 @serve.command("inference")
@@ -59,6 +65,15 @@ def serve_features(artifact, store, server) -> None:
     show_default=True,
     type=click.FloatRange(min=0),
     help="Seconds between looks at --repo for new versions (0: only through the admin RPC).",
+)
+@click.option(
+    "--rollout",
+    "rollout_spec",
+    default="none",
+    show_default=True,
+    metavar="none|canary[:FRACTION[:SECONDS]]|shadow[:SECONDS]",
+    help="How the watcher brings in a new version of --model: none = swap at once; canary:0.05:60 = "
+    "5% of users first, promoted after 60 s within its limits (no SECONDS: `recsys model promote`).",
 )
 @click.option("--features", "features_target", required=True, help="Feature service HOST:PORT.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
@@ -168,6 +183,7 @@ def serve_inference(
     model_name,
     model_version,
     watch_interval,
+    rollout_spec,
     features_target,
     device,
     threads,
@@ -209,11 +225,17 @@ def serve_inference(
         os.environ.get("RECSYS_FEATURES_TOKEN"),
         flags="--features-tls-*",
     )
-    from inference_server.config import InferenceConfig
+    from inference_server.config import AutoRollout, InferenceConfig
     from inference_server.server import serve as run
     from inference_server.speed import SpeedOptions
     from recsys.onnx_session import SessionTuning
 
+    try:
+        auto_rollout = AutoRollout.parse(rollout_spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--rollout") from None
+    if auto_rollout is not None and repo is None:
+        raise click.UsageError("--rollout needs --repo and --model")
     speed = SpeedOptions(
         batch_max=batch_max,
         batch_wait_us=batch_wait_us,
@@ -228,6 +250,7 @@ def serve_inference(
             model=model_name,
             version=model_version,
             watch_interval_s=watch_interval,
+            rollout=auto_rollout,
             retrieval_dir=retrieval_dir,
             num_candidates=candidates,
             features_target=features_target,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15recsys/v1/admin.proto\x12\trecsys.v1\"\x17\n\x15GetModelStatusRequest\"2\n\x0fRejectedVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xa7\x01\n\x16GetModelStatusResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x17\n\x0fserving_version\x18\x03 \x01(\x03\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x10\n\x08versions\x18\x05 \x03(\x03\x12,\n\x08rejected\x18\x06 \x03(\x0b\x32\x1a.recsys.v1.RejectedVersion\"*\n\x17LoadModelVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"J\n\x18LoadModelVersionResponse\x12\x17\n\x0fserving_version\x18\x01 \x01(\x03\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\'\n\x14RollbackModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"G\n\x15RollbackModelResponse\x12\x17\n\x0fserving_version\x18\x01 \x01(\x03\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\x96\x02\n\x0c\x41\x64minService\x12U\n\x0eGetModelStatus\x12 .recsys.v1.GetModelStatusRequest\x1a!.recsys.v1.GetModelStatusResponse\x12[\n\x10LoadModelVersion\x12\".recsys.v1.LoadModelVersionRequest\x1a#.recsys.v1.LoadModelVersionResponse\x12R\n\rRollbackModel\x12\x1f.recsys.v1.RollbackModelRequest\x1a .recsys.v1.RollbackModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15recsys/v1/admin.proto\x12\trecsys.v1\"\x17\n\x15GetModelStatusRequest\"2\n\x0fRejectedVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xd2\x01\n\x16GetModelStatusResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x17\n\x0fserving_version\x18\x03 \x01(\x03\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x10\n\x08versions\x18\x05 \x03(\x03\x12,\n\x08rejected\x18\x06 \x03(\x0b\x32\x1a.recsys.v1.RejectedVersion\x12)\n\x07rollout\x18\x07 \x01(\x0b\x32\x18.recsys.v1.RolloutStatus\"\x81\x02\n\rRolloutLimits\x12\x1b\n\x0emax_error_rate\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_p99_ms\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0bmin_overlap\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x0cmin_requests\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12%\n\x18max_consecutive_failures\x18\x05 \x01(\x03H\x04\x88\x01\x01\x42\x11\n\x0f_max_error_rateB\r\n\x0b_max_p99_msB\x0e\n\x0c_min_overlapB\x0f\n\r_min_requestsB\x1b\n\x19_max_consecutive_failures\"h\n\x0eRolloutAnswers\x12\x10\n\x08requests\x18\x01 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x02 \x01(\x03\x12\x13\n\x0b\x62\x61\x64_answers\x18\x03 \x01(\x03\x12\x0f\n\x07mean_ms\x18\x04 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x05 \x01(\x01\"\x93\x03\n\rRolloutStatus\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12,\n\tcandidate\x18\x07 \x01(\x0b\x32\x19.recsys.v1.RolloutAnswers\x12)\n\x06stable\x18\x08 \x01(\x0b\x32\x19.recsys.v1.RolloutAnswers\x12\x10\n\x08\x63ompared\x18\t \x01(\x03\x12\x0f\n\x07overlap\x18\n \x01(\x01\x12\r\n\x05\x64rift\x18\x0b \x01(\x01\x12\x0f\n\x07\x64ropped\x18\x0c \x01(\x03\x12\x16\n\x0e\x63ompare_errors\x18\r \x01(\x03\x12(\n\x06limits\x18\x0e \x01(\x0b\x32\x18.recsys.v1.RolloutLimits\x12\x12\n\nstarted_at\x18\x0f \x01(\x01\x12\x10\n\x08\x65nded_at\x18\x10 \x01(\x01\x12\x17\n\x0fpromote_after_s\x18\x11 \x01(\x01\"\x89\x01\n\x13StartRolloutRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\x12(\n\x06limits\x18\x04 \x01(\x0b\x32\x18.recsys.v1.RolloutLimits\x12\x17\n\x0fpromote_after_s\x18\x05 \x01(\x01\"A\n\x14StartRolloutResponse\x12)\n\x07rollout\x18\x01 \x01(\x0b\x32\x18.recsys.v1.RolloutStatus\"\x17\n\x15PromoteRolloutRequest\"s\n\x16PromoteRolloutResponse\x12\x17\n\x0fserving_version\x18\x01 \x01(\x03\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12)\n\x07rollout\x18\x03 \x01(\x0b\x32\x18.recsys.v1.RolloutStatus\"%\n\x13\x41\x62ortRolloutRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"q\n\x14\x41\x62ortRolloutResponse\x12\x17\n\x0fserving_version\x18\x01 \x01(\x03\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12)\n\x07rollout\x18\x03 \x01(\x0b\x32\x18.recsys.v1.RolloutStatus\"*\n\x17LoadModelVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"J\n\x18LoadModelVersionResponse\x12\x17\n\x0fserving_version\x18\x01 \x01(\x03\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\'\n\x14RollbackModelRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"G\n\x15RollbackModelResponse\x12\x17\n\x0fserving_version\x18\x01 \x01(\x03\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\x8f\x04\n\x0c\x41\x64minService\x12U\n\x0eGetModelStatus\x12 .recsys.v1.GetModelStatusRequest\x1a!.recsys.v1.GetModelStatusResponse\x12[\n\x10LoadModelVersion\x12\".recsys.v1.LoadModelVersionRequest\x1a#.recsys.v1.LoadModelVersionResponse\x12R\n\rRollbackModel\x12\x1f.recsys.v1.RollbackModelRequest\x1a .recsys.v1.RollbackModelResponse\x12O\n\x0cStartRollout\x12\x1e.recsys.v1.StartRolloutRequest\x1a\x1f.recsys.v1.StartRolloutResponse\x12U\n\x0ePromoteRollout\x12 .recsys.v1.PromoteRolloutRequest\x1a!.recsys.v1.PromoteRolloutResponse\x12O\n\x0c\x41\x62ortRollout\x12\x1e.recsys.v1.AbortRolloutRequest\x1a\x1f.recsys.v1.AbortRolloutResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,15 +36,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REJECTEDVERSION']._serialized_start=61
   _globals['_REJECTEDVERSION']._serialized_end=111
   _globals['_GETMODELSTATUSRESPONSE']._serialized_start=114
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=281
-  _globals['_LOADMODELVERSIONREQUEST']._serialized_start=283
-  _globals['_LOADMODELVERSIONREQUEST']._serialized_end=325
-  _globals['_LOADMODELVERSIONRESPONSE']._serialized_start=327
-  _globals['_LOADMODELVERSIONRESPONSE']._serialized_end=401
-  _globals['_ROLLBACKMODELREQUEST']._serialized_start=403
-  _globals['_ROLLBACKMODELREQUEST']._serialized_end=442
-  _globals['_ROLLBACKMODELRESPONSE']._serialized_start=444
-  _globals['_ROLLBACKMODELRESPONSE']._serialized_end=515
-  _globals['_ADMINSERVICE']._serialized_start=518
-  _globals['_ADMINSERVICE']._serialized_end=796
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=324
+  _globals['_ROLLOUTLIMITS']._serialized_start=327
+  _globals['_ROLLOUTLIMITS']._serialized_end=584
+  _globals['_ROLLOUTANSWERS']._serialized_start=586
+  _globals['_ROLLOUTANSWERS']._serialized_end=690
+  _globals['_ROLLOUTSTATUS']._serialized_start=693
+  _globals['_ROLLOUTSTATUS']._serialized_end=1096
+  _globals['_STARTROLLOUTREQUEST']._serialized_start=1099
+  _globals['_STARTROLLOUTREQUEST']._serialized_end=1236
+  _globals['_STARTROLLOUTRESPONSE']._serialized_start=1238
+  _globals['_STARTROLLOUTRESPONSE']._serialized_end=1303
+  _globals['_PROMOTEROLLOUTREQUEST']._serialized_start=1305
+  _globals['_PROMOTEROLLOUTREQUEST']._serialized_end=1328
+  _globals['_PROMOTEROLLOUTRESPONSE']._serialized_start=1330
+  _globals['_PROMOTEROLLOUTRESPONSE']._serialized_end=1445
+  _globals['_ABORTROLLOUTREQUEST']._serialized_start=1447
+  _globals['_ABORTROLLOUTREQUEST']._serialized_end=1484
+  _globals['_ABORTROLLOUTRESPONSE']._serialized_start=1486
+  _globals['_ABORTROLLOUTRESPONSE']._serialized_end=1599
+  _globals['_LOADMODELVERSIONREQUEST']._serialized_start=1601
+  _globals['_LOADMODELVERSIONREQUEST']._serialized_end=1643
+  _globals['_LOADMODELVERSIONRESPONSE']._serialized_start=1645
+  _globals['_LOADMODELVERSIONRESPONSE']._serialized_end=1719
+  _globals['_ROLLBACKMODELREQUEST']._serialized_start=1721
+  _globals['_ROLLBACKMODELREQUEST']._serialized_end=1760
+  _globals['_ROLLBACKMODELRESPONSE']._serialized_start=1762
+  _globals['_ROLLBACKMODELRESPONSE']._serialized_end=1833
+  _globals['_ADMINSERVICE']._serialized_start=1836
+  _globals['_ADMINSERVICE']._serialized_end=2363
 # @@protoc_insertion_point(module_scope)

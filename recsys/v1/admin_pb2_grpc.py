@@ -27,7 +27,8 @@ if _version_not_supported:
 
 class AdminServiceStub:
     """Operating the inference server's model repository: which version serves, load another,
-    roll back. Served on the inference server's port, behind the same TLS and token as the rest.
+    roll back, roll a version out beside the served one (canary or shadow) and promote or abort
+    it. Served on the inference server's port, behind the same TLS and token as the rest.
     """
 
     def __init__(self, channel):
@@ -51,11 +52,27 @@ class AdminServiceStub:
                 request_serializer=recsys_dot_v1_dot_admin__pb2.RollbackModelRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_admin__pb2.RollbackModelResponse.FromString,
                 _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/recsys.v1.AdminService/StartRollout',
+                request_serializer=recsys_dot_v1_dot_admin__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_admin__pb2.StartRolloutResponse.FromString,
+                _registered_method=True)
+        self.PromoteRollout = channel.unary_unary(
+                '/recsys.v1.AdminService/PromoteRollout',
+                request_serializer=recsys_dot_v1_dot_admin__pb2.PromoteRolloutRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_admin__pb2.PromoteRolloutResponse.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/recsys.v1.AdminService/AbortRollout',
+                request_serializer=recsys_dot_v1_dot_admin__pb2.AbortRolloutRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_admin__pb2.AbortRolloutResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
     """Operating the inference server's model repository: which version serves, load another,
-    roll back. Served on the inference server's port, behind the same TLS and token as the rest.
+    roll back, roll a version out beside the served one (canary or shadow) and promote or abort
+    it. Served on the inference server's port, behind the same TLS and token as the rest.
     """
 
     def GetModelStatus(self, request, context):
@@ -81,6 +98,32 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRollout(self, request, context):
+        """Loads and checks a version (as LoadModelVersion does) as the candidate of a rollout beside
+        the served version: "canary" answers a fraction of users with it, "shadow" lets it score
+        requests in the background only. It is rolled back automatically when it crosses its
+        limits. FAILED_PRECONDITION when a rollout of the same or a newer version runs, or the
+        version fails a check or is the one serving; NOT_FOUND when the repository lacks it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteRollout(self, request, context):
+        """Serves the running rollout's candidate from now on. FAILED_PRECONDITION when none runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Drops the running rollout's candidate and rejects its version; the served one stays.
+        FAILED_PRECONDITION when none runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +142,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=recsys_dot_v1_dot_admin__pb2.RollbackModelRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_admin__pb2.RollbackModelResponse.SerializeToString,
             ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=recsys_dot_v1_dot_admin__pb2.StartRolloutRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_admin__pb2.StartRolloutResponse.SerializeToString,
+            ),
+            'PromoteRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteRollout,
+                    request_deserializer=recsys_dot_v1_dot_admin__pb2.PromoteRolloutRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_admin__pb2.PromoteRolloutResponse.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=recsys_dot_v1_dot_admin__pb2.AbortRolloutRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_admin__pb2.AbortRolloutResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'recsys.v1.AdminService', rpc_method_handlers)
@@ -109,7 +167,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
     """Operating the inference server's model repository: which version serves, load another,
-    roll back. Served on the inference server's port, behind the same TLS and token as the rest.
+    roll back, roll a version out beside the served one (canary or shadow) and promote or abort
+    it. Served on the inference server's port, behind the same TLS and token as the rest.
     """
 
     @staticmethod
@@ -183,6 +242,87 @@ class AdminService:
             '/recsys.v1.AdminService/RollbackModel',
             recsys_dot_v1_dot_admin__pb2.RollbackModelRequest.SerializeToString,
             recsys_dot_v1_dot_admin__pb2.RollbackModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.AdminService/StartRollout',
+            recsys_dot_v1_dot_admin__pb2.StartRolloutRequest.SerializeToString,
+            recsys_dot_v1_dot_admin__pb2.StartRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.AdminService/PromoteRollout',
+            recsys_dot_v1_dot_admin__pb2.PromoteRolloutRequest.SerializeToString,
+            recsys_dot_v1_dot_admin__pb2.PromoteRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.AdminService/AbortRollout',
+            recsys_dot_v1_dot_admin__pb2.AbortRolloutRequest.SerializeToString,
+            recsys_dot_v1_dot_admin__pb2.AbortRolloutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19recsys/v1/inference.proto\x12\trecsys.v1\"f\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x14\n\x0c\x65xclude_seen\x18\x03 \x01(\x08\x12\x0f\n\x07\x65xplain\x18\x04 \x01(\x08\x12\x0f\n\x07history\x18\x05 \x03(\t\"@\n\x0b\x41ttribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\"\x9c\x01\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12-\n\rbecause_items\x18\x04 \x03(\x0b\x32\x16.recsys.v1.Attribution\x12\x30\n\x10\x62\x65\x63\x61use_features\x18\x05 \x03(\x0b\x32\x16.recsys.v1.Attribution\"\x85\x01\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12!\n\x06source\x18\x03 \x01(\x0e\x32\x11.recsys.v1.Source\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x08\"1\n\x0cScoreRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\"k\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12!\n\x06source\x18\x03 \x01(\x0e\x32\x11.recsys.v1.Source\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x08*e\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_MODEL\x10\x01\x12\x15\n\x11SOURCE_POPULARITY\x10\x02\x12\x1a\n\x16SOURCE_REQUEST_HISTORY\x10\x03\x32\x96\x01\n\x10InferenceService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12:\n\x05Score\x12\x17.recsys.v1.ScoreRequest\x1a\x18.recsys.v1.ScoreResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19recsys/v1/inference.proto\x12\trecsys.v1\"f\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x14\n\x0c\x65xclude_seen\x18\x03 \x01(\x08\x12\x0f\n\x07\x65xplain\x18\x04 \x01(\x08\x12\x0f\n\x07history\x18\x05 \x03(\t\"@\n\x0b\x41ttribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\"\x9c\x01\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12-\n\rbecause_items\x18\x04 \x03(\x0b\x32\x16.recsys.v1.Attribution\x12\x30\n\x10\x62\x65\x63\x61use_features\x18\x05 \x03(\x0b\x32\x16.recsys.v1.Attribution\"\x85\x01\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12!\n\x06source\x18\x03 \x01(\x0e\x32\x11.recsys.v1.Source\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x08\"1\n\x0cScoreRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\"\x85\x01\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12!\n\x06source\x18\x03 \x01(\x0e\x32\x11.recsys.v1.Source\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x08\x12\x18\n\x10unknown_item_ids\x18\x05 \x03(\t*e\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_MODEL\x10\x01\x12\x15\n\x11SOURCE_POPULARITY\x10\x02\x12\x1a\n\x16SOURCE_REQUEST_HISTORY\x10\x03\x32\x96\x01\n\x10InferenceService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12:\n\x05Score\x12\x17.recsys.v1.ScoreRequest\x1a\x18.recsys.v1.ScoreResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SOURCE']._serialized_start=665
-  _globals['_SOURCE']._serialized_end=766
+  _globals['_SOURCE']._serialized_start=692
+  _globals['_SOURCE']._serialized_end=793
   _globals['_RECOMMENDREQUEST']._serialized_start=40
   _globals['_RECOMMENDREQUEST']._serialized_end=142
   _globals['_ATTRIBUTION']._serialized_start=144
@@ -43,8 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDRESPONSE']._serialized_end=503
   _globals['_SCOREREQUEST']._serialized_start=505
   _globals['_SCOREREQUEST']._serialized_end=554
-  _globals['_SCORERESPONSE']._serialized_start=556
-  _globals['_SCORERESPONSE']._serialized_end=663
-  _globals['_INFERENCESERVICE']._serialized_start=769
-  _globals['_INFERENCESERVICE']._serialized_end=919
+  _globals['_SCORERESPONSE']._serialized_start=557
+  _globals['_SCORERESPONSE']._serialized_end=690
+  _globals['_INFERENCESERVICE']._serialized_start=796
+  _globals['_INFERENCESERVICE']._serialized_end=946
 # @@protoc_insertion_point(module_scope)
