@@ -1,14 +1,5 @@
-"""A versioned model repository and the hot swap of the model a server is serving.
-
-Layout (Triton's convention)::
-
-    <repo>/<model>/<version>/     one artifact directory per version (manifest.json, model.onnx, ...)
-    <repo>/<model>/.publish-*     a version being copied in; never read
-
-Versions are positive integers; a directory whose name is not one is ignored. `publish` copies
-an artifact into a hidden sibling directory, flushes it, then renames it to the next free
-version number, so a reader sees a version either complete or not at all; two publishers racing
-for one number both succeed, one of them with the next number.
+"""The hot swap of the model a server is serving, from a versioned model repository
+(inference_server/repository.py).
 
 `ModelManager` holds what a server serves (`current`, read once per request, so a swap never
 splits a request between two models) and changes it only after the new version passed every
@@ -48,10 +39,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
-import re
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -63,79 +50,18 @@ import numpy as np
 from inference_server.config import DEFAULT_FRACTION, AutoRollout, RolloutLimits
 from inference_server.feature_client import FeatureClient, UserView
 from inference_server.pipeline import Recommendation, Recommender
+from inference_server.repository import ModelRepository
 from inference_server.rollout import CANARY, PROMOTED, ROLLED_BACK, Rollout, check_settings
-from recsys.artifact import HISTORIES, fsync_dir, read_jsonl, read_manifest, verify_files
+from recsys.artifact import HISTORIES, read_jsonl
 from recsys.errors import FailedPrecondition, InvalidArgument, NotFound, RecsysError, Unavailable
 from recsys.schema import FIRST_TOKEN
 
-__all__ = ["POLICIES", "SAMPLE_USERS", "ModelManager", "ModelRepository", "ServedModel"]
+__all__ = ["POLICIES", "SAMPLE_USERS", "ModelManager", "ServedModel"]
 
 log = logging.getLogger(__name__)
 
 POLICIES = ("latest", "pinned")
 SAMPLE_USERS = 16
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-class ModelRepository:
-    """`<root>/<model>/<version>/` artifact directories (see the module docstring)."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-
-    def path(self, model: str, version: int) -> Path:
-        return self.root / _check_name(model) / str(version)
-
-    def versions(self, model: str) -> list[int]:
-        """The model's version numbers, ascending; [] when it has none (or does not exist)."""
-        directory = self.root / _check_name(model)
-        if not directory.is_dir():
-            return []
-        return sorted(
-            int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")
-        )
-
-    def latest(self, model: str) -> int | None:
-        versions = self.versions(model)
-        return versions[-1] if versions else None
-
-    def publish(self, artifact_dir: str | Path, model: str | None = None) -> int:
-        """Copies a checked artifact in as the model's next version; returns its number.
-
-        `model` defaults to the artifact's model kind (e.g. "sasrec"). Raises
-        `FailedPrecondition` for a directory that is not a complete artifact.
-        """
-        manifest = read_manifest(artifact_dir)
-        verify_files(artifact_dir, manifest)
-        model_dir = self.root / _check_name(model or manifest.model_kind)
-        model_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=model_dir))
-        try:
-            shutil.copytree(artifact_dir, tmp, dirs_exist_ok=True)
-            for child in tmp.rglob("*"):
-                if child.is_file():
-                    with open(child, "rb") as f:
-                        os.fsync(f.fileno())
-            fsync_dir(tmp)
-            for attempt in itertools.count():
-                version = (self.latest(model_dir.name) or 0) + 1
-                try:
-                    os.rename(tmp, model_dir / str(version))  # fails if another publisher took it
-                    break
-                except OSError:
-                    if attempt >= 100 or not (model_dir / str(version)).exists():
-                        raise
-            fsync_dir(model_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return version
-
-
-def _check_name(model: str) -> str:
-    if not _MODEL_NAME.match(model or ""):
-        raise InvalidArgument(f"model name {model!r}: use letters, digits, '_', '.', '-' (at most 128)")
-    return model
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,9 @@ from grpc_health.v1 import health, health_pb2
 
 from inference_server.config import InferenceConfig
 from inference_server.feature_client import FeatureClient
-from inference_server.model_repository import ModelManager, ModelRepository, ServedModel
+from inference_server.model_repository import ModelManager, ServedModel
 from inference_server.pipeline import Recommender
+from inference_server.repository import ModelRepository
 from inference_server.rollout import RolloutCollector
 from inference_server.servicer import AdminServicer, InferenceServicer
 from inference_server.speed import SpeedOptions, open_model

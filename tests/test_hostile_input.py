@@ -293,7 +293,7 @@ def test_inference_server_refuses_malformed_bytes(inference, method, data):
 @pytest.fixture(scope="module")
 def admin(trained_artifact, tmp_path_factory):
     """An inference server over a model repository with two versions (no watcher)."""
-    from inference_server.model_repository import ModelRepository
+    from inference_server.repository import ModelRepository
     from inference_server.server import start_inference_service
 
     repo = ModelRepository(tmp_path_factory.mktemp("fuzz-repo"))

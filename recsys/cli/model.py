@@ -20,7 +20,7 @@ def publish(artifact, repo, model_name) -> None:
     A server started with `serve inference --repo REPO --model NAME` checks the new version
     and swaps to it without dropping a request (or keeps the old one if a check fails).
     """
-    from inference_server.model_repository import ModelRepository
+    from inference_server.repository import ModelRepository
     from recsys.artifact import read_manifest
 
     try:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from inference_server.model_repository import ModelRepository
+from inference_server.repository import ModelRepository
 
 SCRIPT = Path(__file__).resolve().parents[2] / "docker" / "retrain.sh"
 BIN = Path(sys.executable).parent  # where `recsys` is installed

@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from feature_service.server import create_feature_server
-from inference_server.model_repository import ModelManager, ModelRepository
+from inference_server.model_repository import ModelManager
+from inference_server.repository import ModelRepository
 from inference_server.server import start_inference_service
 from recsys.artifact import MANIFEST, MODEL, file_sha256, read_manifest
 from recsys.cli import main
