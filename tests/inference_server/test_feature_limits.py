@@ -16,7 +16,7 @@ from inference_server.server import start_inference_service
 from recsys.v1 import features_pb2, features_pb2_grpc, inference_pb2, inference_pb2_grpc, types_pb2
 
 
-def heavy_genres(n: int = 1000, chars: int = 100) -> types_pb2.FeatureValue:
+def heavy_genres(n: int = 1000, chars: int = 120) -> types_pb2.FeatureValue:
     """A multi-valued feature of `n` values of `chars` characters: within the documented limits."""
     return types_pb2.FeatureValue(
         categories=types_pb2.StringList(values=[f"{i:05d}" + "g" * (chars - 5) for i in range(n)])
@@ -25,7 +25,8 @@ def heavy_genres(n: int = 1000, chars: int = 100) -> types_pb2.FeatureValue:
 
 @pytest.fixture
 def heavy_items(ranker_artifact):
-    """A feature service whose 40 items each carry ~100 KB of genres: 4.4 MB for the catalogue."""
+    """A feature service whose 40 items each carry ~120 KB of genres: 4.9 MB for the catalogue,
+    over gRPC's default 4 MiB receive limit."""
     server, port, _, core = create_feature_server(ranker_artifact, "memory://", host="127.0.0.1")
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = features_pb2_grpc.FeatureServiceStub(channel)
@@ -58,7 +59,7 @@ def test_an_item_larger_than_the_limit_alone_is_left_out_and_counted(heavy_items
         found = client.get_items(["m00", "m01", "nope"])
     finally:
         client.close()
-    assert found == {} and oversize == [("item", 1), ("item", 1)]  # each ~100 KB row alone exceeds 64 KiB
+    assert found == {} and oversize == [("item", 1), ("item", 1)]  # each ~120 KB row alone exceeds 64 KiB
 
 
 def test_long_histories_of_long_ids_fit_one_combined_lookup(trained_artifact) -> None:
