@@ -5,7 +5,7 @@
 SOAK_S ?= 300
 SOAK_CLIENTS ?= 32
 
-soak: $(STAMP) ## Soak: Recommend at 32 clients for 5 min through 2 model swaps and a feature-service kill (loopback)
+soak: $(STAMP) ## Soak: a day at 32 clients for 5 min over Redis: 2 retrains promoted by canary, a bad model rolled back, feature service and Redis restarts (loopback)
 	$(PY) -m benchmarks.soak --duration $(SOAK_S) --clients $(SOAK_CLIENTS) --out runs/soak
 
 FEAST_VENV ?= .bench/feast-venv

@@ -33,7 +33,14 @@ from feature_service.service import FeatureServiceCore
 from feature_service.servicer import SERVICE_NAME, FeatureServicer
 from feature_service.stores import open_store
 from recsys.artifact import read_manifest
-from recsys.grpc_server import HealthWatch, ServiceBinding, create_server, run_until_signal, set_serving
+from recsys.grpc_server import (
+    HealthWatch,
+    ServiceBinding,
+    create_server,
+    limit_malloc_arenas,
+    run_until_signal,
+    set_serving,
+)
 from recsys.metrics import ServiceMetrics
 from recsys.security import ServerSecurity
 from recsys.v1 import features_pb2_grpc
@@ -111,6 +118,7 @@ def create_feature_server(
 
 def serve(config: FeatureServiceConfig) -> None:
     """Runs the feature server until SIGTERM/SIGINT, then drains and closes the store."""
+    limit_malloc_arenas()  # before any thread starts
     security = config.security or ServerSecurity()
     server, bound, health_servicer, core = start_server(config)
     metrics = f", metrics on :{core.metrics_port}" if core.metrics_port else ""

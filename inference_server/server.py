@@ -44,7 +44,7 @@ from inference_server.servicer import AdminServicer, InferenceServicer
 from inference_server.speed import SpeedOptions, open_model
 from recsys.artifact import ItemIndex, read_manifest, read_user_index, verify_files
 from recsys.errors import RecsysError, Unavailable
-from recsys.grpc_server import HealthWatch, ServiceBinding, create_server, run_until_signal
+from recsys.grpc_server import HealthWatch, ServiceBinding, create_server, limit_malloc_arenas, run_until_signal
 from recsys.metrics import InferenceMetrics
 from recsys.security import ServerSecurity
 from recsys.v1 import admin_pb2_grpc, inference_pb2_grpc
@@ -288,6 +288,7 @@ def create_inference_server(
 
 def serve(config: InferenceConfig) -> None:
     """Runs the inference server until SIGTERM/SIGINT, then drains (see `start_server`)."""
+    limit_malloc_arenas()  # before any thread starts
     security = config.security or ServerSecurity()
     service = start_server(config)
     feature_tls = "plaintext" if config.feature_security is None or config.feature_security.tls is None else "TLS"

@@ -283,3 +283,15 @@ def test_metrics_endpoint_binds_the_host_it_is_given(host, bound):
         assert metrics._http.server_address[0] == bound
     finally:
         metrics.close()
+
+
+def test_servers_cap_malloc_arenas_unless_the_environment_says(monkeypatch) -> None:
+    """Threaded servers keep a few MiB per glibc arena they touch; `serve` caps them at two."""
+    import platform
+
+    from recsys.grpc_server import limit_malloc_arenas
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_malloc_arenas() is (platform.libc_ver()[0] == "glibc")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the operator's setting wins
