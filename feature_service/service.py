@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from feature_service.loader import check_features
+from feature_service.loader import check_features, stored_contract
 from feature_service.stores.base import Event, ItemRecord, Store, StoreUnavailable, UserRecord
 from recsys.errors import InvalidArgument, Unavailable
 from recsys.schema import FeatureContract, FeatureKind
@@ -73,8 +73,6 @@ class FeatureServiceCore:
 
     def refresh_contract(self) -> bool:
         """Reads the store's contract again; returns whether it changed."""
-        from feature_service.loader import stored_contract
-
         with self._store_call():
             contract = stored_contract(self.store, required=False)
         if contract is None or contract.hash == self.contract_hash:
