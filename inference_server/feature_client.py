@@ -2,9 +2,9 @@
 
 Every answer names the hash of the raw feature contract the feature service serves under; the
 client keeps the last contract it asked for (`contract_of` asks `GetSchema` again for a hash it
-does not know), and each model checks against it that every raw feature it reads is served with the kind it reads
-(`check_compatible`, `SchemaMismatch`): the store may grow (new items, users, features) under
-a running model, never lose what it reads. With
+does not know), and each model checks against it that every raw feature it reads is served
+with the kind it reads (`check_compatible`, `SchemaMismatch`): the store may grow (new items,
+users, features) under a running model, never lose what it reads. With
 `security` the channel uses TLS (mutual TLS with a client certificate) and sends a bearer token
 (`recsys.security`); a refused token shows as UNAVAILABLE naming the feature service, like any
 other reason it cannot answer.
