@@ -112,24 +112,31 @@ def wait_for(predicate, timeout_s: float = 30.0, what: str = "condition") -> Non
         time.sleep(0.05)
 
 
-def test_retrain_with_new_items_publish_load_restart_no_failed_request(days, tmp_path: Path) -> None:
-    a1 = train_sasrec(days["day1"], tmp_path / "a1")
-    a2 = train_sasrec(days["day2"], tmp_path / "a2")
-    store = f"sqlite://{tmp_path}/features.sqlite"
-    repo = tmp_path / "repo"
-    cli("publish", "--artifact", str(a1), "--repo", str(repo), "--model", "sasrec")
-    fserver, fport, _, fcore = create_feature_server(a1, store, host="127.0.0.1", health_interval_s=0.1)
+def serve(first: Path, model: str, tmp_path: Path):
+    """Version 1 = `first` published, a feature service over a SQLite store loaded with it, an
+    inference server over the repository, and a client asking: (store URL, repo, feature
+    server, its port and core, inference service, client)."""
+    store, repo = f"sqlite://{tmp_path}/features.sqlite", tmp_path / "repo"
+    cli("publish", "--artifact", str(first), "--repo", str(repo), "--model", model)
+    fserver, fport, _, fcore = create_feature_server(first, store, host="127.0.0.1", health_interval_s=0.1)
     service = start_inference_service(
         None,
         f"127.0.0.1:{fport}",
         repo=repo,
-        model="sasrec",
+        model=model,
         host="127.0.0.1",
         watch_interval_s=0.1,
         health_interval_s=0.1,
     )
     client = Client(service.port, [f"u{u:03d}" for u in range(70)])
     client.start()
+    return store, repo, fserver, fport, fcore, service, client
+
+
+def test_retrain_with_new_items_publish_load_restart_no_failed_request(days, tmp_path: Path) -> None:
+    a1 = train_sasrec(days["day1"], tmp_path / "a1")
+    a2 = train_sasrec(days["day2"], tmp_path / "a2")
+    store, repo, fserver, fport, fcore, service, client = serve(a1, "sasrec", tmp_path)
     try:
         wait_for(lambda: client.requests > 20, what="first answers")
         # 1. publish the retrained version: the store serves everything it reads (it reads no
@@ -168,21 +175,7 @@ def test_retrain_with_new_items_publish_load_restart_no_failed_request(days, tmp
 def test_a_new_feature_column_waits_for_the_store_and_a_read_feature_cannot_be_removed(days, tmp_path: Path) -> None:
     r1 = train_deepfm(days["day1"], tmp_path / "r1")
     r2 = train_deepfm(days["day2"], tmp_path / "r2")
-    store = f"sqlite://{tmp_path}/features.sqlite"
-    repo = tmp_path / "repo"
-    cli("publish", "--artifact", str(r1), "--repo", str(repo), "--model", "deepfm")
-    fserver, fport, _, fcore = create_feature_server(r1, store, host="127.0.0.1", health_interval_s=0.1)
-    service = start_inference_service(
-        None,
-        f"127.0.0.1:{fport}",
-        repo=repo,
-        model="deepfm",
-        host="127.0.0.1",
-        watch_interval_s=0.1,
-        health_interval_s=0.1,
-    )
-    client = Client(service.port, [f"u{u:03d}" for u in range(70)])
-    client.start()
+    store, repo, fserver, _, fcore, service, client = serve(r1, "deepfm", tmp_path)
     try:
         wait_for(lambda: client.requests > 10, what="first answers")
         # published before the store serves `country`: not loaded yet, not rejected
