@@ -22,8 +22,9 @@ The floor of one request is compute p50 + `hops` x echo p50 at one client (hops 
 
 CPU per call: for each level, the CPU time (user + system, Linux /proc) that each known
 process spent during the measured window, divided by the calls answered: this load generator
-("client"), the inference server (`server_pid`), the feature service (`features_pid`) and, for
-the echo levels, the echo server. With every process on the same cores, throughput at high
+("client"), the inference server (`server_pid`; or `server_metrics`, its --metrics-port, whose
+process_cpu_seconds_total and process_resident_memory_bytes then stand for /proc), the feature
+service (`features_pid`) and, for the echo levels, the echo server. With every process on the same cores, throughput at high
 concurrency is bounded by the sum of these.
 """
 
@@ -37,6 +38,7 @@ import platform
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -45,6 +47,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from recsys.artifact import (
     HISTORIES,
@@ -83,6 +86,7 @@ class BenchConfig:
     echo: bool = True  # measure the echo floor
     compute: bool = True  # measure the in-process compute floor
     server_pid: int = 0  # where known, the server's RSS and CPU per call are reported (Linux /proc)
+    server_metrics: str = ""  # HOST:PORT of its --metrics-port: CPU and RSS read there instead of /proc
     features_pid: int = 0  # where known, the feature service's CPU per call is reported
     label: str = ""  # free text carried into the report (e.g. "batching on")
 
@@ -146,8 +150,27 @@ def summarise(latencies_ms: list[float], seconds: float, errors: Counter) -> dic
     return out
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds `pid` has used so far (Linux), None if unreadable."""
+def process_metrics(endpoint: str) -> dict[str, float] | None:
+    """The process_* samples a server exports on its metrics endpoint (HOST:PORT), None if unreachable."""
+    url = endpoint if "://" in endpoint else f"http://{endpoint}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    return {
+        s.name: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name.startswith("process_")
+    }
+
+
+def cpu_seconds(pid: int | str) -> float | None:
+    """User + system CPU seconds `pid` has used so far (Linux /proc), or the process behind a
+    metrics endpoint ("HOST:PORT") has (process_cpu_seconds_total); None if unreadable."""
+    if isinstance(pid, str):
+        return (process_metrics(pid) or {}).get("process_cpu_seconds_total")
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
@@ -156,7 +179,7 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 async def _drive(
-    call, requests: list, clients: int, cfg: BenchConfig, cpu_pids: dict[str, int] | None = None
+    call, requests: list, clients: int, cfg: BenchConfig, cpu_pids: dict[str, int | str] | None = None
 ) -> dict[str, Any]:
     """`clients` tasks calling back to back: warm-up, then the measured window."""
     state = {"next": 0, "measuring": False, "stop": False, "count": 0}
@@ -217,7 +240,7 @@ async def _levels(
     response_cls,
     requests: list,
     cfg: BenchConfig,
-    cpu_pids: dict[str, int] | None = None,
+    cpu_pids: dict[str, int | str] | None = None,
 ) -> list[dict]:
     results = []
     async with grpc.aio.insecure_channel(target) as channel:
@@ -402,6 +425,17 @@ def rss_mib(pid: int) -> dict[str, float] | None:
     }
 
 
+def server_memory(cfg: BenchConfig) -> dict[str, float] | None:
+    """The server's RSS from its metrics endpoint where given and reachable (plus the peak from
+    /proc where its pid is known too), else from /proc."""
+    scraped = process_metrics(cfg.server_metrics) if cfg.server_metrics else None
+    rss = (scraped or {}).get("process_resident_memory_bytes")
+    from_proc = rss_mib(cfg.server_pid) if cfg.server_pid else None
+    if rss is None:
+        return from_proc
+    return {**(from_proc or {}), "rss_mib": round(rss / 2**20, 1)}
+
+
 def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
     """Runs the floors and the levels; returns the report (see the module docstring)."""
     cfg.check()
@@ -440,11 +474,11 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
             resp_cls,
             requests,
             cfg,
-            {"server": cfg.server_pid, "features": cfg.features_pid},
+            {"server": cfg.server_metrics or cfg.server_pid, "features": cfg.features_pid},
         )
     )
-    if cfg.server_pid:
-        report["server_memory"] = rss_mib(cfg.server_pid)
+    if cfg.server_pid or cfg.server_metrics:
+        report["server_memory"] = server_memory(cfg)
     if cfg.echo:
         log("echo floor ...")
         process, target = start_echo_server(sample.SerializeToString())
@@ -606,6 +640,11 @@ def main(argv: list[str] | None = None) -> int:
         help="report this process's RSS and CPU per call (the server's, on this machine)",
     )
     parser.add_argument(
+        "--server-metrics",
+        default="",
+        help="the server's --metrics-port as HOST:PORT: its CPU per call and RSS read there (else --server-pid's /proc)",
+    )
+    parser.add_argument(
         "--features-pid", type=int, default=0, help="report this process's CPU per call (the feature service's)"
     )
     parser.add_argument("--label", default="", help="name of this run in the report and plot")
@@ -632,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         echo=not args.no_echo,
         compute=not args.no_compute,
         server_pid=args.server_pid,
+        server_metrics=args.server_metrics,
         features_pid=args.features_pid,
         label=args.label,
     )

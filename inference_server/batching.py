@@ -40,8 +40,11 @@ class MicroBatcher:
     `run` maps an (n, ...) array to an output whose first axis has n rows. Rows of different
     callers must share the trailing shape and dtype (fixed-width windows do). An exception in
     `run` is raised in every caller of that batch. Thread-safe; `close()` stops the batching
-    thread and fails later calls with `Unavailable`.
+    thread and fails later calls with `Unavailable`. `on_queue(seconds)`, when set, hears how
+    long each caller's rows waited before their run started (metrics).
     """
+
+    on_queue: Callable[[float], None] | None = None
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 32, max_wait_us: int = 0):
         if max_batch < 1:
@@ -64,7 +67,7 @@ class MicroBatcher:
         with self._lock:
             if self._closed:
                 raise Unavailable("the model's batching thread has stopped")
-            self._queue.put((rows, future))
+            self._queue.put((rows, future, time.perf_counter()))
         return future.result()
 
     def close(self) -> None:
@@ -107,16 +110,20 @@ class MicroBatcher:
 
     def _execute(self, pending: list) -> None:
         try:
-            stacked = pending[0][0] if len(pending) == 1 else np.concatenate([rows for rows, _ in pending])
+            if self.on_queue is not None:
+                now = time.perf_counter()
+                for _, _, queued in pending:
+                    self.on_queue(now - queued)
+            stacked = pending[0][0] if len(pending) == 1 else np.concatenate([rows for rows, _, _ in pending])
             out = self._run(stacked)
         except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
-            for _, future in pending:
+            for _, future, _ in pending:
                 future.set_exception(exc)
             return
         self.batches += 1
         self.batch_rows += len(stacked)
         start = 0
-        for rows, future in pending:
+        for rows, future, _ in pending:
             future.set_result(out[start : start + len(rows)])
             start += len(rows)
 

@@ -153,9 +153,10 @@ def start_server(config: InferenceConfig) -> InferenceService:
                 speed=c.speed,
                 on_failure=metrics.failure,
             )
+            _time_runs(retrieval, metrics)
 
         def build(path: Path) -> Recommender:
-            return _stage(
+            recommender = _stage(
                 path,
                 client,
                 device=c.device,
@@ -168,6 +169,8 @@ def start_server(config: InferenceConfig) -> InferenceService:
                 speed=c.speed,
                 on_failure=metrics.failure,
             )
+            _time_runs(recommender, metrics)
+            return recommender
 
         def changed(served: ServedModel) -> None:
             metrics.model_changed(served.label, served.version)
@@ -231,6 +234,17 @@ def start_inference_service(
     return start_server(
         InferenceConfig(artifact_dir=artifact_dir, features_target=features_target, port=port, **fields)
     )
+
+
+def _time_runs(recommender: Recommender, metrics: InferenceMetrics) -> None:
+    """Times the recommender's ONNX Runtime runs (after its warm-up) and its batching queue."""
+    session = recommender.session
+    batcher = getattr(session, "batcher", None)
+    if batcher is not None and hasattr(batcher, "on_queue"):
+        batcher.on_queue = metrics.batch_queue.observe
+    session = getattr(session, "inner", session)  # under a BatchingSession
+    if hasattr(session, "on_run"):
+        session.on_run = metrics.model_run(recommender.manifest.model_version)
 
 
 def _batch_stats(recommender: Recommender) -> tuple[int, int] | None:

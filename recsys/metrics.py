@@ -2,31 +2,44 @@
 
 Each server owns one `ServiceMetrics` with its own registry (so two servers in one process, as
 in the tests, do not share counters) and may expose it over HTTP (`serve_http`, the text
-format at any path, e.g. /metrics). Every service has:
+format at any path, e.g. /metrics). Every service has the names go-grpc-prometheus and
+py-grpc-prometheus use, so stock gRPC dashboards work unchanged (grpc_type is unary,
+server_stream, client_stream or bidi_stream; grpc_service e.g. recsys.v1.InferenceService;
+grpc_method e.g. Recommend):
 
-    recsys_grpc_requests_total{method, code}       calls answered, by gRPC status code
-    recsys_grpc_request_seconds{method}            latency histogram per RPC
-    recsys_grpc_in_flight                          calls being served now
+    grpc_server_started_total{grpc_type, grpc_service, grpc_method}
+    grpc_server_handled_total{grpc_type, grpc_service, grpc_method, grpc_code}
+    grpc_server_handling_seconds{grpc_type, grpc_service, grpc_method}   histogram
+    grpc_server_msg_received_total, grpc_server_msg_sent_total{grpc_type, grpc_service, grpc_method}
+    recsys_grpc_in_flight                          unary calls being served now
+    recsys_shed_total{reason}                      calls refused for load: stream_budget
+    process_*, python_gc_*, python_info            the process (CPU, RSS, open fds, start time)
 
 and the inference server adds (`InferenceMetrics`):
 
     recsys_model_info{model_version, version}      1 for the version serving now
     recsys_model_serving_version                   its repository version (0: plain artifact)
     recsys_model_swaps_total{outcome}              versions swapped in / rejected
+    recsys_model_run_seconds{model_version}        time inside ONNX Runtime per run
     recsys_feature_fetch_seconds{method, code}     calls to the feature service
     recsys_degraded_responses_total{rpc, source}   answers from a fallback (the fallback count)
     recsys_feature_service_up                      1 while the feature service answers
+    recsys_failures_total{cause}                   work that failed and was answered around
     recsys_batch_runs_total, recsys_batch_rows_total   micro-batching (--batch-max): ONNX
                                                    Runtime runs and the rows they held; their
                                                    rates' ratio is the mean batch size
+    recsys_batch_queue_seconds                     a row's wait in the micro-batcher's queue
+                                                   (--batch-wait-us > 0)
 
-Calls refused by the
-server's concurrency limit (load shedding) never reach an interceptor: gRPC answers them
-RESOURCE_EXHAUSTED itself, and they show only on the client side.
+Load shedding: a streaming call refused by the stream budget (`recsys.grpc_server`) is handled
+with grpc_code="RESOURCE_EXHAUSTED" and counts in recsys_shed_total{reason="stream_budget"}.
+Calls refused by the server's concurrency limit (`max_concurrent_rpcs`) never reach a handler:
+grpcio answers them RESOURCE_EXHAUSTED itself, after the interceptors chose the handler but
+before it runs, so they show only on the client side.
 
-The same interceptor gives each call its request id (`recsys.logs.REQUEST_ID`): the caller's
-`x-request-id` metadata when it sent a usable one, else a new one; the id goes back to the
-caller as initial metadata, and with `access_log` each call is logged once (method, code,
+The same interceptor gives each unary call its request id (`recsys.logs.REQUEST_ID`): the
+caller's `x-request-id` metadata when it sent a usable one, else a new one; the id goes back to
+the caller as initial metadata, and with `access_log` each call is logged once (method, code,
 milliseconds) under its id.
 """
 
@@ -38,39 +51,62 @@ from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import start_http_server
 
 from recsys.logs import REQUEST_ID, REQUEST_ID_HEADER, clean_request_id
 
-__all__ = ["LATENCY_BUCKETS", "InferenceMetrics", "MetricsInterceptor", "ServiceMetrics"]
+__all__ = ["LATENCY_BUCKETS", "MODEL_BUCKETS", "InferenceMetrics", "MetricsInterceptor", "ServiceMetrics"]
 
 log = logging.getLogger("recsys.access")
 
 # Seconds: sub-millisecond model calls up to a feature service timing out.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Seconds: one ONNX Runtime run (0.2 ms for a small SASRec) or a row's wait for a batch.
+MODEL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_TYPES = {
+    (False, False): "unary",
+    (False, True): "server_stream",
+    (True, False): "client_stream",
+    (True, True): "bidi_stream",
+}
 
 
 class ServiceMetrics:
-    """One service's registry and the per-call metrics every service has."""
+    """One service's registry: the process, and the per-call metrics every service has."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "recsys_grpc_requests",
-            "gRPC calls answered, by method and status code",
-            ["method", "code"],
-            registry=self.registry,
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        call = ["grpc_type", "grpc_service", "grpc_method"]
+        self.started = Counter("grpc_server_started", "RPCs started on the server", call, registry=r)
+        self.handled = Counter(
+            "grpc_server_handled", "RPCs completed on the server, by status code", [*call, "grpc_code"], registry=r
         )
         self.latency = Histogram(
-            "recsys_grpc_request_seconds",
-            "gRPC call latency in seconds, by method",
-            ["method"],
+            "grpc_server_handling_seconds",
+            "time to handle an RPC on the server, in seconds",
+            call,
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=r,
         )
-        self.in_flight = Gauge("recsys_grpc_in_flight", "gRPC calls being served", registry=self.registry)
+        self.received = Counter("grpc_server_msg_received", "stream messages received by the server", call, registry=r)
+        self.sent = Counter("grpc_server_msg_sent", "stream messages sent by the server", call, registry=r)
+        self.in_flight = Gauge("recsys_grpc_in_flight", "unary gRPC calls being served", registry=r)
+        self.shed = Counter("recsys_shed", "calls refused for load, by reason", ["reason"], registry=r)
+        self.shed.labels("stream_budget")
         self._http: WSGIServer | None = None
 
     def interceptor(self, *, access_log: bool = False) -> MetricsInterceptor:
@@ -131,6 +167,24 @@ class InferenceMetrics(ServiceMetrics):
             registry=r,
         )
 
+        self.model_runs = Histogram(
+            "recsys_model_run_seconds",
+            "time inside ONNX Runtime per model run, in seconds",
+            ["model_version"],
+            buckets=MODEL_BUCKETS,
+            registry=r,
+        )
+        self.batch_queue = Histogram(
+            "recsys_batch_queue_seconds",
+            "a row's wait in the micro-batcher's queue before its run, in seconds",
+            buckets=MODEL_BUCKETS,
+            registry=r,
+        )
+
+    def model_run(self, model_version: str) -> Callable[[float], None]:
+        """The callback a model session calls with each run's seconds."""
+        return self.model_runs.labels(model_version).observe
+
     def model_changed(self, label: str, version: int | None) -> None:
         self.model_info.clear()
         self.model_info.labels(label, str(version or 0)).set(1)
@@ -168,7 +222,7 @@ class _BatchCollector:
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts, times and names (request id) every unary call; put it outermost."""
+    """Counts and times every call, and names (request id) every unary one; put it outermost."""
 
     def __init__(self, metrics: ServiceMetrics, *, access_log: bool = False) -> None:
         self.metrics = metrics
@@ -176,11 +230,40 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         method = handler_call_details.method
-        incoming = dict(handler_call_details.invocation_metadata or ()).get(REQUEST_ID_HEADER)
-        behavior = handler.unary_unary
+        service, _, name = method.lstrip("/").rpartition("/")
+        kind = _TYPES[(bool(handler.request_streaming), bool(handler.response_streaming))]
+        labels = (kind, service, name)
+        if kind == "unary":
+            incoming = dict(handler_call_details.invocation_metadata or ()).get(REQUEST_ID_HEADER)
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method, labels, incoming),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        behavior, make = {
+            "server_stream": (handler.unary_stream, grpc.unary_stream_rpc_method_handler),
+            "client_stream": (handler.stream_unary, grpc.stream_unary_rpc_method_handler),
+            "bidi_stream": (handler.stream_stream, grpc.stream_stream_rpc_method_handler),
+        }[kind]
+        return make(
+            self._stream(behavior, labels),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _done(self, labels: tuple[str, str, str], code: grpc.StatusCode, seconds: float) -> None:
+        m = self.metrics
+        m.handled.labels(*labels, code.name).inc()
+        m.latency.labels(*labels).observe(seconds)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and labels[0] != "unary":
+            # The only streaming calls are reflection and health Watch, and the only thing that
+            # refuses them so is the stream budget.
+            m.shed.labels("stream_budget").inc()
+
+    def _unary(self, behavior, method: str, labels: tuple[str, str, str], incoming: str | None):
         metrics = self.metrics
         access_log = self.access_log
 
@@ -188,12 +271,16 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             request_id = clean_request_id(incoming)
             token = REQUEST_ID.set(request_id)
             start = time.perf_counter()
+            metrics.started.labels(*labels).inc()
+            metrics.received.labels(*labels).inc()
             metrics.in_flight.inc()
             code = grpc.StatusCode.OK
             try:
                 context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
                 response = behavior(request, context)
                 code = context.code() or grpc.StatusCode.OK
+                if code == grpc.StatusCode.OK:
+                    metrics.sent.labels(*labels).inc()
                 return response
             except BaseException:
                 code = context.code() or grpc.StatusCode.UNKNOWN
@@ -201,14 +288,58 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             finally:
                 elapsed = time.perf_counter() - start
                 metrics.in_flight.dec()
-                metrics.requests.labels(method, code.name).inc()
-                metrics.latency.labels(method).observe(elapsed)
+                self._done(labels, code, elapsed)
                 if access_log:
                     log.info("%s %s %.2f ms", method, code.name, elapsed * 1000.0, extra={"request_id": request_id})
                 REQUEST_ID.reset(token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            observed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return observed
+
+    def _stream(self, behavior, labels: tuple[str, str, str]):
+        metrics = self.metrics
+        request_streaming = labels[0] in ("client_stream", "bidi_stream")
+        response_streaming = labels[0] in ("server_stream", "bidi_stream")
+
+        def counted(requests):
+            for request in requests:
+                metrics.received.labels(*labels).inc()
+                yield request
+
+        def responses(out, context: grpc.ServicerContext, start: float):
+            code = grpc.StatusCode.OK
+            try:
+                for response in out:
+                    metrics.sent.labels(*labels).inc()
+                    yield response
+                # A stream the caller cancelled may still end quietly (health Watch does).
+                code = context.code() or (grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED)
+            except GeneratorExit:  # the caller went away
+                code = context.code() or grpc.StatusCode.CANCELLED
+                raise
+            except BaseException:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                self._done(labels, code, time.perf_counter() - start)
+
+        def observed(request_or_iterator, context: grpc.ServicerContext):
+            start = time.perf_counter()
+            metrics.started.labels(*labels).inc()
+            if request_streaming:
+                request_or_iterator = counted(request_or_iterator)
+            else:
+                metrics.received.labels(*labels).inc()
+            try:
+                out = behavior(request_or_iterator, context)
+            except BaseException:
+                self._done(labels, context.code() or grpc.StatusCode.UNKNOWN, time.perf_counter() - start)
+                raise
+            if response_streaming:
+                return responses(out, context, start)
+            code = context.code() or grpc.StatusCode.OK
+            if code == grpc.StatusCode.OK:
+                metrics.sent.labels(*labels).inc()
+            self._done(labels, code, time.perf_counter() - start)
+            return out
+
+        return observed

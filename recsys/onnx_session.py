@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +126,10 @@ class ModelSession:
     `model_file` picks another graph of the artifact (an int8 or fp16 variant, or the user
     encoder of an ANN artifact); `output` then names the output to return (default the
     manifest's). `threads` is kept for callers that set only the intra-op thread count.
+    `on_run(seconds)`, when set, hears how long each run spent in ONNX Runtime (metrics).
     """
+
+    on_run: Callable[[float], None] | None = None
 
     def __init__(
         self,
@@ -170,9 +175,14 @@ class ModelSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Named inputs -> the chosen output."""
+        start = time.perf_counter()
         if self.device == "cuda":
-            return self._run_bound(feeds)
-        return self.session.run([self.output_name], feeds)[0]
+            out = self._run_bound(feeds)
+        else:
+            out = self.session.run([self.output_name], feeds)[0]
+        if self.on_run is not None:
+            self.on_run(time.perf_counter() - start)
+        return out
 
     def scores(self, item_seq: np.ndarray) -> np.ndarray:
         """item_seq (B, L) int64 left-padded tokens -> (B, num_items) float32 (or the chosen output)."""

@@ -119,8 +119,19 @@ class FeatureSpec:
         )
 
 
+class _Hashed:
+    """`to_json` (canonical) and `hash` (its sha256, 16 hex digits) of a `to_dict` value."""
+
+    def to_json(self) -> str:
+        return canonical_json(self.to_dict())
+
+    @property
+    def hash(self) -> str:
+        return sha256_hex(self.to_json())[:16]
+
+
 @dataclass(frozen=True)
-class FeatureSchema:
+class FeatureSchema(_Hashed):
     """Everything a consumer needs to turn served features into model inputs."""
 
     user_features: tuple[FeatureSpec, ...] = ()
@@ -145,13 +156,6 @@ class FeatureSchema:
             "item_index_sha256": self.item_index_sha256,
             "extra": self.extra,
         }
-
-    def to_json(self) -> str:
-        return canonical_json(self.to_dict())
-
-    @property
-    def hash(self) -> str:
-        return sha256_hex(self.to_json())[:16]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSchema:
@@ -180,7 +184,7 @@ SIDES = ("user", "item")
 
 
 @dataclass(frozen=True)
-class FeatureContract:
+class FeatureContract(_Hashed):
     """Raw features by side (`user`, `item`): name -> kind. What a store serves, or what a
     model needs. `max_history` is the service's default history length (the largest loaded)."""
 
@@ -233,13 +237,6 @@ class FeatureContract:
             "item_features": [{"name": n, "kind": k.value} for n, k in sorted(self.item.items())],
             "max_history": self.max_history,
         }
-
-    def to_json(self) -> str:
-        return canonical_json(self.to_dict())
-
-    @property
-    def hash(self) -> str:
-        return sha256_hex(self.to_json())[:16]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureContract:

@@ -216,16 +216,17 @@ def test_request_id_crosses_both_services_and_metrics_count_calls(up, caplog):
     with pytest.raises(grpc.RpcError):
         up["infer"].Recommend(inference_pb2.RecommendRequest(user_id="", k=3), timeout=5)
     text = scrape(up["service"].metrics_port)
-    method = 'method="/recsys.v1.InferenceService/Recommend"'
-    assert f'recsys_grpc_requests_total{{code="OK",{method}}} 2.0' in text
-    assert f'recsys_grpc_requests_total{{code="INVALID_ARGUMENT",{method}}} 1.0' in text
-    assert f"recsys_grpc_request_seconds_count{{{method}}} 3.0" in text
+    call = 'grpc_method="Recommend",grpc_service="recsys.v1.InferenceService",grpc_type="unary"'
+    assert f'grpc_server_handled_total{{grpc_code="OK",{call}}} 2.0' in text
+    assert f'grpc_server_handled_total{{grpc_code="INVALID_ARGUMENT",{call}}} 1.0' in text
+    assert f"grpc_server_handling_seconds_count{{{call}}} 3.0" in text
     version = up["service"].manager.current.label
     assert f'recsys_model_info{{model_version="{version}",version="0"}} 1.0' in text
     assert 'recsys_feature_fetch_seconds_count{code="OK",method="GetUserFeatures"} 2.0' in text
     assert "recsys_feature_service_up 1.0" in text
     ftext = scrape(up["fcore"].metrics_port)
-    assert 'recsys_grpc_requests_total{code="OK",method="/recsys.v1.FeatureService/GetUserFeatures"} 2.0' in ftext
+    fcall = 'grpc_method="GetUserFeatures",grpc_service="recsys.v1.FeatureService",grpc_type="unary"'
+    assert f'grpc_server_handled_total{{grpc_code="OK",{fcall}}} 2.0' in ftext
 
 
 def test_logs_mask_user_ids_unless_asked_and_write_json():
