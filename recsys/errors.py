@@ -10,6 +10,7 @@
     │   ├── StoreUnavailable                        the feature store cannot serve a call (feature_service.stores)
     │   └── NonFiniteScores                         a model run gave NaN or ±inf (recsys.onnx_session.check_finite)
     ├── ResourceExhausted       RESOURCE_EXHAUSTED  too much load or too large a request
+    ├── Unauthenticated         UNAUTHENTICATED     no valid token or certificate (also PERMISSION_DENIED, recsys.client)
     ├── RecommendError          (as received)       a Recommend call failed (recsys.client)
     └── ExportError             INTERNAL            training could not write an artifact (trainer.export.onnx)
 
@@ -41,6 +42,7 @@ __all__ = [
     "NotFound",
     "RecsysError",
     "ResourceExhausted",
+    "Unauthenticated",
     "Unavailable",
 ]
 
@@ -75,6 +77,10 @@ class NonFiniteScores(Unavailable):
 
 class ResourceExhausted(RecsysError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(RecsysError):
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 def _details(message: str) -> str:

@@ -57,20 +57,18 @@ def _admin_options(command):
     return command
 
 
-def _admin_call(server: str, method: str, request, token: str | None, tls_ca: str | None, timeout: float) -> None:
-    """Calls AdminService.`method` and prints the response as one JSON line."""
-    import grpc
+def _admin_call(server: str, token: str | None, tls_ca: str | None, timeout: float, call) -> None:
+    """`call(client)` on a `RecsysClient` of `server`; prints the response as one JSON line."""
     from google.protobuf.json_format import MessageToDict
 
-    from recsys.security import ClientSecurity, ClientTls, open_channel
-    from recsys.v1 import admin_pb2_grpc
+    from recsys.client import RecsysClient
+    from recsys.errors import RecsysError
 
-    security = ClientSecurity(tls=ClientTls(tls_ca, None, None) if tls_ca else None, token=token)
-    with open_channel(server, security) as channel:
+    with RecsysClient(server, tls_ca=tls_ca, token=token, timeout_s=timeout) as client:
         try:
-            response = getattr(admin_pb2_grpc.AdminServiceStub(channel), method)(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise click.ClickException(f"{server}: {exc.code().name}: {exc.details()}") from None
+            response = call(client)
+        except RecsysError as exc:
+            raise click.ClickException(f"{server}: {exc.code.name}: {exc}") from None
     click.echo(json.dumps(MessageToDict(response, always_print_fields_with_no_presence=True)))
 
 
@@ -79,9 +77,7 @@ def _admin_call(server: str, method: str, request, token: str | None, tls_ca: st
 def status(server, token, tls_ca, timeout) -> None:
     """The version serving now, the policy, the repository's versions (rejected ones with why)
     and the running or last rollout with its counters."""
-    from recsys.v1 import admin_pb2
-
-    _admin_call(server, "GetModelStatus", admin_pb2.GetModelStatusRequest(), token, tls_ca, timeout)
+    _admin_call(server, token, tls_ca, timeout, lambda client: client.model_status().raw)
 
 
 @model.command("load")
@@ -89,9 +85,7 @@ def status(server, token, tls_ca, timeout) -> None:
 @_admin_options
 def load(version, server, token, tls_ca, timeout) -> None:
     """Check VERSION beside the served one, swap to it and pin it (0: follow the newest again)."""
-    from recsys.v1 import admin_pb2
-
-    _admin_call(server, "LoadModelVersion", admin_pb2.LoadModelVersionRequest(version=version), token, tls_ca, timeout)
+    _admin_call(server, token, tls_ca, timeout, lambda client: client.load_model_version(version).raw)
 
 
 @model.command("rollback")
@@ -105,9 +99,7 @@ def load(version, server, token, tls_ca, timeout) -> None:
 @_admin_options
 def rollback(version, server, token, tls_ca, timeout) -> None:
     """Serve (and pin) the previously served version again."""
-    from recsys.v1 import admin_pb2
-
-    _admin_call(server, "RollbackModel", admin_pb2.RollbackModelRequest(version=version), token, tls_ca, timeout)
+    _admin_call(server, token, tls_ca, timeout, lambda client: client.rollback_model(version).raw)
 
 
 @model.command("rollout")
@@ -150,30 +142,30 @@ def rollout(
     Limits left unset come from the artifact (manifest training["rollout"]) or the defaults;
     crossing one rolls VERSION back automatically. VERSION 0: the newest not serving nor rejected.
     """
-    from recsys.v1 import admin_pb2
-
     if shadow and fraction is not None:
         raise click.UsageError("--canary and --shadow exclude each other")
-    limits = admin_pb2.RolloutLimits(
-        max_error_rate=max_error_rate, max_p99_ms=max_p99_ms, min_overlap=min_overlap, min_requests=min_requests
-    )
-    request = admin_pb2.StartRolloutRequest(
-        version=version,
-        mode="shadow" if shadow else "canary",
-        fraction=fraction or 0.0,
-        limits=limits,
-        promote_after_s=promote_after,
-    )
-    _admin_call(server, "StartRollout", request, token, tls_ca, timeout)
+    limits = {
+        "max_error_rate": max_error_rate,
+        "max_p99_ms": max_p99_ms,
+        "min_overlap": min_overlap,
+        "min_requests": min_requests,
+    }
+
+    def start(client):
+        from recsys.v1 import admin_pb2
+
+        mode = "shadow" if shadow else "canary"
+        started = client.start_rollout(version, mode, fraction or 0.0, promote_after, limits=limits)
+        return admin_pb2.StartRolloutResponse(rollout=started.raw)
+
+    _admin_call(server, token, tls_ca, timeout, start)
 
 
 @model.command("promote")
 @_admin_options
 def promote(server, token, tls_ca, timeout) -> None:
     """Serve the running rollout's version from now on."""
-    from recsys.v1 import admin_pb2
-
-    _admin_call(server, "PromoteRollout", admin_pb2.PromoteRolloutRequest(), token, tls_ca, timeout)
+    _admin_call(server, token, tls_ca, timeout, lambda client: client.promote_rollout().raw)
 
 
 @model.command("abort")
@@ -181,6 +173,4 @@ def promote(server, token, tls_ca, timeout) -> None:
 @_admin_options
 def abort(reason, server, token, tls_ca, timeout) -> None:
     """Drop the running rollout's version (rejected: the watcher does not try it again)."""
-    from recsys.v1 import admin_pb2
-
-    _admin_call(server, "AbortRollout", admin_pb2.AbortRolloutRequest(reason=reason), token, tls_ca, timeout)
+    _admin_call(server, token, tls_ca, timeout, lambda client: client.abort_rollout(reason).raw)

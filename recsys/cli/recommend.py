@@ -32,16 +32,8 @@ def recommend(
     """Ask the inference server for a user's top-k and print them."""
     security = client_security(tls_ca, tls_cert, tls_key, token_file, token, flags="--tls-cert/--tls-key")
     from recsys.client import format_recommendations
-    from recsys.client import recommend as call
 
-    response = call(
-        server,
-        pseudonym(pseudonymise_key, user_id),
-        k,
-        exclude_seen=not include_seen,
-        timeout_s=timeout,
-        security=security,
-    )
+    response = _recommend(server, security, pseudonym(pseudonymise_key, user_id), k, not include_seen, timeout, False)
     click.echo(format_recommendations(user_id, response))
 
 
@@ -59,15 +51,26 @@ def explain(server, user_id, k, include_seen, timeout, tls_ca, token, token_file
     """A user's top-k, each with "because you watched X, Y" (Recommend with explain=true)."""
     security = client_security(tls_ca, None, None, token_file, token, flags="--tls-ca")
     from recsys.client import format_explanations
-    from recsys.client import recommend as call
 
-    response = call(
-        server,
-        pseudonym(pseudonymise_key, user_id),
-        k,
-        exclude_seen=not include_seen,
-        timeout_s=timeout,
-        security=security,
-        explain=True,
-    )
+    response = _recommend(server, security, pseudonym(pseudonymise_key, user_id), k, not include_seen, timeout, True)
     click.echo(format_explanations(user_id, response))
+
+
+def _recommend(server, security, user_id, k, exclude_seen, timeout, explain):
+    """One Recommend through `RecsysClient`; a failure is one `Error: SERVER: CODE: details` line."""
+    from recsys.client import RecsysClient
+    from recsys.errors import RecsysError
+
+    tls = security.tls
+    with RecsysClient(
+        server,
+        tls_ca=tls and tls.ca,
+        client_cert=tls and tls.cert,
+        client_key=tls and tls.key,
+        token=security.token,
+        timeout_s=timeout,
+    ) as client:
+        try:
+            return client.recommend(user_id, k, exclude_seen=exclude_seen, explain=explain)
+        except RecsysError as exc:
+            raise click.ClickException(f"{server}: {exc.code.name}: {exc}") from None

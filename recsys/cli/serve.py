@@ -275,18 +275,15 @@ def serve_inference(
 @click.option("--timeout", default=3.0, show_default=True, type=float, help="Seconds.")
 def health(server, service, timeout) -> None:
     """Exit 0 if the server's gRPC health service answers SERVING, else 1 (container health checks)."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from recsys.client import RecsysClient
+    from recsys.errors import RecsysError
 
-    try:
-        with grpc.insecure_channel(server) as channel:
-            status = (
-                health_pb2_grpc.HealthStub(channel)
-                .Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-                .status
-            )
-    except grpc.RpcError as exc:
-        click.echo(f"{server}: {exc.code().name}", err=True)
-        sys.exit(1)
-    click.echo(f"{server}: {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}")
-    sys.exit(0 if status == health_pb2.HealthCheckResponse.SERVING else 1)
+    # No retries: a probe reports what it sees now, within its timeout.
+    with RecsysClient(server, timeout_s=timeout, retries=0) as client:
+        try:
+            status = client.health(service)
+        except RecsysError as exc:
+            click.echo(f"{server}: {exc.code.name}", err=True)
+            sys.exit(1)
+    click.echo(f"{server}: {status}")
+    sys.exit(0 if status == "SERVING" else 1)

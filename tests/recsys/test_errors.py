@@ -61,7 +61,7 @@ def test_the_walk_finds_the_known_classes():
     found = exception_classes()
     assert {
         "recsys/errors.py:Unavailable",
-        "recsys/client.py:RecommendError",
+        "recsys/client/_helpers.py:RecommendError",
         "recsys/artifact.py:ChecksumError",
         "trainer/export/onnx.py:ExportError",
     } <= set(found)

@@ -1,5 +1,5 @@
-"""A small client of the inference service, and the helpers scripts and tests use to start
-servers on loopback and wait for them (`free_port`, `wait_serving`)."""
+"""The CLI's output formats, the one-call `recommend` scripts use, and the helpers scripts and
+tests use to start servers on loopback and wait for them (`free_port`, `wait_serving`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from recsys.client._types import Recommendation, recommendation
 from recsys.errors import RecsysError
 from recsys.security import ClientSecurity, open_channel
 from recsys.v1 import inference_pb2, inference_pb2_grpc
-
-__all__ = ["RecommendError", "format_explanations", "format_recommendations", "free_port", "recommend", "wait_serving"]
 
 
 class RecommendError(RecsysError):
@@ -35,8 +34,9 @@ def recommend(
     security: ClientSecurity | None = None,
     explain: bool = False,
 ):
-    """One Recommend call (over TLS and with a token per `security`); raises RecommendError
-    with the status code and details."""
+    """One Recommend call on a channel of its own (over TLS and with a token per `security`);
+    returns the response message; raises RecommendError with the status code and details.
+    `RecsysClient` keeps its channel, retries and returns dataclasses."""
     with open_channel(target, security) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         try:
@@ -48,17 +48,23 @@ def recommend(
             raise RecommendError(f"{target}: {exc.code().name}: {exc.details()}", exc.code()) from None
 
 
-def format_explanations(user_id: str, response: inference_pb2.RecommendResponse, shown: int = 2) -> str:
+def _as_recommendation(response: Recommendation | inference_pb2.RecommendResponse) -> Recommendation:
+    return response if isinstance(response, Recommendation) else recommendation(response)
+
+
+def format_explanations(
+    user_id: str, response: Recommendation | inference_pb2.RecommendResponse, shown: int = 2
+) -> str:
     """Each item with "because you watched X, Y" (its `shown` strongest history items, by title
     where known) and, for feature-based rankers, its strongest signed feature contributions."""
-    source = inference_pb2.Source.Name(response.source).removeprefix("SOURCE_").lower()
-    lines = [f"top {len(response.items)} for user {user_id} (model {response.model_version}, from {source})"]
+    response = _as_recommendation(response)
+    lines = [f"top {len(response.items)} for user {user_id} (model {response.model_version}, from {response.source})"]
     for rank, item in enumerate(response.items, 1):
         lines.append(f"{rank:>3}. {item.title or item.item_id} ({item.item_id}, score {item.score:.3f})")
         because = [a.title or a.name for a in item.because_items[:shown]]
         if because:
             lines.append(f"     because you watched {', '.join(because)}")
-        elif response.source != inference_pb2.SOURCE_MODEL:
+        elif response.source != "model":
             lines.append("     popular with everyone (no history the model can read)")
         if item.because_features:
             contributions = (f"{a.name} {a.contribution:+.3f}" for a in item.because_features)
@@ -66,9 +72,9 @@ def format_explanations(user_id: str, response: inference_pb2.RecommendResponse,
     return "\n".join(lines)
 
 
-def format_recommendations(user_id: str, response: inference_pb2.RecommendResponse) -> str:
-    source = inference_pb2.Source.Name(response.source).removeprefix("SOURCE_").lower()
-    lines = [f"top {len(response.items)} for user {user_id} (model {response.model_version}, from {source})"]
+def format_recommendations(user_id: str, response: Recommendation | inference_pb2.RecommendResponse) -> str:
+    response = _as_recommendation(response)
+    lines = [f"top {len(response.items)} for user {user_id} (model {response.model_version}, from {response.source})"]
     lines.append(f"{'#':>3}  {'item':<10} {'score':>8}  title")
     for rank, item in enumerate(response.items, 1):
         lines.append(f"{rank:>3}  {item.item_id:<10} {item.score:>8.3f}  {item.title}")
