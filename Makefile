@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(strip $(ORT))
 LOCK := requirements/$(strip $(ORT)).lock
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto test fuzz certs demo retrain-demo clean
+.PHONY: help setup proto test fuzz certs demo retrain-demo node-client clean
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -63,6 +63,10 @@ test: $(STAMP) ## Run the test suite
 
 fuzz: $(STAMP) ## Property-based hostile-input tests with 2,000 requests per RPC (make test runs 50; CI runs both)
 	RECSYS_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests/test_hostile_input.py
+
+node-client: ## Install @grpc/grpc-js and @grpc/proto-loader into build/node-client (npm; for the Node client test)
+	mkdir -p build/node-client
+	cd build/node-client && npm install --silent --no-audit --no-fund @grpc/grpc-js @grpc/proto-loader
 
 certs: ## Local CA, server and client certificates and a token in certs/ (openssl, else Python's cryptography)
 	@# the `cryptography` fallback comes with the dev extra; certs/ is git-ignored (it holds the CA key)
