@@ -46,12 +46,14 @@ def prepare_tables(
     *,
     forget_users: str | Path | None = None,
     pseudonymise_key: str | Path | None = None,
+    columns: dict[str, str] | None = None,
     log=print,
 ) -> tuple[Tables, Pseudonymiser | None]:
     """The tables every family trains on: loaded and cleaned, user ids pseudonymised with
     `pseudonymise_key` before anything else sees them, and the users of a `forget_users` file
-    (`recsys features forgotten`; named by pseudonym or by raw id) left out."""
-    tables = load_tables(interactions, users, items)
+    (`recsys features forgotten`; named by pseudonym or by raw id) left out. `columns`: see
+    load_tables."""
+    tables = load_tables(interactions, users, items, columns=columns)
     pseudonym = pseudonymise_tables(tables, pseudonymise_key) if pseudonymise_key else None
     if forget_users:
         gone = read_forgotten(forget_users)
@@ -79,6 +81,7 @@ def train_and_export(
     pseudonymise_key: str | Path | None = None,
     item_vectors: str | Path | None = None,
     private=None,
+    columns: dict[str, str] | None = None,
     log=print,
     validator=None,
     select: str | None = None,
@@ -98,7 +101,13 @@ def train_and_export(
     (extra validation metrics and the one that selects the epoch).
     """
     tables, pseudonym = prepare_tables(
-        interactions, users, items, forget_users=forget_users, pseudonymise_key=pseudonymise_key, log=log
+        interactions,
+        users,
+        items,
+        forget_users=forget_users,
+        pseudonymise_key=pseudonymise_key,
+        columns=columns,
+        log=log,
     )
     index = build_item_index(tables.interactions, tables.items)
     _, sequences = encode_histories(tables.interactions, index)

@@ -56,7 +56,17 @@ def _next_item(cfg: TrainConfig, interactions, out, **options):
 
 
 def _with_features(
-    cfg, interactions, out, *, users=None, items=None, progress=True, resume=False, forget_users=None, **unsupported
+    cfg,
+    interactions,
+    out,
+    *,
+    users=None,
+    items=None,
+    progress=True,
+    resume=False,
+    forget_users=None,
+    columns=None,
+    **unsupported,
 ):
     """Rankers and two-tower: the same cleaned tables as next-item training, then their own run."""
     from trainer.export.ranker import train_and_export_ranker
@@ -67,7 +77,7 @@ def _with_features(
     if given:
         raise ValueError(f"{', '.join(given)} not supported by model {cfg.model!r}")
     run = train_and_export_two_tower if isinstance(cfg, RetrievalConfig) else train_and_export_ranker
-    tables, _ = prepare_tables(interactions, users, items, forget_users=forget_users)
+    tables, _ = prepare_tables(interactions, users, items, forget_users=forget_users, columns=columns)
     return run(cfg, interactions, out, progress=progress, resume=resume, tables=tables)
 
 

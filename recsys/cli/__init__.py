@@ -12,6 +12,8 @@ import sys
 import click
 
 from recsys.cli import data, features, model, pseudonym, recommend, serve, train
+from recsys.cli.events import events as events_group
+from recsys.cli.http import serve_http
 from recsys.cli.train import _without_nproc  # noqa: F401  (tests/trainer/test_distributed.py imports it here)
 
 __all__ = ["RecsysGroup", "main"]
@@ -51,6 +53,7 @@ for _command in (
     serve.serve,
     serve.health,
     features.features,
+    events_group,
     model.publish,
     model.model,
     recommend.recommend,
@@ -58,3 +61,4 @@ for _command in (
     pseudonym.pseudonym,
 ):
     main.add_command(_command)
+serve.serve.add_command(serve_http)

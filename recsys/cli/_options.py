@@ -3,6 +3,7 @@ else loads inside the helpers, so `recsys --help` stays instant."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import click
@@ -29,6 +30,11 @@ METRICS_HOST_HELP = (
 )
 
 FILE = click.Path(exists=True, dir_okay=False)  # an existing file (PEM, key, token, table)
+COLUMNS_HELP = (
+    "Your names for the standard columns, canonical=yours, e.g. "
+    "user_id=customer_id,item_id=product_id,timestamp=event_time."
+)
+DELIMITERS = ",\t;|"  # what a text table may be separated by, detected from its header line
 
 
 def configure_logging(verbose: bool, json_logs: bool = False, log_user_ids: bool = False) -> None:
@@ -166,6 +172,114 @@ def client_security(ca, cert, key, token_file, token, *, flags: str):
         raise click.UsageError(f"{flags}: a client certificate and its key go together")
     tls = ClientTls(ca, cert, key) if ca is not None or cert is not None else None
     return ClientSecurity(tls=tls, token=read_token(token_file, token))
+
+
+def parse_columns(ctx, param, value: str | None) -> dict[str, str] | None:
+    """`canonical=yours,...` -> {canonical: yours}; click callback of `columns_option`."""
+    if not value:
+        return None
+    mapping: dict[str, str] = {}
+    for pair in value.split(","):
+        canonical, sep, yours = (part.strip() for part in pair.partition("="))
+        if not sep or not canonical or not yours:
+            raise click.BadParameter(f"{pair!r} is not canonical=yours (e.g. user_id=customer_id)")
+        if canonical in mapping:
+            raise click.BadParameter(f"{canonical} is mapped twice")
+        mapping[canonical] = yours
+    if len(set(mapping.values())) < len(mapping):
+        raise click.BadParameter("one of your columns is mapped to two standard names")
+    return mapping
+
+
+def columns_option(command):
+    """--columns canonical=yours,...: the command receives `columns` (dict or None)."""
+    return click.option("--columns", callback=parse_columns, metavar="NAME=YOURS,...", help=COLUMNS_HELP)(command)
+
+
+def client_options(command):
+    """TLS, token and --timeout flags of a command that calls a server; the command receives
+    `security` (a ClientSecurity) and `timeout` (seconds)."""
+
+    @functools.wraps(command)
+    def run(*args, tls_ca, tls_cert, tls_key, token, token_file, **kwargs):
+        security = client_security(tls_ca, tls_cert, tls_key, token_file, token, flags="--tls-cert/--tls-key")
+        return command(*args, security=security, **kwargs)
+
+    return _add(
+        run,
+        [
+            click.option("--timeout", default=30.0, show_default=True, type=float, help="Seconds per call."),
+            click.option("--tls-ca", type=FILE, help="Use TLS, trusting this CA (PEM) for the server's certificate."),
+            click.option(
+                "--tls-cert", type=FILE, help="Client certificate (PEM) for a server that requires mutual TLS."
+            ),
+            click.option("--tls-key", type=FILE, help="Key of --tls-cert."),
+            click.option(
+                "--token",
+                envvar="RECSYS_TOKEN",
+                show_envvar=True,
+                help="Bearer token to send (prefer the environment variable: flags show in `ps`).",
+            ),
+            click.option("--token-file", type=FILE, help="File holding the token (one line)."),
+        ],
+    )
+
+
+def sniff_delimiter(header: str, default: str = ",") -> str:
+    """The separator of a text table, from its header line: the most frequent of `DELIMITERS`
+    (column names rarely hold one), `default` when none occurs."""
+    counts = {d: header.count(d) for d in DELIMITERS}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else default
+
+
+def read_rows(stream, columns: dict[str, str] | None, required: tuple[str, ...], source: str):
+    """Dicts of one text table's rows (stripped strings), keyed by standard names.
+
+    `columns` maps standard names to yours; the delimiter is detected from the header line.
+    ValueError, naming the columns found and `--columns`, when a required column is absent.
+    """
+    import csv
+    import itertools
+
+    header = stream.readline()
+    reader = csv.reader(itertools.chain([header], stream), delimiter=sniff_delimiter(header))
+    found = [name.strip() for name in next(reader, [])]
+    renames = {yours: canonical for canonical, yours in (columns or {}).items()}
+    unknown = sorted(set(renames) - set(found))
+    if unknown:
+        raise ValueError(f"{source}: --columns names {unknown}, not in the file's columns {found}")
+    names = [renames.get(name, name) for name in found]
+    missing = [c for c in required if c not in names]
+    if missing:
+        example = ",".join(f"{c}=YOUR_NAME" for c in missing)
+        raise ValueError(f"{source}: no column(s) {missing}; found {found}: name yours with --columns {example}")
+    for cells in reader:
+        if any(cell.strip() for cell in cells):
+            yield {name: cell.strip() for name, cell in zip(names, cells, strict=False)}
+
+
+@contextlib.contextmanager
+def feature_stub(target: str, security):
+    """A FeatureService stub on a channel to `target` (TLS and token from `security`), closed on exit."""
+    from recsys.security import open_channel
+    from recsys.v1 import features_pb2_grpc
+
+    channel = open_channel(target, security)
+    try:
+        yield features_pb2_grpc.FeatureServiceStub(channel)
+    finally:
+        channel.close()
+
+
+def rpc(target: str, method, request, timeout: float):
+    """One unary call; a failure is one `Error: TARGET: CODE: details` line."""
+    import grpc
+
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        raise click.ClickException(f"{target}: {exc.code().name}: {exc.details()}") from None
 
 
 def pseudonym(key_file: str | None, user_id: str) -> str:

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from recsys.cli._options import columns_option
+
 
 @click.group()
 def data() -> None:
@@ -29,11 +31,12 @@ def download(name: str, to_dir: str) -> None:
 @data.command("split")
 @click.option("--interactions", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-def split(interactions: str, out_dir: str) -> None:
+@columns_option
+def split(interactions: str, out_dir: str, columns: dict[str, str] | None) -> None:
     """Leave-last-out split: each user's last event (by time) -> test.csv, the rest -> train.csv."""
     from trainer.data.split import write_leave_last_out
 
-    click.echo(json.dumps(write_leave_last_out(interactions, out_dir), indent=2))
+    click.echo(json.dumps(write_leave_last_out(interactions, out_dir, columns), indent=2))
 
 
 @data.command("synth")

@@ -1,5 +1,5 @@
-"""`recsys features load | contract | remove-feature | release | forget | forgotten`: manage the
-online feature store."""
+"""`recsys features load | contract | remove-feature | release | forget | forgotten | update`:
+manage the online feature store."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ import json
 
 import click
 
-from recsys.cli._options import FILE, STORE_HELP, pseudonym
+from recsys.cli._options import (
+    FILE,
+    STORE_HELP,
+    client_options,
+    columns_option,
+    feature_stub,
+    pseudonym,
+    read_rows,
+    rpc,
+)
+
+UPDATE_BATCH = 1000  # feature rows per Update*Features call
 
 
 @click.group()
@@ -126,3 +137,70 @@ def forgotten(store, out) -> None:
         for user_id, at in sorted(users.items()):
             f.write(json.dumps({"user_id": user_id, "forgotten_at": at}, ensure_ascii=False) + "\n")
     click.echo(f"{len(users)} forgotten users written to {out}")
+
+
+@features.command("update")
+@click.option("--features", "target", required=True, help="Feature service HOST:PORT.")
+@click.option(
+    "--users", type=click.File("r", encoding="utf-8"), help="User table: user_id + feature columns ('-': stdin)."
+)
+@click.option(
+    "--items", type=click.File("r", encoding="utf-8"), help="Item table: item_id + feature columns ('-': stdin)."
+)
+@columns_option
+@client_options
+def update(target, users, items, columns, security, timeout) -> None:
+    """Replace the feature rows of a table's users or items in a running feature service, in
+    batches of 1000; print how many rows were new or changed. Each column is sent as the kind
+    the service's contract gives it (GetSchema): numbers for numeric features, '|'-separated
+    values for multi_categorical ones; a blank cell leaves that feature out of the row."""
+    if (users is None) == (items is None):
+        raise click.UsageError("give one of --users CSV or --items CSV")
+    from recsys.schema import FeatureContract
+    from recsys.v1 import features_pb2
+
+    side, table = ("user", users) if users is not None else ("item", items)
+    key = f"{side}_id"
+    updated = 0
+    with feature_stub(target, security) as stub:
+        reply = rpc(target, stub.GetSchema, features_pb2.GetSchemaRequest(), timeout)
+        kinds = FeatureContract.from_json(reply.schema_json).side(side)
+        method = stub.UpdateUserFeatures if side == "user" else stub.UpdateItemFeatures
+        request = features_pb2.UpdateUserFeaturesRequest if side == "user" else features_pb2.UpdateItemFeaturesRequest
+        batch: list = []
+        for line, row in enumerate(read_rows(table, columns, (key,), table.name), start=2):
+            batch.append(_feature_row(row, key, kinds, f"{table.name}, row {line}"))
+            if len(batch) == UPDATE_BATCH:
+                updated += rpc(target, method, request(rows=batch), timeout).updated
+                batch.clear()
+        if batch:
+            updated += rpc(target, method, request(rows=batch), timeout).updated
+    click.echo(json.dumps({"updated": updated}))
+
+
+def _feature_row(row: dict[str, str], key: str, kinds, where: str):
+    """One FeatureRow from a table row of text cells, typed by the contract's `kinds`."""
+    from recsys.feature_values import to_proto
+    from recsys.schema import FeatureKind
+    from recsys.v1 import features_pb2
+
+    if not row.get(key):
+        raise ValueError(f"{where}: no {key}")
+    features = {}
+    for name, text in row.items():
+        if name == key or not text:
+            continue
+        kind = kinds.get(name)
+        if kind is None:
+            raise ValueError(f"{where}: the service serves no feature {name!r}; it serves {sorted(kinds)}")
+        if kind is FeatureKind.NUMERIC:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"{where}: {name} is numeric, got {text!r}") from None
+        elif kind is FeatureKind.MULTI_CATEGORICAL:
+            value = [part.strip() for part in text.split("|") if part.strip()]
+        else:
+            value = text
+        features[name] = to_proto(value, kind)
+    return features_pb2.FeatureRow(id=row[key], features=features)

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from recsys.cli._options import FILE
+from recsys.cli._options import FILE, columns_option
 
 # Flags that need a capability of the model's family: flag -> name in FamilySpec.supports.
 CAPABILITY_FLAGS = {
@@ -151,6 +151,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
     show_default=True,
     help="--private: expected users per step (Poisson sampling).",
 )
+@columns_option
 def train(
     interactions,
     users,
@@ -172,6 +173,7 @@ def train(
     delta,
     max_grad_norm,
     expected_batch,
+    columns,
 ) -> None:
     """Train a model and export it as an artifact directory.
 
@@ -236,6 +238,7 @@ def train(
             pseudonymise_key=pseudonymise_key,
             item_vectors=item_vectors,
             private=privacy,
+            columns=columns,
         )
     finally:
         if distributed is not None:

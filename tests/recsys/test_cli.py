@@ -104,6 +104,7 @@ def test_train_loads_the_family_config_and_calls_its_trainer(registry, table, tm
         "pseudonymise_key": None,
         "item_vectors": None,
         "private": None,
+        "columns": None,
     }
 
     assert train(table, tmp_path, "--model", "deepfm", "--seed", "5").exit_code == 0

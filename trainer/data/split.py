@@ -18,9 +18,10 @@ def leave_last_out(interactions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFra
     return interactions.drop(index=last), interactions.loc[last]
 
 
-def write_leave_last_out(interactions: str | Path, out_dir: str | Path) -> dict:
-    """Cleans `interactions`, splits it, writes train.csv and test.csv into `out_dir`."""
-    tables = load_tables(interactions)
+def write_leave_last_out(interactions: str | Path, out_dir: str | Path, columns: dict[str, str] | None = None) -> dict:
+    """Cleans `interactions` (your column names mapped by `columns`, see load_tables), splits it,
+    writes train.csv and test.csv, with standard column names, into `out_dir`."""
+    tables = load_tables(interactions, columns=columns)
     train, test = leave_last_out(tables.interactions)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,14 @@ Three tables, each with standard column names whatever format it came in:
     users         user_id[, age, gender, occupation, zip_code, ...]
     items         item_id[, title, year, genres, ...]
 
-Accepted formats: CSV, TSV, Parquet, RecBole atomic files (.inter/.user/.item) and the
+Other spellings of the standard names are renamed (case-insensitive): userid, user, uid ->
+user_id; itemid, item, iid, movieid, movie_id -> item_id; time, ts, datetime -> timestamp;
+sex -> gender, zip, zipcode -> zip_code; movie_title -> title, release_year -> year, class,
+genre -> genres. Any other names are mapped with `columns` ({standard: yours}, the CLI's
+--columns), applied before the aliases.
+
+Accepted formats: CSV, TSV (separated by comma, tab, semicolon or pipe, detected from the
+header line), RecBole atomic files (.inter/.user/.item) and the
 GroupLens MovieLens-100K files (u.data/u.user/u.item). IDs are strings everywhere ("007" stays
 "007"; 7 from Parquet is "7", never "7.0"); multi-valued columns are '|'-joined strings
 ("Action|Comedy"); missing values are NaN. Feature columns whose text is all numbers become
@@ -133,12 +140,14 @@ class Tables:
     report: CleaningReport
 
 
-def read_table(path: str | Path, kind: TableKind) -> pd.DataFrame:
+def read_table(path: str | Path, kind: TableKind, columns: dict[str, str] | None = None) -> pd.DataFrame:
     """Read one raw table and give it the standard columns of `kind` (see module docstring).
 
     Standard columns come first, in standard order, then any others in file order. Interaction
-    timestamps and ratings are returned as read (clean_interactions parses them). Raises
-    ValueError for an unsupported format or when a required column is missing.
+    timestamps and ratings are returned as read (clean_interactions parses them). `columns`
+    ({standard: yours}) renames your columns; mapped names absent from this table are ignored.
+    Raises ValueError for an unsupported format or when a required column is missing (naming
+    the columns found and --columns).
     """
     path = Path(path)
     if kind not in KEYS:
@@ -149,15 +158,21 @@ def read_table(path: str | Path, kind: TableKind) -> pd.DataFrame:
     elif suffix in (".inter", ".user", ".item"):
         df = _read_recbole(path, kind)
     elif suffix in (".csv", ".tsv"):
-        df = pd.read_csv(path, sep="," if suffix == ".csv" else "\t", **_TEXT_OPTS)
+        df = pd.read_csv(path, sep=_delimiter(path, "," if suffix == ".csv" else "\t"), **_TEXT_OPTS)
     elif suffix in (".parquet", ".pq"):
         df = pd.read_parquet(path)
     else:
         raise ValueError(f"{path}: unsupported table format; accepted: {_ACCEPTED}")
-    df = _standard_names(df, kind)
+    found = [str(c) for c in df.columns]
+    renames = {yours: standard for standard, yours in (columns or {}).items()}
+    df = _standard_names(df.rename(columns=renames), kind)
     missing = [c for c in REQUIRED_COLUMNS[kind] if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: {kind} table lacks required column(s) {missing}; has {list(df.columns)}")
+        example = ",".join(f"{c}=YOUR_NAME" for c in missing)
+        raise ValueError(
+            f"{path}: {kind} table lacks required column(s) {missing}; found {found}: "
+            f"name yours with --columns {example}"
+        )
     for column in ("user_id", "item_id"):
         if column in df.columns:
             df[column] = _ids_to_str(df[column])
@@ -225,31 +240,40 @@ def tables_or_load(
     users: str | Path | None = None,
     items: str | Path | None = None,
     log=print,
+    columns: dict[str, str] | None = None,
 ) -> Tables:
     """`tables` when given, else the tables loaded from the paths (their summary logged)."""
     if tables is not None:
         return tables
     if interactions is None:
         raise ValueError("give interactions (a path) or tables")
-    tables = load_tables(interactions, users, items)
+    tables = load_tables(interactions, users, items, columns=columns)
     log(tables.report.summary())
     return tables
 
 
-def load_tables(interactions: str | Path, users: str | Path | None = None, items: str | Path | None = None) -> Tables:
+def load_tables(
+    interactions: str | Path,
+    users: str | Path | None = None,
+    items: str | Path | None = None,
+    *,
+    columns: dict[str, str] | None = None,
+) -> Tables:
     """Read and clean the interaction table and, when given, the user and item tables.
+
+    `columns` ({standard: yours}) maps your column names in every table (read_table).
 
     Feature tables lose rows with a missing key ("users: missing user_id") and keep the last
     row of each duplicated key ("users: duplicate user_id"), counted in the report's dropped.
     The report's users/items counts are the distinct ids of the cleaned interactions.
     """
-    inter, report = clean_interactions(read_table(interactions, "interactions"), str(interactions))
+    inter, report = clean_interactions(read_table(interactions, "interactions", columns), str(interactions))
     sources = [str(interactions)]
     tables: dict[str, pd.DataFrame | None] = {"users": None, "items": None}
     for kind, path in (("users", users), ("items", items)):
         if path is not None:
             sources.append(str(path))
-            tables[kind] = _one_row_per_key(read_table(path, kind), kind, report.dropped)
+            tables[kind] = _one_row_per_key(read_table(path, kind, columns), kind, report.dropped)
     report.source = ", ".join(sources)
     return Tables(interactions=inter, users=tables["users"], items=tables["items"], report=report)
 
@@ -314,6 +338,16 @@ def feature_rows(df: pd.DataFrame, specs: tuple[FeatureSpec, ...], key: str) -> 
             if value is not None:
                 features[spec.name] = value
         yield {key: entity, "features": features}
+
+
+def _delimiter(path: Path, default: str) -> str:
+    """The separator of a text table: the most frequent of , tab ; | in its header line
+    (column names rarely hold one), `default` when none occurs."""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        header = f.readline()
+    counts = {d: header.count(d) for d in ",\t;|"}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else default
 
 
 def _read_grouplens(path: Path) -> pd.DataFrame:
