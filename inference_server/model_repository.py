@@ -21,7 +21,9 @@ the newest version as it appears (`poll`, run every `watch_interval_s` by `start
 `load_version(None)` returns to `latest`; `rollback()` pins the version served before the
 current one. Versions already rejected are skipped by `latest` and retried only when asked
 for by number. Without a repository (a plain `--artifact` directory) the manager serves that
-directory and has no versions to swap to.
+directory and has no versions to swap to. A repository without any version of the model yet
+is waited on: `serving` is False (requests get UNAVAILABLE, health says NOT_SERVING) until the
+watcher loads the first version that passes its checks.
 
 Rollouts (inference_server/rollout.py): `start_rollout` loads a version through the same checks
 as a *candidate* beside `current`, which a canary fraction of users gets (or which scores in the
@@ -66,7 +68,7 @@ SAMPLE_USERS = 16
 
 @dataclass(frozen=True)
 class ServedModel:
-    recommender: Recommender
+    recommender: Recommender | None  # None: nothing served yet (an empty repository, waiting)
     path: Path
     version: int | None  # repository version; None for a plain artifact directory
     label: str  # what every response names: "<model>/<version>:<model_version>" from a repository
@@ -122,19 +124,31 @@ class ModelManager:
         else:
             # Pinned: that version or nothing. Latest: the newest version that passes its checks.
             choices = [version] if version is not None else repository.versions(model)[::-1]
-            if not choices:
-                raise FailedPrecondition(f"model repository {repository.root} has no versions of model {model!r}")
+            if not choices:  # the first version is yet to be published: wait for it (NOT_SERVING)
+                log.warning("model repository %s has no versions of model %r yet: waiting", repository.root, model)
+                self.current = ServedModel(None, repository.root / model, None, "")
             if version is not None and version not in repository.versions(model):
                 raise NotFound(f"model {model!r} has no version {version} in {repository.root}")
-            for i, chosen in enumerate(choices):
+            for i, chosen in enumerate(choices if choices else ()):
                 try:
                     self.current = self._load(chosen, first=True)
                     break
                 except FailedPrecondition:
                     if i == len(choices) - 1:
                         raise
-        if on_change is not None:
+        if on_change is not None and self.serving:
             on_change(self.current)
+
+    @property
+    def serving(self) -> bool:
+        """Whether a version serves (False while an empty repository waits for its first)."""
+        return self.current.recommender is not None
+
+    def _need_model(self) -> None:
+        if not self.serving:
+            raise Unavailable(
+                f"model {self.model!r} has no version that passed its checks yet (repository {self.repository.root})"
+            )
 
     # -- serving -------------------------------------------------------------------------
 
@@ -142,6 +156,7 @@ class ModelManager:
         self, user_id: str, k: int, exclude_seen: bool, explain: bool = False, *, history=(), timeout_s=None
     ) -> tuple[Recommendation, ServedModel]:
         """`Recommender.recommend` of the version that answers this user, and that version."""
+        self._need_model()
         served, rollout = self.current, self.rollout
         if rollout is not None and rollout.running:
             return rollout.recommend(served, user_id, k, exclude_seen, explain, history=history, timeout_s=timeout_s)
@@ -152,6 +167,7 @@ class ModelManager:
         self, user_id: str, item_ids: list[str], *, timeout_s=None
     ) -> tuple[list[float], str, list[str], ServedModel]:
         """`Recommender.score_all` of the version that answers this user, and that version."""
+        self._need_model()
         served, rollout = self.current, self.rollout
         if rollout is not None and rollout.running:
             return rollout.score(served, user_id, item_ids, timeout_s=timeout_s)
@@ -173,7 +189,7 @@ class ModelManager:
             if not candidates or candidates[-1] in (self.current.version, running):
                 return None
             try:
-                if self.auto_rollout is None:
+                if self.auto_rollout is None or not self.serving:  # no stable version to canary beside
                     served = self._swap(candidates[-1])
                     self._end_rollout(f"superseded by version {served.version}")
                     return served
@@ -197,6 +213,8 @@ class ModelManager:
         artifact's (manifest `training["rollout"]`) with `limits` over them. Raises like
         `load_version`; `FailedPrecondition` when it is served already."""
         self._need_repository()
+        if not self.serving:
+            raise FailedPrecondition(f"model {self.model!r} serves no version yet: load one first, then roll out")
         fraction = DEFAULT_FRACTION.get(mode, 1.0) if fraction is None else fraction
         check_settings(mode, fraction, promote_after_s)
         with self._lock:
@@ -365,10 +383,12 @@ class ModelManager:
         self.current = served  # one reference assignment: requests see the old or the new model
         if old.version is not None:
             self.history.append(old.version)
-        log.info("model %s: now serving version %d (%s), was %s", self.model, served.version, served.label, old.label)
+        was = old.label or "nothing"
+        log.info("model %s: now serving version %d (%s), was %s", self.model, served.version, served.label, was)
         if self.on_change is not None:
             self.on_change(served)
-        _retire(old.recommender, self.retire_after_s)
+        if old.recommender is not None:
+            _retire(old.recommender, self.retire_after_s)
         return served
 
     def _running_rollout(self) -> Rollout:
@@ -408,7 +428,7 @@ class ModelManager:
         except Exception as exc:
             reason = str(exc) or type(exc).__name__
             self.rejected[version] = reason
-            still = "" if first else f"; still serving {self.current.label}"
+            still = "" if first or not self.serving else f"; still serving {self.current.label}"
             log.error("model %s version %d rejected: %s%s", self.model, version, reason, still)
             if self.on_reject is not None:
                 self.on_reject(version, reason)
@@ -420,7 +440,7 @@ class ModelManager:
         try:
             served = self.features.contract()
         except Unavailable:
-            if not self.current.recommender.manifest.needs.problems(needs):
+            if self.serving and not self.current.recommender.manifest.needs.problems(needs):
                 return  # the health watch keeps asking; requests check every answer's contract too
             raise
         problems = served.problems(needs)

@@ -43,7 +43,7 @@ from inference_server.rollout import RolloutCollector
 from inference_server.servicer import AdminServicer, InferenceServicer
 from inference_server.speed import SpeedOptions, open_model
 from recsys.artifact import ItemIndex, read_manifest, read_user_index, verify_files
-from recsys.errors import RecsysError, Unavailable
+from recsys.errors import FailedPrecondition, RecsysError, Unavailable
 from recsys.grpc_server import HealthWatch, ServiceBinding, create_server, limit_malloc_arenas, run_until_signal
 from recsys.metrics import InferenceMetrics
 from recsys.security import ServerSecurity
@@ -211,7 +211,7 @@ def start_server(config: InferenceConfig) -> InferenceService:
     except BaseException:
         client.close()
         raise
-    metrics.watch_batches(lambda: _batch_stats(manager.current.recommender))
+    metrics.watch_batches(lambda: _batch_stats(manager.current.recommender) if manager.serving else None)
     metrics.registry.register(RolloutCollector(lambda: manager.rollout))
     bound_metrics = metrics.serve_http(c.metrics_port, c.metrics_host or c.host) if c.metrics_port is not None else None
     watch = HealthWatch(
@@ -276,6 +276,8 @@ def _probe(manager: ModelManager, health_servicer: health.HealthServicer, metric
         )
 
     def probe() -> None:
+        if not manager.serving:  # an empty repository: NOT_SERVING until its first version loads
+            raise FailedPrecondition(f"no version of model {manager.model!r} has loaded yet")
         try:
             client.check_compatible(manager.current.recommender.manifest.needs)
         except Unavailable:
@@ -308,19 +310,20 @@ def serve(config: InferenceConfig) -> None:
     feature_tls = "plaintext" if config.feature_security is None or config.feature_security.tls is None else "TLS"
     served = service.manager.current
     log.info(
-        "inference server on %s:%d (%s): model %s (%d items) on %s, features from %s (%s)%s",
+        "inference server on %s:%d (%s): model %s (%s items) on %s, features from %s (%s)%s",
         config.host,
         service.port,
         security.describe(),
-        served.label,
-        served.recommender.manifest.num_items,
+        served.label or "none yet (waiting for a first version)",
+        served.recommender.manifest.num_items if served.recommender is not None else 0,
         config.device,
         config.features_target,
         feature_tls,
         f", metrics on :{service.metrics_port}" if service.metrics_port else "",
     )
     print(
-        f"inference server listening on {config.host}:{service.port} (model {served.label}, device {config.device})",
+        f"inference server listening on {config.host}:{service.port} (model {served.label or 'none yet'}, "
+        f"device {config.device})",
         flush=True,
     )
     try:

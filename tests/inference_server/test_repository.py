@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from feature_service.server import create_feature_server
 from inference_server.model_repository import ModelManager
@@ -222,3 +223,26 @@ def test_newest_passing_version_serves_at_start_and_nan_models_are_rejected(trai
         assert pinned.current.version == 1 and pinned.poll() is None and pinned.policy == "pinned"
     finally:
         client.close()
+
+
+def test_an_empty_repository_waits_not_serving_until_its_first_version(trained_artifact, features, tmp_path):
+    repo = ModelRepository(tmp_path / "repo")
+    (tmp_path / "repo").mkdir()
+    service = start_inference_service(
+        None, features, repo=repo.root, model="m", watch_interval_s=0.05, health_interval_s=0.05, host="127.0.0.1"
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            check = health_pb2.HealthCheckRequest(service="recsys.v1.InferenceService")
+            assert health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as info:
+                recommend(service.port)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "no version" in info.value.details()
+            status = admin_pb2_grpc.AdminServiceStub(channel).GetModelStatus(admin_pb2.GetModelStatusRequest())
+            assert (status.serving_version, list(status.versions)) == (0, [])
+            repo.publish(trained_artifact, "m")
+            wait_for(lambda: health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.SERVING)
+            assert recommend(service.port).model_version.startswith("m/1:")
+    finally:
+        service.stop()
