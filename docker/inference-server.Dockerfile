@@ -15,10 +15,34 @@ COPY --from=build /opt/recsys /opt/recsys
 # so a fresh named volume mounted there is writable by the trainer job too (same uid)
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin recsys \
  && mkdir -p /models && chown recsys /models
+# recsys-health HOST:PORT [SERVICE]: exit 0 only when the server's gRPC health answers SERVING
+# (container health checks). Plaintext through `recsys health`, or TLS trusting the CA in
+# $RECSYS_HEALTH_TLS_CA, checking the name in $RECSYS_HEALTH_TLS_NAME when set.
+RUN printf '%s\n' \
+  '#!/opt/recsys/bin/python' \
+  'import os, sys' \
+  'target, service = sys.argv[1], (sys.argv[2:] or [""])[0]' \
+  'ca = os.environ.get("RECSYS_HEALTH_TLS_CA")' \
+  'if not ca:' \
+  '    os.execvp("recsys", ["recsys", "health", "--server", target, "--service", service])' \
+  'import grpc' \
+  'from grpc_health.v1 import health_pb2, health_pb2_grpc' \
+  'name = os.environ.get("RECSYS_HEALTH_TLS_NAME")' \
+  'options = [("grpc.ssl_target_name_override", name)] if name else []' \
+  'with open(ca, "rb") as pem, grpc.secure_channel(target, grpc.ssl_channel_credentials(pem.read()), options) as channel:' \
+  '    try:' \
+  '        request = health_pb2.HealthCheckRequest(service=service)' \
+  '        status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=3).status' \
+  '    except grpc.RpcError as exc:' \
+  '        sys.exit(f"{target}: {exc.code().name}")' \
+  'print(f"{target}: {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}")' \
+  'sys.exit(0 if status == health_pb2.HealthCheckResponse.SERVING else 1)' \
+  > /opt/recsys/bin/recsys-health \
+ && chmod 0755 /opt/recsys/bin/recsys-health
 USER 10001
 ENV PATH=/opt/recsys/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 EXPOSE 50052
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["recsys", "health", "--server", "localhost:50052", "--service", "recsys.v1.InferenceService"]
+  CMD ["recsys-health", "localhost:50052", "recsys.v1.InferenceService"]
 ENTRYPOINT ["recsys"]
 CMD ["serve", "inference", "--repo", "/models", "--model", "recs", "--features", "features:50051", "--port", "50052"]

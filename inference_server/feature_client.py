@@ -123,6 +123,9 @@ class FeatureClient:
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),
                 ("grpc.max_receive_message_length", max_message_bytes),
+                # Spread calls, not connections: with a target that resolves to several
+                # addresses (dns:/// over a headless Service) every one gets a subchannel.
+                ("grpc.lb_policy_name", "round_robin"),
             ],
         )
         self.stub = features_pb2_grpc.FeatureServiceStub(self.channel)

@@ -69,6 +69,8 @@ def create_server(
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     max_streams: int | None = None,
     reflection: bool | None = None,
+    max_connection_age_s: float | None = 300.0,
+    max_connection_age_grace_s: float = 30.0,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Builds and starts a server; returns it, the bound port and its health servicer.
 
@@ -81,6 +83,9 @@ def create_server(
     Streaming calls (reflection, health Watch): at most `max_streams` at once (default
     max(1, max_workers // 4); 0 refuses them all), on threads of their own. `reflection`:
     None turns server reflection on only where `host` is loopback or tokens are required.
+    `max_connection_age_s` (None: forever): each client connection is closed (GOAWAY) after
+    about that long, in-flight calls get `max_connection_age_grace_s` more, and the client
+    reconnects and resolves its target again, so replicas added behind a DNS name get calls.
     """
     security = security or ServerSecurity()
     max_streams = max(1, max_workers // 4) if max_streams is None else max_streams
@@ -98,6 +103,14 @@ def create_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *(
+                []
+                if max_connection_age_s is None
+                else [
+                    ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+                    ("grpc.max_connection_age_grace_ms", int(max_connection_age_grace_s * 1000)),
+                ]
+            ),
         ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )

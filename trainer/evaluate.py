@@ -16,7 +16,9 @@ follows the manifest (`task`, the inputs' sources) and the test file's columns:
     user_id,item_id rows only: ranked as above, by predicted rating
 
 The result is one flat dict of numbers and strings; it starts with the artifact's model_kind
-and task and names its protocol ("full", "sampled" or "pointwise").
+and task and names its protocol ("full", "sampled" or "pointwise"). Ranked protocols also give
+the popularity baseline on the same rows and protocol (`popularity_HR@10`, ...), so a model's
+figures come with the answer to "better than the most popular items?".
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from inference_server.feature_inputs import USER_SOURCES
 from recsys.artifact import SOURCE_USER_HISTORY, Manifest
 from trainer.evaluation.pointwise import classify, regress
 from trainer.evaluation.ranking import rank_held_out
-from trainer.evaluation.scorers import PairScorer, SequenceScorer, UserFeatureScorer
+from trainer.evaluation.scorers import PairScorer, PopularityScorer, SequenceScorer, UserFeatureScorer
 from trainer.evaluation.tables import ArtifactTables, read_pairs, read_rows
 
 __all__ = ["FAMILIES", "evaluate_artifact", "model_family", "read_pairs"]
@@ -90,12 +92,11 @@ def evaluate_artifact(
             return {**head, **classify(tables, scorer, test, _threshold(manifest, test))}
     else:
         scorer = (SequenceScorer if family == "next_item" else UserFeatureScorer)(artifact_dir, tables)
-    return {
-        **head,
-        **rank_held_out(
-            tables, scorer, test, k=k, protocol=protocol, negatives=negatives, sampling=sampling, seed=seed, batch=batch
-        ),
-    }
+    ranked = {"k": k, "protocol": protocol, "negatives": negatives, "sampling": sampling, "seed": seed, "batch": batch}
+    result = {**head, **rank_held_out(tables, scorer, test, **ranked)}
+    baseline = rank_held_out(tables, PopularityScorer(tables), test, **ranked)
+    result.update({f"popularity_{name}": value for name, value in baseline.items() if "@" in name})
+    return result
 
 
 def _threshold(manifest: Manifest, test) -> float | None:

