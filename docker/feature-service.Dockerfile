@@ -44,5 +44,8 @@ ENV PATH=/opt/recsys/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
   CMD ["recsys-health", "localhost:50051", "recsys.v1.FeatureService"]
+# Listen on every interface: the container's port is what gets published (the CLI's own default
+# is loopback). Without TLS or tokens the server logs a warning saying so.
+ENV RECSYS_HOST=[::]
 ENTRYPOINT ["recsys"]
 CMD ["serve", "features", "--store", "sqlite:///var/lib/recsys/features.sqlite", "--port", "50051"]

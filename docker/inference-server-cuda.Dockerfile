@@ -53,5 +53,8 @@ ENV PATH=/opt/recsys/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
 EXPOSE 50052
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD ["recsys-health", "localhost:50052", "recsys.v1.InferenceService"]
+# Listen on every interface: the container's port is what gets published (the CLI's own default
+# is loopback). Without TLS or tokens the server logs a warning saying so.
+ENV RECSYS_HOST=[::]
 ENTRYPOINT ["recsys"]
 CMD ["serve", "inference", "--device", "cuda", "--repo", "/models", "--model", "recs", "--features", "features:50051", "--port", "50052"]

@@ -36,7 +36,7 @@ class FeatureServiceConfig:
     load_mode: str = "add"  # loading into a store that holds another dataset: "add" refuses, "replace", "merge"
 
     # The gRPC server.
-    host: str = "[::]"  # every interface, IPv6 and (on dual-stack hosts) IPv4; 127.0.0.1: this machine only
+    host: str = "127.0.0.1"  # this machine only; "[::]": every interface, IPv6 and (dual-stack) IPv4
     port: int = DEFAULT_PORT  # 0: any free port (tests)
     security: ServerSecurity | None = None  # TLS / mutual TLS and accepted tokens; None: plaintext, no auth
     max_workers: int = 8  # threads serving unary calls at once

@@ -114,7 +114,7 @@ class InferenceConfig:
     health_interval_s: float = 2.0  # seconds between checks of its health and schema
 
     # The gRPC server.
-    host: str = "[::]"  # every interface, IPv6 and (on dual-stack hosts) IPv4; 127.0.0.1: this machine only
+    host: str = "127.0.0.1"  # this machine only; "[::]": every interface, IPv6 and (dual-stack) IPv4
     port: int = DEFAULT_PORT  # 0: any free port (tests)
     security: ServerSecurity | None = None  # TLS / mutual TLS and accepted tokens; None: plaintext, no auth
     max_workers: int = 8  # threads serving unary calls at once

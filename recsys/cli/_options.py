@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 
 import click
 
@@ -20,10 +21,12 @@ STORE_HELP = (
     "redis://HOST:PORT/DB (shared) or memory:// (lost on exit); ?max_events=N bounds each history."
 )
 HOST_HELP = (
-    "Address to listen on. The default [::] is every interface, IPv6 and (on dual-stack hosts) IPv4 "
-    "(what containers need); 127.0.0.1 keeps the server to this machine. Server reflection is on "
-    "only on a loopback address or with tokens (--auth-token-file)."
+    "Address to listen on. Default: 127.0.0.1 (this machine only), or [::] (every interface, IPv6 and "
+    "on dual-stack hosts IPv4) when TLS or tokens are on. The images set RECSYS_HOST=[::]; "
+    "every interface in plaintext without tokens logs a warning. Server reflection is on only on a "
+    "loopback address or with tokens (--auth-token-file)."
 )
+ALL_INTERFACES = ("[::]", "::", "0.0.0.0", "")
 METRICS_HOST_HELP = (
     "Address of the metrics endpoint (--metrics-port). Default: the same as --host, so a server kept "
     "to 127.0.0.1 keeps its metrics there too."
@@ -47,6 +50,21 @@ def _add(command, options):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def listen_host(host: str | None, security) -> str:
+    """`--host`, or its default: loopback in plaintext without tokens, every interface otherwise.
+    Every interface in plaintext without tokens is allowed, with a warning."""
+    open_door = security.tls is None and not security.tokens
+    if host is None:
+        return "127.0.0.1" if open_door else "[::]"
+    if open_door and host in ALL_INTERFACES:
+        logging.getLogger("recsys.cli").warning(
+            "listening on every interface (%s) in plaintext without tokens: anyone who reaches this port "
+            "can call every RPC, the admin service included (--tls-cert/--auth-token-file, or --host 127.0.0.1)",
+            host,
+        )
+    return host
 
 
 def server_options(default_port: int):
@@ -78,6 +96,8 @@ def server_options(default_port: int):
             **kwargs,
         ):
             configure_logging(verbose, json_logs, log_user_ids)
+            security = server_security(tls_cert, tls_key, tls_client_ca, auth_token_file)
+            host = listen_host(host, security)
             server = {
                 "host": host,
                 "port": port,
@@ -85,7 +105,7 @@ def server_options(default_port: int):
                 "metrics_port": metrics_port,
                 "metrics_host": host if metrics_host is None else metrics_host,
                 "access_log": access_log,
-                "security": server_security(tls_cert, tls_key, tls_client_ca, auth_token_file),
+                "security": security,
             }
             if max_concurrent_rpcs is not None:
                 server["max_concurrent_rpcs"] = max_concurrent_rpcs
@@ -94,7 +114,7 @@ def server_options(default_port: int):
         return _add(
             run,
             [
-                click.option("--host", default="[::]", show_default=True, help=HOST_HELP),
+                click.option("--host", envvar="RECSYS_HOST", help=HOST_HELP),
                 click.option("--port", default=default_port, show_default=True, type=int, help="0: any free port."),
                 click.option(
                     "--tls-cert", type=FILE, help="Serve TLS with this certificate chain (PEM); needs --tls-key."

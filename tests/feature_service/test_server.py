@@ -400,7 +400,7 @@ def test_serve_features_hands_the_server_one_config(artifact_dir: Path, monkeypa
             max_workers=3,
             access_log=True,
             security=ServerSecurity(),
-            metrics_host="[::]",
+            metrics_host="127.0.0.1",
         )
     ]
     args = ["serve", "features", "--max-concurrent-rpcs", "7", "--host", "127.0.0.1"]

@@ -230,7 +230,7 @@ def test_serve_inference_hands_the_server_one_config(trained_artifact, monkeypat
             security=ServerSecurity(),
             feature_security=ClientSecurity(),
             speed=SpeedOptions(batch_max=4, ann="off", variant="int8", tuning=tuning),
-            metrics_host="[::]",
+            metrics_host="127.0.0.1",
         )
     ]
     result = CliRunner().invoke(main, ["serve", "inference", "--repo", str(trained_artifact), "--features", "x:1"])

@@ -261,9 +261,27 @@ def options_of(*argv: str) -> dict:
 
 
 def test_metrics_listen_where_the_server_listens_unless_told_otherwise():
-    assert options_of()["metrics_host"] == "[::]"
-    assert options_of("--host", "127.0.0.1")["metrics_host"] == "127.0.0.1"
+    assert options_of()["metrics_host"] == "127.0.0.1"  # plaintext, no tokens: loopback by default
+    assert options_of("--host", "[::]")["metrics_host"] == "[::]"
     assert options_of("--host", "127.0.0.1", "--metrics-host", "0.0.0.0")["metrics_host"] == "0.0.0.0"
+
+
+def test_servers_listen_on_loopback_unless_tls_or_tokens_are_on(monkeypatch, tmp_path, capfd):
+    monkeypatch.delenv("RECSYS_AUTH_TOKENS", raising=False)
+    monkeypatch.delenv("RECSYS_HOST", raising=False)
+    assert options_of()["host"] == "127.0.0.1"
+    token = tmp_path / "token"
+    token.write_text("a-token-of-some-length\n")
+    assert options_of("--auth-token-file", str(token))["host"] == "[::]"
+    monkeypatch.setenv("RECSYS_HOST", "0.0.0.0")  # what the server images set, as [::]
+    from recsys.cli._options import listen_host
+    from recsys.security import ServerSecurity
+
+    warned = []
+    monkeypatch.setattr("logging.Logger.warning", lambda self, msg, *a: warned.append(msg % a))
+    assert options_of()["host"] == "0.0.0.0"
+    assert listen_host("[::]", ServerSecurity()) == "[::]"
+    assert len(warned) == 2 and "every interface (0.0.0.0) in plaintext without tokens" in warned[0]
 
 
 def test_both_server_configs_take_the_metrics_host():
