@@ -29,6 +29,7 @@ def compare_models(
     k: int = 10,
     progress: bool = True,
     log=print,
+    columns: dict[str, str] | None = None,
 ) -> list[dict]:
     """Trains each model with `cfg` (model swapped) and evaluates it on `test`.
 
@@ -39,7 +40,8 @@ def compare_models(
     out.mkdir(parents=True, exist_ok=True)
     train = interactions
     if test is None:
-        split = write_leave_last_out(interactions, out / "split")
+        split = write_leave_last_out(interactions, out / "split", columns=columns)
+        columns = None  # the split files have the standard names
         train, test = split["train"], split["test"]
     rows = []
     for name in models:
@@ -52,9 +54,10 @@ def compare_models(
             items=items,
             progress=progress,
             log=log,
+            columns=columns,
         )
         seconds = time.perf_counter() - started
-        metrics = evaluate_artifact(out / name, test, k=k)
+        metrics = evaluate_artifact(out / name, test, k=k, columns=columns)
         rows.append(
             {
                 "model": name,

@@ -64,13 +64,15 @@ def evaluate_artifact(
     sampling: str = "uniform",
     seed: int = 0,
     batch: int = 256,
+    columns: dict[str, str] | None = None,
 ) -> dict:
     """Metrics of the artifact's model on `test_path` rows (see the module docstring).
 
     protocol "full" ranks the target against every item not in the user's history; "sampled"
     ranks it against `negatives` items drawn (uniformly or by popularity, from `seed`) from
     those, the protocol of many papers, reported for comparison only: it flatters every model.
-    Labelled rows are scored pointwise whatever the protocol. Raises ValueError for a bad
+    Labelled rows are scored pointwise whatever the protocol. `columns` ({standard: yours})
+    names the test file's columns. Raises ValueError for a bad
     argument, an unreadable test file or one that does not fit the model.
     """
     if protocol not in ("full", "sampled"):
@@ -80,7 +82,7 @@ def evaluate_artifact(
     tables = ArtifactTables.read(artifact_dir)
     manifest = tables.manifest
     family = model_family(manifest)
-    test = read_rows(test_path)
+    test = read_rows(test_path, columns)
     head = {"model_kind": manifest.model_kind, "task": manifest.task}
     if family in ("rank", "rating"):
         scorer = PairScorer(artifact_dir, tables)

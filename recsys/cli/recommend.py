@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import click
 
 from recsys.cli._options import FILE, INFERENCE_SERVER, client_security, pseudonym
@@ -26,14 +29,18 @@ PSEUDONYMISE_HELP = "The model was trained with this pseudonymisation key: send 
 )
 @click.option("--token-file", type=FILE, help="File holding the token (one line).")
 @click.option("--pseudonymise-key", type=FILE, help=PSEUDONYMISE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as one JSON object (for scripts).")
 def recommend(
-    server, user_id, k, include_seen, timeout, tls_ca, tls_cert, tls_key, token, token_file, pseudonymise_key
+    server, user_id, k, include_seen, timeout, tls_ca, tls_cert, tls_key, token, token_file, pseudonymise_key, as_json
 ) -> None:
     """Ask the inference server for a user's top-k and print them."""
     security = client_security(tls_ca, tls_cert, tls_key, token_file, token, flags="--tls-cert/--tls-key")
     from recsys.client import format_recommendations
 
     response = _recommend(server, security, pseudonym(pseudonymise_key, user_id), k, not include_seen, timeout, False)
+    if as_json:
+        click.echo(json.dumps({"user_id": user_id, **dataclasses.asdict(response)}, ensure_ascii=False))
+        return
     click.echo(format_recommendations(user_id, response))
 
 

@@ -278,11 +278,14 @@ def add_items(artifact, items, out, item_vectors, checkpoint) -> None:
 @click.option("--negatives", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--sampling", default="uniform", show_default=True, type=click.Choice(["uniform", "popularity"]))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
-def evaluate(artifact, test_path, k, protocol, negatives, sampling, as_json) -> None:
+@columns_option
+def evaluate(artifact, test_path, k, protocol, negatives, sampling, as_json, columns) -> None:
     """Offline evaluation of an artifact's ONNX model (seen items excluded)."""
     from trainer.evaluate import evaluate_artifact
 
-    result = evaluate_artifact(artifact, test_path, k=k, protocol=protocol, negatives=negatives, sampling=sampling)
+    result = evaluate_artifact(
+        artifact, test_path, k=k, protocol=protocol, negatives=negatives, sampling=sampling, columns=columns
+    )
     for key, value in result.items():
         click.echo(f"{key:>26}  {value:.4f}" if isinstance(value, float) else f"{key:>26}  {value}")
     if as_json:
@@ -313,7 +316,8 @@ def evaluate(artifact, test_path, k, protocol, negatives, sampling, as_json) -> 
 @click.option("--config", "config_file", type=FILE)
 @click.option("--k", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--quiet", is_flag=True)
-def compare(interactions, test_path, users, items, models, out, epochs, seed, config_file, k, quiet) -> None:
+@columns_option
+def compare(interactions, test_path, users, items, models, out, epochs, seed, config_file, k, quiet, columns) -> None:
     """Train several models on one split, evaluate each, print a table, write a plot."""
     from recsys.config import load_config
     from trainer.compare import compare_models
@@ -337,4 +341,15 @@ def compare(interactions, test_path, users, items, models, out, epochs, seed, co
     cfg = load_config(
         spec.config_cls, file=config_file, env_prefix=spec.env_prefix, overrides={"epochs": epochs, "seed": seed}
     )
-    compare_models(interactions, names, out, cfg, test=test_path, users=users, items=items, k=k, progress=not quiet)
+    compare_models(
+        interactions,
+        names,
+        out,
+        cfg,
+        test=test_path,
+        users=users,
+        items=items,
+        k=k,
+        progress=not quiet,
+        columns=columns,
+    )

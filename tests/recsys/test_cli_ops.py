@@ -150,3 +150,17 @@ def test_data_split_maps_columns_of_a_tab_separated_file(ring_data, tmp_path: Pa
     split = json.loads(result.output)
     assert split["users"] == 80 and split["test_rows"] == 80
     assert (tmp_path / "split" / "test.csv").read_text().startswith("user_id,item_id,timestamp")
+
+
+def test_evaluate_maps_the_test_file_columns(trained_artifact, ring_data, tmp_path: Path) -> None:
+    import pandas as pd
+
+    test = pd.read_csv(ring_data["test"]).rename(columns={"user_id": "customer_id", "item_id": "product_id"})
+    test.to_csv(tmp_path / "test.csv", index=False)
+    args = ["evaluate", "--artifact", str(trained_artifact), "--test", str(tmp_path / "test.csv"), "--json"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code != 0 and "--columns" in refused.output, refused.output
+    result = CliRunner().invoke(main, [*args, "--columns", "user_id=customer_id,item_id=product_id"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output.strip().splitlines()[-1])
+    assert metrics["cases"] == 80 and metrics["ndcg@10"] > metrics["popularity_ndcg@10"]

@@ -258,6 +258,17 @@ def test_health_command_uses_the_client(stack):
     assert result.exit_code == 1 and "UNAVAILABLE" in result.output
 
 
+def test_recommend_command_prints_json(stack):
+    from recsys.cli import main
+
+    result = CliRunner().invoke(main, ["recommend", "--server", stack[0], "--user", "u000", "--k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["user_id"] == "u000" and answer["source"] == "model" and answer["degraded"] is False
+    assert len(answer["items"]) == 3 and {"item_id", "score", "title"} <= set(answer["items"][0])
+    assert answer["model_version"].startswith("m/")
+
+
 NODE_CLIENT = """
 const grpc = require("@grpc/grpc-js");
 const loader = require("@grpc/proto-loader");

@@ -23,10 +23,10 @@ TARGETS = ("label", "rating")  # optional columns kept by read_rows, as float64 
 EMPTY = np.zeros(0, dtype=np.int64)
 
 
-def read_rows(path: str | Path) -> pd.DataFrame:
+def read_rows(path: str | Path, columns: dict[str, str] | None = None) -> pd.DataFrame:
     """user_id, item_id (str) and whichever of TARGETS the file has; rows without both ids are
-    dropped, other columns ignored. Raises ValueError for an unknown format, a missing id
-    column or no rows."""
+    dropped, other columns ignored. `columns` ({standard: yours}) renames your columns first.
+    Raises ValueError for an unknown format, a missing id column or no rows."""
     path = Path(path)
     if path.suffix == ".parquet":
         df = pd.read_parquet(path)
@@ -35,9 +35,13 @@ def read_rows(path: str | Path) -> pd.DataFrame:
         df.columns = [c.split(":")[0] for c in df.columns]
     else:
         raise ValueError(f"{path}: unsupported format; use .csv, .tsv or .parquet")
+    df = df.rename(columns={yours: standard for standard, yours in (columns or {}).items()})
     missing = {"user_id", "item_id"} - set(df.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        raise ValueError(
+            f"{path}: missing column(s) {', '.join(sorted(missing))} (found {', '.join(map(str, df.columns))}); "
+            "name yours with --columns user_id=YOURS,item_id=YOURS"
+        )
     df = df.dropna(subset=["user_id", "item_id"])
     out = df[["user_id", "item_id"]].astype(str)
     for name in TARGETS:
