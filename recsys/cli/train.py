@@ -7,9 +7,12 @@ trains; this module holds no list of models.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -95,7 +98,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 )
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out (OUT.ckpt) after a crash.")
 @click.option("--forget-users", type=FILE, help="File from `recsys features forgotten`: leave those users out.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no report: one line naming what was written.")
 @click.option(
     "--pseudonymise-key",
     type=FILE,
@@ -225,21 +228,27 @@ def train(
         from trainer import distributed
 
         distributed.init_from_env()
+    # --quiet: no progress bar and no report on stdout, only the line naming what was written
+    chatter = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
     try:
-        spec.train_and_export(
-            cfg,
-            interactions,
-            out,
-            users=users,
-            items=items,
-            progress=not quiet,
-            resume=resume,
-            forget_users=forget_users,
-            pseudonymise_key=pseudonymise_key,
-            item_vectors=item_vectors,
-            private=privacy,
-            columns=columns,
-        )
+        with chatter:
+            spec.train_and_export(
+                cfg,
+                interactions,
+                out,
+                users=users,
+                items=items,
+                progress=not quiet,
+                resume=resume,
+                forget_users=forget_users,
+                pseudonymise_key=pseudonymise_key,
+                item_vectors=item_vectors,
+                private=privacy,
+                columns=columns,
+            )
+        manifest = Path(out) / "manifest.json"
+        if quiet and manifest.is_file() and os.environ.get("RANK", "0") == "0":
+            click.echo(f"wrote {out} ({json.loads(manifest.read_text())['model_version']})")
     finally:
         if distributed is not None:
             distributed.shutdown()

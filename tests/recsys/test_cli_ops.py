@@ -129,8 +129,10 @@ def test_train_from_a_semicolon_file_with_your_column_names(ring_data, tmp_path:
     assert result.exit_code == 1
     assert "--columns" in result.output and "'customer_id', 'product_id', 'event_time'" in result.output, result.output
     columns = ",".join(f"{standard}={yours}" for standard, yours in names.items())
-    invoke(*common, "--out", str(tmp_path / "artifact"), "--columns", columns)
+    quiet = invoke(*common, "--out", str(tmp_path / "artifact"), "--columns", columns)
     manifest = json.loads((tmp_path / "artifact" / "manifest.json").read_text())
+    # --quiet: one line, naming what was written
+    assert quiet.output == f"wrote {tmp_path / 'artifact'} ({manifest['model_version']})\n"
     assert manifest["num_items"] == 40 and {f["name"] for f in manifest["schema"]["item_features"]} >= {"genres"}
 
 

@@ -101,7 +101,6 @@ def test_two_ranks_match_one_process(ring_data, tmp_path):
             "9",
             "--seed",
             "0",
-            "--quiet",
             "--nproc",
             "2",
         ],
