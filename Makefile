@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $@
 
 # The locks' extras: the ONNX Runtime build of each, plus these
-LOCK_EXTRAS := train dev ann private
+LOCK_EXTRAS := train dev ann private otel
 # torch must be the CPU build (2.13.0+cpu): uv ignores pip's config, so it is told where that wheel
 # lies (this machine's pip find-links); a CUDA torch (nvidia-* packages) in a lock is refused below
 TORCH_CPU_WHEELS ?= /opt/wheels

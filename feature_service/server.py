@@ -43,6 +43,7 @@ from recsys.grpc_server import (
 )
 from recsys.metrics import ServiceMetrics
 from recsys.security import ServerSecurity
+from recsys.tracing import setup_tracing
 from recsys.v1 import features_pb2_grpc
 
 __all__ = ["create_feature_server", "serve", "start_server"]
@@ -119,6 +120,7 @@ def create_feature_server(
 def serve(config: FeatureServiceConfig) -> None:
     """Runs the feature server until SIGTERM/SIGINT, then drains and closes the store."""
     limit_malloc_arenas()  # before any thread starts
+    setup_tracing("recsys-features")  # a no-op unless OTEL_TRACES_EXPORTER asks for traces
     security = config.security or ServerSecurity()
     server, bound, health_servicer, core = start_server(config)
     metrics = f", metrics on :{core.metrics_port}" if core.metrics_port else ""

@@ -54,6 +54,7 @@ from recsys.artifact import SOURCE_USER_HISTORY, ItemIndex, Manifest
 from recsys.errors import FailedPrecondition, InvalidArgument, Unavailable
 from recsys.onnx_session import ModelSession
 from recsys.schema import FIRST_TOKEN, OOV, PAD
+from recsys.tracing import span
 
 __all__ = ["MAX_ID_CHARS", "Recommendation", "Recommender"]
 
@@ -371,8 +372,10 @@ class Recommender:
     def _next_item_scores(self, user: UserView) -> np.ndarray:
         if self.user_inputs is not None:
             feeds = self.user_inputs.feeds(user.features, self._tokens(user), np.zeros(1, dtype=np.int64))
-            return self.session.run(feeds)[0].astype(np.float32, copy=True)
-        return self.session.scores(self._window(user))[0].astype(np.float32, copy=True)
+            with span("model.run"):
+                return self.session.run(feeds)[0].astype(np.float32, copy=True)
+        with span("model.run"):
+            return self.session.scores(self._window(user))[0].astype(np.float32, copy=True)
 
     def _candidates(self, user: UserView, seen: np.ndarray | None) -> np.ndarray:
         """Item tokens to rank: the retrieval stage's top `num_candidates`, or every item."""
@@ -398,7 +401,8 @@ class Recommender:
                 raise
             return np.full(len(tokens), np.nan, dtype=np.float32)
         feeds = self.inputs.feeds(user.features, self._tokens(user), tokens, user.user_id)
-        return self.session.run(feeds).astype(np.float32, copy=False)
+        with span("model.run"):
+            return self.session.run(feeds).astype(np.float32, copy=False)
 
     def _refresh_items(self) -> None:
         """Item features are encoded once and re-fetched every `item_refresh_s` seconds."""

@@ -47,6 +47,7 @@ from recsys.errors import FailedPrecondition, RecsysError, Unavailable
 from recsys.grpc_server import HealthWatch, ServiceBinding, create_server, limit_malloc_arenas, run_until_signal
 from recsys.metrics import InferenceMetrics
 from recsys.security import ServerSecurity
+from recsys.tracing import setup_tracing
 from recsys.v1 import admin_pb2_grpc, inference_pb2_grpc
 
 __all__ = [
@@ -305,6 +306,7 @@ def create_inference_server(
 def serve(config: InferenceConfig) -> None:
     """Runs the inference server until SIGTERM/SIGINT, then drains (see `start_server`)."""
     limit_malloc_arenas()  # before any thread starts
+    setup_tracing("recsys-inference")  # a no-op unless OTEL_TRACES_EXPORTER asks for traces
     security = config.security or ServerSecurity()
     service = start_server(config)
     feature_tls = "plaintext" if config.feature_security is None or config.feature_security.tls is None else "TLS"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -71,6 +72,10 @@ class LoopConfig:
     # validation ones included; 0 serves the selected model as it is. Test data is never seen.
     refit_epochs: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # Directory for TensorBoard event files (per epoch: loss and every validation metric, the
+    # numbers report.json holds); "" writes none. MLflow gets the same when it is installed and
+    # MLFLOW_TRACKING_URI is set.
+    tensorboard: str = ""
 
     def check_loop(self) -> None:
         """Raises ValueError naming the first bad loop setting."""
@@ -205,6 +210,7 @@ def fit(
         random.setstate(tuple_state(saved["python_rng"]))
 
     start = time.perf_counter() - elapsed
+    logbook = RunLog(cfg.tensorboard if dist.is_main else "")
     bar = tqdm(
         range(first_epoch, cfg.epochs + 1),
         disable=not (progress and dist.is_main),
@@ -234,6 +240,8 @@ def fit(
                 bad += 1
         bad = dist.from_main(bad)  # every rank stops when rank 0 does
         history.append(row)
+        if dist.is_main:
+            logbook.write(row)
         shown = {"loss": f"{row['loss']:.4f}"}
         if key in row:
             shown[key] = f"{row[key]:.4f}"
@@ -260,6 +268,7 @@ def fit(
                 },
             )
     bar.close()
+    logbook.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     elif average is not None:
@@ -290,6 +299,38 @@ def fit(
         first_epoch - 1,
         privacy=getattr(family, "privacy", {}) or {},
     )
+
+
+class RunLog:
+    """Where a run's per-epoch numbers go besides report.json: TensorBoard event files in
+    `directory` (when given), and MLflow when it is installed and MLFLOW_TRACKING_URI is set."""
+
+    def __init__(self, directory: str) -> None:
+        self.board = None
+        if directory:
+            from torch.utils.tensorboard import SummaryWriter  # the `tensorboard` package, in the train extra
+
+            self.board = SummaryWriter(log_dir=directory)
+        self.mlflow = None
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            try:
+                import mlflow
+            except ImportError:
+                mlflow = None
+            self.mlflow = mlflow
+
+    def write(self, row: dict[str, Any]) -> None:
+        epoch = int(row["epoch"])
+        numbers = {k: float(v) for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))}
+        if self.board is not None:
+            for name, value in numbers.items():
+                self.board.add_scalar(name, value, epoch)
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({name.replace("@", "_at_"): v for name, v in numbers.items()}, step=epoch)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
 
 
 def _train_epoch(

@@ -91,6 +91,11 @@ def _without_nproc(argv: list[str]) -> list[str]:
 @click.option("--epochs", type=int, help="Maximum epochs (early stopping may end sooner).")
 @click.option("--seed", type=int, help="Random seed.")
 @click.option(
+    "--tensorboard",
+    type=click.Path(file_okay=False),
+    help="Write TensorBoard event files here (loss and validation metrics per epoch).",
+)
+@click.option(
     "--config",
     "config_file",
     type=FILE,
@@ -163,6 +168,7 @@ def train(
     out,
     epochs,
     seed,
+    tensorboard,
     config_file,
     resume,
     forget_users,
@@ -210,7 +216,13 @@ def train(
             "--private runs exactly --epochs epochs on one process: its privacy accounting "
             "covers one uninterrupted run, so no --resume or --nproc"
         )
-    overrides = {"model": model, "epochs": epochs, "seed": seed, "popularity_debias": popularity_debias}
+    overrides = {
+        "model": model,
+        "epochs": epochs,
+        "seed": seed,
+        "popularity_debias": popularity_debias,
+        "tensorboard": tensorboard,
+    }
     cfg = load_config(spec.config_cls, file=config_file, env_prefix=spec.env_prefix, overrides=overrides)
     if nproc > 1 and not under_torchrun:
         from trainer.distributed import launch

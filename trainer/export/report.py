@@ -25,6 +25,7 @@ def write_report(
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     keys = list(keys) if keys is not None else sorted({k for row in history for k in row if "@" in k})
@@ -34,8 +35,16 @@ def write_report(
         tag = "" if run is None else f"member {run} "
         left.plot([row["epoch"] for row in rows], [row["loss"] for row in rows], label=tag or None)
         evaluated = [row for row in rows if any(key in row for key in keys)]
+        drawn: dict[tuple, list[str]] = {}  # metrics whose curves coincide are drawn once, named together
         for key in keys:
-            right.plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker="o", ms=3, label=tag + key)
+            drawn.setdefault(tuple(r.get(key) for r in evaluated), []).append(key)
+        for series, names in drawn.items():
+            if any(v is None for v in series):
+                continue
+            epochs = [r["epoch"] for r in evaluated]
+            right.plot(epochs, list(series), marker="o", ms=3, label=tag + " = ".join(names))
+    for axis in (left, right):  # whole epochs on the axis, however short the run
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set(xlabel="epoch", ylabel="training loss", title="loss")
     if len(runs) > 1:
         left.legend(fontsize=8)
