@@ -18,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "docker" / "k8s" / "base"
-VERSIONS = ["1.30.0", "1.37.0"]  # the oldest Kubernetes we claim and the newest schemas shipped
+VERSIONS = ["1.30.0", "1.35.0", "1.36.0", "1.37.0"]  # the oldest we claim, and the last three minor versions
 PORTS = {"feature-service": 50051, "inference-server": 50052}
 SERVICES = {"feature-service": "recsys.v1.FeatureService", "inference-server": "recsys.v1.InferenceService"}
 
