@@ -64,7 +64,13 @@ BAD_MIN_OVERLAP = 0.1  # chance overlap of two unrelated top-10s over ~300 items
 TRAIN = {"max_len": 20, "hidden": 32, "heads": 2, "layers": 1, "inner": 64, "batch_size": 128}
 TRAIN.update({"eval_every": 2, "patience": 2})
 EPOCHS = 6
-METRICS = ("recsys_degraded_responses_total", "recsys_failures_total", "recsys_rollout_", "recsys_model_swaps_total")
+METRICS = (
+    "recsys_degraded_responses_total",
+    "recsys_failures_total",
+    "recsys_rollout_",
+    "recsys_model_swaps_total",
+    "process_resident_memory_bytes",
+)
 
 
 # -- data and artifacts (before the clock) --------------------------------------------------
@@ -160,16 +166,26 @@ def rss_bytes(pid: int) -> int:
 
 
 class Rss:
-    """One process's RSS: its first sample `warmup_s` or more after this is made is the baseline;
-    one sample every `every_s` seconds is kept as a series."""
+    """One process's RSS, read from its metrics endpoint (`process_resident_memory_bytes`) or,
+    without one, from /proc: its first sample `warmup_s` or more after this is made is the
+    baseline; one sample every `every_s` seconds is kept as a series."""
 
-    def __init__(self, pid: int, warmup_s: float, every_s: float = 10.0) -> None:
+    def __init__(self, pid: int, warmup_s: float, every_s: float = 10.0, metrics_port: int | None = None) -> None:
         self.pid, self.ready_at, self.every_s = pid, time.monotonic() + warmup_s, every_s
+        self.metrics_port = metrics_port
         self.baseline = self.last = self.peak = 0
         self.series: list[tuple[float, float]] = []
 
+    def read(self) -> int:
+        if self.metrics_port is not None:
+            try:
+                return int(scrape(self.metrics_port)["process_resident_memory_bytes"])
+            except (OSError, KeyError):
+                pass  # the endpoint is not up (yet): /proc says the same
+        return rss_bytes(self.pid)
+
     def sample(self, t: float) -> None:
-        rss = rss_bytes(self.pid)
+        rss = self.read()
         if not self.baseline and time.monotonic() >= self.ready_at:
             self.baseline = rss
         self.last, self.peak = rss, max(self.peak, rss)
@@ -404,10 +420,10 @@ def main() -> int:
 
     redis = Redis(out / "redis", free_port())
     store = f"redis://127.0.0.1:{redis.port}/0"
-    fport, iport, mport = free_port(), free_port(), free_port()
+    fport, iport, mport, fmport = free_port(), free_port(), free_port(), free_port()
     redis.start()
     run_recsys("features", "load", "--artifact", str(artifacts[1]), "--store", store)
-    features = serve(out, "features", "--store", store, "--port", str(fport))
+    features = serve(out, "features", "--store", store, "--port", str(fport), "--metrics-port", str(fmport))
     run_recsys("publish", "--artifact", str(artifacts[1]), "--repo", str(repo), "--model", MODEL)
     inference = serve(
         out, "inference", "--repo", str(repo), "--model", MODEL, "--features", f"127.0.0.1:{fport}",
@@ -425,7 +441,10 @@ def main() -> int:
         loadavg_start = os.getloadavg()
         t0_unix = time.time()
         load.start()
-        rss = {"inference": Rss(inference.pid, args.warmup), "features": Rss(features.pid, args.warmup)}
+        rss = {
+            "inference": Rss(inference.pid, args.warmup, metrics_port=mport),
+            "features": Rss(features.pid, args.warmup, metrics_port=fmport),
+        }
         rss_done: list[tuple[str, dict]] = []
 
         def cycle(day: int | None, version_of: int, name: str, expect: str) -> None:
@@ -445,8 +464,8 @@ def main() -> int:
 
         def restart_features() -> None:
             nonlocal features
-            features = serve(out, "features", "--store", store, "--port", str(fport))
-            rss["features (restarted)"] = Rss(features.pid, args.warmup)
+            features = serve(out, "features", "--store", store, "--port", str(fport), "--metrics-port", str(fmport))
+            rss["features (restarted)"] = Rss(features.pid, args.warmup, metrics_port=fmport)
             wait_serving(f"127.0.0.1:{fport}", features)
             notes["features_serving_again_s"] = round(time.monotonic() - load.t0, 1)
 
