@@ -265,7 +265,7 @@ class HealthWatch:
         self.health = health_servicer
         self.names = list(names)
         self.interval_s = interval_s
-        self.what = what  # for the log line when it is fine again, e.g. "feature store"
+        self.what = what  # what the probe watches, for the log line, e.g. "feature store"
         self.serving: bool | None = None
         self.reason = ""  # why not SERVING, "" while SERVING
         self._kind: type | None = None
@@ -289,7 +289,7 @@ class HealthWatch:
         self._kind, self.reason = kind, reason
         if changed:
             if ok:
-                log.info("%s answers: SERVING", self.what)
+                log.info("health: SERVING (watching %s)", self.what)
             else:
                 log.warning("%s: NOT_SERVING", reason)
             self.serving = ok
