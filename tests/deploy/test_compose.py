@@ -3,7 +3,9 @@ generated data, the feature service, the inference server), Recommend is answere
 the port published on 127.0.0.1; then a second day of data (more events, new items, new users)
 is written and `run --rm trainer` retrains, and while a client keeps asking, the inference
 server canaries version 2 and promotes it with no failed request; `make down` leaves no
-container, network or volume of the project.
+container, network or volume of the project. A second, lighter test brings the stack up with
+docker/compose.tls.yaml added (certificates from `recsys.devcerts`, a token): Recommend over TLS
+with the token is answered, without it refused as UNAUTHENTICATED.
 
 Needs a Docker daemon, Compose and the images from `make docker`. Without them it skips,
 unless RECSYS_REQUIRE_DOCKER=1 (CI), which turns the skip into a failure.
@@ -15,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,13 +29,15 @@ import pytest
 from click.testing import CliRunner
 
 from recsys.cli import main
-from recsys.client import RecommendError, free_port, recommend
+from recsys.client import RecommendError, RecsysClient, free_port, recommend
+from recsys.errors import RecsysError, Unauthenticated
 from recsys.v1 import inference_pb2, inference_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER_REQUIRED = os.environ.get("RECSYS_REQUIRE_DOCKER") == "1"
 TAG = os.environ.get("RECSYS_TAG", "latest")
 IMAGES = [f"recsys/{name}:{TAG}" for name in ("feature-service", "inference-server", "trainer")]
+CONTAINER_UID = 10001  # the images' unprivileged user
 UP_TIMEOUT_S = 600  # training 3 epochs in a container plus ONNX export, on 2 busy cores
 PROMOTE_TIMEOUT_S = 120  # from the second training's end to version 2 answering everyone
 NEW_ITEMS = 8
@@ -161,6 +166,82 @@ def test_stack_answers_then_retrains_to_version_2_with_no_failed_request(docker_
     assert _leftovers(project) == {"containers": [], "networks": [], "volumes": []}
 
 
+def test_tls_stack_answers_with_the_token_and_refuses_without_it(docker_ready, ring_data, tmp_path):
+    """docker/compose.yaml + docker/compose.tls.yaml as docs/deployment.md sets them up."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("interactions", "users", "items"):
+        shutil.copy(ring_data[name], data / f"{name}.csv")
+        (data / f"{name}.csv").chmod(0o644)
+    data.chmod(0o755)
+    certs = tmp_path / "certs"
+    made = _run(sys.executable, "-m", "recsys.devcerts", "--out", str(certs), "--host", "features")
+    assert made.returncode == 0, made.stdout + made.stderr
+    certs.chmod(0o755)
+    for secret in ("server.key", "token"):  # readable by the containers' user
+        if os.geteuid() == 0:
+            os.chown(certs / secret, CONTAINER_UID, -1)
+        else:  # cannot give files away: a throwaway key, readable by all
+            (certs / secret).chmod(0o644)
+    token = (certs / "token").read_text().strip()
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    project = f"recsys-tls-{os.getpid()}"
+    env = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("RECSYS_")},
+        "COMPOSE_PROJECT_NAME": project,
+        "RECSYS_DATA": str(data),
+        "RECSYS_CERTS": str(certs),
+        "RECSYS_EPOCHS": "1",
+        "RECSYS_INFERENCE_PORT": str(port),
+        "RECSYS_FEATURES_METRICS_PORT": str(free_port()),
+        "RECSYS_INFERENCE_METRICS_PORT": str(free_port()),
+        "RECSYS_TAG": TAG,
+    }
+    files = ["-f", "docker/compose.yaml", "-f", "docker/compose.tls.yaml"]
+    try:
+        up = _run(*_compose(), *files, "up", "-d", env=env, timeout=UP_TIMEOUT_S)
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-3000:]
+        with RecsysClient(target, tls_ca=str(certs / "ca.crt"), token=token, retries=0) as client:
+            deadline, last = time.monotonic() + UP_TIMEOUT_S, None
+            while True:
+                try:
+                    reply = client.recommend("u000", 5)
+                    break
+                except RecsysError as exc:
+                    last = exc
+                    assert time.monotonic() < deadline, f"no answer over TLS: {last}\n{_compose_logs(env, files)}"
+                    time.sleep(1)
+            assert len(reply.items) == 5, reply
+            assert reply.model_version.startswith("recs/1:"), reply.model_version
+            # health checks over TLS passed: both servers report healthy to the daemon
+            for service in ("features", "inference"):
+                assert _health(env, files, service) == "healthy", _compose_logs(env, files)
+        with RecsysClient(target, tls_ca=str(certs / "ca.crt"), retries=0) as anonymous, pytest.raises(Unauthenticated):
+            anonymous.recommend("u000", 5)
+        # and plaintext is not served at all
+        with pytest.raises(RecommendError):
+            recommend(target, "u000", 5, timeout_s=3)
+    finally:
+        down = _run(
+            *_compose(), *files, "down", "--volumes", "--remove-orphans", "--timeout", "20", env=env, timeout=180
+        )
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert _leftovers(project) == {"containers": [], "networks": [], "volumes": []}
+
+
+def _health(env, files: list[str], service: str) -> str:
+    deadline = time.monotonic() + 60
+    while True:
+        ids = _run(*_compose(), *files, "ps", "-q", service, env=env).stdout.split()
+        state = ""
+        if ids:
+            state = _run("docker", "inspect", "--format", "{{.State.Health.Status}}", ids[0]).stdout.strip()
+        if state == "healthy" or time.monotonic() > deadline:
+            return state
+        time.sleep(1)
+
+
 def write_day_two(data: Path, *, seed: int = 1) -> dict[str, list[str]]:
     """Grows the tables in `data` by a day: every user's walk goes on past day 1 (a fifth of
     them onto new items), NEW_USERS new users walk the NEW_ITEMS new items, and users.csv and
@@ -268,6 +349,7 @@ def _compose() -> list[str]:
     return ["docker", "compose"] if _run("docker", "compose", "version").returncode == 0 else ["docker-compose"]
 
 
-def _compose_logs(env) -> str:
-    out = _run(*_compose(), "-f", "docker/compose.yaml", "logs", "--no-color", "--tail", "40", env=env)
+def _compose_logs(env, files: list[str] | None = None) -> str:
+    files = files or ["-f", "docker/compose.yaml"]
+    out = _run(*_compose(), *files, "logs", "--no-color", "--tail", "40", env=env)
     return out.stdout[-6000:] + out.stderr[-2000:]
