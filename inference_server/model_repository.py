@@ -44,7 +44,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,27 +51,18 @@ import numpy as np
 from inference_server.config import DEFAULT_FRACTION, AutoRollout, RolloutLimits
 from inference_server.feature_client import FeatureClient, UserView
 from inference_server.pipeline import Recommendation, Recommender
-from inference_server.repository import ModelRepository
+from inference_server.repository import ModelRepository, ServedModel
 from inference_server.rollout import CANARY, PROMOTED, ROLLED_BACK, Rollout, check_settings
 from recsys.artifact import HISTORIES, read_jsonl
 from recsys.errors import FailedPrecondition, InvalidArgument, NotFound, RecsysError, Unavailable
 from recsys.schema import FIRST_TOKEN
 
-__all__ = ["POLICIES", "SAMPLE_USERS", "ModelManager", "ServedModel"]
+__all__ = ["POLICIES", "SAMPLE_USERS", "ModelManager"]
 
 log = logging.getLogger(__name__)
 
 POLICIES = ("latest", "pinned")
 SAMPLE_USERS = 16
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    recommender: Recommender | None  # None: nothing served yet (an empty repository, waiting)
-    path: Path
-    version: int | None  # repository version; None for a plain artifact directory
-    label: str  # what every response names: "<model>/<version>:<model_version>" from a repository
-    loaded_at: float = field(default_factory=time.time)
 
 
 class ModelManager:

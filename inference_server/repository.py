@@ -17,12 +17,18 @@ import os
 import re
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recsys.artifact import fsync_dir, read_manifest, verify_files
 from recsys.errors import InvalidArgument
 
-__all__ = ["ModelRepository"]
+if TYPE_CHECKING:
+    from inference_server.pipeline import Recommender
+
+__all__ = ["ModelRepository", "ServedModel"]
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -86,3 +92,14 @@ def _check_name(model: str) -> str:
     if not _MODEL_NAME.match(model or ""):
         raise InvalidArgument(f"model name {model!r}: use letters, digits, '_', '.', '-' (at most 128)")
     return model
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A version as a server serves it: its Recommender, where it came from, what answers name."""
+
+    recommender: Recommender | None  # None: nothing served yet (an empty repository, waiting)
+    path: Path
+    version: int | None  # repository version; None for a plain artifact directory
+    label: str  # what every response names: "<model>/<version>:<model_version>" from a repository
+    loaded_at: float = field(default_factory=time.time)

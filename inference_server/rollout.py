@@ -46,7 +46,7 @@ from inference_server.pipeline import CAUSE_NON_FINITE, SOURCE_MODEL, SOURCE_REQ
 from recsys.errors import InvalidArgument, Unavailable
 
 if TYPE_CHECKING:
-    from inference_server.model_repository import ServedModel
+    from inference_server.repository import ServedModel
 
 __all__ = [
     "MODES",

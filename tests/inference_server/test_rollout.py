@@ -21,9 +21,8 @@ from click.testing import CliRunner
 
 from feature_service.server import create_feature_server
 from inference_server.config import AutoRollout, InferenceConfig, RolloutLimits
-from inference_server.model_repository import ServedModel
 from inference_server.pipeline import SOURCE_MODEL, SOURCE_POPULARITY, Recommendation
-from inference_server.repository import ModelRepository
+from inference_server.repository import ModelRepository, ServedModel
 from inference_server.rollout import PROMOTED, ROLLED_BACK, RUNNING, Rollout, answer_problem, in_canary
 from inference_server.server import start_inference_service
 from recsys.artifact import MANIFEST, read_manifest
