@@ -100,7 +100,7 @@ def start_server(config: FeatureServiceConfig) -> tuple[grpc.Server, int, health
     def ping() -> None:
         core.ping()
         if core.refresh_contract():
-            log.info("feature contract is now %s: %s", core.contract_hash, core.contract_json)
+            log.info("feature contract is now %s: %s", core.contract_hash, core.contract.to_json())
 
     watch = HealthWatch(ping, health_servicer, [SERVICE_NAME], c.health_interval_s, what="feature store")
     watch.serving = True  # the load above just read and wrote the store

@@ -68,8 +68,7 @@ class FeatureServiceCore:
             for gone in set(kinds) - set(new):
                 kinds.pop(gone, None)
         self.contract = contract
-        self.contract_json = contract.to_json()
-        self.contract_hash = contract.hash
+        self.contract_hash = contract.hash  # named by every answer: computed once per contract
 
     def refresh_contract(self) -> bool:
         """Reads the store's contract again; returns whether it changed."""
