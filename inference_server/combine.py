@@ -32,15 +32,15 @@ R = TypeVar("R")
 
 
 class _Pending:
-    """One caller's item. `state` changes under the Combiner's lock only; `wake` is a plain lock
-    held from the start and released once (the cheapest wake-up CPython has)."""
+    """One caller's item. `state` changes under the Combiner's lock only; `wake`, made only for a
+    caller that queues, is a plain lock held from the start and released once (the cheapest
+    wake-up CPython has)."""
 
     __slots__ = ("error", "item", "result", "state", "wake")
 
     def __init__(self, item):
         self.item = item
-        self.wake = threading.Lock()
-        self.wake.acquire()
+        self.wake: threading.Lock | None = None
         self.state = _QUEUED
         self.result = None
         self.error: BaseException | None = None
@@ -70,6 +70,8 @@ class Combiner(Generic[T, R]):
                 self._running = True
                 me.state = _LEAD
             else:
+                me.wake = threading.Lock()
+                me.wake.acquire()
                 self._queue.append(me)
         if me.state != _LEAD:
             woken = me.wake.acquire(timeout=-1 if timeout_s is None else max(0.0, timeout_s))

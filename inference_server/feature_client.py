@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -81,8 +81,7 @@ class _TooLarge(ResourceExhausted):
     """The answer exceeded the channel's receive limit (asked again in smaller parts)."""
 
 
-@dataclass(frozen=True)
-class _UserAsk:
+class _UserAsk(NamedTuple):
     user_id: str
     max_history: int
     deadline: float  # time.monotonic() by which the asker wants its answer
@@ -155,6 +154,14 @@ class FeatureClient:
 
     def _fetch_users(self, asks: list[_UserAsk]) -> list[UserView | Exception]:
         """One GetUserFeatures call per distinct `max_history` among `asks` (one, in practice)."""
+        max_history = asks[0].max_history
+        if all(a.max_history == max_history for a in asks):  # the usual case: one call, no regrouping
+            try:
+                return self._get_users_sized(asks, max_history)
+            except InvalidArgument as exc:
+                if len(asks) == 1:
+                    return [exc]
+                return [self._fetch_users([a])[0] for a in asks]  # one bad id must not fail the others
         views: list[UserView | Exception | None] = [None] * len(asks)
         groups: dict[int, list[int]] = {}
         for n, ask in enumerate(asks):
@@ -177,6 +184,13 @@ class FeatureClient:
         comes back as `Unavailable` (its request degrades)."""
         per_user = max(1, max_history) * EVENT_BYTES + USER_ROW_BYTES
         step = max(1, min(len(asks), self.max_message_bytes // per_user))
+        if step >= len(asks):  # fits one call: no chunking unless the answer proves too large
+            try:
+                return self._get_users(asks, max_history)
+            except _TooLarge:
+                if len(asks) == 1:
+                    return [self._too_large_user()]
+                step = len(asks) // 2
         out: list[UserView | Exception] = []
         pending = [asks[i : i + step] for i in range(0, len(asks), step)]
         while pending:
@@ -188,24 +202,34 @@ class FeatureClient:
                     half = len(chunk) // 2
                     pending[:0] = [chunk[:half], chunk[half:]]
                     continue
-                self._oversize("user", 1)
-                out.append(
-                    Unavailable(
-                        f"feature service at {self.target}: the answer for one user exceeds "
-                        f"{self.max_message_bytes} bytes (raise --max-message-mb or shorten its history)"
-                    )
-                )
+                out.append(self._too_large_user())
         return out
 
+    def _too_large_user(self) -> Unavailable:
+        self._oversize("user", 1)
+        return Unavailable(
+            f"feature service at {self.target}: the answer for one user exceeds "
+            f"{self.max_message_bytes} bytes (raise --max-message-mb or shorten its history)"
+        )
+
     def _get_users(self, asks: list[_UserAsk], max_history: int) -> list[UserView]:
-        request = features_pb2.GetUserFeaturesRequest(user_ids=[a.user_id for a in asks], max_history=max_history)
-        wait_s = max(0.001, max(a.deadline for a in asks) - time.monotonic())
-        response = self._call(self.stub.GetUserFeatures, request, wait_s)
-        if len(response.users) != len(asks):
-            raise Unavailable(f"feature service at {self.target} answered {len(response.users)} users for {len(asks)}")
+        if len(asks) == 1:
+            ask = asks[0]
+            request = features_pb2.GetUserFeaturesRequest(user_ids=(ask.user_id,), max_history=max_history)
+            deadline = ask.deadline
+        else:
+            request = features_pb2.GetUserFeaturesRequest(user_ids=[a.user_id for a in asks], max_history=max_history)
+            deadline = max(a.deadline for a in asks)
+        response = self._call(self.stub.GetUserFeatures, request, max(0.001, deadline - time.monotonic()))
+        users = response.users
+        if len(users) != len(asks):
+            raise Unavailable(f"feature service at {self.target} answered {len(users)} users for {len(asks)}")
+        schema_hash = response.schema_hash
         return [
-            UserView(u.user_id, u.found, tuple(u.history), from_proto_map(u.features), response.schema_hash)
-            for u in response.users
+            UserView(
+                u.user_id, u.found, tuple(u.history), from_proto_map(u.features) if u.features else {}, schema_hash
+            )
+            for u in users
         ]
 
     def get_items(self, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -275,12 +299,12 @@ class FeatureClient:
         try:
             response = method(request, timeout=self.timeout_s if timeout_s is None else timeout_s, metadata=metadata)
             if self.on_call is not None:
-                self.on_call(type(request).__name__.removesuffix("Request"), time.perf_counter() - start, "OK")
+                self.on_call(_method_name(request), time.perf_counter() - start, "OK")
             return response
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details()
             if self.on_call is not None:
-                self.on_call(type(request).__name__.removesuffix("Request"), time.perf_counter() - start, code.name)
+                self.on_call(_method_name(request), time.perf_counter() - start, code.name)
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in (details or "").lower():
                 raise _TooLarge(details) from None
             if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -295,3 +319,15 @@ class FeatureClient:
 
     def close(self) -> None:
         self.channel.close()
+
+
+_METHOD_NAMES: dict[type, str] = {}
+
+
+def _method_name(request) -> str:
+    """The RPC a request message is for ("GetUserFeatures"), as the metrics label it."""
+    kind = type(request)
+    name = _METHOD_NAMES.get(kind)
+    if name is None:
+        name = _METHOD_NAMES[kind] = kind.__name__.removesuffix("Request")
+    return name

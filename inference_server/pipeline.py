@@ -113,6 +113,10 @@ class Recommender:
         # exclude_seen drops items among the user's `seen_window` most recent events.
         self.seen_window = max(seen_window, manifest.max_history)
         self.token = {item: i + FIRST_TOKEN for i, item in enumerate(index.item_ids)}
+        # Keys of this model's arrays in `UserView.derived` (per item index, so stages sharing
+        # one view never read each other's tokens); built once, not per request.
+        self._tokens_key = ("tokens", id(self.token))
+        self._seen_key = ("seen", id(self.token))
         # Popularity scores: the fallback for users with nothing the model can read.
         self.popularity = np.asarray(index.popularity, dtype=np.float32)
         self.retrieval = retrieval
@@ -179,9 +183,11 @@ class Recommender:
         _check_user_id(user_id)
         if not 1 <= k <= self.max_k:
             raise InvalidArgument(f"k must be between 1 and {self.max_k}, got {k}")
-        _check_history(history)
+        if history:
+            _check_history(history)
         user, degraded = self._user(user_id, history, timeout_s)
         seen = self._seen(user)
+        all_finite = False  # known to hold for `scores` below without a pass over them
         if degraded and (self.inputs is not None or not len(seen)):
             scores, source = self.popularity.copy(), SOURCE_FALLBACK
         elif self._fallback(user, seen):
@@ -201,7 +207,8 @@ class Recommender:
             )
         elif self.inputs is None:
             scores, source = self._next_item_scores(user), SOURCE_REQUEST_HISTORY if degraded else SOURCE_MODEL
-            if not np.isfinite(scores).all():
+            all_finite = bool(np.isfinite(scores).all())
+            if not all_finite:
                 scores, source = self._failed_run(), SOURCE_FALLBACK
         else:
             candidates = self._candidates(user, seen if exclude_seen else None)
@@ -212,17 +219,24 @@ class Recommender:
                 source = SOURCE_MODEL
             else:
                 scores, source = self._failed_run(), SOURCE_FALLBACK
-        if exclude_seen and len(seen):
+        masked = len(seen) if exclude_seen else 0
+        if masked:
             scores[seen] = -np.inf
-        k = min(k, int(np.isfinite(scores).sum()))
-        top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
-        top = top[np.argsort(-scores[top], kind="stable")]
+        # A next-item run's scores are all finite: then at least len - masked of them still are,
+        # and counting them is only needed when k may exceed that.
+        if not (all_finite and k <= len(scores) - masked):
+            k = min(k, int(np.isfinite(scores).sum()))
+        neg = np.negative(scores)
+        top = np.argpartition(neg, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
+        top = top[np.argsort(neg[top], kind="stable")]
         explained = explain and source in (SOURCE_MODEL, SOURCE_REQUEST_HISTORY)
         why = self._explain(user, top[:MAX_EXPLAINED]) if explained else None
+        cols = top.tolist()
+        item_ids, titles = self.index.item_ids, self.index.titles
         return Recommendation(
-            item_ids=[self.index.item_ids[i] for i in top],
-            scores=[float(scores[i]) for i in top],
-            titles=[self.index.titles[i] for i in top],
+            item_ids=[item_ids[i] for i in cols],
+            scores=scores[top].tolist(),
+            titles=[titles[i] for i in cols],
             source=source,
             because_items=why.because_items if why else None,
             because_features=why.because_features if why else None,
@@ -337,23 +351,23 @@ class Recommender:
     def _tokens(self, user: UserView) -> np.ndarray:
         """The user's history as item tokens (OOV for items this model does not know); computed
         once per request per item index, however many stages read it. Read-only."""
-        key = ("tokens", id(self.token))
-        tokens = user.derived.get(key)
+        derived = user.derived
+        tokens = derived.get(self._tokens_key)
         if tokens is None:
-            tokens = np.fromiter(
-                map(self.token.get, user.history, repeat(OOV)), dtype=np.int64, count=len(user.history)
-            )
+            history = user.history
+            tokens = np.fromiter(map(self.token.get, history, repeat(OOV)), dtype=np.int64, count=len(history))
             tokens.flags.writeable = False
-            user.derived[key] = tokens
+            derived[self._tokens_key] = tokens
         return tokens
 
     def _seen(self, user: UserView) -> np.ndarray:
-        key = ("seen", id(self.token))
-        seen = user.derived.get(key)
+        seen = user.derived.get(self._seen_key)
         if seen is None:
             tokens = self._tokens(user)
-            seen = user.derived[key] = tokens[tokens >= FIRST_TOKEN] - FIRST_TOKEN
+            seen = tokens[tokens >= FIRST_TOKEN]
+            seen -= FIRST_TOKEN
             seen.flags.writeable = False
+            user.derived[self._seen_key] = seen
         return seen
 
     def _fallback(self, user: UserView, seen: np.ndarray) -> bool:

@@ -87,20 +87,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             history=request.history,
             timeout_s=self._timeout(context),
         )
-        items = [
-            inference_pb2.ScoredItem(item_id=i, score=s, title=t)
-            for i, s, t in zip(rec.item_ids, rec.scores, rec.titles)
-        ]
-        for item, because in zip(items, rec.because_items or []):
-            item.because_items.extend(_attributions(because))
-        for item, because in zip(items, rec.because_features or []):
-            item.because_features.extend(_attributions(because))
-        return inference_pb2.RecommendResponse(
-            items=items,
+        response = inference_pb2.RecommendResponse(
             model_version=served.label,
             source=_source(rec.source),
             degraded=self._degraded("Recommend", rec.source, request.user_id),
         )
+        # Items are built in place (no message copies); attributions only where asked for.
+        add = response.items.add
+        for i, s, t in zip(rec.item_ids, rec.scores, rec.titles):
+            add(item_id=i, score=s, title=t)
+        if rec.because_items or rec.because_features:
+            items = response.items
+            for item, because in zip(items, rec.because_items or ()):
+                item.because_items.extend(_attributions(because))
+            for item, because in zip(items, rec.because_features or ()):
+                item.because_features.extend(_attributions(because))
+        return response
 
     def Score(self, request, context):
         scores, source, unknown, served = self.manager.score(

@@ -33,7 +33,15 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from recsys.artifact import MODEL, Manifest
 from recsys.errors import FailedPrecondition, NonFiniteScores
 
-__all__ = ["DEVICES", "GRAPH_OPT_LEVELS", "ModelSession", "SessionTuning", "check_finite", "threads_for"]
+__all__ = [
+    "CPU_DISABLED_OPTIMIZERS",
+    "DEVICES",
+    "GRAPH_OPT_LEVELS",
+    "ModelSession",
+    "SessionTuning",
+    "check_finite",
+    "threads_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,10 @@ _NOT_A_MODEL = tuple(getattr(_ort_state, n) for n in _NOT_A_MODEL_ERRORS if hasa
 _ORT_ERRORS = tuple(
     v for v in vars(_ort_state).values() if isinstance(v, type) and issubclass(v, Exception) and v is not Exception
 )
+# Graph rewrites left out on CPU: ONNX Runtime's CPU SkipLayerNormalization kernel is slower than
+# the Add + LayerNormalization it replaces, by a fifth of a SASRec run at batch 1 and a quarter at
+# batch 32 (docs/results/serving.md). Outputs agree to float32 rounding either way.
+CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 @dataclass(frozen=True)
@@ -106,8 +118,9 @@ def check_finite(values: np.ndarray, what: str) -> np.ndarray:
 
 
 def _open(path: Path, what: str, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    disabled = list(CPU_DISABLED_OPTIMIZERS) if providers == [DEVICES["cpu"]] else None
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return ort.InferenceSession(str(path), options, providers=providers, disabled_optimizers=disabled)
     except _NOT_A_MODEL as exc:
         raise FailedPrecondition(f"{what} is not a valid ONNX model: {_first_line(exc)}") from None
     except _ORT_ERRORS as exc:  # the rest (e.g. a provider that fails to start)

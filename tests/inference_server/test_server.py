@@ -235,3 +235,14 @@ def test_serve_inference_hands_the_server_one_config(trained_artifact, monkeypat
     ]
     result = CliRunner().invoke(main, ["serve", "inference", "--repo", str(trained_artifact), "--features", "x:1"])
     assert result.exit_code == 2 and "--repo and --model go together" in result.output
+
+
+def test_recommend_asking_for_more_than_the_unseen_items_gets_each_unseen_item_once(services):
+    catalogue = services["recommender"].index.item_ids
+    seen = set(history_of(services, "u000")) & set(catalogue)
+    assert seen  # the case under test: masking leaves fewer than k items
+    reply = recommend(services["infer"], "u000", k=len(catalogue))
+    ids = [i.item_id for i in reply.items]
+    assert sorted(ids) == sorted(set(catalogue) - seen)
+    scores = [i.score for i in reply.items]
+    assert scores == sorted(scores, reverse=True) and all(np.isfinite(scores))
