@@ -13,6 +13,10 @@ Contract of a distributed `fit` (see trainer/families/next_item.py):
 - DDP averages the gradients; parameters start equal (DDP broadcasts rank 0's);
 - only rank 0 validates, checkpoints and exports; it tells the others when to stop.
 
+With a Parquet log too large for one rank, trainer/data/shards.py reads per-rank user shards
+instead, agreeing on the item vocabulary and the steps per epoch through `gather_objects`
+and `min`.
+
 Backend: NCCL when CUDA is available (each rank on cuda:LOCAL_RANK), else gloo on CPU;
 RECSYS_DIST_BACKEND=gloo|nccl overrides.
 """
@@ -77,6 +81,22 @@ class Dist:
         with torch.no_grad():
             for tensor in module.state_dict().values():
                 torch_dist.broadcast(tensor, src=0)
+
+    def min(self, value: int) -> int:
+        """The smallest `value` over the ranks (a collective)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MIN)
+        return int(t.item())
+
+    def gather_objects(self, value: object) -> list:
+        """Every rank's `value` (picklable), in rank order, on every rank (a collective)."""
+        if not self.enabled:
+            return [value]
+        out: list = [None] * self.world_size
+        torch_dist.all_gather_object(out, value)
+        return out
 
     def mean(self, value: float) -> float:
         """The mean of `value` over the ranks (a collective)."""

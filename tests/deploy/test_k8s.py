@@ -431,3 +431,170 @@ def test_the_monitoring_component_renders_with_the_stack(tmp_path):
     docs = render(kubectl, tmp_path)
     (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
     assert monitor["metadata"]["namespace"] == "recsys"
+
+
+# --- training on several machines (docker/k8s/training) -----------------------------------------
+
+TRAINING = K8S.parent / "training"
+INDEXED, PYTORCHJOB, SCRIPT = TRAINING / "indexed-job", TRAINING / "pytorchjob", TRAINING / "script"
+
+
+def training_docs(directory: Path) -> list[dict]:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    return [d for r in kustomization["resources"] for d in yaml.safe_load_all((directory / r).read_text()) if d]
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {v["name"]: v["value"] for v in container["env"] if "value" in v}
+
+
+def ddp_pods() -> dict[str, dict]:
+    """The pod template of the Indexed Job and of each PyTorchJob replica type."""
+    (job,) = [d for d in training_docs(INDEXED) if d["kind"] == "Job"]
+    (torchjob,) = training_docs(PYTORCHJOB)
+    pods = {"indexed-job": job["spec"]["template"]}
+    pods |= {f"pytorchjob-{k}": v["template"] for k, v in torchjob["spec"]["pytorchReplicaSpecs"].items()}
+    return pods
+
+
+@pytest.mark.parametrize("directory", [TRAINING / "indexed-job", TRAINING / "pytorchjob", TRAINING / "script"])
+def test_every_path_a_training_kustomization_names_exists(directory):
+    assert not [str(p) for p in _referenced(directory) if not p.exists()]
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    for generator in kustomization.get("configMapGenerator", []):
+        assert all((directory / f).is_file() for f in generator["files"])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_training_manifests_are_valid_and_strict(version):
+    for doc in training_docs(INDEXED):
+        kubernetes_validate.validate(doc, version, strict=True)
+    # The PyTorchJob is a custom resource (no schema here): its pod templates are checked as
+    # the core PodTemplate they are.
+    for name, template in ddp_pods().items():
+        if name.startswith("pytorchjob"):
+            pod = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template}
+            kubernetes_validate.validate(pod, version, strict=True)
+
+
+def test_the_indexed_job_meets_at_pod_0_through_its_headless_service():
+    docs = {d["kind"]: d for d in training_docs(INDEXED)}
+    job, service = docs["Job"], docs["Service"]
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = env_of(container)
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == int(env["RECSYS_NNODES"]) >= 2
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert pod["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    # pod i's DNS name is <job>-<i>.<subdomain>: node 0 is pod 0
+    assert env["RECSYS_MASTER_ADDR"] == f"{job['metadata']['name']}-0.{pod['subdomain']}"
+    port = int(env["RECSYS_MASTER_PORT"])
+    assert {"name": "rendezvous", "port": port, "protocol": "TCP"} in service["spec"]["ports"]
+    assert {"name": "rendezvous", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    assert pod["restartPolicy"] == "Never" and spec["backoffLimit"] == 0
+
+
+def test_the_pytorchjob_has_one_master_and_counts_its_nodes():
+    (torchjob,) = training_docs(PYTORCHJOB)
+    assert torchjob["apiVersion"] == "kubeflow.org/v1" and torchjob["kind"] == "PyTorchJob"
+    replicas = torchjob["spec"]["pytorchReplicaSpecs"]
+    assert set(replicas) == {"Master", "Worker"} and replicas["Master"]["replicas"] == 1
+    for spec in replicas.values():
+        (container,) = spec["template"]["spec"]["containers"]
+        assert container["name"] == "pytorch"  # the container the operator gives MASTER_ADDR, RANK, ...
+        assert int(env_of(container)["RECSYS_NNODES"]) == sum(r["replicas"] for r in replicas.values())
+        assert {"name": "pytorchjob-port", "containerPort": 23456, "protocol": "TCP"} in container["ports"]
+
+
+@pytest.mark.parametrize("name", ["indexed-job", "pytorchjob-Master", "pytorchjob-Worker"])
+def test_ddp_pods_run_the_script_with_the_stack_settings_volumes_and_redis_access(name):
+    template = ddp_pods()[name]
+    pod = template["spec"]
+    (container,) = pod["containers"]
+    script = yaml.safe_load((SCRIPT / "kustomization.yaml").read_text())["configMapGenerator"][0]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert volumes["script"]["configMap"]["name"] == script["name"]
+    assert container["command"] == ["/bin/sh", f"{mounts['script']['mountPath']}/{script['files'][0]}"]
+    assert {"configMapRef": {"name": "recsys-config"}} in container["envFrom"]
+    assert mounts["data"]["mountPath"] == config()["RECSYS_DATA"] and mounts["data"]["readOnly"] is True
+    assert mounts["models"]["mountPath"] == config()["RECSYS_REPO"] and not mounts["models"].get("readOnly")
+    claims = by_kind("PersistentVolumeClaim")
+    for volume in ("data", "models"):
+        assert volumes[volume]["persistentVolumeClaim"]["claimName"] in claims
+    assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] in by_kind("Secret")
+    assert env_of(container)["RECSYS_STORE_URL"] == "redis://:$(REDIS_PASSWORD)@$(RECSYS_REDIS_ADDRESS)"
+    assert "RECSYS_STORE_URL" in environment(container)
+    # the Redis network policy admits trainers by this label
+    assert template["metadata"]["labels"]["app.kubernetes.io/name"] == "trainer"
+    assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["allowPrivilegeEscalation"] is False
+    for bound in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][bound])
+
+
+def run_ddp_script(tmp_path: Path, env: dict[str, str]) -> tuple[int, list[list[str]]]:
+    """Runs ddp-train.sh with `torchrun` and `recsys` stubs that log their arguments (and
+    whether RANK / WORLD_SIZE leaked to them); returns its status and the logged calls."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir(exist_ok=True)
+    log.write_text("")
+    for tool in ("torchrun", "recsys"):
+        stub = bin_dir / tool
+        stub.write_text(f'#!/bin/sh\necho "{tool} rank=${{RANK:-}} world=${{WORLD_SIZE:-}} $*" >> "{log}"\n')
+        stub.chmod(0o755)
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "interactions.csv").write_text("user_id,item_id,timestamp\n")
+    full = {"PATH": f"{bin_dir}:{os.environ['PATH']}", **config(), "RECSYS_DATA": str(data)}
+    full |= {"RECSYS_WORKDIR": str(tmp_path / "work"), **env}
+    done = subprocess.run(["/bin/sh", str(SCRIPT / "ddp-train.sh")], env=full, capture_output=True, text=True)
+    return done.returncode, [line.split() for line in log.read_text().splitlines()]
+
+
+def test_ddp_script_starts_torchrun_on_every_node_and_only_node_0_publishes(tmp_path):
+    (container,) = ddp_pods()["indexed-job"]["spec"]["containers"]
+    env = env_of(container) | {"RECSYS_STORE_URL": "redis://redis:6379/0"}
+    for index in ("0", "1"):
+        status, calls = run_ddp_script(tmp_path, env | {"JOB_COMPLETION_INDEX": index})
+        assert status == 0
+        torchrun = calls[0]
+        assert torchrun[0] == "torchrun"
+        flags = dict(zip(torchrun[3::2], torchrun[4::2]))
+        assert flags["--nnodes"] == env["RECSYS_NNODES"] and flags["--node-rank"] == index
+        assert flags["--master-addr"] == env["RECSYS_MASTER_ADDR"] and flags["--master-port"] == "29500"
+        assert torchrun[torchrun.index("-m") + 1 : torchrun.index("-m") + 3] == ["recsys.cli", "train"]
+        assert torchrun[torchrun.index("--model") + 1] == config()["RECSYS_MODEL"]
+        tools = [c[0] + " " + c[3] for c in calls[1:]]
+        assert tools == (["recsys features", "recsys publish"] if index == "0" else [])
+
+
+def test_ddp_script_takes_the_operators_rank_and_master_and_keeps_them_from_later_commands(tmp_path):
+    (container,) = ddp_pods()["pytorchjob-Master"]["spec"]["containers"]
+    operator = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "recsys-ddp-master-0", "MASTER_PORT": "23456"}
+    status, calls = run_ddp_script(tmp_path, env_of(container) | {"RECSYS_STORE_URL": "memory://"} | operator)
+    assert status == 0
+    flags = dict(zip(calls[0][3::2], calls[0][4::2]))
+    assert (flags["--node-rank"], flags["--master-addr"], flags["--master-port"]) == (
+        "0",
+        "recsys-ddp-master-0",
+        "23456",
+    )
+    assert all(c[1:3] == ["rank=", "world="] for c in calls)  # torchrun sets its ranks' own
+    assert [c[3] for c in calls[1:]] == ["features", "publish"]
+    status, calls = run_ddp_script(tmp_path, {"RECSYS_NNODES": "2"})  # no rank from anywhere
+    assert status != 0 and calls == []
+
+
+def test_training_kustomizations_render_in_the_stack_namespace():
+    kubectl = kubectl_or_skip()
+    for directory in (INDEXED, PYTORCHJOB):
+        docs = render(kubectl, directory)
+        assert all(doc["metadata"]["namespace"] == "recsys" for doc in docs)
+        (script,) = [d for d in docs if d["kind"] == "ConfigMap"]
+        assert script["metadata"]["name"] == "recsys-ddp-script"  # no hash: the PyTorchJob names it as is
+        assert script["data"]["ddp-train.sh"] == (SCRIPT / "ddp-train.sh").read_text()
+        for doc in docs:
+            if doc["kind"] != "PyTorchJob":
+                kubernetes_validate.validate(doc, VERSIONS[-1], strict=True)

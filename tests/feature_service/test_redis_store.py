@@ -66,3 +66,23 @@ def test_password_is_not_in_messages(redis_server: RedisServer) -> None:
         with pytest.raises(StoreUnavailable) as info:
             store.ping()
     assert f"127.0.0.1:{redis_server.port}" in str(info.value) and "secret" not in str(info.value)
+
+
+def test_single_redis_layout_is_unchanged_by_cluster_support(redis_url: str, redis_prefix: str) -> None:
+    """Stores on one Redis keep the key names earlier releases wrote (no hash tags), so an
+    existing store opens as is: hash-tagged keys exist only in cluster mode."""
+    import redis
+
+    with open_store(f"{redis_url}?prefix={redis_prefix}") as store:
+        store.put_users([("u1", {"age": 1})])
+        store.put_items([("i1", {})])
+        store.append_events([Event("u1", "a", 1, "e1")])
+        store.forget_user("u2")
+        store.set_meta("k", "v")
+        client = redis.Redis.from_url(redis_url)
+        try:
+            keys = {k.decode()[len(redis_prefix) :] for k in client.scan_iter(match=redis_prefix + "*")}
+        finally:
+            client.close()
+    names = {"users", "features_at", "items", "h:u1", "k:u1", "e:u1", "eids", "seq", "forgotten", "meta"}
+    assert keys == names

@@ -156,3 +156,118 @@ def test_feature_families_train_and_export_under_ddp(ring_data, tmp_path, model)
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["config"]["epochs"] == 2
+
+
+# --- per-rank shards of a Parquet log (trainer/data/shards.py) ---------------------------------
+
+
+def _log(path: Path, users: list, items: list[str]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"user_id": users, "item_id": items, "timestamp": list(range(len(users)))})
+    pq.write_table(table, path, row_group_size=7)
+    return path
+
+
+def test_users_are_split_disjointly_evenly_and_the_same_in_every_process():
+    from trainer.data.shards import user_ranks
+
+    ids = [f"user-{n}" for n in range(8_000)]
+    ranks = user_ranks(ids, 4)
+    assert set(ranks.tolist()) == {0, 1, 2, 3}
+    assert all(abs((ranks == r).mean() - 0.25) < 0.03 for r in range(4))
+    code = "from trainer.data.shards import user_ranks; print(user_ranks([f'user-{n}' for n in range(50)], 4).tolist())"
+    for seed in ("1", "2"):  # Python's str hash differs per process; the shard must not
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        assert json.loads(out.stdout) == ranks[:50].tolist()
+    assert user_ranks(ids[:10], 1).tolist() == [0] * 10
+    with pytest.raises(ValueError, match="world must be >= 1"):
+        user_ranks(ids, 0)
+
+
+def test_parquet_shards_keep_each_users_rows_together_and_cover_the_log(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from trainer.data import shards
+
+    monkeypatch.setattr(shards, "_BATCH_ROWS", 5)  # many batches: a user's rows span several
+    users = [n % 13 for n in range(100)]  # integer ids, as Parquet files often have
+    path = _log(tmp_path / "log.parquet", users, [f"i{n % 9}" for n in range(100)])
+    parts = [shards.read_user_shard(path, r, 3).to_pylist() for r in range(3)]
+    assert sorted(row["timestamp"] for part in parts for row in part) == list(range(100))
+    owners = {}
+    for rank, part in enumerate(parts):
+        assert [row["timestamp"] for row in part] == sorted(row["timestamp"] for row in part)  # file order
+        for row in part:
+            assert owners.setdefault(row["user_id"], rank) == rank
+    assert owners == dict(zip(range(13), shards.user_ranks([str(u) for u in range(13)], 3).tolist()))
+    assert pq.read_table(path).schema == shards.read_user_shard(path, 0, 3).schema
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 3\)"):
+        shards.read_user_shard(path, 3, 3)
+    with pytest.raises(ValueError, match="no 'uid' column"):
+        shards.read_user_shard(path, 0, 3, user_column="uid")
+
+
+def test_agreements_in_a_world_of_one_are_the_local_values():
+    from collections import Counter
+
+    from trainer.data.shards import agreed_item_counts, agreed_steps
+
+    assert agreed_item_counts(["a", "b", "a"], Dist()) == Counter({"a": 2, "b": 1})
+    assert agreed_steps(7, Dist()) == 7 and Dist().gather_objects({"x": 1}) == [{"x": 1}]
+
+
+SHARD_WORKER = """
+import json, sys
+from collections import Counter
+from trainer import distributed
+from trainer.data.shards import agreed_item_counts, agreed_steps, read_user_shard
+
+dist = distributed.init_from_env()
+table = read_user_shard(sys.argv[1], dist.rank, dist.world_size)
+items = table.column("item_id").to_pylist()
+counts = agreed_item_counts(items, dist)
+steps = agreed_steps(len(items) // 4, dist)
+out = {"rows": len(items), "users": sorted(set(table.column("user_id").to_pylist())),
+       "counts": dict(counts), "steps": steps, "local_steps": len(items) // 4}
+open(f"{sys.argv[2]}.{dist.rank}", "w").write(json.dumps(out))
+distributed.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_read_their_own_users_and_agree_on_items_and_steps(tmp_path):
+    from collections import Counter
+
+    users = [f"u{n % 11}" for n in range(120)]
+    items = [f"i{(n * 7) % 17}" for n in range(120)]
+    path = _log(tmp_path / "log.parquet", users, items)
+    (tmp_path / "worker.py").write_text(SHARD_WORKER)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env |= {
+        "OMP_NUM_THREADS": "1",
+        "RECSYS_DIST_BACKEND": "gloo",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+        + [str(tmp_path / "worker.py"), str(path), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(2)]
+    assert ranks[0]["rows"] + ranks[1]["rows"] == 120 and min(r["rows"] for r in ranks) > 0
+    assert not set(ranks[0]["users"]) & set(ranks[1]["users"])
+    assert ranks[0]["counts"] == ranks[1]["counts"] == dict(Counter(items))  # one vocabulary
+    assert ranks[0]["steps"] == ranks[1]["steps"] == min(r["local_steps"] for r in ranks)
