@@ -18,7 +18,7 @@ import pytest
 
 from feature_service.stores import RedisStore, open_store
 from feature_service.stores.base import Event
-from feature_service.stores.redis import RedisClusterStore
+from feature_service.stores.redis_cluster import RedisClusterStore
 from recsys.client import free_port
 
 from . import test_store_contract as contract
@@ -210,7 +210,7 @@ def test_a_dead_writers_claim_is_taken_over_after_it_goes_stale(
     assert store.append_events([Event("u1", "a", 1, "old"), Event("u1", "b", 2, "new")]) == (1, 1)
     assert histories(store, ["u1"]) == [[("a", 1)]]
     # A stale claim whose user does hold the event stands; one whose user lost it is taken over.
-    monkeypatch.setattr("feature_service.stores.redis._CLAIM_STALE_MS", 0)  # every claim is stale now
+    monkeypatch.setattr("feature_service.stores.redis_cluster._CLAIM_STALE_MS", 0)  # every claim is stale now
     assert store.append_events([Event("u2", "x", 1, "old")]) == (0, 1)
     assert store.append_events([Event("u2", "y", 2, "new")]) == (1, 0)
 
