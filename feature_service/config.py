@@ -44,6 +44,8 @@ class FeatureServiceConfig:
     reflection: bool | None = None  # server reflection; None: only on loopback or behind tokens
     max_concurrent_rpcs: int | None = 512  # calls in flight beyond which new ones get RESOURCE_EXHAUSTED
     health_interval_s: float = 1.0  # seconds between pings of the store (health follows them)
+    # Processes on one port (recsys.processes); None: one per core (at most 8), one for memory://
+    processes: int | None = None
 
     # Operations.
     metrics_port: int | None = None  # serve Prometheus text over HTTP on this port; None: off

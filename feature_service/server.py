@@ -17,10 +17,16 @@ Operations: every call is counted and timed (`recsys.metrics`; Prometheus text o
 `metrics_port`) and runs under the caller's `x-request-id` (or a new one), which `access_log`
 writes on one line per call, so a request can be followed from the inference server into this
 service. At most `max_concurrent_rpcs` calls are in flight; more get RESOURCE_EXHAUSTED.
+
+Processes: `serve` runs `processes` workers on one port under a supervisor (`recsys.processes`;
+default one per core). They share the store, so a memory:// store (one per process) runs one
+process. The supervisor loads the artifact once before starting them; each worker then serves
+the store as it is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -42,16 +48,19 @@ from recsys.grpc_server import (
     set_serving,
 )
 from recsys.metrics import ServiceMetrics
+from recsys.processes import WorkerSlot, resolve_processes, supervise
 from recsys.security import ServerSecurity
 from recsys.tracing import setup_tracing
 from recsys.v1 import features_pb2_grpc
 
-__all__ = ["create_feature_server", "serve", "start_server"]
+__all__ = ["create_feature_server", "serve", "serve_worker", "start_server"]
 
 log = logging.getLogger(__name__)
 
 
-def start_server(config: FeatureServiceConfig) -> tuple[grpc.Server, int, health.HealthServicer, FeatureServiceCore]:
+def start_server(
+    config: FeatureServiceConfig, *, worker: WorkerSlot | None = None
+) -> tuple[grpc.Server, int, health.HealthServicer, FeatureServiceCore]:
     """Starts a loaded, SERVING feature server; returns it, its port, health and core.
 
     `config.artifact_dir=None` serves what the store holds (`FailedPrecondition` if no artifact
@@ -59,14 +68,15 @@ def start_server(config: FeatureServiceConfig) -> tuple[grpc.Server, int, health
     `core.close()` (closes the store and ends the store watcher). Raises `FailedPrecondition`
     for a bad artifact, `ValueError` for a bad store URL, `StoreUnavailable` for a store that
     cannot be reached, `ValueError` for unreadable certificates. `core.metrics` is the server's
-    `ServiceMetrics` (its HTTP endpoint, with `metrics_port`, closes with the core).
+    `ServiceMetrics` (its HTTP endpoint, with `metrics_port`, closes with the core). `worker`:
+    this process's slot among several sharing the port (`recsys.processes`).
     """
     c = config
     manifest = read_manifest(c.artifact_dir) if c.artifact_dir is not None else None
     store_url = c.store_url or default_store(c.artifact_dir)
     store = open_store(store_url)
     server: grpc.Server | None = None
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(worker=None if worker is None else worker.index)
     try:
         if manifest is not None:
             report = load_artifact(store, c.artifact_dir, mode=c.load_mode)
@@ -85,6 +95,8 @@ def start_server(config: FeatureServiceConfig) -> tuple[grpc.Server, int, health
             security=c.security,
             max_concurrent_rpcs=c.max_concurrent_rpcs,
             interceptors=[metrics.interceptor(access_log=c.access_log)],
+            reuse_port=worker is not None,
+            peers=worker,
         )
         core.metrics = metrics
         core.metrics_port = (
@@ -118,14 +130,42 @@ def create_feature_server(
 
 
 def serve(config: FeatureServiceConfig) -> None:
-    """Runs the feature server until SIGTERM/SIGINT, then drains and closes the store."""
+    """Runs the feature server until SIGTERM/SIGINT, then drains and closes the store. With
+    several processes, a supervisor runs them (`recsys.processes`); SystemExit on its failure."""
+    store_url = config.store_url or default_store(config.artifact_dir)
+    single = "a memory:// store lives in one process" if store_url.startswith("memory:") else None
+    processes = resolve_processes(config.processes, single=single)
+    if processes == 1:
+        _serve(config, None)
+        return
+    if config.artifact_dir is not None:  # once, here, rather than N times at once in the workers
+        store = open_store(store_url)
+        try:
+            manifest = read_manifest(config.artifact_dir)
+            report = load_artifact(store, config.artifact_dir, mode=config.load_mode)
+            log.info("loaded %s from %s into %s: %s", manifest.model_version, config.artifact_dir, store_url, report)
+        finally:
+            store.close()
+    workers = dataclasses.replace(config, artifact_dir=None, store_url=store_url, processes=processes)
+    code = supervise(serve_worker, workers, processes, name="feature service")
+    if code:
+        raise SystemExit(code)
+
+
+def serve_worker(config: FeatureServiceConfig, worker: WorkerSlot) -> None:
+    """One of several processes on one port (`recsys.processes.supervise` runs it)."""
+    _serve(config, worker)
+
+
+def _serve(config: FeatureServiceConfig, worker: WorkerSlot | None) -> None:
     limit_malloc_arenas()  # before any thread starts
     setup_tracing("recsys-features")  # a no-op unless OTEL_TRACES_EXPORTER asks for traces
     security = config.security or ServerSecurity()
-    server, bound, health_servicer, core = start_server(config)
+    server, bound, health_servicer, core = start_server(config, worker=worker)
     metrics = f", metrics on :{core.metrics_port}" if core.metrics_port else ""
     log.info(
-        "feature service on %s:%d (%s; contract %s, store %s%s)",
+        "feature service%s on %s:%d (%s; contract %s, store %s%s)",
+        "" if worker is None else f" worker {worker.index}",
         config.host,
         bound,
         security.describe(),
@@ -133,7 +173,8 @@ def serve(config: FeatureServiceConfig) -> None:
         config.store_url or default_store(config.artifact_dir),
         metrics,
     )
-    print(f"feature service listening on {config.host}:{bound} (contract {core.contract_hash})", flush=True)
+    if worker is None:  # with several processes, the supervisor announces the port
+        print(f"feature service listening on {config.host}:{bound} (contract {core.contract_hash})", flush=True)
     try:
         run_until_signal(server, health_servicer)
     finally:

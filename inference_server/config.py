@@ -128,6 +128,9 @@ class InferenceConfig:
     max_k: int = 1000  # largest k a Recommend may ask for
     max_candidates: int = 10000  # most item_ids one Score may carry
 
+    # Processes on one port (recsys.processes); None: one per core (at most 8), but one with `repo`
+    processes: int | None = None
+
     # Running the model.
     device: str = "cpu"  # cpu | cuda
     threads: int = 1  # ONNX Runtime intra-op threads

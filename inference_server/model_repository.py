@@ -34,6 +34,13 @@ out instead of swapping to it, and `tick` (every second on the watch thread) pro
 healthy for its time. Changing the served version otherwise (`load_version`, `rollback`) ends
 a running rollout first. Requests go through `recommend` / `score`, which name the version
 that answered.
+
+Several processes on one port each hold a manager and watch the repository themselves, so a
+published version reaches them all. An operator's call (`load_version`, `rollback`, and
+starting, promoting or aborting a rollout) would change one process only: a manager built with
+`operator_refusal` refuses them with `FailedPrecondition` carrying that message. Rollouts the
+watcher starts (`auto_rollout`) run in every process, over the same users (the canary salt
+names the model and version).
 """
 
 from __future__ import annotations
@@ -87,6 +94,7 @@ class ModelManager:
         on_reject: Callable[[int, str], None] | None = None,
         retire_after_s: float = 30.0,
         auto_rollout: AutoRollout | None = None,
+        operator_refusal: str | None = None,
     ) -> None:
         if (artifact_dir is None) == (repository is None):
             raise ValueError("give an artifact directory or a repository, not both")
@@ -103,6 +111,7 @@ class ModelManager:
         self.on_reject = on_reject
         self.retire_after_s = retire_after_s
         self.auto_rollout = auto_rollout
+        self.operator_refusal = operator_refusal  # why operator calls are refused; None: allowed
         self.rollout: Rollout | None = None  # the running rollout, or the last one (its outcome)
         self._lock = threading.RLock()  # one change of version at a time
         self._stop = threading.Event()
@@ -184,7 +193,7 @@ class ModelManager:
                     self._end_rollout(f"superseded by version {served.version}")
                     return served
                 auto = self.auto_rollout
-                self.start_rollout(candidates[-1], auto.mode, auto.fraction, promote_after_s=auto.promote_after_s)
+                self._start_rollout(candidates[-1], auto.mode, auto.fraction, None, auto.promote_after_s)
             except RecsysError:
                 pass
             return None
@@ -202,6 +211,17 @@ class ModelManager:
         rollout (a running one for an older version is ended: superseded). Limits: the
         artifact's (manifest `training["rollout"]`) with `limits` over them. Raises like
         `load_version`; `FailedPrecondition` when it is served already."""
+        self._operator_call()
+        return self._start_rollout(version, mode, fraction, limits, promote_after_s)
+
+    def _start_rollout(
+        self,
+        version: int | None,
+        mode: str,
+        fraction: float | None,
+        limits: dict | None,
+        promote_after_s: float | None,
+    ) -> Rollout:
         self._need_repository()
         if not self.serving:
             raise FailedPrecondition(f"model {self.model!r} serves no version yet: load one first, then roll out")
@@ -245,6 +265,10 @@ class ModelManager:
 
     def promote_rollout(self, reason: str = "promoted by an operator") -> ServedModel:
         """Serves the running rollout's candidate; `FailedPrecondition` when none runs."""
+        self._operator_call()
+        return self._promote_rollout(reason)
+
+    def _promote_rollout(self, reason: str) -> ServedModel:
         with self._lock:
             rollout = self._running_rollout()
             if not rollout.finish(PROMOTED, reason):
@@ -254,6 +278,7 @@ class ModelManager:
 
     def abort_rollout(self, reason: str = "") -> Rollout:
         """Drops the running rollout's candidate and rejects its version; the stable one stays."""
+        self._operator_call()
         with self._lock:
             rollout = self._running_rollout()
             reason = reason or "aborted by an operator"
@@ -266,12 +291,13 @@ class ModelManager:
         rollout = self.rollout
         if rollout is not None and rollout.ready_to_promote():
             with contextlib.suppress(FailedPrecondition):  # it ended meanwhile
-                self.promote_rollout(f"healthy for {rollout.promote_after_s:g} s")
+                self._promote_rollout(f"healthy for {rollout.promote_after_s:g} s")
 
     def load_version(self, version: int | None) -> ServedModel:
         """Pins `version` (or, for None, follows `latest` again) and serves it now. Raises
         `NotFound` for a version the repository lacks and `FailedPrecondition` when it fails a
         check (the served version stays)."""
+        self._operator_call()
         self._need_repository()
         if version is not None and version < 1:
             raise InvalidArgument(f"model versions are positive integers, got {version}")
@@ -301,6 +327,7 @@ class ModelManager:
 
     def rollback(self, version: int | None = None) -> ServedModel:
         """Pins the version served before the current one (or `version`) and serves it."""
+        self._operator_call()
         self._need_repository()
         with self._lock:
             if version is None:
@@ -354,6 +381,10 @@ class ModelManager:
             self.rollout.close()
 
     # -- internals -----------------------------------------------------------------------
+
+    def _operator_call(self) -> None:
+        if self.operator_refusal is not None:
+            raise FailedPrecondition(self.operator_refusal)
 
     def _need_repository(self) -> None:
         if self.repository is None:

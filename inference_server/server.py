@@ -23,10 +23,18 @@ down. With `degrade=False` the server turns NOT_SERVING and requests fail with U
 Load: at most `max_concurrent_rpcs` calls are in flight (running or queued); more are refused
 with RESOURCE_EXHAUSTED at once. `request_timeout_s` bounds each call's feature fetch even when
 the caller set no deadline. Metrics: Prometheus text on `metrics_port` (`recsys.metrics`).
+
+Processes: `serve` runs `processes` workers on one port under a supervisor (`recsys.processes`;
+default one per core, but one for a model repository). Each worker loads the model and watches
+the repository itself, so a new version reaches every worker; the AdminService's calls that
+change versions or rollouts would change one worker only, so with several processes they are
+refused with FAILED_PRECONDITION (publish versions to the repository instead). ONNX Runtime
+threads per worker are capped so that processes x threads <= cores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +54,7 @@ from recsys.artifact import ItemIndex, read_manifest, read_user_index, verify_fi
 from recsys.errors import FailedPrecondition, RecsysError, Unavailable
 from recsys.grpc_server import HealthWatch, ServiceBinding, create_server, limit_malloc_arenas, run_until_signal
 from recsys.metrics import InferenceMetrics
+from recsys.processes import WorkerSlot, resolve_processes, supervise, threads_per_process
 from recsys.security import ServerSecurity
 from recsys.tracing import setup_tracing
 from recsys.v1 import admin_pb2_grpc, inference_pb2_grpc
@@ -57,6 +66,7 @@ __all__ = [
     "InferenceService",
     "create_inference_server",
     "serve",
+    "serve_worker",
     "start_inference_service",
     "start_server",
 ]
@@ -120,7 +130,7 @@ class InferenceService:
         self.manager.features.close()
 
 
-def start_server(config: InferenceConfig) -> InferenceService:
+def start_server(config: InferenceConfig, *, worker: WorkerSlot | None = None) -> InferenceService:
     """Loads the model, then starts the server; health is checked once before returning.
 
     The model is `config.artifact_dir`, or `config.model` of `config.repo` (optionally a pinned
@@ -128,7 +138,8 @@ def start_server(config: InferenceConfig) -> InferenceService:
     request and the served model (a rank or rating model) re-scores them: two-stage serving;
     hot swaps change the served model, not the retrieval stage. `security`: this server's TLS
     and accepted tokens; `feature_security`: the TLS and token of its channel to the feature
-    service. ValueError for an ambiguous model source (`InferenceConfig.check`).
+    service. ValueError for an ambiguous model source (`InferenceConfig.check`). `worker`: this
+    process's slot among several sharing the port (`recsys.processes`).
     """
     c = config
     c.check()
@@ -138,7 +149,7 @@ def start_server(config: InferenceConfig) -> InferenceService:
         security=c.feature_security,
         max_message_bytes=c.max_message_bytes,
     )
-    metrics = InferenceMetrics()
+    metrics = InferenceMetrics(worker=None if worker is None else worker.index)
     client.on_call = metrics.feature_call
     client.on_oversize = lambda what, n: metrics.failure(f"oversize_{what}", n)
     try:
@@ -186,6 +197,7 @@ def start_server(config: InferenceConfig) -> InferenceService:
             on_change=changed,
             on_reject=metrics.model_rejected,
             auto_rollout=c.rollout,
+            operator_refusal=None if worker is None else _ADMIN_REFUSAL.format(n=worker.count),
         )
         bindings = [
             ServiceBinding(
@@ -208,6 +220,8 @@ def start_server(config: InferenceConfig) -> InferenceService:
             max_concurrent_rpcs=c.max_concurrent_rpcs,
             max_message_bytes=c.max_message_bytes,
             interceptors=[metrics.interceptor(access_log=c.access_log)],
+            reuse_port=worker is not None,
+            peers=worker,
         )
     except BaseException:
         client.close()
@@ -235,6 +249,12 @@ def start_inference_service(
     return start_server(
         InferenceConfig(artifact_dir=artifact_dir, features_target=features_target, port=port, **fields)
     )
+
+
+_ADMIN_REFUSAL = (
+    "this server runs {n} processes and each would change alone: publish the version to the model "
+    "repository (every process follows it), or run one process (--processes 1) to use the admin calls"
+)
 
 
 def _time_runs(recommender: Recommender, metrics: InferenceMetrics) -> None:
@@ -304,15 +324,41 @@ def create_inference_server(
 
 
 def serve(config: InferenceConfig) -> None:
-    """Runs the inference server until SIGTERM/SIGINT, then drains (see `start_server`)."""
+    """Runs the inference server until SIGTERM/SIGINT, then drains (see `start_server`). With
+    several processes, a supervisor runs them (`recsys.processes`); SystemExit on its failure."""
+    single = "a model repository's admin calls change one process" if config.repo is not None else None
+    processes = resolve_processes(config.processes, single=single if config.processes is None else None)
+    if processes == 1:
+        _serve(config, None)
+        return
+    threads = threads_per_process(config.threads, processes)
+    if threads < config.threads:
+        log.warning("%d processes x %d threads exceed the cores: %d ONNX Runtime threads each", processes,
+                    config.threads, threads)  # fmt: skip
+    speed = config.speed
+    if speed is not None and speed.tuning is not None and speed.tuning.intra_threads > threads:
+        speed = dataclasses.replace(speed, tuning=dataclasses.replace(speed.tuning, intra_threads=threads))
+    sized = dataclasses.replace(config, threads=threads, speed=speed, processes=processes)
+    code = supervise(serve_worker, sized, processes, name="inference server")
+    if code:
+        raise SystemExit(code)
+
+
+def serve_worker(config: InferenceConfig, worker: WorkerSlot) -> None:
+    """One of several processes on one port (`recsys.processes.supervise` runs it)."""
+    _serve(config, worker)
+
+
+def _serve(config: InferenceConfig, worker: WorkerSlot | None) -> None:
     limit_malloc_arenas()  # before any thread starts
     setup_tracing("recsys-inference")  # a no-op unless OTEL_TRACES_EXPORTER asks for traces
     security = config.security or ServerSecurity()
-    service = start_server(config)
+    service = start_server(config, worker=worker)
     feature_tls = "plaintext" if config.feature_security is None or config.feature_security.tls is None else "TLS"
     served = service.manager.current
     log.info(
-        "inference server on %s:%d (%s): model %s (%s items) on %s, features from %s (%s)%s",
+        "inference server%s on %s:%d (%s): model %s (%s items) on %s, features from %s (%s)%s",
+        "" if worker is None else f" worker {worker.index}",
         config.host,
         service.port,
         security.describe(),
@@ -323,11 +369,12 @@ def serve(config: InferenceConfig) -> None:
         feature_tls,
         f", metrics on :{service.metrics_port}" if service.metrics_port else "",
     )
-    print(
-        f"inference server listening on {config.host}:{service.port} (model {served.label or 'none yet'}, "
-        f"device {config.device})",
-        flush=True,
-    )
+    if worker is None:  # with several processes, the supervisor announces the port
+        print(
+            f"inference server listening on {config.host}:{service.port} (model {served.label or 'none yet'}, "
+            f"device {config.device})",
+            flush=True,
+        )
     try:
         run_until_signal(service.server, service.health)
     finally:

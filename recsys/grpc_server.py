@@ -12,6 +12,11 @@ long as the call lasts, so idle long-lived streams (reflection, health Watch) co
 worker and starve the unary calls. `StreamBudget` lets at most `max_streams` streaming calls run
 at once (more get RESOURCE_EXHAUSTED), and the pool has `max_workers + max_streams` threads:
 unary calls always keep `max_workers` of them.
+
+Several processes on one port (`recsys.processes`): each worker builds its own server with
+`reuse_port=True` and `peers`, its view of the other workers; its health then answers SERVING
+only while its own state and every peer's is SERVING (`PeerHealth`), so a probe gets the same
+answer whichever worker the kernel hands its connection to.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,6 +41,8 @@ from recsys.security import ServerSecurity
 
 __all__ = [
     "HealthWatch",
+    "PeerHealth",
+    "Peers",
     "ServiceBinding",
     "StreamBudget",
     "create_server",
@@ -57,6 +65,63 @@ class ServiceBinding:
     full_name: str  # e.g. "recsys.v1.InferenceService"
 
 
+class Peers(Protocol):
+    """One worker's view of the workers sharing its port (`recsys.processes.WorkerSlot`)."""
+
+    def report(self, serving: bool) -> None:
+        """Publishes this worker's own state to the others."""
+
+    def all_serving(self) -> bool:
+        """Whether every worker, this one included, has reported SERVING."""
+
+
+class PeerHealth(health.HealthServicer):
+    """A health servicer whose gated entries ("" and the server's services) answer SERVING only
+    while this process set them SERVING and every peer reports SERVING. Entries outside `gated`
+    (e.g. a dependency's mirror) pass through. `refresh()` re-evaluates; a daemon thread calls
+    it every `interval_s` so a peer's change shows within that time."""
+
+    def __init__(self, peers: Peers, gated: Sequence[str], interval_s: float = 0.2) -> None:
+        super().__init__()
+        self.peers = peers
+        self.gated = {"", *gated}
+        # Under the parent's RLock: what this process set, and what Check/Watch answer now.
+        self._local: dict[str, int] = {}
+        self._published: dict[str, int] = {}
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), name="peer-health", daemon=True)
+        self._thread.start()
+
+    def set(self, service, status):
+        with self._lock:
+            self._local[service] = status
+            if service == "":
+                self.peers.report(status == health_pb2.HealthCheckResponse.SERVING)
+            self._publish(service, force=True)
+
+    def refresh(self) -> None:
+        with self._lock:
+            for service in self._local:
+                self._publish(service)
+
+    def enter_graceful_shutdown(self):
+        self._closed.set()
+        super().enter_graceful_shutdown()
+
+    def _publish(self, service: str, force: bool = False) -> None:
+        status = self._local[service]
+        serving = health_pb2.HealthCheckResponse.SERVING
+        if service in self.gated and status == serving and not self.peers.all_serving():
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        if force or self._published.get(service) != status:  # Watch streams hear changes only
+            self._published[service] = status
+            super().set(service, status)
+
+    def _run(self, interval_s: float) -> None:
+        while not self._closed.wait(interval_s):
+            self.refresh()
+
+
 def create_server(
     bindings: Sequence[ServiceBinding],
     *,
@@ -71,6 +136,8 @@ def create_server(
     reflection: bool | None = None,
     max_connection_age_s: float | None = 300.0,
     max_connection_age_grace_s: float = 30.0,
+    reuse_port: bool = False,
+    peers: Peers | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Builds and starts a server; returns it, the bound port and its health servicer.
 
@@ -86,6 +153,9 @@ def create_server(
     `max_connection_age_s` (None: forever): each client connection is closed (GOAWAY) after
     about that long, in-flight calls get `max_connection_age_grace_s` more, and the client
     reconnects and resolves its target again, so replicas added behind a DNS name get calls.
+    `reuse_port` (only for workers of one supervisor, which guards the port against other
+    programs): bind with SO_REUSEPORT so sibling processes share the port; otherwise a busy port
+    is refused. `peers`: health follows every worker's state (`PeerHealth`).
     """
     security = security or ServerSecurity()
     max_streams = max(1, max_workers // 4) if max_streams is None else max_streams
@@ -102,7 +172,7 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
             *(
                 []
                 if max_connection_age_s is None
@@ -114,9 +184,9 @@ def create_server(
         ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [b.full_name for b in bindings]
+    health_servicer = health.HealthServicer() if peers is None else PeerHealth(peers, names)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for binding in bindings:
         binding.add_to_server(binding.servicer, server)
     if reflection:
@@ -125,9 +195,14 @@ def create_server(
             server,
         )
     address = f"{host}:{port}"
-    bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+    try:
+        bound = (
+            server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+        )
+    except RuntimeError:  # grpcio's "Failed to bind": a busy port, or an address not on this host
+        bound = 0
     if bound == 0:
-        raise OSError(f"could not bind {host}:{port}")
+        raise OSError(f"could not bind {host}:{port} (is the port busy?)")
     set_serving(health_servicer, names, serving=False)
     server.start()
     return server, bound, health_servicer

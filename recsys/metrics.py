@@ -41,11 +41,22 @@ The same interceptor gives each unary call its request id (`recsys.logs.REQUEST_
 caller's `x-request-id` metadata when it sent a usable one, else a new one; the id goes back to
 the caller as initial metadata, and with `access_log` each call is logged once (method, code,
 milliseconds) under its id.
+
+Several processes (`recsys.processes`, `--processes N`): every worker keeps these metrics in
+prometheus-client's multiprocess files and the supervisor alone serves the endpoint, through
+`supervisor_registry`: counters and histograms are summed over the workers; gauges say how they
+combine (`multiprocess_mode`): recsys_grpc_in_flight is the live workers' sum,
+recsys_feature_service_up their minimum, recsys_model_info and recsys_model_serving_version
+their maximum (1 for a version any worker serves). process_* is summed over the supervisor and
+its workers (CPU seconds, RSS, virtual memory, open fds; the start time and fd limit are the
+supervisor's); python_gc_* is left out. Each worker also names itself to callers in the
+`x-recsys-worker` response header (its index, 0..N-1).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
@@ -61,12 +72,21 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
 from recsys.logs import REQUEST_ID, REQUEST_ID_HEADER, clean_request_id
 
-__all__ = ["LATENCY_BUCKETS", "MODEL_BUCKETS", "InferenceMetrics", "MetricsInterceptor", "ServiceMetrics"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "MODEL_BUCKETS",
+    "WORKER_HEADER",
+    "InferenceMetrics",
+    "MetricsInterceptor",
+    "ServiceMetrics",
+    "serve_registry",
+    "supervisor_registry",
+]
 
 log = logging.getLogger("recsys.access")
 
@@ -74,6 +94,9 @@ log = logging.getLogger("recsys.access")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Seconds: one ONNX Runtime run (0.2 ms for a small SASRec) or a row's wait for a batch.
 MODEL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# prometheus-client picks its multiprocess mode from this variable when it is first imported
+_MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+WORKER_HEADER = "x-recsys-worker"  # which worker of a multi-process server answered
 _TYPES = {
     (False, False): "unary",
     (False, True): "server_stream",
@@ -83,9 +106,11 @@ _TYPES = {
 
 
 class ServiceMetrics:
-    """One service's registry: the process, and the per-call metrics every service has."""
+    """One service's registry: the process, and the per-call metrics every service has.
+    `worker`: this process's index among several on one port (None: the only one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker: int | None = None) -> None:
+        self.worker = worker
         self.registry = r = CollectorRegistry()
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -104,7 +129,9 @@ class ServiceMetrics:
         )
         self.received = Counter("grpc_server_msg_received", "stream messages received by the server", call, registry=r)
         self.sent = Counter("grpc_server_msg_sent", "stream messages sent by the server", call, registry=r)
-        self.in_flight = Gauge("recsys_grpc_in_flight", "unary gRPC calls being served", registry=r)
+        self.in_flight = Gauge(
+            "recsys_grpc_in_flight", "unary gRPC calls being served", multiprocess_mode="livesum", registry=r
+        )
         self.shed = Counter("recsys_shed", "calls refused for load, by reason", ["reason"], registry=r)
         self.shed.labels("stream_budget")
         self._http: WSGIServer | None = None
@@ -120,15 +147,8 @@ class ServiceMetrics:
         """Serves the metrics over HTTP on a daemon thread; returns the bound port (0 = any).
         `host` is written as for gRPC: "127.0.0.1", "::1" or "[::1]", "[::]" (every interface;
         like gRPC, 0.0.0.0 where this machine has no IPv6)."""
-        addr = host.strip("[]")
-        try:
-            server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        except OSError:
-            if addr != "::":
-                raise
-            server, _thread = start_http_server(port, addr="0.0.0.0", registry=self.registry)
-        self._http = server
-        return server.server_port
+        self._http = serve_registry(self.registry, port, host)
+        return self._http.server_port
 
     def close(self) -> None:
         if self._http is not None:
@@ -140,14 +160,21 @@ class ServiceMetrics:
 class InferenceMetrics(ServiceMetrics):
     """`ServiceMetrics` plus the inference server's model, feature and fallback metrics."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__(worker)
         r = self.registry
         self.model_info = Gauge(
-            "recsys_model_info", "1 for the model version serving now", ["model_version", "version"], registry=r
+            "recsys_model_info",
+            "1 for the model version serving now",
+            ["model_version", "version"],
+            multiprocess_mode="livemax",
+            registry=r,
         )
         self.serving_version = Gauge(
-            "recsys_model_serving_version", "repository version serving now (0: a plain artifact)", registry=r
+            "recsys_model_serving_version",
+            "repository version serving now (0: a plain artifact)",
+            multiprocess_mode="livemax",
+            registry=r,
         )
         self.swaps = Counter("recsys_model_swaps", "model versions swapped in or rejected", ["outcome"], registry=r)
         self.feature_fetch = Histogram(
@@ -158,7 +185,12 @@ class InferenceMetrics(ServiceMetrics):
             registry=r,
         )
         self.degraded = Counter("recsys_degraded_responses", "answers from a fallback", ["rpc", "source"], registry=r)
-        self.feature_up = Gauge("recsys_feature_service_up", "1 while the feature service answers", registry=r)
+        self.feature_up = Gauge(
+            "recsys_feature_service_up",
+            "1 while the feature service answers",
+            multiprocess_mode="livemin",
+            registry=r,
+        )
         self.failures = Counter(
             "recsys_failures",
             "work that failed and was answered around: non-finite model scores, item feature refreshes, "
@@ -186,7 +218,11 @@ class InferenceMetrics(ServiceMetrics):
         return self.model_runs.labels(model_version).observe
 
     def model_changed(self, label: str, version: int | None) -> None:
-        self.model_info.clear()
+        if _MULTIPROCESS:  # no clear() there: the old version's entry stays in the file, at 0
+            for labels in list(self.model_info._metrics):
+                self.model_info.labels(*labels).set(0)
+        else:
+            self.model_info.clear()
         self.model_info.labels(label, str(version or 0)).set(1)
         self.serving_version.set(version or 0)
         self.swaps.labels("swapped").inc()
@@ -266,6 +302,10 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     def _unary(self, behavior, method: str, labels: tuple[str, str, str], incoming: str | None):
         metrics = self.metrics
         access_log = self.access_log
+        worker = () if metrics.worker is None else ((WORKER_HEADER, str(metrics.worker)),)
+
+        def headers(request_id: str) -> tuple:
+            return ((REQUEST_ID_HEADER, request_id), *worker)
 
         def observed(request, context: grpc.ServicerContext):
             request_id = clean_request_id(incoming)
@@ -276,7 +316,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             metrics.in_flight.inc()
             code = grpc.StatusCode.OK
             try:
-                context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+                context.send_initial_metadata(headers(request_id))
                 response = behavior(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 if code == grpc.StatusCode.OK:
@@ -343,3 +383,60 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             return out
 
         return observed
+
+
+def serve_registry(registry, port: int, host: str = "0.0.0.0") -> WSGIServer:
+    """Serves `registry` over HTTP on a daemon thread; `.server_port` is the bound port.
+    `host` is written as for gRPC: "127.0.0.1", "::1" or "[::1]", "[::]" (every interface;
+    like gRPC, 0.0.0.0 where this machine has no IPv6)."""
+    addr = host.strip("[]")
+    try:
+        server, _thread = start_http_server(port, addr=addr, registry=registry)
+    except OSError:
+        if addr != "::":
+            raise
+        server, _thread = start_http_server(port, addr="0.0.0.0", registry=registry)
+    return server
+
+
+def supervisor_registry(path: str, worker_pids: Callable[[], list[int]]) -> CollectorRegistry:
+    """What a multi-process server's supervisor serves: its workers' metrics from the
+    multiprocess files in `path`, summed, and process_* over itself and `worker_pids()`."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    PlatformCollector(registry=registry)
+    registry.register(_ProcessGroupCollector(worker_pids))
+    return registry
+
+
+class _ProcessGroupCollector:
+    """process_* of the supervisor plus its workers (see the module docstring)."""
+
+    SUMMED = (
+        "process_cpu_seconds_total",
+        "process_virtual_memory_bytes",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    )
+
+    def __init__(self, worker_pids: Callable[[], list[int]]) -> None:
+        self.worker_pids = worker_pids
+        self.own = ProcessCollector(registry=None)
+
+    def collect(self):
+        families = list(self.own.collect())
+        extra: dict[str, float] = {}
+        for pid in self.worker_pids():
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+                for sample in family.samples:
+                    if sample.name in self.SUMMED:
+                        extra[sample.name] = extra.get(sample.name, 0.0) + sample.value
+        for family in families:
+            if not any(s.name in self.SUMMED for s in family.samples):
+                yield family
+                continue
+            kind = CounterMetricFamily if family.type == "counter" else GaugeMetricFamily
+            value = sum(s.value for s in family.samples) + extra.get(family.samples[0].name, 0.0)
+            yield kind(family.name, family.documentation + " (supervisor and workers)", value=value)

@@ -32,6 +32,12 @@ METRICS_HOST_HELP = (
     "to 127.0.0.1 keeps its metrics there too."
 )
 
+PROCESSES_HELP = (
+    "Server processes sharing the port (one GIL each), under a supervisor that serves --metrics-port "
+    "for all. Default: one per core, at most 8; 1 with a memory:// store or a model repository (--repo), "
+    "whose admin calls are refused with several processes. 1: a single process, no supervisor."
+)
+
 FILE = click.Path(exists=True, dir_okay=False)  # an existing file (PEM, key, token, table)
 COLUMNS_HELP = (
     "Your names for the standard columns, canonical=yours, e.g. "
@@ -42,8 +48,10 @@ DELIMITERS = ",\t;|"  # what a text table may be separated by, detected from its
 
 def configure_logging(verbose: bool, json_logs: bool = False, log_user_ids: bool = False) -> None:
     from recsys.logs import configure
+    from recsys.processes import remember_logging
 
     configure(verbose=verbose, json_lines=json_logs, log_user_ids=log_user_ids)
+    remember_logging(verbose=verbose, json_lines=json_logs, log_user_ids=log_user_ids)  # for worker processes
 
 
 def _add(command, options):
@@ -71,7 +79,7 @@ def server_options(default_port: int):
     """--host/--port, TLS and token flags, operations flags and -v of a `serve` command.
 
     The command receives them as one `server` dict of the fields both server configs share
-    (host, port, security, max_workers, metrics_port, metrics_host, access_log, and
+    (host, port, security, max_workers, metrics_port, metrics_host, access_log, processes, and
     max_concurrent_rpcs when given); logging is configured before the command runs.
     """
 
@@ -92,6 +100,7 @@ def server_options(default_port: int):
             log_user_ids,
             max_concurrent_rpcs,
             workers,
+            processes,
             verbose,
             **kwargs,
         ):
@@ -106,6 +115,7 @@ def server_options(default_port: int):
                 "metrics_host": host if metrics_host is None else metrics_host,
                 "access_log": access_log,
                 "security": security,
+                "processes": processes,
             }
             if max_concurrent_rpcs is not None:
                 server["max_concurrent_rpcs"] = max_concurrent_rpcs
@@ -164,6 +174,13 @@ def server_options(default_port: int):
                     help="Threads serving calls at once (more lets concurrent calls share feature fetches "
                     "and model runs; each costs memory and GIL hand-offs). Streaming calls (health Watch, "
                     "reflection) get max(1, N/4) threads of their own and are refused beyond them.",
+                ),
+                click.option(
+                    "--processes",
+                    envvar="RECSYS_PROCESSES",
+                    show_envvar=True,
+                    type=click.IntRange(min=1, max=256),
+                    help=PROCESSES_HELP,
                 ),
                 click.option("-v", "--verbose", is_flag=True),
             ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -42,7 +43,8 @@ def serve_features(artifact, store, load_mode, server) -> None:
 
     if artifact is None and store is None:
         raise click.UsageError("give --store URL (or --artifact DIR, whose default store is beside it)")
-    run(FeatureServiceConfig(artifact_dir=artifact, store_url=store, load_mode=load_mode, **server))
+    with _port_errors():
+        run(FeatureServiceConfig(artifact_dir=artifact, store_url=store, load_mode=load_mode, **server))
 
 
 @serve.command("inference")
@@ -243,30 +245,43 @@ def serve_inference(
         variant=variant,
         tuning=SessionTuning(graph_opt=graph_opt, intra_threads=threads, spinning=spin),
     )
-    run(
-        InferenceConfig(
-            artifact_dir=artifact,
-            repo=repo,
-            model=model_name,
-            version=model_version,
-            watch_interval_s=watch_interval,
-            rollout=auto_rollout,
-            retrieval_dir=retrieval_dir,
-            num_candidates=candidates,
-            features_target=features_target,
-            feature_timeout_s=feature_timeout,
-            feature_security=feature_security,
-            degrade=not no_degrade,
-            max_message_bytes=max_message_mb * 1024 * 1024,
-            request_timeout_s=request_timeout,
-            max_k=max_k,
-            max_candidates=max_candidates,
-            device=device,
-            threads=threads,
-            speed=speed,
-            **server,
+    with _port_errors():
+        run(
+            InferenceConfig(
+                artifact_dir=artifact,
+                repo=repo,
+                model=model_name,
+                version=model_version,
+                watch_interval_s=watch_interval,
+                rollout=auto_rollout,
+                retrieval_dir=retrieval_dir,
+                num_candidates=candidates,
+                features_target=features_target,
+                feature_timeout_s=feature_timeout,
+                feature_security=feature_security,
+                degrade=not no_degrade,
+                max_message_bytes=max_message_mb * 1024 * 1024,
+                request_timeout_s=request_timeout,
+                max_k=max_k,
+                max_candidates=max_candidates,
+                device=device,
+                threads=threads,
+                speed=speed,
+                **server,
+            )
         )
-    )
+
+
+@contextlib.contextmanager
+def _port_errors():
+    """A port that cannot be bound (busy, not permitted) or a worker process that failed to
+    start is one error line, not a traceback."""
+    from recsys.processes import StartupFailed
+
+    try:
+        yield
+    except (OSError, StartupFailed) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command()
