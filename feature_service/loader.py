@@ -16,8 +16,10 @@ What a load never does:
 - **bring a forgotten user back**: users the store has forgotten (tombstones, see
   `Store.forget_user`) are skipped, features and events alike.
 
-Events go in batches of `EVENT_BATCH`, one transaction each: a load that fails midway leaves
-whole batches behind, and rerunning it completes the load without duplicates.
+Events go in batches of the store's `event_batch` (`EVENT_BATCH` unless the backend says
+otherwise; SQLite takes 200k), one transaction each, column-wise (`Store.append_event_columns`)
+inside `Store.bulk_load()`: a load that fails midway leaves whole batches behind, and rerunning
+it completes the load without duplicates.
 
 The store's meta table holds its raw feature contract (`recsys.schema.FeatureContract`): each
 load adds the artifact's features to it (a feature never changes kind), and records what the
@@ -31,13 +33,14 @@ import calendar
 import json
 import logging
 import math
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from feature_service.stores.base import Event, Store
+from feature_service.stores.base import Store
 from recsys.artifact import HISTORIES, ITEMS, USERS, Manifest, read_jsonl, read_manifest
 from recsys.errors import FailedPrecondition, RecsysError
 from recsys.schema import FeatureContract, FeatureKind, FeatureSchema, canonical_json
@@ -58,7 +61,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EVENT_BATCH = 10_000  # events per transaction (a Redis script of 10k events holds it ~0.2 s)
+EVENT_BATCH = Store.event_batch  # events per transaction unless a backend says otherwise
 META_CONTRACT = "store.contract_json"  # the raw feature contract the store serves
 META_MODELS = "store.models_json"  # {model_version: {"needs": contract, "loaded_at": unix s}}
 META_MODEL_VERSION = "artifact.model_version"  # the last artifact loaded
@@ -70,6 +73,8 @@ LOAD_MODES = ("add", "replace", "merge")
 DATASET_SAMPLE = 200
 DATASET_MIN_SHARED = 0.5
 FLOAT32_MAX = 3.4028234663852886e38
+# The timestamps list of a histories.jsonl line as json.dumps writes it (integers only).
+_TIMESTAMPS = re.compile(rb'"timestamps":\s*\[([-0-9,\s]*)\]')
 
 
 @dataclass(frozen=True)
@@ -153,9 +158,28 @@ def _feature_rows(path: Path, key: str, kinds: dict[str, FeatureKind]) -> list[t
     return rows
 
 
-def _events(path: Path, max_events: int) -> Iterator[Event]:
-    """Each user's newest `max_events` events (what the store would keep): a reload of a long
-    history then finds only duplicates instead of re-adding events the bound drops again."""
+class _EventColumns:
+    """Events gathered column-wise for `Store.append_event_columns`."""
+
+    __slots__ = ("item_ids", "timestamps", "user_ids")
+
+    def __init__(self) -> None:
+        self.user_ids: list[str] = []
+        self.item_ids: list[str] = []
+        self.timestamps: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+def _user_of(line: tuple[str, list[str], list[int]]) -> str:
+    return line[0]
+
+
+def _history_lines(path: Path, max_events: int) -> Iterator[tuple[str, list[str], list[int]]]:
+    """(user_id, item_ids, timestamps) per line, checked, holding each user's newest
+    `max_events` events (what the store would keep) oldest first: a reload of a long history
+    then finds only duplicates instead of re-adding events the bound drops again."""
     for line, row in enumerate(read_jsonl(path), 1):
         where = f"{path.name} line {line}"
         user_id, items, stamps = row.get("user_id"), row.get("item_ids"), row.get("timestamps")
@@ -163,20 +187,49 @@ def _events(path: Path, max_events: int) -> Iterator[Event]:
             raise FailedPrecondition(f"{where}: 'user_id' is missing or empty")
         if not isinstance(items, list) or not isinstance(stamps, list) or len(items) != len(stamps):
             raise FailedPrecondition(f"{where}: 'item_ids' and 'timestamps' must be lists of equal length")
-        for item, ts in zip(items, stamps):
-            if not isinstance(item, str) or not item or not isinstance(ts, int) or isinstance(ts, bool):
-                raise FailedPrecondition(f"{where}: bad event ({item!r}, {ts!r})")
-        order = sorted(range(len(items)), key=stamps.__getitem__)[-max_events:]  # stable: ties keep file order
-        for i in order:
-            yield Event(user_id, items[i], stamps[i])
+        # type() rather than isinstance: a bool is not a timestamp.
+        if not (all(type(i) is str and i for i in items) and all(type(t) is int for t in stamps)):
+            for item, ts in zip(items, stamps, strict=True):
+                if not isinstance(item, str) or not item or not isinstance(ts, int) or isinstance(ts, bool):
+                    raise FailedPrecondition(f"{where}: bad event ({item!r}, {ts!r})")
+        if len(items) > max_events or stamps != sorted(stamps):
+            order = sorted(range(len(items)), key=stamps.__getitem__)[-max_events:]  # stable: ties keep file order
+            items, stamps = [items[i] for i in order], [stamps[i] for i in order]
+        yield user_id, items, stamps
 
 
-def load_artifact(store: Store, artifact_dir: str | Path, *, mode: str = "add") -> LoadReport:
+def count_events(path: Path) -> int:
+    """How many events `histories.jsonl` holds, counted from the text without parsing it (for
+    a progress total: lines not written as recsys writes them count as parsed)."""
+    total = 0
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        for line in f:
+            match = _TIMESTAMPS.search(line)
+            if match is not None:
+                listed = match.group(1).strip()
+                total += listed.count(b",") + 1 if listed else 0
+            elif line.strip():
+                stamps = json.loads(line).get("timestamps")
+                total += len(stamps) if isinstance(stamps, list) else 0
+    return total
+
+
+def load_artifact(
+    store: Store,
+    artifact_dir: str | Path,
+    *,
+    mode: str = "add",
+    progress: Callable[[int, int], None] | None = None,
+) -> LoadReport:
     """Writes the artifact's feature rows and histories into `store`; see the module docstring.
 
     `mode`: "add" refuses a store that holds another dataset, "replace" empties the store
     first (tombstones included), "merge" adds whatever the store holds. Feature files and the
-    contract are checked in full before the first write (`FailedPrecondition`).
+    contract are checked in full before the first write (`FailedPrecondition`). `progress`, when
+    given, is called with (events done, events in the artifact) before the first batch of events
+    and after each one (done counts duplicates and forgotten users' events too).
     """
     if mode not in LOAD_MODES:
         raise ValueError(f"mode must be one of {LOAD_MODES}, got {mode!r}")
@@ -202,24 +255,59 @@ def load_artifact(store: Store, artifact_dir: str | Path, *, mode: str = "add") 
     skipped = {uid for uid, _ in users if uid in forgotten}
     users_written = store.put_users([(uid, f) for uid, f in users if uid not in forgotten], older_than=exported)
     items_written = store.put_items(items, older_than=exported)
-    recorded = duplicates = 0
-    batch: list[Event] = []
-    for event in _events(artifact_dir / HISTORIES, store.max_events):
-        if event.user_id in forgotten:
-            skipped.add(event.user_id)
-            continue
-        batch.append(event)
-        if len(batch) >= EVENT_BATCH:
-            r, d = store.append_events(batch)
-            recorded, duplicates, batch = recorded + r, duplicates + d, []
-    r, d = store.append_events(batch)
+    recorded, duplicates, skipped_events = _load_events(store, artifact_dir / HISTORIES, forgotten, skipped, progress)
     models = _models(store)
     models[manifest.model_version] = {"needs": manifest.needs.to_dict(), "loaded_at": int(time.time())}
     store.set_meta(META_MODELS, canonical_json(models))
     store.set_meta(META_MODEL_VERSION, manifest.model_version)
-    return LoadReport(
-        users_written, items_written, recorded + r, duplicates + d, time.perf_counter() - start, len(skipped)
-    )
+    return LoadReport(users_written, items_written, recorded, duplicates, time.perf_counter() - start, len(skipped))
+
+
+def _load_events(
+    store: Store, path: Path, forgotten: dict[str, int], skipped: set[str], progress: Callable[[int, int], None] | None
+) -> tuple[int, int, int]:
+    """Appends the histories in batches of `store.event_batch`; returns (recorded, duplicates,
+    forgotten users' events left out). Users skipped are added to `skipped`."""
+    total = count_events(path) if progress is not None else 0
+    done = recorded = duplicates = left_out = 0
+    if progress is not None:
+        progress(0, total)
+    lines: list[tuple[str, list[str], list[int]]] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal done, recorded, duplicates, size
+        # By user id (stable: one user's lines keep file order): the index pages a batch
+        # touches are then visited in key order, not at random.
+        lines.sort(key=_user_of)
+        batch = _EventColumns()
+        for user_id, items, stamps in lines:
+            batch.user_ids.extend([user_id] * len(items))
+            batch.item_ids.extend(items)
+            batch.timestamps.extend(stamps)
+        r, d = store.append_event_columns(batch.user_ids, batch.item_ids, batch.timestamps)
+        recorded, duplicates, done = recorded + r, duplicates + d, done + size
+        lines.clear()
+        size = 0
+        if progress is not None:
+            progress(done, max(total, done))
+
+    with store.bulk_load():
+        for line in _history_lines(path, store.max_events):
+            if line[0] in forgotten:
+                skipped.add(line[0])
+                left_out += len(line[1])
+                done += len(line[1])
+                continue
+            lines.append(line)
+            size += len(line[1])
+            if size >= store.event_batch:
+                flush()
+        if size:
+            flush()
+        elif progress is not None:
+            progress(done, max(total, done))
+    return recorded, duplicates, left_out
 
 
 def stored_contract(store: Store, *, required: bool = True) -> FeatureContract | None:

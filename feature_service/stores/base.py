@@ -34,13 +34,17 @@ tests/feature_service/test_store_contract.py. The rules it checks:
 - `clear` deletes every user, item, event, tombstone and meta key; it ends with the store
   empty (Redis clears a large store in chunks, so readers meanwhile may see part of it gone).
 - Methods are safe to call from many threads at once; a batch write is atomic.
+- **Bulk loads** (`append_event_columns`, inside `bulk_load()`) follow the same rules as
+  `append_events`; a backend may only make them faster (bigger caches, no per-event objects),
+  never weaker: each call still commits atomically and durably.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
@@ -139,6 +143,9 @@ class Store(ABC):
 
     # Whether data survives close() and a fresh open of the same URL.
     persistent: ClassVar[bool] = False
+    # Events per append call a bulk loader sends (one transaction each): what the backend writes
+    # efficiently without holding its lock too long (a Redis script of 10k events holds it ~0.2 s).
+    event_batch: ClassVar[int] = 10_000
 
     def __init__(self, max_events: int = MAX_EVENTS) -> None:
         if max_events < 1:
@@ -190,6 +197,19 @@ class Store(ABC):
 
         Duplicates within the batch count as duplicates too (the first one is recorded).
         """
+
+    def append_event_columns(
+        self, user_ids: Sequence[str], item_ids: Sequence[str], timestamps: Sequence[int]
+    ) -> tuple[int, int]:
+        """`append_events` for events given column-wise (aligned lists, no event ids): the bulk
+        loader's form. Same rules and result; backends may override it to skip per-event objects."""
+        return self.append_events([Event(u, i, t) for u, i, t in zip(user_ids, item_ids, timestamps, strict=True)])
+
+    @contextmanager
+    def bulk_load(self) -> Iterator[None]:
+        """A block of many large writes (an artifact load): a backend may use more memory for it.
+        Every write inside still commits as it would outside."""
+        yield
 
     @abstractmethod
     def forget_user(self, user_id: str) -> bool:

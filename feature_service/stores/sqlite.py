@@ -54,6 +54,8 @@ SCHEME = "sqlite"
 SCHEMA_VERSION = 3
 _IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's variable limit
 _SYNCHRONOUS = ("NORMAL", "FULL")
+_BULK_CACHE_KIB = 256 * 1024  # page cache during bulk_load (the default is 2 MiB)
+_BULK_CHECKPOINT_PAGES = 65_536  # WAL pages between checkpoints during bulk_load (default 1000)
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS users (
@@ -92,6 +94,9 @@ WHERE features IS NOT excluded.features AND (?4 IS NULL OR updated_at < ?4)
 
 class SqliteStore(Store):
     persistent = True
+    # Large transactions: the per-commit costs (WAL frame headers, index page writes) are paid
+    # once per batch; 200k events hold the lock ~1 s.
+    event_batch = 200_000
 
     def __init__(
         self,
@@ -244,20 +249,35 @@ class SqliteStore(Store):
             return conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
 
     def append_events(self, events: Sequence[Event]) -> tuple[int, int]:
-        if not events:
+        rows = [(e.user_id, e.item_id, e.timestamp, e.event_id or None) for e in events]
+        insert = "INSERT OR IGNORE INTO events(user_id, item_id, ts, event_id) VALUES (?, ?, ?, ?)"
+        return self._append(insert, rows, [e.user_id for e in events])
+
+    def append_event_columns(
+        self, user_ids: Sequence[str], item_ids: Sequence[str], timestamps: Sequence[int]
+    ) -> tuple[int, int]:
+        if not len(user_ids) == len(item_ids) == len(timestamps):
+            raise ValueError("user_ids, item_ids and timestamps must have the same length")
+        rows = zip(user_ids, item_ids, timestamps)  # tuples made in C, consumed by executemany
+        return self._append("INSERT OR IGNORE INTO events(user_id, item_id, ts) VALUES (?, ?, ?)", rows, user_ids)
+
+    def _append(self, insert: str, rows: Iterable[tuple], user_ids: Sequence[str]) -> tuple[int, int]:
+        if not len(user_ids):
             return 0, 0
         now = int(self._clock())
-        rows = [(e.user_id, e.item_id, e.timestamp, e.event_id or None) for e in events]
         with self._write() as conn:
             # Rowids grow from the current maximum, so rows above it are exactly this batch's.
             (before,) = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()
-            recorded = conn.executemany(
-                "INSERT OR IGNORE INTO events(user_id, item_id, ts, event_id) VALUES (?, ?, ?, ?)", rows
-            ).rowcount
-            if recorded:
-                touched = [
-                    uid for (uid,) in conn.execute("SELECT DISTINCT user_id FROM events WHERE rowid > ?", (before,))
-                ]
+            recorded = conn.executemany(insert, rows).rowcount
+            if recorded == len(user_ids):  # every event is new: every user of the batch gained one
+                touched = list(dict.fromkeys(user_ids))
+            elif recorded:
+                # A rowid range scan, deduplicated here: cheaper than DISTINCT's temporary b-tree.
+                new = conn.execute("SELECT user_id FROM events WHERE rowid > ?", (before,))
+                touched = list(dict.fromkeys(uid for (uid,) in new))
+            else:
+                touched = []
+            if touched:
                 conn.executemany(
                     "INSERT INTO users(user_id, features, updated_at, features_at) VALUES (?, '{}', ?, 0)"
                     " ON CONFLICT(user_id) DO UPDATE SET updated_at = excluded.updated_at",
@@ -269,7 +289,28 @@ class SqliteStore(Store):
                     " WHERE user_id = ? ORDER BY ts DESC, rowid DESC LIMIT -1 OFFSET ?)",
                     [(uid, self.max_events) for uid in touched],
                 )
-        return recorded, len(events) - recorded
+        return recorded, len(user_ids) - recorded
+
+    @contextmanager
+    def bulk_load(self) -> Iterator[None]:
+        """A bigger page cache and fewer WAL checkpoints while loading: the event indexes of a
+        large load stay in memory instead of being re-read for every batch, and a page changed
+        by many batches is copied back to the database once per checkpoint, not once per batch.
+        Durability is unchanged: each commit is in the WAL as before (same synchronous)."""
+        with self._read() as conn:
+            (cache,) = conn.execute("PRAGMA cache_size").fetchone()
+            (checkpoint,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+            conn.execute(f"PRAGMA cache_size=-{_BULK_CACHE_KIB}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={_BULK_CHECKPOINT_PAGES}")
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.execute(f"PRAGMA cache_size={int(cache)}")
+                    self._conn.execute(f"PRAGMA wal_autocheckpoint={int(checkpoint)}")
+                    # Leave a small WAL behind, not one the size of the load's last stretch.
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
 
     def forget_user(self, user_id: str) -> bool:
         now = int(self._clock())

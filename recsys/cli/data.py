@@ -29,7 +29,12 @@ def download(name: str, to_dir: str) -> None:
 
 
 @data.command("split")
-@click.option("--interactions", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--interactions",
+    required=True,
+    type=click.Path(exists=True),
+    help="A table file, or a directory of Parquet files (part-*.parquet, hive partitions allowed).",
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @columns_option
 def split(interactions: str, out_dir: str, columns: dict[str, str] | None) -> None:
@@ -136,7 +141,7 @@ def synth(
     threads,
 ) -> None:
     """Synthetic interactions at scale (power-law popularity, topics and tastes, sequences), streamed to disk."""
-    from trainer.data.synth import SynthConfig, train_synth_artifact, write_synth
+    from trainer.synth import SynthConfig, train_synth_artifact, write_synth
 
     if not out_dir and not artifact:
         raise click.UsageError("give --out (data files), --artifact (a benchmark model), or both")

@@ -53,16 +53,71 @@ def load_mode_option(f):
 @click.option("--artifact", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--store", required=True, help=STORE_HELP)
 @load_mode_option
-def load(artifact, store, load_mode) -> None:
+@click.option(
+    "--progress/--quiet",
+    default=None,
+    help="Show the progress bar on stderr, or not (default: only when stderr is a terminal; "
+    "the JSON report on stdout is printed either way).",
+)
+def load(artifact, store, load_mode, progress) -> None:
     """Write an artifact's users, items and histories into a store (idempotent) and add its
     features to the store's contract; print what was written. A running feature service on
     the same store serves the new items, users and features within seconds, with no restart.
-    Rows changed in the store after the artifact was exported are kept."""
+    Rows changed in the store after the artifact was exported are kept. A progress bar on
+    stderr shows the events written, of how many, and events/s."""
+    import sys
+
     from feature_service.loader import load_artifact
 
-    with _open_store(store) as opened:
-        report = load_artifact(opened, artifact, mode=load_mode)
+    bar = EventProgress() if (sys.stderr.isatty() if progress is None else progress) else None
+    try:
+        with _open_store(store) as opened:
+            report = load_artifact(opened, artifact, mode=load_mode, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     click.echo(json.dumps(report.to_dict()))
+
+
+class EventProgress:
+    """Events done / total and events/s on stderr: redrawn in place on a terminal, a line every
+    `every` seconds (and at the end) otherwise, so logs stay readable."""
+
+    def __init__(self, every: float = 10.0, stream=None, clock=None) -> None:
+        import sys
+        import time
+
+        self._stream = stream or sys.stderr
+        self._clock = clock or time.monotonic
+        self._tty = self._stream.isatty()
+        self._every = 0.2 if self._tty else every
+        self._start = self._clock()
+        self._shown = -1.0
+        self._line = ""
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self._clock()
+        if done < total and now - self._shown < self._every:
+            return
+        self._shown = now
+        elapsed = now - self._start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        share = done / total if total else 1.0
+        width = 30
+        filled = int(width * share)
+        self._line = (
+            f"events [{'#' * filled}{'-' * (width - filled)}] {done:,}/{total:,} ({share:.0%}) {rate:,.0f} events/s"
+        )
+        if self._tty:
+            self._stream.write("\r" + self._line)
+        else:
+            self._stream.write(self._line + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._tty and self._line:
+            self._stream.write("\n")
+            self._stream.flush()
 
 
 @features.command("contract")

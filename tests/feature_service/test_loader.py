@@ -90,3 +90,61 @@ def test_load_records_the_contract(artifact_dir: Path, schema) -> None:
             stored_contract(store)
         load_artifact(store, artifact_dir)
         assert stored_contract(store) == schema.contract()
+
+
+def test_progress_reports_events_done_of_the_total(artifact_dir: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    with MemoryStore() as store:
+        store.forget_user("u2")
+        load_artifact(store, artifact_dir, progress=lambda done, total: calls.append((done, total)))
+    assert calls[0] == (0, 5) and calls[-1] == (5, 5)  # u2's forgotten event counts as done
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+def test_events_go_in_the_store_batch_size(artifact_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    store = MemoryStore()
+    original = store.append_event_columns
+
+    def spy(users, items, stamps):
+        sizes.append(len(users))
+        return original(users, items, stamps)
+
+    monkeypatch.setattr(store, "append_event_columns", spy)
+    monkeypatch.setattr(store, "event_batch", 3)
+    with store:
+        report = load_artifact(store, artifact_dir)
+    assert sizes == [4, 1] and report.events_recorded == 5  # whole lines: u1's 4, then u2's 1
+
+
+def test_count_events_reads_the_text_and_falls_back_to_json(tmp_path: Path) -> None:
+    from feature_service.loader import count_events
+
+    path = tmp_path / HISTORIES
+    path.write_text(
+        json.dumps({"user_id": "a", "item_ids": ["x", "y"], "timestamps": [1, 2]})
+        + "\n"
+        + json.dumps({"user_id": "b", "item_ids": [], "timestamps": []})
+        + "\n\n"
+        + '{"timestamps":[3,4,5],"user_id":"c","item_ids":["x","y","z"]}\n'
+        + json.dumps({"user_id": "d", "timestamps": [1.5], "item_ids": ["x"]})
+        + "\n"
+    )
+    assert count_events(path) == 6
+    assert count_events(tmp_path / "absent.jsonl") == 0
+
+
+def test_cli_progress_goes_to_stderr_and_quiet_silences_it(artifact_dir: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from recsys.cli import main
+
+    url = f"sqlite://{tmp_path}/features.db"
+    shown = CliRunner().invoke(
+        main, ["features", "load", "--artifact", str(artifact_dir), "--store", url, "--progress"]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["duplicates"] == 0
+    assert "5/5 (100%)" in shown.stderr and "events/s" in shown.stderr
+    quiet = CliRunner().invoke(main, ["features", "load", "--artifact", str(artifact_dir), "--store", url, "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stderr == "" and json.loads(quiet.stdout)["duplicates"] == 5

@@ -470,3 +470,26 @@ def test_redis_clear_leaves_other_prefixes_alone(redis_url: str, redis_prefix: s
         assert left and all(k.startswith(redis_prefix + "x:") for k in left)
         inner.clear()
         assert outer.count_users() == 0 and inner.count_users() == 0
+
+
+def test_append_event_columns_follows_the_append_events_rules(store: Store, clock: Clock) -> None:
+    clock.now = 5_000.0
+    recorded = store.append_event_columns(["u1", "u1", "u2", "u1"], ["a", "b", "c", "a"], [20, 10, 5, 20])
+    assert recorded == (3, 1)  # the repeated (u1, a, 20) in the batch is a duplicate
+    assert store.append_event_columns(["u1", "u2"], ["b", "d"], [10, 10]) == (1, 1)
+    assert store.append_event_columns([], [], []) == (0, 0)
+    u1, u2 = store.get_users(["u1", "u2"], 10)
+    assert (u1.history, u1.history_timestamps) == (["b", "a"], [10, 20])
+    assert (u2.history, u2.updated_at) == (["c", "d"], 5_000)
+    with store.bulk_load():  # a bulk block changes nothing about what is written
+        store.append_event_columns(["u3"], ["x"], [1])
+    assert store.get_users(["u3"], 10)[0].history == ["x"]
+    with pytest.raises(ValueError):
+        store.append_event_columns(["u1"], ["a", "b"], [1])
+
+
+def test_append_event_columns_keeps_the_bound(open_backend: Factory) -> None:
+    with open_backend(max_events=3) as store:
+        users = ["u"] * 5
+        assert store.append_event_columns(users, ["a", "b", "c", "d", "e"], [1, 2, 3, 4, 5]) == (5, 0)
+        assert store.get_users(["u"], 10)[0].history == ["c", "d", "e"]

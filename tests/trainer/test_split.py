@@ -27,3 +27,29 @@ def test_split_keeps_every_row_exactly_once():
     train, test = leave_last_out(df)
     assert len(train) + len(test) == len(df)
     assert set(train.index) | set(test.index) == set(df.index)
+
+
+def test_split_cli_reads_a_parquet_directory(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from recsys.cli import main
+
+    parts = tmp_path / "events"
+    parts.mkdir()
+    rows = [("a", "1", 1), ("a", "2", 2), ("b", "3", 1), ("b", "4", 5), ("c", "5", 3)]
+    for k in range(2):
+        chunk = rows[k * 3 : k * 3 + 3]
+        table = pa.table(
+            {"user_id": [r[0] for r in chunk], "item_id": [r[1] for r in chunk], "ts": [r[2] for r in chunk]}
+        )
+        pq.write_table(table, parts / f"part-{k}.parquet")
+    result = CliRunner().invoke(main, ["data", "split", "--interactions", str(parts), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["train_rows"], summary["test_rows"], summary["users"]) == (3, 2, 3)
+    test = pd.read_csv(summary["test"], dtype=str)
+    assert sorted(zip(test.user_id, test.item_id)) == [("a", "2"), ("b", "4")]

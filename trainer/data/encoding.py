@@ -9,6 +9,7 @@ import pandas as pd
 
 from recsys.artifact import ItemIndex
 from recsys.schema import FIRST_TOKEN, FeatureSchema
+from trainer.data.columnar import group_order
 from trainer.data.tables import Tables, infer_feature_specs
 
 __all__ = ["build_item_index", "build_schema", "encode_histories", "history_rows"]
@@ -16,35 +17,56 @@ __all__ = ["build_item_index", "build_schema", "encode_histories", "history_rows
 
 def build_item_index(interactions: pd.DataFrame, items: pd.DataFrame | None) -> ItemIndex:
     """Items of the interactions, most popular first (ties by id), with titles where known."""
-    counts = interactions["item_id"].value_counts()
-    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    ids = [item for item, _ in order]
+    codes, uniques = pd.factorize(interactions["item_id"])
+    counts = np.bincount(codes, minlength=len(uniques))
+    ids = np.asarray(uniques, dtype=object)
+    by_id = np.empty(len(ids), dtype=np.int64)
+    by_id[np.argsort(ids, kind="stable")] = np.arange(len(ids))  # rank of each id in id order
+    order = np.lexsort((by_id, -counts))
+    ids, counts = ids[order].tolist(), counts[order].tolist()
     titles = [""] * len(ids)
     if items is not None and "title" in items.columns:
         lookup = items.set_index("item_id")["title"]
         lookup = lookup[~lookup.index.duplicated(keep="last")]
         titles = ["" if pd.isna(t := lookup.get(i, "")) else str(t) for i in ids]
-    return ItemIndex(tuple(ids), tuple(titles), tuple(int(c) for _, c in order))
+    return ItemIndex(tuple(ids), tuple(titles), tuple(counts))
 
 
 def encode_histories(interactions: pd.DataFrame, index: ItemIndex) -> tuple[list[str], list[np.ndarray]]:
-    """Per user (in order of first appearance), the tokens of their events, oldest first."""
-    token = {item: i + FIRST_TOKEN for i, item in enumerate(index.item_ids)}
-    tokens = interactions["item_id"].map(token).to_numpy(dtype=np.int64)
-    users, sequences = [], []
-    for user, rows in interactions.groupby("user_id", sort=False).indices.items():
-        users.append(user)
-        sequences.append(tokens[rows])
-    return users, sequences
+    """Per user (in order of first appearance), the tokens of their events, oldest first.
+
+    Raises ValueError when an item of the interactions is not in `index`."""
+    codes, uniques = pd.factorize(interactions["item_id"])
+    token_of = pd.Index(index.item_ids).get_indexer(uniques)  # per distinct item: position or -1
+    if (token_of < 0).any():
+        unknown = [str(u) for u in np.asarray(uniques, dtype=object)[token_of < 0][:5]]
+        raise ValueError(f"items not in the item index: {unknown}")
+    tokens = (token_of + FIRST_TOKEN).astype(np.int64)[codes]
+    users, rows, bounds = _rows_by_user(interactions)
+    return users, _split(tokens[rows], bounds, users)
 
 
 def history_rows(interactions: pd.DataFrame) -> Iterator[dict]:
-    for user, group in interactions.groupby("user_id", sort=False):
-        yield {
-            "user_id": user,
-            "item_ids": group["item_id"].tolist(),
-            "timestamps": [int(t) for t in group["timestamp"]],
-        }
+    """{"user_id", "item_ids", "timestamps"} per user (order of first appearance), oldest first."""
+    codes, uniques = pd.factorize(interactions["item_id"])
+    names = np.asarray(uniques, dtype=object)
+    stamps = interactions["timestamp"].to_numpy(dtype=np.int64)
+    users, rows, bounds = _rows_by_user(interactions)
+    for user, part in zip(users, _split(rows, bounds, users), strict=True):
+        yield {"user_id": user, "item_ids": names[codes[part]].tolist(), "timestamps": stamps[part].tolist()}
+
+
+def _rows_by_user(interactions: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(users in order of first appearance, row positions grouped by user and in row order
+    within a user, where each user's positions end but the last)."""
+    codes, uniques = pd.factorize(interactions["user_id"])
+    rows = group_order(codes, len(uniques))
+    bounds = np.cumsum(np.bincount(codes, minlength=len(uniques)))[:-1]
+    return list(uniques), rows, bounds
+
+
+def _split(values: np.ndarray, bounds: np.ndarray, users: list[str]) -> list[np.ndarray]:
+    return np.split(values, bounds) if users else []  # np.split of nothing still gives one part
 
 
 def build_schema(tables: Tables, index: ItemIndex, max_len: int) -> FeatureSchema:

@@ -25,6 +25,7 @@ import pandas as pd
 from recsys.artifact import ItemIndex
 from recsys.encoding import FeatureEncoder
 from recsys.schema import FIRST_TOKEN, OOV, PAD, FeatureSchema
+from trainer.data.columnar import group_order
 from trainer.data.tables import Tables, feature_rows
 from trainer.models.fields import FieldLayout
 
@@ -200,14 +201,17 @@ def build_ranking_data(
 def _histories(users: np.ndarray, items: np.ndarray, length: int) -> np.ndarray:
     """(E, L) tokens of each event's user's previous `length` events, left-padded."""
     out = np.full((len(users), length), PAD, dtype=np.int64)
-    if length == 0:
+    if length == 0 or len(users) == 0:
         return out
-    for rows in pd.Series(np.arange(len(users))).groupby(users, sort=False).indices.values():
-        seq = items[rows]  # this user's events, in time order
-        for p, row in enumerate(rows):
-            prev = seq[max(0, p - length) : p]
-            if len(prev):
-                out[row, length - len(prev) :] = prev
+    rows = group_order(users, int(users.max()) + 1)  # events grouped by user, in time order within one
+    grouped = users[rows]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    sizes = np.diff(np.r_[starts, len(rows)])
+    position = np.arange(len(rows)) - np.repeat(starts, sizes)  # index of each event in its user's sequence
+    sequence = items[rows]
+    for back in range(1, length + 1):  # column L - back holds the event `back` steps earlier
+        has = position >= back
+        out[rows[has], length - back] = sequence[np.flatnonzero(has) - back]
     return out
 
 

@@ -33,8 +33,18 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from recsys.schema import FeatureKind, FeatureSpec
+from trainer.data.columnar import (
+    Source,
+    arrow_numbers,
+    arrow_seconds,
+    header_names,
+    id_codes,
+    read_columns,
+    repeated_rows,
+)
 
 __all__ = [
     "GROUPLENS_GENRES",
@@ -104,6 +114,9 @@ _ACCEPTED = (
 )
 # Read text as text: no "NA"/"null" guessing, no numeric ids; only empty fields are missing.
 _TEXT_OPTS: dict[str, Any] = {"dtype": str, "keep_default_na": False, "na_values": [""]}
+_GROUPLENS_DATA = ("user_id", "item_id", "rating", "timestamp")
+# Runs of equal timestamps up to this long are searched for duplicates row against row.
+_SHORT_RUN = 16
 
 
 @dataclass
@@ -153,7 +166,9 @@ def read_table(path: str | Path, kind: TableKind, columns: dict[str, str] | None
     if kind not in KEYS:
         raise ValueError(f"unknown table kind {kind!r}; expected one of {sorted(KEYS)}")
     suffix = path.suffix.lower()
-    if path.name in ("u.data", "u.user", "u.item"):
+    if path.is_dir():
+        df = Source(path, parquet=True).read_all()
+    elif path.name in ("u.data", "u.user", "u.item"):
         df = _read_grouplens(path)
     elif suffix in (".inter", ".user", ".item"):
         df = _read_recbole(path, kind)
@@ -163,16 +178,7 @@ def read_table(path: str | Path, kind: TableKind, columns: dict[str, str] | None
         df = pd.read_parquet(path)
     else:
         raise ValueError(f"{path}: unsupported table format; accepted: {_ACCEPTED}")
-    found = [str(c) for c in df.columns]
-    renames = {yours: standard for standard, yours in (columns or {}).items()}
-    df = _standard_names(df.rename(columns=renames), kind)
-    missing = [c for c in REQUIRED_COLUMNS[kind] if c not in df.columns]
-    if missing:
-        example = ",".join(f"{c}=YOUR_NAME" for c in missing)
-        raise ValueError(
-            f"{path}: {kind} table lacks required column(s) {missing}; found {found}: "
-            f"name yours with --columns {example}"
-        )
+    df.columns = _column_names([str(c) for c in df.columns], kind, columns, path)
     for column in ("user_id", "item_id"):
         if column in df.columns:
             df[column] = _ids_to_str(df[column])
@@ -196,7 +202,6 @@ def clean_interactions(df: pd.DataFrame, source: str = "") -> tuple[pd.DataFrame
     missing = [c for c in REQUIRED_COLUMNS["interactions"] if c not in df.columns]
     if missing:
         raise ValueError(f"{source or 'interactions'}: lacks required column(s) {missing}")
-    df = df.reset_index(drop=True)  # positions, not the caller's labels, from here on
     keep = np.ones(len(df), dtype=bool)
     dropped: dict[str, int] = {}
 
@@ -206,32 +211,80 @@ def clean_interactions(df: pd.DataFrame, source: str = "") -> tuple[pd.DataFrame
             dropped[reason] = count
             keep[bad] = False
 
-    users, items = _ids_to_str(df["user_id"]), _ids_to_str(df["item_id"])
+    # Ids as int codes into their distinct values: dedup, counts and sorting work on integers.
+    users, user_ids = id_codes(df["user_id"])
+    items, item_ids = id_codes(df["item_id"])
     seconds = _unix_seconds(df["timestamp"])
-    drop("missing user_id", users.isna().to_numpy())
-    drop("missing item_id", items.isna().to_numpy())
+    drop("missing user_id", users < 0)
+    drop("missing item_id", items < 0)
     drop("unparsable timestamp", ~np.isfinite(seconds))
-    columns: dict[str, Any] = {"user_id": users, "item_id": items}
+    rating = None
     if "rating" in df.columns:
-        rating = pd.to_numeric(_stripped(df["rating"]), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        rating = _numbers(df["rating"])
         drop("unparsable rating", ~np.isfinite(rating))
-        columns["rating"] = rating
-    columns["timestamp"] = np.floor(np.where(keep, seconds, 0.0)).astype("int64")
-    out = pd.DataFrame({k: columns[k] for k in ("user_id", "item_id", "timestamp", "rating") if k in columns})[keep]
-    duplicate = out.duplicated(keep="first").to_numpy()
-    if duplicate.any():
-        dropped["exact duplicate"] = int(duplicate.sum())
-        out = out[~duplicate]
-    out = out.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    rows = np.flatnonzero(keep)
+    stamps = np.floor(seconds[rows]).astype("int64")
+    # Time order first (exports are often sorted already: then no sort at all), ties in input order.
+    reordered = bool(len(stamps)) and not (stamps[1:] >= stamps[:-1]).all()
+    if reordered:
+        order = np.argsort(stamps, kind="stable")
+        rows, stamps = rows[order], stamps[order]
+    user_of, item_of = users[rows], items[rows]
+    rated = rating[rows] if rating is not None else None
+    repeated = _repeated_in_time_order(stamps, user_of * len(item_ids) + item_of, rated)
+    if repeated.any():
+        dropped["exact duplicate"] = int(repeated.sum())
+        unique = ~repeated
+        rows, stamps, user_of, item_of = rows[unique], stamps[unique], user_of[unique], item_of[unique]
+        rated = rated[unique] if rated is not None else None
+    columns: dict[str, Any] = {
+        "user_id": _id_column(user_of, user_ids),
+        "item_id": _id_column(item_of, item_ids),
+        "timestamp": stamps,
+    }
+    if rated is not None:
+        columns["rating"] = rated
+    out = pd.DataFrame(columns, copy=False)
     report = CleaningReport(
         source=source,
         rows_read=len(df),
         dropped=dropped,
-        users=int(out["user_id"].nunique()),
-        items=int(out["item_id"].nunique()),
+        users=_distinct(user_of, len(user_ids)),
+        items=_distinct(item_of, len(item_ids)),
         interactions=len(out),
     )
     return out, report
+
+
+def _repeated_in_time_order(stamps: np.ndarray, pairs: np.ndarray, rating: np.ndarray | None) -> np.ndarray:
+    """bool per row of a time-ordered table (ties in input order): whether an earlier row has
+    the same timestamp, (user, item) pair and rating. Duplicates share a timestamp, so a row is
+    compared with the rows 1, 2, ... places before it while their time is its own (the usual
+    case: a few); when some time holds more than `_SHORT_RUN` rows, all tied rows go through a
+    hash sort (repeated_rows) instead."""
+    n = len(stamps)
+    repeated = np.zeros(n, dtype=bool)
+    for lag in range(1, min(_SHORT_RUN, n - 1) + 1):
+        at = np.flatnonzero(stamps[lag:] == stamps[:-lag]) + lag  # sorted: same time = same run
+        if not len(at):
+            return repeated
+        if lag == _SHORT_RUN:
+            break  # a long run: fall back below
+        same = pairs[at] == pairs[at - lag]
+        if rating is not None:
+            same &= rating[at] == rating[at - lag]
+        repeated[at[same]] = True
+    else:
+        return repeated
+    tied = np.zeros(n, dtype=bool)
+    same_time = stamps[1:] == stamps[:-1]
+    tied[1:] |= same_time
+    tied[:-1] |= same_time
+    rows = np.flatnonzero(tied)
+    key = [pairs[rows], stamps[rows]] + ([rating[rows]] if rating is not None else [])
+    repeated[:] = False
+    repeated[rows[repeated_rows(key)]] = True
+    return repeated
 
 
 def tables_or_load(
@@ -262,12 +315,14 @@ def load_tables(
     """Read and clean the interaction table and, when given, the user and item tables.
 
     `columns` ({standard: yours}) maps your column names in every table (read_table).
+    `interactions` may also be a directory of Parquet files (hive-partitioned or not); only
+    its standard columns are read, in record batches (trainer.data.columnar).
 
     Feature tables lose rows with a missing key ("users: missing user_id") and keep the last
     row of each duplicated key ("users: duplicate user_id"), counted in the report's dropped.
     The report's users/items counts are the distinct ids of the cleaned interactions.
     """
-    inter, report = clean_interactions(read_table(interactions, "interactions", columns), str(interactions))
+    inter, report = clean_interactions(_read_interactions(interactions, columns), str(interactions))
     sources = [str(interactions)]
     tables: dict[str, pd.DataFrame | None] = {"users": None, "items": None}
     for kind, path in (("users", users), ("items", items)):
@@ -354,7 +409,7 @@ def _read_grouplens(path: Path) -> pd.DataFrame:
     """u.data (tab) / u.user / u.item ('|', latin-1) from the GroupLens ml-100k.zip."""
     opts = {**_TEXT_OPTS, "header": None, "quoting": csv.QUOTE_NONE}
     if path.name == "u.data":
-        return pd.read_csv(path, sep="\t", names=["user_id", "item_id", "rating", "timestamp"], **opts)
+        return pd.read_csv(path, sep="\t", names=list(_GROUPLENS_DATA), **opts)
     if path.name == "u.user":
         return pd.read_csv(path, sep="|", names=list(STANDARD_COLUMNS["users"]), **opts)
     names = ["item_id", "title", "release_date", "video_release_date", "imdb_url", *GROUPLENS_GENRES]
@@ -434,6 +489,57 @@ def _one_row_per_key(df: pd.DataFrame, kind: TableKind, dropped: dict[str, int])
     return df[~(missing | duplicate)].reset_index(drop=True)
 
 
+def _interaction_source(path: Path) -> Source:
+    """Where and how the columnar reader finds an interaction table (formats as read_table)."""
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix in (".parquet", ".pq"):
+        return Source(path, parquet=True)
+    if path.name == "u.data":
+        return Source(path, delimiter="\t", quoted=False, names=_GROUPLENS_DATA, header=False)
+    if suffix == ".inter":
+        header = header_names(path, "\t", quoted=False)
+        return Source(path, delimiter="\t", quoted=False, names=tuple(c.partition(":")[0] for c in header))
+    if suffix in (".csv", ".tsv"):
+        return Source(path, delimiter=_delimiter(path, "," if suffix == ".csv" else "\t"))
+    raise ValueError(f"{path}: unsupported table format; accepted: {_ACCEPTED}")
+
+
+def _read_interactions(path: str | Path, columns: dict[str, str] | None) -> pd.DataFrame:
+    """The standard interaction columns of `path`, read column-wise (ids as Categoricals,
+    timestamp and rating as float64); clean_interactions takes it like read_table's frame."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    source = _interaction_source(path)
+    try:
+        found = source.column_names()
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the table: {exc}") from exc
+    standard = _column_names(found, "interactions", columns, path)
+    first = {}
+    for name, final in zip(found, standard, strict=True):
+        first.setdefault(final, name)
+    ids = {first[c]: c for c in ("user_id", "item_id")}
+    others = {first[c]: c for c in ("timestamp", "rating") if c in first}
+    return read_columns(source, ids, others)
+
+
+def _column_names(found: list[str], kind: TableKind, columns: dict[str, str] | None, path: Path) -> list[str]:
+    """Standard names for the columns `found` (your `columns` first, then aliases); ValueError
+    naming the columns found and --columns when a required one is missing."""
+    renames = {yours: standard for standard, yours in (columns or {}).items()}
+    named = _standard_names(pd.DataFrame(columns=[renames.get(c, c) for c in found]), kind)
+    names = [str(c) for c in named.columns]
+    missing = [c for c in REQUIRED_COLUMNS[kind] if c not in names]
+    if missing:
+        example = ",".join(f"{c}=YOUR_NAME" for c in missing)
+        raise ValueError(
+            f"{path}: {kind} table lacks required column(s) {missing}; found {found}: "
+            f"name yours with --columns {example}"
+        )
+    return names
+
+
 def _unix_seconds(column: pd.Series) -> np.ndarray:
     """float64 unix seconds per row, NaN where missing or unparsable."""
     if pd.api.types.is_datetime64_any_dtype(column):
@@ -441,7 +547,10 @@ def _unix_seconds(column: pd.Series) -> np.ndarray:
         return _since_epoch(stamps)
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         return column.to_numpy(dtype="float64", na_value=np.nan)
-    text = _stripped(column)
+    text = _arrow_text(column)
+    if text is not None:
+        return arrow_seconds(text)
+    text = _stripped(column)  # mixed Python values: converted one by one
     seconds = pd.to_numeric(text, errors="coerce").to_numpy(
         dtype="float64", na_value=np.nan, copy=True
     )  # written below
@@ -452,6 +561,31 @@ def _unix_seconds(column: pd.Series) -> np.ndarray:
     return seconds
 
 
+def _numbers(column: pd.Series) -> np.ndarray:
+    """float64 per row: numbers, or text holding a number; NaN otherwise (booleans too)."""
+    if pd.api.types.is_bool_dtype(column):
+        return np.full(len(column), np.nan)
+    if pd.api.types.is_numeric_dtype(column):
+        return column.to_numpy(dtype="float64", na_value=np.nan)
+    text = _arrow_text(column)
+    if text is not None:
+        return arrow_numbers(text)
+    return pd.to_numeric(_stripped(column), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _arrow_text(column: pd.Series) -> pa.Array | pa.ChunkedArray | None:
+    """The column as an Arrow string array when it holds only text (and missing values)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.astype(column.cat.categories.dtype)
+    try:
+        array = pa.array(column, from_pandas=True)
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type) or pa.types.is_null(array.type):
+        return array.cast(pa.string())
+    return None
+
+
 def _since_epoch(stamps: pd.Series) -> np.ndarray:
     delta = (stamps.dt.tz_convert("UTC") - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
     return delta.to_numpy(dtype="float64", na_value=np.nan)
@@ -459,18 +593,30 @@ def _since_epoch(stamps: pd.Series) -> np.ndarray:
 
 def _stripped(column: pd.Series) -> pd.Series:
     """The column as text with surrounding blanks removed; blank -> NaN."""
+    if isinstance(column.dtype, pd.StringDtype):  # Arrow-backed text: stripped column-wise
+        text = column.str.strip()
+        return text.mask(text == "")
     return pd.Series([_text(v) for v in column.tolist()], index=column.index, dtype="str")
 
 
 def _ids_to_str(column: pd.Series) -> pd.Series:
     """IDs as str: integral floats lose ".0" (a Parquet int column with a gap reads as float)."""
+    codes, ids = id_codes(column)
+    return pd.Series(_id_column(codes, ids), index=column.index)
 
-    def one(value: Any) -> str | None:
-        if isinstance(value, float | np.floating) and math.isfinite(value) and value.is_integer():
-            return str(int(value))
-        return _text(value)
 
-    return pd.Series([one(v) for v in column.tolist()], index=column.index, dtype="str")
+def _id_column(codes: np.ndarray, ids: np.ndarray) -> pd.Series:
+    """str per code (-1 -> missing), built column-wise by Arrow from the distinct ids."""
+    # large_string is what pandas' str dtype holds: no conversion on the way in.
+    values = pa.array(ids.tolist(), type=pa.large_string())
+    if not len(values):
+        return pa.nulls(len(codes), pa.large_string()).to_pandas()
+    indices = pa.array(codes, mask=codes < 0) if (codes < 0).any() else pa.array(codes)
+    return values.take(indices).to_pandas()
+
+
+def _distinct(codes: np.ndarray, size: int) -> int:
+    return int(np.count_nonzero(np.bincount(codes, minlength=size))) if len(codes) else 0
 
 
 def _text(value: Any) -> str | None:
