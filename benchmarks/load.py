@@ -2,8 +2,8 @@
 
     python -m benchmarks.load --artifact runs/demo/sasrec [--server localhost:50052] [--levels 1,8,32] [--out DIR]
 
-For each concurrency level, `clients` concurrent callers (asyncio tasks on one gRPC channel)
-send Recommend or Score requests for users drawn from the artifact, back to back, for
+For each concurrency level, `clients` concurrent callers (asyncio tasks over `channels`
+distinct gRPC connections, caller i on connection i % channels) send Recommend or Score requests for users drawn from the artifact, back to back, for
 `duration_s` seconds (or `requests` calls) after `warmup_s` seconds whose calls are not
 counted. Each level reports latency p50/p95/p99/mean (ms), throughput (calls/s) and errors by
 status code.
@@ -24,8 +24,10 @@ CPU per call: for each level, the CPU time (user + system, Linux /proc) that eac
 process spent during the measured window, divided by the calls answered: this load generator
 ("client"), the inference server (`server_pid`; or `server_metrics`, its --metrics-port, whose
 process_cpu_seconds_total and process_resident_memory_bytes then stand for /proc), the feature
-service (`features_pid`) and, for the echo levels, the echo server. With every process on the same cores, throughput at high
-concurrency is bounded by the sum of these.
+service (`features_pid`) and, for the echo levels, the echo server. With every process on the
+same cores, throughput at high concurrency is bounded by the sum of these. A server started with
+--processes N hands each connection to one worker: give at least N channels so every worker
+gets calls, and `server_metrics` (the supervisor sums CPU over its workers; a pid is one process).
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ class BenchConfig:
     server_metrics: str = ""  # HOST:PORT of its --metrics-port: CPU and RSS read there instead of /proc
     features_pid: int = 0  # where known, the feature service's CPU per call is reported
     label: str = ""  # free text carried into the report (e.g. "batching on")
+    # Distinct connections the clients share (client i uses channel i % channels): the kernel
+    # hands each connection to one worker of a multi-process server, so one channel measures one.
+    channels: int = 4
 
     def check(self) -> None:
         if self.rpc not in RPCS:
@@ -99,6 +104,8 @@ class BenchConfig:
             raise ValueError("give a positive duration_s or requests")
         if self.users < 1 or self.k < 1 or self.candidates < 1:
             raise ValueError("users, k and candidates must be >= 1")
+        if self.channels < 1:
+            raise ValueError(f"channels must be >= 1, got {self.channels}")
 
 
 # -- workload ---------------------------------------------------------------------------
@@ -179,14 +186,15 @@ def cpu_seconds(pid: int | str) -> float | None:
 
 
 async def _drive(
-    call, requests: list, clients: int, cfg: BenchConfig, cpu_pids: dict[str, int | str] | None = None
+    calls: list, requests: list, clients: int, cfg: BenchConfig, cpu_pids: dict[str, int | str] | None = None
 ) -> dict[str, Any]:
-    """`clients` tasks calling back to back: warm-up, then the measured window."""
+    """`clients` tasks calling back to back (client i on `calls[i % len(calls)]`): warm-up,
+    then the measured window."""
     state = {"next": 0, "measuring": False, "stop": False, "count": 0}
     latencies: list[float] = []
     errors: Counter = Counter()
 
-    async def client() -> None:
+    async def client(call) -> None:
         while not state["stop"]:
             request = requests[state["next"] % len(requests)]
             state["next"] += 1
@@ -207,7 +215,7 @@ async def _drive(
                 if cfg.requests and state["count"] >= cfg.requests:
                     state["stop"] = True
 
-    tasks = [asyncio.create_task(client()) for _ in range(clients)]
+    tasks = [asyncio.create_task(client(calls[i % len(calls)])) for i in range(clients)]
     await asyncio.sleep(cfg.warmup_s)
     pids = {"client": os.getpid(), **{name: pid for name, pid in (cpu_pids or {}).items() if pid}}
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -243,12 +251,22 @@ async def _levels(
     cpu_pids: dict[str, int | str] | None = None,
 ) -> list[dict]:
     results = []
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(
-            method, request_serializer=request_cls.SerializeToString, response_deserializer=response_cls.FromString
-        )
+    # A local subchannel pool each, or gRPC would share one connection among them.
+    channels = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(cfg.channels)
+    ]
+    try:
+        calls = [
+            channel.unary_unary(
+                method, request_serializer=request_cls.SerializeToString, response_deserializer=response_cls.FromString
+            )
+            for channel in channels
+        ]
         for clients in cfg.levels:
-            results.append({"clients": clients, **await _drive(call, requests, clients, cfg, cpu_pids)})
+            results.append({"clients": clients, **await _drive(calls, requests, clients, cfg, cpu_pids)})
+    finally:
+        for channel in channels:
+            await channel.close()
     return results
 
 
@@ -647,6 +665,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--features-pid", type=int, default=0, help="report this process's CPU per call (the feature service's)"
     )
+    parser.add_argument(
+        "--channels",
+        type=int,
+        default=4,
+        help="distinct connections the clients share (one reaches one worker of a --processes N server)",
+    )
     parser.add_argument("--label", default="", help="name of this run in the report and plot")
     parser.add_argument("--out", help="write NAME.json and NAME.png here")
     parser.add_argument("--name", default="bench", help="file name stem under --out")
@@ -674,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
         server_metrics=args.server_metrics,
         features_pid=args.features_pid,
         label=args.label,
+        channels=args.channels,
     )
     try:
         report = run_bench(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))

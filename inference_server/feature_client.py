@@ -9,6 +9,11 @@ users, features) under a running model, never lose what it reads. With
 (`recsys.security`); a refused token shows as UNAVAILABLE naming the feature service, like any
 other reason it cannot answer.
 
+Connections: `channels` distinct connections to `target` (default `CHANNELS`), calls taken
+round-robin, so a feature service started with --processes N (workers sharing one port, each
+connection served by one of them) gets look-ups on several workers, not one. Each channel
+reconnects on its own and spreads its calls over every address `target` resolves to.
+
 Deadlines: each call waits at most `timeout_s`, or the `timeout_s` the caller passes (the
 inference server passes what is left of its own request's deadline). The request id of the call
 being served (`recsys.logs.REQUEST_ID`) goes along as `x-request-id` metadata.
@@ -31,6 +36,7 @@ seconds, code)`, when set, hears about every call (the server's metrics).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -48,7 +54,7 @@ from recsys.schema import FeatureContract
 from recsys.security import ClientSecurity, open_channel
 from recsys.v1 import features_pb2, features_pb2_grpc
 
-__all__ = ["ITEM_BATCH", "FeatureClient", "SchemaMismatch", "UserView"]
+__all__ = ["CHANNELS", "ITEM_BATCH", "FeatureClient", "SchemaMismatch", "UserView"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +81,8 @@ USER_BATCH = 64
 EVENT_BYTES = 256 + 16
 USER_ROW_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Connections to the feature service, used in turn: enough to reach a few of its workers.
+CHANNELS = 2
 
 
 class _TooLarge(ResourceExhausted):
@@ -108,26 +116,33 @@ class FeatureClient:
         security: ClientSecurity | None = None,
         combine_users: bool = True,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        channels: int = CHANNELS,
     ):
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
         self.target = target
         self.timeout_s = timeout_s
         self.max_message_bytes = max_message_bytes
         # Reconnect within a second of the feature service coming back (gRPC's default backoff
         # grows to two minutes, which would keep the inference server failing long after).
-        self.channel = open_channel(
-            target,
-            security,
-            options=[
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-                ("grpc.max_receive_message_length", max_message_bytes),
-                # Spread calls, not connections: with a target that resolves to several
-                # addresses (dns:/// over a headless Service) every one gets a subchannel.
-                ("grpc.lb_policy_name", "round_robin"),
-            ],
-        )
-        self.stub = features_pb2_grpc.FeatureServiceStub(self.channel)
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            # Spread calls, not connections: with a target that resolves to several
+            # addresses (dns:/// over a headless Service) every one gets a subchannel.
+            ("grpc.lb_policy_name", "round_robin"),
+        ]
+        # A channel argument of its own per channel, so each gets its own connections: gRPC
+        # shares one connection among channels whose arguments are the same. (A local
+        # subchannel pool would too, but grpcio can crash at exit on such a channel left open.)
+        self.channels = [
+            open_channel(target, security, options=[*options, ("recsys.feature_channel", n)]) for n in range(channels)
+        ]
+        self._stubs = [features_pb2_grpc.FeatureServiceStub(c) for c in self.channels]
+        self.channel, self.stub = self.channels[0], self._stubs[0]
+        self._turn = itertools.count()  # next() is atomic under the GIL: no lock per call
         self.on_call: Callable[[str, float, str], None] | None = None
         # `on_oversize(what, n)` hears about users or items whose answer alone exceeds the limit.
         self.on_oversize: Callable[[str, int], None] | None = None
@@ -220,7 +235,7 @@ class FeatureClient:
         else:
             request = features_pb2.GetUserFeaturesRequest(user_ids=[a.user_id for a in asks], max_history=max_history)
             deadline = max(a.deadline for a in asks)
-        response = self._call(self.stub.GetUserFeatures, request, max(0.001, deadline - time.monotonic()))
+        response = self._call(self._next_stub().GetUserFeatures, request, max(0.001, deadline - time.monotonic()))
         users = response.users
         if len(users) != len(asks):
             raise Unavailable(f"feature service at {self.target} answered {len(users)} users for {len(asks)}")
@@ -246,7 +261,7 @@ class FeatureClient:
             while True:
                 try:
                     response = self._call(
-                        self.stub.GetItemFeatures, features_pb2.GetItemFeaturesRequest(item_ids=chunk)
+                        self._next_stub().GetItemFeatures, features_pb2.GetItemFeaturesRequest(item_ids=chunk)
                     )
                     break
                 except _TooLarge:
@@ -265,7 +280,7 @@ class FeatureClient:
 
     def contract(self) -> FeatureContract:
         """The raw feature contract the feature service serves now (asks it)."""
-        response = self._call(self.stub.GetSchema, features_pb2.GetSchemaRequest())
+        response = self._call(self._next_stub().GetSchema, features_pb2.GetSchemaRequest())
         contract = FeatureContract.from_json(response.schema_json)
         with self._contract_lock:
             self._contract = contract
@@ -291,6 +306,10 @@ class FeatureClient:
         )
         if self.on_oversize is not None:
             self.on_oversize(what, n)
+
+    def _next_stub(self) -> features_pb2_grpc.FeatureServiceStub:
+        stubs = self._stubs
+        return stubs[next(self._turn) % len(stubs)]
 
     def _call(self, method, request, timeout_s: float | None = None):
         request_id = REQUEST_ID.get()
@@ -318,7 +337,8 @@ class FeatureClient:
             raise Unavailable(f"feature service at {self.target} is unavailable ({code.name}: {details})") from None
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()
 
 
 _METHOD_NAMES: dict[type, str] = {}

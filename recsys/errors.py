@@ -109,30 +109,49 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
-def _wrap_unary(behavior: Callable[[Any, grpc.ServicerContext], Any], method: str):
-    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+class _MappedUnary:
+    """A unary method's behaviour with its errors mapped to statuses; one per method."""
+
+    __slots__ = ("behavior", "method")
+
+    def __init__(self, behavior: Callable[[Any, grpc.ServicerContext], Any], method: str) -> None:
+        self.behavior = behavior
+        self.method = method
+
+    def __call__(self, request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, _Malformed):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _details(f"malformed request to {method}: {request.error}"))
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, _details(f"malformed request to {self.method}: {request.error}")
+            )
         try:
-            return behavior(request, context)
+            return self.behavior(request, context)
         except RecsysError as exc:
             context.abort(exc.code, _details(str(exc)))
         except Exception:  # the catch-all that keeps one bad request from leaking a stack trace
-            log.exception("unhandled error in %s", method)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
-
-    return handler
+            log.exception("unhandled error in %s", self.method)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {self.method}")
 
 
 class ErrorMappingInterceptor(grpc.ServerInterceptor):
-    """Maps `RecsysError` subclasses to their status code; anything else to INTERNAL."""
+    """Maps `RecsysError` subclasses to their status code; anything else to INTERNAL. Each
+    method's wrapped handler is built on its first call and reused while the handler beneath
+    stays the same object (grpcio hands out the one it registered)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, handler_call_details.method),
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            _MappedUnary(handler.unary_unary, method),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped

@@ -228,11 +228,22 @@ class StreamBudget(grpc.ServerInterceptor):
         self.limit = limit
         self._lock = threading.Lock()
         self._in_flight = 0
+        # method -> (handler beneath, its bounded twin): built once while the handler stays the same
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or not (handler.request_streaming or handler.response_streaming):
             return handler
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         kind = (handler.request_streaming, handler.response_streaming)
         behavior, make = {
             (False, True): (handler.unary_stream, grpc.unary_stream_rpc_method_handler),

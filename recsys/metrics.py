@@ -59,6 +59,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -185,6 +186,8 @@ class InferenceMetrics(ServiceMetrics):
             registry=r,
         )
         self.degraded = Counter("recsys_degraded_responses", "answers from a fallback", ["rpc", "source"], registry=r)
+        self._feature_children: dict[tuple[str, str], Any] = {}  # (method, code) -> feature_fetch child
+        self._degraded_children: dict[tuple[str, str], Any] = {}  # (rpc, source) -> degraded child
         self.feature_up = Gauge(
             "recsys_feature_service_up",
             "1 while the feature service answers",
@@ -231,10 +234,16 @@ class InferenceMetrics(ServiceMetrics):
         self.swaps.labels("rejected").inc()
 
     def feature_call(self, method: str, seconds: float, code: str) -> None:
-        self.feature_fetch.labels(method, code).observe(seconds)
+        child = self._feature_children.get((method, code))
+        if child is None:  # cached: labels() locks and builds a key (never removed, so safe)
+            child = self._feature_children[(method, code)] = self.feature_fetch.labels(method, code)
+        child.observe(seconds)
 
     def degraded_answer(self, rpc: str, source: str) -> None:
-        self.degraded.labels(rpc, source).inc()
+        child = self._degraded_children.get((rpc, source))
+        if child is None:
+            child = self._degraded_children[(rpc, source)] = self.degraded.labels(rpc, source)
+        child.inc()
 
     def failure(self, cause: str, n: int = 1) -> None:
         self.failures.labels(cause).inc(n)
@@ -257,25 +266,110 @@ class _BatchCollector:
         yield CounterMetricFamily("recsys_batch_rows", "rows in micro-batched ONNX Runtime runs", value=rows)
 
 
+class _Children:
+    """One method's metric children, looked up once: `labels()` takes a lock and builds a key
+    on every call. Children are never removed from these metrics, so holding them is safe (in
+    multiprocess mode too: a child is a handle on its values in this process's file)."""
+
+    __slots__ = ("handled", "latency", "metrics", "labels", "received", "sent", "started")
+
+    def __init__(self, metrics: ServiceMetrics, labels: tuple[str, str, str]) -> None:
+        self.metrics = metrics
+        self.labels = labels
+        self.started = metrics.started.labels(*labels)
+        self.received = metrics.received.labels(*labels)
+        self.sent = metrics.sent.labels(*labels)
+        self.latency = metrics.latency.labels(*labels)
+        self.handled: dict[grpc.StatusCode, Any] = {}
+
+    def done(self, code: grpc.StatusCode, seconds: float) -> None:
+        handled = self.handled.get(code)
+        if handled is None:  # two threads may both look it up: labels() gives both the same child
+            handled = self.handled[code] = self.metrics.handled.labels(*self.labels, code.name)
+        handled.inc()
+        self.latency.observe(seconds)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and self.labels[0] != "unary":
+            # The only streaming calls are reflection and health Watch, and the only thing that
+            # refuses them so is the stream budget.
+            self.metrics.shed.labels("stream_budget").inc()
+
+
+class _ObservedUnary:
+    """A unary method's behaviour, counted, timed and named (request id). Built once per method:
+    everything a call needs beyond its request and context is looked up here."""
+
+    __slots__ = ("access_log", "behavior", "children", "in_flight", "method", "worker")
+
+    def __init__(self, behavior, method: str, children: _Children, access_log: bool) -> None:
+        self.behavior = behavior
+        self.method = method
+        self.children = children
+        self.in_flight = children.metrics.in_flight
+        self.access_log = access_log
+        worker = children.metrics.worker
+        self.worker = () if worker is None else ((WORKER_HEADER, str(worker)),)
+
+    def __call__(self, request, context: grpc.ServicerContext):
+        incoming = None
+        for key, value in context.invocation_metadata() or ():
+            if key == REQUEST_ID_HEADER:
+                incoming = value  # the last one wins, as in a dict of the metadata
+        request_id = clean_request_id(incoming)
+        token = REQUEST_ID.set(request_id)
+        start = time.perf_counter()
+        children = self.children
+        children.started.inc()
+        children.received.inc()
+        self.in_flight.inc()
+        code = grpc.StatusCode.OK
+        try:
+            context.send_initial_metadata(((REQUEST_ID_HEADER, request_id), *self.worker))
+            response = self.behavior(request, context)
+            code = context.code() or grpc.StatusCode.OK
+            if code == grpc.StatusCode.OK:
+                children.sent.inc()
+            return response
+        except BaseException:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            self.in_flight.dec()
+            children.done(code, elapsed)
+            if self.access_log:
+                log.info("%s %s %.2f ms", self.method, code.name, elapsed * 1000.0, extra={"request_id": request_id})
+            REQUEST_ID.reset(token)
+
+
 class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts and times every call, and names (request id) every unary one; put it outermost."""
+    """Counts and times every call, and names (request id) every unary one; put it outermost.
+    The wrapped handler of each method is built on its first call and reused while the handler
+    beneath stays the same object (grpcio hands out the one it registered)."""
 
     def __init__(self, metrics: ServiceMetrics, *, access_log: bool = False) -> None:
         self.metrics = metrics
         self.access_log = access_log
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return handler
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         service, _, name = method.lstrip("/").rpartition("/")
         kind = _TYPES[(bool(handler.request_streaming), bool(handler.response_streaming))]
-        labels = (kind, service, name)
+        children = _Children(self.metrics, (kind, service, name))
         if kind == "unary":
-            incoming = dict(handler_call_details.invocation_metadata or ()).get(REQUEST_ID_HEADER)
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, labels, incoming),
+                _ObservedUnary(handler.unary_unary, method, children, self.access_log),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -285,71 +379,27 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             "bidi_stream": (handler.stream_stream, grpc.stream_stream_rpc_method_handler),
         }[kind]
         return make(
-            self._stream(behavior, labels),
+            self._stream(behavior, children),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    def _done(self, labels: tuple[str, str, str], code: grpc.StatusCode, seconds: float) -> None:
-        m = self.metrics
-        m.handled.labels(*labels, code.name).inc()
-        m.latency.labels(*labels).observe(seconds)
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and labels[0] != "unary":
-            # The only streaming calls are reflection and health Watch, and the only thing that
-            # refuses them so is the stream budget.
-            m.shed.labels("stream_budget").inc()
-
-    def _unary(self, behavior, method: str, labels: tuple[str, str, str], incoming: str | None):
-        metrics = self.metrics
-        access_log = self.access_log
-        worker = () if metrics.worker is None else ((WORKER_HEADER, str(metrics.worker)),)
-
-        def headers(request_id: str) -> tuple:
-            return ((REQUEST_ID_HEADER, request_id), *worker)
-
-        def observed(request, context: grpc.ServicerContext):
-            request_id = clean_request_id(incoming)
-            token = REQUEST_ID.set(request_id)
-            start = time.perf_counter()
-            metrics.started.labels(*labels).inc()
-            metrics.received.labels(*labels).inc()
-            metrics.in_flight.inc()
-            code = grpc.StatusCode.OK
-            try:
-                context.send_initial_metadata(headers(request_id))
-                response = behavior(request, context)
-                code = context.code() or grpc.StatusCode.OK
-                if code == grpc.StatusCode.OK:
-                    metrics.sent.labels(*labels).inc()
-                return response
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                elapsed = time.perf_counter() - start
-                metrics.in_flight.dec()
-                self._done(labels, code, elapsed)
-                if access_log:
-                    log.info("%s %s %.2f ms", method, code.name, elapsed * 1000.0, extra={"request_id": request_id})
-                REQUEST_ID.reset(token)
-
-        return observed
-
-    def _stream(self, behavior, labels: tuple[str, str, str]):
-        metrics = self.metrics
-        request_streaming = labels[0] in ("client_stream", "bidi_stream")
-        response_streaming = labels[0] in ("server_stream", "bidi_stream")
+    @staticmethod
+    def _stream(behavior, children: _Children):
+        kind = children.labels[0]
+        request_streaming = kind in ("client_stream", "bidi_stream")
+        response_streaming = kind in ("server_stream", "bidi_stream")
 
         def counted(requests):
             for request in requests:
-                metrics.received.labels(*labels).inc()
+                children.received.inc()
                 yield request
 
         def responses(out, context: grpc.ServicerContext, start: float):
             code = grpc.StatusCode.OK
             try:
                 for response in out:
-                    metrics.sent.labels(*labels).inc()
+                    children.sent.inc()
                     yield response
                 # A stream the caller cancelled may still end quietly (health Watch does).
                 code = context.code() or (grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED)
@@ -360,26 +410,26 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                self._done(labels, code, time.perf_counter() - start)
+                children.done(code, time.perf_counter() - start)
 
         def observed(request_or_iterator, context: grpc.ServicerContext):
             start = time.perf_counter()
-            metrics.started.labels(*labels).inc()
+            children.started.inc()
             if request_streaming:
                 request_or_iterator = counted(request_or_iterator)
             else:
-                metrics.received.labels(*labels).inc()
+                children.received.inc()
             try:
                 out = behavior(request_or_iterator, context)
             except BaseException:
-                self._done(labels, context.code() or grpc.StatusCode.UNKNOWN, time.perf_counter() - start)
+                children.done(context.code() or grpc.StatusCode.UNKNOWN, time.perf_counter() - start)
                 raise
             if response_streaming:
                 return responses(out, context, start)
             code = context.code() or grpc.StatusCode.OK
             if code == grpc.StatusCode.OK:
-                metrics.sent.labels(*labels).inc()
-            self._done(labels, code, time.perf_counter() - start)
+                children.sent.inc()
+            children.done(code, time.perf_counter() - start)
             return out
 
         return observed

@@ -20,7 +20,6 @@ first line of ONNX Runtime's error. `check_finite` turns NaN or ±inf in a model
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from recsys.artifact import MODEL, Manifest
 from recsys.errors import FailedPrecondition, NonFiniteScores
+from recsys.processes import available_cores
 
 __all__ = [
     "CPU_DISABLED_OPTIMIZERS",
@@ -100,8 +100,9 @@ class SessionTuning:
 def threads_for(concurrent_runs: int, cores: int | None = None) -> int:
     """Intra-op threads per session so that `concurrent_runs` simultaneous runs fill, but do
     not oversubscribe, the machine: max(1, cores // concurrent_runs). A server that batches
-    requests into one run at a time passes 1; one that runs ORT in each of N workers passes N."""
-    cores = cores or os.cpu_count() or 1
+    requests into one run at a time passes 1; one that runs ORT in each of N workers passes N.
+    `cores` defaults to the cores this process may use (affinity and container CPU limit)."""
+    cores = cores or available_cores()
     return max(1, cores // max(1, concurrent_runs))
 
 

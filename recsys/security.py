@@ -8,8 +8,8 @@ health service, which stays open so load balancers and orchestrators can probe w
 
 Clients: `open_channel(target, ClientSecurity(tls=ClientTls(ca, cert, key), token=...))`.
 The token goes in the `authorization` metadata of every call (through a client interceptor, so
-it also works on a plaintext channel, where a warning is logged once: a token sent in clear is
-readable on the wire).
+it also works on a plaintext channel, where a warning is logged once per target: a token sent in
+clear is readable on the wire).
 
 Certificates and keys are PEM files; tokens come from a file (one per line, `#` comments) or
 an environment variable (comma-separated). Tokens are compared in constant time and never
@@ -175,6 +175,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         if not self._digests:
             raise ValueError("TokenAuthInterceptor needs at least one token")
         self._open = frozenset(open_methods)
+        self._refusers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def _authorized(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
         for key, value in metadata or ():
@@ -195,8 +196,14 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        log.debug("unauthenticated call to %s refused", handler_call_details.method)
-        return _refusing(handler)
+        method = handler_call_details.method
+        log.debug("unauthenticated call to %s refused", method)
+        cached = self._refusers.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        refusing = _refusing(handler)
+        self._refusers[method] = (handler, refusing)
+        return refusing
 
 
 def _refuse(_request, context: grpc.ServicerContext):
@@ -244,6 +251,9 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
         return continuation(self._with_token(client_call_details), request)
 
 
+_warned_plaintext: set[str] = set()
+
+
 def open_channel(
     target: str, security: ClientSecurity | None = None, options: Sequence[tuple[str, object]] = ()
 ) -> grpc.Channel:
@@ -253,7 +263,8 @@ def open_channel(
         channel = grpc.secure_channel(target, channel_credentials(security.tls), options=list(options))
     else:
         channel = grpc.insecure_channel(target, options=list(options))
-        if security.token:
+        if security.token and target not in _warned_plaintext:  # once per target (clients pool channels)
+            _warned_plaintext.add(target)
             log.warning("sending a token to %s without TLS: anyone on the path can read it", target)
     if security.token:
         channel = grpc.intercept_channel(channel, _BearerToken(security.token))

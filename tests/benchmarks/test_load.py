@@ -4,14 +4,20 @@ asserted (benchmarks, not timed tests)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 from collections import Counter
+from concurrent import futures
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
 from benchmarks.load import (
     BenchConfig,
+    _levels,
     format_report,
     main,
     run_bench,
@@ -31,7 +37,8 @@ def test_summary_percentiles_throughput_and_errors_by_hand():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"rpc": "delete"}, {"levels": ()}, {"levels": (0,)}, {"duration_s": 0, "requests": 0}, {"k": 0}]
+    "bad",
+    [{"rpc": "delete"}, {"levels": ()}, {"levels": (0,)}, {"duration_s": 0, "requests": 0}, {"k": 0}, {"channels": 0}],
 )
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):
@@ -125,3 +132,49 @@ def test_the_command_line_refuses_bad_flags(bad, trained_artifact):
     with pytest.raises(SystemExit) as exc:
         main(["--artifact", str(trained_artifact), *bad])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_clients_spread_over_distinct_connections(channels):
+    """Each channel is its own connection (its own client port), so a multi-process server
+    sees every worker's share; the clients all make calls."""
+    peers: Counter = Counter()
+    lock = threading.Lock()
+
+    def answer(_request, context):
+        with lock:
+            peers[context.peer()] += 1
+        return health_pb2.HealthCheckResponse()
+
+    handler = grpc.method_handlers_generic_handler(
+        "t.Echo",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(
+                answer,
+                request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler])
+    port = server.add_insecure_port("localhost:0")
+    server.start()
+    try:
+        cfg = BenchConfig(
+            server="x", artifact="y", levels=(6,), duration_s=0.3, warmup_s=0.05, channels=channels, timeout_s=2.0
+        )
+        requests = [health_pb2.HealthCheckRequest()]
+        (level,) = asyncio.run(
+            _levels(
+                f"localhost:{port}",
+                "/t.Echo/Echo",
+                health_pb2.HealthCheckRequest,
+                health_pb2.HealthCheckResponse,
+                requests,
+                cfg,
+            )
+        )
+    finally:
+        server.stop(None)
+    assert level["calls"] > 0 and level["errors"] == 0
+    assert len(peers) == channels

@@ -40,6 +40,9 @@ def test_sigkill_loses_no_acknowledged_event(
             "127.0.0.1",
             "--port",
             target.rsplit(":", 1)[1],
+            # One process: the SIGKILL below must hit the one that writes, not a supervisor.
+            "--processes",
+            "1",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

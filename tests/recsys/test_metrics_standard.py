@@ -228,3 +228,53 @@ def test_load_benchmark_reads_cpu_and_rss_from_the_metrics_endpoint():
     # Unreachable endpoint: /proc where the pid is known, else nothing.
     assert cpu_seconds(endpoint) is None
     assert server_memory(BenchConfig(server="-", artifact="-", server_metrics=endpoint, server_pid=os.getpid()))
+
+
+class _Details:
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.invocation_metadata = ()
+
+
+def _interceptor(name: str):
+    from recsys.errors import ErrorMappingInterceptor
+    from recsys.grpc_server import StreamBudget
+    from recsys.security import TokenAuthInterceptor
+
+    return {
+        "metrics": lambda: ServiceMetrics().interceptor(),
+        "errors": ErrorMappingInterceptor,
+        "stream_budget": lambda: StreamBudget(1),
+        "token_refusal": lambda: TokenAuthInterceptor({"t"}),  # no token sent: the refusing twin
+    }[name]()
+
+
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("metrics", grpc.unary_unary_rpc_method_handler),
+        ("metrics", grpc.unary_stream_rpc_method_handler),
+        ("errors", grpc.unary_unary_rpc_method_handler),
+        ("stream_budget", grpc.unary_stream_rpc_method_handler),
+        ("token_refusal", grpc.unary_unary_rpc_method_handler),
+    ],
+)
+def test_each_method_is_wrapped_once_while_its_handler_stays_the_same(name, make):
+    """The wrapped handler is built on a method's first call and reused; another method gets
+    its own; a handler that changes beneath (another servicer registered) is wrapped anew; an
+    unknown method passes as None."""
+    interceptor = _interceptor(name)
+    first, second = make(lambda *_: None), make(lambda *_: None)
+    beneath = {"/s.S/A": first, "/s.S/B": first}
+
+    def intercept(method: str):
+        return interceptor.intercept_service(lambda d: beneath.get(d.method), _Details(method))
+
+    wrapped_a = intercept("/s.S/A")
+    assert wrapped_a is not first and intercept("/s.S/A") is wrapped_a
+    wrapped_b = intercept("/s.S/B")
+    assert wrapped_b is not wrapped_a and intercept("/s.S/B") is wrapped_b
+    beneath["/s.S/A"] = second
+    rewrapped = intercept("/s.S/A")
+    assert rewrapped is not wrapped_a and rewrapped is not second and intercept("/s.S/A") is rewrapped
+    assert intercept("/s.S/None") is None

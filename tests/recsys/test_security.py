@@ -310,3 +310,19 @@ def test_unauthenticated_bytes_are_refused_before_they_are_parsed(trained_artifa
             ).code()
             == grpc.StatusCode.INVALID_ARGUMENT
         )
+
+
+def test_a_token_in_clear_is_warned_about_once_per_target(caplog):
+    """A client opening several channels to one target (a pool) warns once, not per channel."""
+    target = "127.0.0.1:1"  # never dialled: channels connect lazily
+    security = ClientSecurity(token="tok")
+    with caplog.at_level("WARNING", logger="recsys.security"):
+        channels = [open_channel(target, security) for _ in range(3)]
+        channels.append(open_channel("127.0.0.1:2", security))
+    for channel in channels:
+        channel.close()
+    warned = [r.getMessage() for r in caplog.records if "without TLS" in r.getMessage()]
+    assert warned == [
+        "sending a token to 127.0.0.1:1 without TLS: anyone on the path can read it",
+        "sending a token to 127.0.0.1:2 without TLS: anyone on the path can read it",
+    ]
