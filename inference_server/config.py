@@ -109,6 +109,7 @@ class InferenceConfig:
     # The feature service this server reads users' histories and features from.
     features_target: str = "localhost:50051"  # HOST:PORT
     feature_timeout_s: float = 1.0  # the longest any one call to the feature service may take
+    feature_channels: int = 2  # connections to the feature service, used in turn (one reaches one of its workers)
     feature_security: ClientSecurity | None = None  # TLS and bearer token of that channel; None: plaintext
     degrade: bool = True  # answer from fallbacks (marked degraded) when it is down; False: UNAVAILABLE
     health_interval_s: float = 2.0  # seconds between checks of its health and schema

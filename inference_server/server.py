@@ -148,6 +148,7 @@ def start_server(config: InferenceConfig, *, worker: WorkerSlot | None = None) -
         timeout_s=c.feature_timeout_s,
         security=c.feature_security,
         max_message_bytes=c.max_message_bytes,
+        channels=c.feature_channels,
     )
     metrics = InferenceMetrics(worker=None if worker is None else worker.index)
     client.on_call = metrics.feature_call

@@ -45,6 +45,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from recsys.errors import RecsysError
+
 __all__ = [
     "MAX_DEFAULT_PROCESSES",
     "StartupFailed",
@@ -66,7 +68,7 @@ _LOGGING_ENV = "RECSYS_WORKER_LOGGING"  # how the CLI's logging flags reach spaw
 _PR_SET_PDEATHSIG = 1
 
 
-class StartupFailed(RuntimeError):
+class StartupFailed(RecsysError):
     """A worker stopped before it served; the message is the worker's own error."""
 
 

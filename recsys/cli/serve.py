@@ -127,6 +127,13 @@ def serve_features(artifact, store, load_mode, server) -> None:
     help="Seconds any one call to the feature service may take.",
 )
 @click.option(
+    "--feature-channels",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Connections to the feature service, used in turn (each reaches one of its --processes workers).",
+)
+@click.option(
     "--no-degrade",
     is_flag=True,
     help="Fail with UNAVAILABLE when the feature service is down or slow, instead of answering "
@@ -196,6 +203,7 @@ def serve_inference(
     max_message_mb,
     request_timeout,
     feature_timeout,
+    feature_channels,
     no_degrade,
     features_tls_ca,
     features_tls_cert,
@@ -258,6 +266,7 @@ def serve_inference(
                 num_candidates=candidates,
                 features_target=features_target,
                 feature_timeout_s=feature_timeout,
+                feature_channels=feature_channels,
                 feature_security=feature_security,
                 degrade=not no_degrade,
                 max_message_bytes=max_message_mb * 1024 * 1024,
