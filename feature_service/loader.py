@@ -73,6 +73,7 @@ LOAD_MODES = ("add", "replace", "merge")
 DATASET_SAMPLE = 200
 DATASET_MIN_SHARED = 0.5
 FLOAT32_MAX = 3.4028234663852886e38
+_STR, _INT = frozenset({str}), frozenset({int})  # the types a history's item ids / timestamps may have
 # The timestamps list of a histories.jsonl line as json.dumps writes it (integers only).
 _TIMESTAMPS = re.compile(rb'"timestamps":\s*\[([-0-9,\s]*)\]')
 
@@ -187,8 +188,8 @@ def _history_lines(path: Path, max_events: int) -> Iterator[tuple[str, list[str]
             raise FailedPrecondition(f"{where}: 'user_id' is missing or empty")
         if not isinstance(items, list) or not isinstance(stamps, list) or len(items) != len(stamps):
             raise FailedPrecondition(f"{where}: 'item_ids' and 'timestamps' must be lists of equal length")
-        # type() rather than isinstance: a bool is not a timestamp.
-        if not (all(type(i) is str and i for i in items) and all(type(t) is int for t in stamps)):
+        # type() rather than isinstance: a bool is not a timestamp. map(type, ...) runs in C.
+        if not (set(map(type, items)) <= _STR and "" not in items and set(map(type, stamps)) <= _INT):
             for item, ts in zip(items, stamps, strict=True):
                 if not isinstance(item, str) or not item or not isinstance(ts, int) or isinstance(ts, bool):
                     raise FailedPrecondition(f"{where}: bad event ({item!r}, {ts!r})")

@@ -49,6 +49,9 @@ def test_missing_files_load_nothing(artifact_dir: Path) -> None:
         (ITEMS, {"item_id": "i9", "features": {"title": ["a"]}}, "feature 'title' is text"),
         (HISTORIES, {"user_id": "u9", "item_ids": ["i1"], "timestamps": []}, "histories.jsonl line 3: .* equal length"),
         (HISTORIES, {"user_id": "u9", "item_ids": ["i1"], "timestamps": [1.5]}, "bad event"),
+        (HISTORIES, {"user_id": "u9", "item_ids": ["i1", "i2"], "timestamps": [1, True]}, r"bad event \('i2', True\)"),
+        (HISTORIES, {"user_id": "u9", "item_ids": ["i1", ""], "timestamps": [1, 2]}, r"bad event \('', 2\)"),
+        (HISTORIES, {"user_id": "u9", "item_ids": [7], "timestamps": [1]}, r"bad event \(7, 1\)"),
     ],
 )
 def test_rows_that_do_not_fit_are_refused(artifact_dir: Path, file: str, row: dict, message: str) -> None:

@@ -150,6 +150,29 @@ def test_big_parquet_file_read_by_row_groups_in_batches(tmp_path: Path, monkeypa
     assert "." not in "".join(fast.interactions["item_id"])
 
 
+def test_small_row_groups_are_read_together_up_to_a_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    n = 2_000
+    frame = pd.DataFrame(
+        {
+            "user_id": [f" u{u} " if u % 7 == 0 else f"u{u}" for u in rng.integers(0, 90, n)],  # padded: stripped
+            "item_id": [f"i{i}" for i in rng.integers(0, 40, n)],
+            "timestamp": rng.integers(0, 10**6, n),
+            "rating": rng.integers(1, 6, n).astype(float),
+        }
+    )
+    frame.loc[::53, "user_id"] = None
+    path = tmp_path / "groups.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=100)
+    monkeypatch.setattr(columnar, "BATCH_ROWS", 512)
+    sizes = [b.num_rows for b in Source(path, parquet=True).batches(["user_id", "rating"])]
+    assert sizes == [600, 600, 600, 200]  # whole row groups, at least BATCH_ROWS rows while they last
+    fast = load_tables(path)
+    reference, _ = clean_interactions(read_table(path, "interactions"))
+    _same(fast.interactions, reference)
+    assert fast.report.dropped["missing user_id"] == len(frame.loc[::53])
+
+
 def test_unreadable_tables_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "broken.parquet"
     bad.write_bytes(b"PAR1 not really parquet")

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 __all__ = [
     "BATCH_ROWS",
@@ -75,8 +76,12 @@ class Source:
 
     def batches(self, columns: Sequence[str], dictionary: Sequence[str] = ()) -> Iterator[pa.RecordBatch]:
         """Record batches of `columns` (names as column_names gives them), in file order.
-        Parquet text columns named in `dictionary` come dictionary-encoded as stored, so
-        repeated ids are never materialised as strings."""
+        One Parquet file: whole row groups per batch (at least BATCH_ROWS rows while they
+        last), each read decoding its groups and columns in parallel. A Parquet directory:
+        text columns named in `dictionary` come dictionary-encoded as stored."""
+        if self.parquet and self.path.is_file():
+            yield from _parquet_file_batches(self.path, columns)
+            return
         if self.parquet:
             # Readahead of one batch per fragment keeps memory bounded on wide directories.
             yield from self._dataset(dictionary).to_batches(
@@ -104,6 +109,26 @@ class Source:
     def _dataset(self, dictionary: Sequence[str] = ()) -> ds.Dataset:
         read = ds.ParquetReadOptions(dictionary_columns=set(dictionary))
         return ds.dataset(self.path, format=ds.ParquetFileFormat(read_options=read), partitioning="hive")
+
+
+def _parquet_file_batches(path: Path, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """One Parquet file's `columns` as record batches of whole row groups: groups are read
+    together until they hold BATCH_ROWS rows, so memory is bounded by the larger of a batch
+    and a row group. Each read decodes its row groups and columns on Arrow's thread pool.
+    Text comes as plain strings (encoded per batch by the caller): Arrow decodes ids faster
+    that way than as dictionaries, which large id columns seldom are on disk anyway (writers fall
+    back to plain pages once a column's dictionary outgrows its page)."""
+    with pq.ParquetFile(path) as parquet:
+        metadata = parquet.metadata
+        groups: list[int] = []
+        rows = 0
+        for group in range(metadata.num_row_groups):
+            groups.append(group)
+            rows += metadata.row_group(group).num_rows
+            if rows >= BATCH_ROWS or group == metadata.num_row_groups - 1:
+                table = parquet.read_row_groups(groups, columns=list(columns), use_threads=True)
+                yield from table.combine_chunks().to_batches()
+                groups, rows = [], 0
 
 
 def read_columns(source: Source, ids: dict[str, str], others: dict[str, str]) -> pd.DataFrame:
@@ -311,8 +336,15 @@ def _categorical(chunks: list[pa.DictionaryArray]) -> pd.Categorical:
         return pd.Categorical.from_codes(np.empty(0, dtype=np.int32), categories=pd.Index([], dtype=object))
     unified = pa.chunked_array(chunks).unify_dictionaries()
     dictionary = unified.chunk(0).dictionary
-    codes = np.concatenate([pc.fill_null(c.indices, -1).to_numpy(zero_copy_only=False) for c in unified.chunks])
+    codes = np.concatenate([_indices(c) for c in unified.chunks])
     return pd.Categorical.from_codes(codes.astype(np.int32, copy=False), categories=pd.Index(dictionary.to_pylist()))
+
+
+def _indices(chunk: pa.DictionaryArray) -> np.ndarray:
+    """A chunk's dictionary codes, -1 where missing (no fill pass when nothing is missing)."""
+    if chunk.null_count:
+        return pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False)
+    return chunk.indices.to_numpy(zero_copy_only=False)
 
 
 def _cast_all(text: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
