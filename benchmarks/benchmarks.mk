@@ -1,7 +1,7 @@
 # Benchmarks (benchmarks/): serving, feature-service and training measurements, each
 # `python -m benchmarks.X`. Included by the Makefile, which defines PY, RECSYS, PYTHON, STAMP and DATA.
 
-.PHONY: soak bench-features bench-training bench bench-synth bench-ann gpu-check
+.PHONY: soak bench-features bench-training bench bench-synth bench-ann gpu-check bench-scale bench-data bench-catalogue
 SOAK_S ?= 300
 SOAK_CLIENTS ?= 32
 
@@ -47,3 +47,16 @@ bench-ann: $(STAMP) ## ANN recall/latency sweep (norm-pruned alpha, faiss-ivf nl
 
 gpu-check: $(STAMP) ## ONNX Runtime CPU vs CUDA latency/throughput at batch 1, 32, 256 (1M-item scoring graph)
 	$(PY) -m benchmarks.gpu_check --items 1000000 --out .bench/gpu_check.json
+
+SCALE_EVENTS ?= 10000000
+SCALE_USERS ?= 100000
+SCALE_ITEMS ?= 200000
+
+bench-scale: $(STAMP) ## A 10M-event, 200k-item synthetic log end to end: prep rows/s, training events/s and peak RSS, features load, serving on 1 and 2 processes
+	$(PY) -m benchmarks.bench_scale --events $(SCALE_EVENTS) --users $(SCALE_USERS) --items $(SCALE_ITEMS) --out .bench/scale
+
+bench-data: $(STAMP) ## Data preparation (CSV, Parquet, Parquet directory) and SQLite features load of 10M synthetic rows
+	$(PY) -m benchmarks.bench_data --rows 10000000 --dir .bench/data
+
+bench-catalogue: $(STAMP) ## Next-item training events/s and peak RSS over 1.7k, 50k and 200k items: default, full and sampled softmax
+	$(PY) -m benchmarks.bench_catalogue speed --items 1682,50000,200000 --out .bench/catalogue-speed.jsonl

@@ -38,14 +38,16 @@ __all__ = [
     "fit",
     "init_weights",
     "lr_factor",
+    "clip_grad_norm",
     "make_optimizer",
     "set_seed",
     "tuple_state",
 ]
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "gd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 INITS = ("xavier_uniform", "xavier_normal", "normal")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,10 @@ class LoopConfig:
 
     epochs: int = 50  # upper bound; early stopping usually ends sooner
     batch_size: int = 256  # examples per step
-    optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9)
+    # adam | adamw | sgd (mini-batch, with `momentum`) | gd (full-batch gradient descent: one
+    # step per epoch along the gradient of the mean loss over every example, no momentum)
+    optimizer: str = "adam"
+    momentum: float = 0.9  # sgd's momentum; 0 is plain stochastic gradient descent
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.0  # L2 (adam, sgd) or decoupled (adamw)
     schedule: str = "constant"  # constant | cosine (to 0 over `epochs`) | warmup_cosine
@@ -72,6 +77,10 @@ class LoopConfig:
     # validation ones included; 0 serves the selected model as it is. Test data is never seen.
     refit_epochs: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # Forward and loss under torch.autocast in bfloat16 (CPU or CUDA); weights, gradients and
+    # the optimiser stay fp32. Opt-in: faster on the measured CPU but more memory, and it
+    # reaches every family (docs/results/catalogue-scale.md).
+    precision: str = "fp32"
     # Directory for TensorBoard event files (per epoch: loss and every validation metric, the
     # numbers report.json holds); "" writes none. MLflow gets the same when it is installed and
     # MLFLOW_TRACKING_URI is set.
@@ -79,7 +88,7 @@ class LoopConfig:
 
     def check_loop(self) -> None:
         """Raises ValueError naming the first bad loop setting."""
-        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "init": INITS}
+        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "init": INITS, "precision": PRECISIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -88,6 +97,8 @@ class LoopConfig:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0; got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1); got {self.momentum}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1); got {self.ema}")
         for name in ("clip", "weight_decay"):
@@ -112,6 +123,9 @@ class Family(Protocol):
     unit: str  # what `count` counts, for the progress rate ("events", "examples", ...)
     objective: nn.Module | None  # the loss's own trained parameters (e.g. ordinal offsets), or None
     # optional `partial_steps = True`: some parameters may get no gradient in a step (DDP must not wait for them)
+    # optional `epoch_steps: int`: set by `batches` before it yields its first batch, the number of
+    # batches that pass will yield (the progress bar's total within an epoch)
+    # optional `settings: dict`: what the family resolved from its config (e.g. the loss that ran), into FitResult
 
     def build_model(self) -> nn.Module: ...
     def batches(self, rng: np.random.Generator, full: bool = False) -> Iterator[tuple[torch.Tensor, ...]]: ...
@@ -131,6 +145,7 @@ class FitResult:
     resumed_from: int = 0  # epochs restored from a checkpoint
     members: list[dict] = field(default_factory=list)  # an ensemble's members: model, seed, best epoch, weight, metrics
     privacy: dict = field(default_factory=dict)  # DP training: what goes into the manifest's `privacy`
+    settings: dict = field(default_factory=dict)  # what the family resolved from its config (family.settings)
 
     def summary(self, metrics: dict[str, float] | None = None) -> str:
         """One log line: the best epoch, the epochs run, the time and `metrics` (default: the best's)."""
@@ -224,7 +239,7 @@ def fit(
             break
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch)
-        row = _train_epoch(train_step, optimizer, family, cfg, rng, dist, average)
+        row = _train_epoch(train_step, optimizer, family, cfg, rng, dist, average, show=progress and dist.is_main)
         row = {"epoch": epoch, **row}
         if key is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs) and dist.is_main:
             row.update(family.validate(kept.eval()))
@@ -279,7 +294,9 @@ def fit(
         if average is not None:
             average.load_state_dict(model.state_dict())
         for epoch in range(last + 1, last + cfg.refit_epochs + 1):
-            row = _train_epoch(train_step, optimizer, family, cfg, rng, dist, average, full=True)
+            row = _train_epoch(
+                train_step, optimizer, family, cfg, rng, dist, average, full=True, show=progress and dist.is_main
+            )
             history.append({"epoch": epoch, **row, "refit": True})
         if average is not None:
             model.load_state_dict(average.state_dict())
@@ -298,6 +315,7 @@ def fit(
         time.perf_counter() - start,
         first_epoch - 1,
         privacy=getattr(family, "privacy", {}) or {},
+        settings=dict(getattr(family, "settings", {}) or {}),
     )
 
 
@@ -342,25 +360,115 @@ def _train_epoch(
     dist,
     average: nn.Module | None,
     full: bool = False,
+    show: bool = False,
 ) -> dict[str, float]:
-    """One pass over `family.batches`; returns {"loss": mean over ranks, "<unit>_per_s": rate}."""
+    """One pass over `family.batches`; returns {"loss": mean over ranks, "<unit>_per_s": rate}.
+
+    `show`: a progress bar of the pass's steps (out of `family.epoch_steps` when the family
+    sets it), with the rate in the family's unit and the time left.
+    """
+    from tqdm.auto import tqdm
+
     train_step.train()
     model = train_step.module.model if hasattr(train_step, "module") else train_step.model
+    device = next(model.parameters()).device
     total, steps, seen, tick = 0.0, 0, 0, time.perf_counter()
+    full_batch, rows = cfg.optimizer == "gd", 0  # gd: gradients summed over the epoch, one step
+    if full_batch:
+        optimizer.zero_grad(set_to_none=True)
+    bar = None
     for batch in family.batches(rng, full=full):
+        if bar is None and show:
+            bar = tqdm(total=getattr(family, "epoch_steps", None), unit="step", leave=False, dynamic_ncols=True)
         if len(batch[0]) < dist.world_size:
             continue  # a tail batch too small to give every rank a row (never with one process)
-        loss = train_step(*dist.shard(*batch))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip:
-            nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.clip)
-        optimizer.step()
-        if average is not None:
-            ema_update(average, model, cfg.ema)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss = train_step(*dist.shard(*batch))
+        if full_batch:
+            (loss * len(batch[0])).backward()  # each example weighs the same, whatever its batch
+            rows += len(batch[0])
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _step(optimizer, model, average, cfg)
         total, steps, seen = total + loss.item(), steps + 1, seen + family.count(batch)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({f"{family.unit}/s": f"{seen / max(time.perf_counter() - tick, 1e-9):,.0f}"}, refresh=False)
+    if full_batch and rows:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad /= rows
+        _step(optimizer, model, average, cfg)
+    if bar is not None:
+        bar.refresh()  # the final count and rate, however short the epoch
+        bar.close()
     rate = seen / max(time.perf_counter() - tick, 1e-9)
     return {"loss": dist.mean(total / max(steps, 1)), f"{family.unit}_per_s": round(rate)}
+
+
+def _step(optimizer, model: nn.Module, average: nn.Module | None, cfg: LoopConfig) -> None:
+    """Clip (when set), step, update the moving average (when kept)."""
+    if cfg.clip:
+        clip_grad_norm([p for g in optimizer.param_groups for p in g["params"]], cfg.clip)
+    optimizer.step()
+    if average is not None:
+        ema_update(average, model, cfg.ema)
+
+
+@torch.no_grad()
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> float:
+    """Scales the gradients of `params` so their global L2 norm is at most `max_norm`; sparse
+    gradients (item tables trained with sparse updates) count their stored rows once each."""
+    grads = []
+    for p in params:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()  # duplicate rows summed, so the norm is the dense one
+            grads.append(p.grad)
+        else:
+            grads.append(p.grad)
+    if not grads:
+        return 0.0
+    norm = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g._values() if g.is_sparse else g) for g in grads])
+    )
+    scale = max_norm / (float(norm) + 1e-6)
+    if scale < 1.0:
+        for g in grads:
+            g.mul_(scale)
+    return float(norm)
+
+
+class SparseDenseOptimizer:
+    """SparseAdam for the parameters with sparse gradients (rows a step did not touch keep their
+    value and moments: a lazy update), Adam or AdamW for the rest; one object for the loop."""
+
+    def __init__(self, sparse: list[nn.Parameter], dense: torch.optim.Optimizer, lr: float):
+        self.sparse = torch.optim.SparseAdam(sparse, lr=lr)
+        self.dense = dense
+
+    @property
+    def param_groups(self) -> list[dict]:
+        # read each time: load_state_dict gives the parts new group dicts
+        return self.sparse.param_groups + self.dense.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.sparse.zero_grad(set_to_none=set_to_none)
+        self.dense.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        self.sparse.step()
+        self.dense.step()
+
+    def state_dict(self) -> dict:
+        return {"sparse": self.sparse.state_dict(), "dense": self.dense.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sparse.load_state_dict(state["sparse"])
+        self.dense.load_state_dict(state["dense"])
 
 
 def set_seed(seed: int) -> None:
@@ -386,13 +494,25 @@ def init_weights(model: nn.Module, scheme: str) -> None:
                     module.weight[module.padding_idx].zero_()
 
 
-def make_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """`cfg.optimizer` (adam | adamw | sgd) at `cfg.lr` with `cfg.weight_decay`; any config with those fields."""
+def make_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer | SparseDenseOptimizer:
+    """`cfg.optimizer` (adam | adamw | sgd | gd) at `cfg.lr` with `cfg.weight_decay`; any config with those fields.
+
+    Embedding tables set to sparse gradients (`nn.Embedding.sparse`) get SparseAdam, which
+    needs adam or adamw without weight decay (ValueError otherwise)."""
+    sparse = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+    taken = {id(p) for p in sparse}
+    params = [p for p in model.parameters() if id(p) not in taken]
+    if sparse and (cfg.optimizer in ("sgd", "gd") or cfg.weight_decay):
+        raise ValueError("sparse item gradients need optimizer adam or adamw without weight_decay")
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        dense = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        dense = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "gd":
+        dense = torch.optim.SGD(params, lr=cfg.lr, momentum=0.0, weight_decay=cfg.weight_decay)
+    else:
+        dense = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return SparseDenseOptimizer(sparse, dense, cfg.lr) if sparse else dense
 
 
 def lr_factor(cfg: LoopConfig, epoch: int) -> float:

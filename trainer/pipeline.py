@@ -180,6 +180,7 @@ def train_and_export(
             items=item_rows,
             training={
                 "config": asdict(cfg),
+                **({"resolved": result.settings} if result.settings else {}),
                 "best_epoch": result.best_epoch,
                 "epochs_run": len(result.history),
                 "seconds": round(result.seconds, 1),

@@ -16,7 +16,7 @@ from typing import Any
 from trainer.families.next_item import TrainConfig
 from trainer.families.ranker import RANKERS, RankConfig
 from trainer.families.two_tower import RetrievalConfig
-from trainer.models import MODELS
+from trainer.models import CLASSIC_MODELS, MODELS
 from trainer.models.custom import is_custom, load_model_class
 
 __all__ = ["BUILTIN_NAMES", "CAPABILITIES", "FamilySpec", "resolve"]
@@ -42,10 +42,11 @@ class FamilySpec:
     env_prefix: str  # environment variables that set config fields, e.g. RECSYS_TRAIN_EPOCHS
     supports: frozenset[str]
     train_and_export: Callable[..., Any]  # (cfg, interactions, out, **options) -> Manifest | None
+    reasons: tuple[tuple[str, str], ...] = ()  # (capability, why this family lacks it) before WHY_NOT
 
     def why_not(self, capability: str) -> str:
         """One sentence for an error: the capability is not there for this model, and why."""
-        reason = WHY_NOT.get(capability, f"{self.task} models do not use it")
+        reason = dict(self.reasons).get(capability) or WHY_NOT.get(capability, f"{self.task} models do not use it")
         return f"{capability.replace('_', '-')} is not supported by model {self.name!r}: {reason}"
 
 
@@ -102,6 +103,17 @@ _BUILTIN: dict[str, FamilySpec] = {
     "two_tower": _spec("two_tower", "two_tower", _FEATURES),
 }
 _BUILTIN["sasrec"] = _spec("sasrec", "next_item", _SEQUENTIAL | {"private"})
+_CLOSED_FORM = "it is fitted in closed form in one pass: there are no epochs to resume or batches to share"
+for _name in CLASSIC_MODELS:
+    _BUILTIN[_name] = FamilySpec(
+        _name,
+        "next_item",
+        TrainConfig,
+        "RECSYS_TRAIN_",
+        frozenset({"forget_users", "pseudonymise"}),
+        _next_item,
+        (("resume", _CLOSED_FORM), ("nproc", _CLOSED_FORM), ("popularity_debias", "it has no softmax to adjust")),
+    )
 BUILTIN_NAMES: tuple[str, ...] = tuple(_BUILTIN)
 
 

@@ -239,30 +239,6 @@ def write_synth(cfg: SynthConfig, out_dir: str | Path, *, fmt: str = "parquet", 
     return summary
 
 
-def _sampled_softmax(model, inputs, targets, sampler, negatives: int):
-    """SASRec's sampled-softmax loss (log-Q corrected, accidental hits masked, negatives shared
-    by the batch) with sparse item-table gradients: only the rows a step touches get one, so
-    the optimizer updates ~batch x L + negatives rows of the 1M-row table, not all of them."""
-    import torch
-    from torch.nn import functional as F
-
-    from recsys.schema import FIRST_TOKEN, PAD
-
-    hidden = model.encode(inputs)  # (B, L, D); item_emb is sparse, so its gradient is too
-    mask = targets != PAD
-    h, pos = hidden[mask], targets[mask]  # (M, D), (M,) tokens
-    neg = sampler.sample((negatives,)) + FIRST_TOKEN  # (K,)
-    table = model.item_emb.weight
-    s_pos = (h * F.embedding(pos, table, sparse=True)).sum(-1, keepdim=True)  # (M, 1)
-    s_neg = h @ F.embedding(neg, table, sparse=True).T  # (M, K)
-    logits = torch.cat(
-        [s_pos - sampler.log_q[pos - FIRST_TOKEN].unsqueeze(1), s_neg - sampler.log_q[neg - FIRST_TOKEN].unsqueeze(0)],
-        dim=1,
-    )
-    hit = torch.cat([torch.zeros_like(pos, dtype=torch.bool).unsqueeze(1), neg.unsqueeze(0) == pos.unsqueeze(1)], 1)
-    return F.cross_entropy(logits.masked_fill(hit, -1e9), torch.zeros_like(pos))
-
-
 def _evaluate(model, windows, held_out, seen, counts, k: int = 10) -> dict:
     """Full-catalogue HR@k / NDCG@k of the held-out next items (tokens), seen items excluded,
     and the same for the most popular items (the baseline a model must beat)."""
@@ -350,8 +326,9 @@ def train_synth_model(
     Returns (model in eval mode, sequences (token arrays per user), item counts, info dict of
     training settings and metrics). Item n is token n + FIRST_TOKEN.
 
-    Training at 1M items on a few cores: the item table's gradients are sparse (SparseAdam for
-    it, Adam for the rest), so a step costs the Transformer, not the 1M x D table. Embeddings
+    Training at 1M items on a few cores: the loss is trainer.families.losses's sampled softmax
+    and the item table's gradients are sparse (SparseAdam for it, Adam for the rest), so a step
+    costs the Transformer, not the 1M x D table. Embeddings
     start at N(0, init_std) (the common SASRec initialisation, RecBole's 0.02) rather than
     torch's N(0, 1): an item the data rarely shows then stays close to 0 instead of keeping a
     random vector as long as a learned one. The last event of the first `valid_users` users is
@@ -361,7 +338,7 @@ def train_synth_model(
 
     from recsys.schema import FIRST_TOKEN
     from trainer.data.batches import last_window, training_windows
-    from trainer.families.losses import NegativeSampler
+    from trainer.families.losses import NegativeSampler, next_item_loss
     from trainer.models import SASRec, SASRecConfig
 
     if threads:
@@ -398,7 +375,7 @@ def train_synth_model(
         torch.optim.Adam([p for p in model.parameters() if p is not table], lr=lr),
     ]
     sampler = NegativeSampler(torch.from_numpy(train_counts), "popularity", alpha=0.75)
-    inputs, targets = training_windows(train_seqs, max_len, rng)
+    inputs, targets = training_windows(train_seqs, max_len, rng, dtype=np.int32)
     log(
         f"{len(inputs):,} training windows; {steps} steps of {batch_size} = {steps * batch_size / len(inputs):.1f} epochs"
     )
@@ -406,8 +383,13 @@ def train_synth_model(
     for step in range(steps):
         model.train()
         rows = torch.from_numpy(rng.integers(0, len(inputs), batch_size))
-        loss = _sampled_softmax(
-            model, torch.from_numpy(inputs)[rows], torch.from_numpy(targets)[rows], sampler, negatives
+        loss = next_item_loss(
+            model,
+            torch.from_numpy(inputs)[rows].long(),
+            torch.from_numpy(targets)[rows].long(),
+            loss="sampled_softmax",
+            sampler=sampler,
+            negatives=negatives,
         )
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)

@@ -79,8 +79,9 @@ def _without_nproc(argv: list[str]) -> list[str]:
 @click.option(
     "--interactions",
     required=True,
-    type=FILE,
-    help="user_id,item_id,timestamp[,rating] table (CSV, TSV, Parquet, RecBole .inter, GroupLens u.data).",
+    type=click.Path(exists=True),
+    help="user_id,item_id,timestamp[,rating] table (CSV, TSV, Parquet, RecBole .inter, GroupLens u.data), "
+    "or a directory of Parquet files.",
 )
 @click.option("--users", type=FILE, help="User feature table keyed by user_id.")
 @click.option("--items", type=FILE, help="Item feature table keyed by item_id.")
@@ -315,7 +316,10 @@ def evaluate(artifact, test_path, k, protocol, negatives, sampling, as_json, col
 
 @click.command()
 @click.option(
-    "--interactions", required=True, type=FILE, help="Training table; split leave-last-out when --test is not given."
+    "--interactions",
+    required=True,
+    type=click.Path(exists=True),
+    help="Training table or directory of Parquet files; split leave-last-out when --test is not given.",
 )
 @click.option("--test", "test_path", type=FILE, help="user_id,item_id rows to predict.")
 @click.option("--users", type=FILE)
@@ -334,11 +338,17 @@ def evaluate(artifact, test_path, k, protocol, negatives, sampling, as_json, col
 )
 @click.option("--epochs", type=int)
 @click.option("--seed", type=int)
+@click.option(
+    "--seeds",
+    help="Comma-separated seeds: each model trains once per seed; the table gives mean ± std (overrides --seed).",
+)
 @click.option("--config", "config_file", type=FILE)
 @click.option("--k", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--quiet", is_flag=True)
 @columns_option
-def compare(interactions, test_path, users, items, models, out, epochs, seed, config_file, k, quiet, columns) -> None:
+def compare(
+    interactions, test_path, users, items, models, out, epochs, seed, seeds, config_file, k, quiet, columns
+) -> None:
     """Train several models on one split, evaluate each, print a table, write a plot."""
     from recsys.config import load_config
     from trainer.compare import compare_models
@@ -358,6 +368,10 @@ def compare(interactions, test_path, users, items, models, out, epochs, seed, co
             f"compare takes next-item models: {', '.join(filter(next_item, BUILTIN_NAMES))}",
             param_hint="--models",
         )
+    try:
+        seed_list = tuple(int(x) for x in (seeds or "").split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
     spec = resolve(names[0])  # every next-item family shares one config class
     cfg = load_config(
         spec.config_cls, file=config_file, env_prefix=spec.env_prefix, overrides={"epochs": epochs, "seed": seed}
@@ -373,4 +387,5 @@ def compare(interactions, test_path, users, items, models, out, epochs, seed, co
         k=k,
         progress=not quiet,
         columns=columns,
+        seeds=seed_list,
     )

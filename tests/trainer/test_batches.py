@@ -57,3 +57,19 @@ def test_older_items_are_what_the_user_saw_before_each_window():
         np.testing.assert_array_equal(kept, seq[:start])
         first = inputs[row][inputs[row] != PAD][0]
         assert first == seq[start]  # the window's inputs begin where the older items end
+
+
+def test_windows_are_the_same_in_int32_and_across_chunks():
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(1, 500, rng.integers(1, 90)) for _ in range(200)]
+    wide = training_windows(seqs, 16, np.random.default_rng(0), origins=True)
+    narrow = training_windows(seqs, 16, np.random.default_rng(0), origins=True, dtype=np.int32, chunk=7)
+    assert narrow[0].dtype == np.int32 and wide[0].dtype == np.int64
+    for a, b in zip(wide, narrow):
+        assert np.array_equal(a, b)
+    # each window is the reference construction: last_window of its slice of the sequence
+    for (number, start), inputs, targets in zip(wide[2], wide[0], wide[1]):
+        n_inputs = int((targets != PAD).sum())
+        seq = seqs[number]
+        assert np.array_equal(inputs, last_window(seq[start : start + n_inputs], 16))
+        assert np.array_equal(targets, last_window(seq[start + 1 : start + 1 + n_inputs], 16))

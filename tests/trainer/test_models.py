@@ -17,8 +17,11 @@ def make(name: str) -> torch.nn.Module:
     return MODELS[name][1](cfg).eval()
 
 
-def test_registry_holds_the_three_sequential_families_and_content_sasrec():
-    assert set(MODELS) == {"sasrec", "gru4rec", "caser", "content_sasrec"}
+def test_registry_holds_the_trainable_sequential_models_and_the_classic_ones_apart():
+    from trainer.models import CLASSIC_MODELS
+
+    assert set(MODELS) == {"sasrec", "gru4rec", "caser", "bpr_mf", "content_sasrec"}
+    assert set(CLASSIC_MODELS) == {"pop", "itemknn", "ease"}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

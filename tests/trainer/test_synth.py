@@ -86,12 +86,11 @@ def test_topics_give_users_tastes_without_clustering_everything():
     assert (sizes**2).sum() * 3 < same_topic < 0.9  # far above chance, far from a closed cluster
 
 
-def test_sparse_sampled_softmax_matches_the_shared_loss():
+def test_sparse_item_table_gives_the_dense_loss_and_gradients():
     import torch
 
     from trainer.families.losses import NegativeSampler, next_item_loss
     from trainer.models import SASRec, SASRecConfig
-    from trainer.synth import _sampled_softmax
 
     torch.manual_seed(0)
     model = SASRec(SASRecConfig(num_items=50, max_len=6, hidden=8, heads=2, layers=1, inner=16, dropout=0.0))
@@ -103,11 +102,7 @@ def test_sparse_sampled_softmax_matches_the_shared_loss():
         model.zero_grad()
         model.item_emb.sparse = sparse
         torch.manual_seed(1)  # same negatives for both
-        loss = (
-            _sampled_softmax(model, x, y, sampler, 20)
-            if sparse
-            else next_item_loss(model, x, y, loss="sampled_softmax", sampler=sampler, negatives=20)
-        )
+        loss = next_item_loss(model, x, y, loss="sampled_softmax", sampler=sampler, negatives=20, in_batch=5)
         loss.backward()
         grad = model.item_emb.weight.grad
         assert grad.is_sparse == sparse

@@ -62,9 +62,17 @@ def test_schedules():
     assert lr_factor(TrainConfig(), 7) == 1.0
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_resume_after_a_crash_reaches_the_same_model(tmp_path, crash_after_epoch, ema):
-    cfg = TrainConfig(epochs=6, optimizer="adamw", weight_decay=0.01, schedule="cosine", ema=ema, **SMALL)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"optimizer": "adamw", "weight_decay": 0.01},
+        {"optimizer": "adamw", "weight_decay": 0.01, "ema": 0.9},
+        # sparse item gradients: SparseAdam's state goes into the checkpoint too
+        {"loss": "sampled_softmax", "negatives": 5, "in_batch_negatives": 4, "clip": 1.0},
+    ],
+)
+def test_resume_after_a_crash_reaches_the_same_model(tmp_path, crash_after_epoch, options):
+    cfg = TrainConfig(epochs=6, schedule="cosine", **options, **SMALL)
     straight = fit(cfg, ring_sequences(), NUM_ITEMS, progress=False, checkpoint_dir=tmp_path / "a")
 
     with crash_after_epoch(3):
@@ -74,6 +82,7 @@ def test_resume_after_a_crash_reaches_the_same_model(tmp_path, crash_after_epoch
     resumed = fit(cfg, ring_sequences(), NUM_ITEMS, progress=False, checkpoint_dir=tmp_path / "b", resume=True)
     assert resumed.resumed_from == 3 and len(resumed.history) == 6
     assert resumed.best_epoch == straight.best_epoch
+    assert resumed.settings == straight.settings
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b)
 

@@ -23,7 +23,13 @@ def last_window(seq: np.ndarray, max_len: int) -> np.ndarray:
 
 
 def training_windows(
-    sequences: list[np.ndarray], max_len: int, rng: np.random.Generator, *, origins: bool = False
+    sequences: list[np.ndarray],
+    max_len: int,
+    rng: np.random.Generator,
+    *,
+    origins: bool = False,
+    dtype: type = np.int64,
+    chunk: int = 8192,
 ) -> tuple[np.ndarray, ...]:
     """Next-item windows covering every target of every sequence at least once.
 
@@ -32,32 +38,41 @@ def training_windows(
     window ends at the latest event; earlier windows end every `max_len` steps before it,
     shifted by a random offset drawn per call so their boundaries move between epochs.
 
-    Returns inputs, targets: (W, max_len) int64 each, left-padded with PAD; with `origins`, also
-    (W, 2) int64: each window's sequence index and the position its inputs start at (what
-    `older_items` needs).
+    Returns inputs, targets: (W, max_len) of `dtype` (int32 halves the memory when the tokens
+    fit) each, left-padded with PAD; with `origins`, also (W, 2) int64: each window's sequence
+    index and the position its inputs start at (what `older_items` needs). The windows are
+    written straight into these arrays, `chunk` windows at a time: besides them, memory holds
+    one flat copy of the events and O(chunk x max_len) scratch.
     """
-    inputs, targets, where = [], [], []
-    for number, seq in enumerate(sequences):
-        n = len(seq)
-        if n < 2:
-            continue
-        ends = [n - 1]
-        shift = int(rng.integers(0, max_len)) if n - 1 > max_len else 0
-        e = n - 1 - max_len + shift
-        while e >= 1 and n - 1 > max_len:
-            ends.append(e)
-            e -= max_len
-        for e in ends:
-            start = max(0, e - max_len)
-            inputs.append(last_window(seq[start:e], max_len))
-            targets.append(last_window(seq[start + 1 : e + 1], max_len))
-            where.append((number, start))
-    if not inputs:
-        empty = np.zeros((0, max_len), dtype=np.int64)
-        return (empty, empty, np.zeros((0, 2), dtype=np.int64)) if origins else (empty, empty)
+    lengths = np.fromiter((len(seq) for seq in sequences), dtype=np.int64, count=len(sequences))
+    last = lengths - 1  # end of each sequence's first window
+    long = last > max_len
+    shift = np.zeros(len(lengths), dtype=np.int64)
+    shift[long] = rng.integers(0, max_len, int(long.sum()))
+    second = last - max_len + shift  # end of the second window (long sequences)
+    extra = np.where(long & (second >= 1), (second - 1) // max_len + 1, 0)
+    counts = np.where(lengths >= 2, 1 + extra, 0)  # windows per sequence
+    number = np.repeat(np.arange(len(lengths)), counts)  # (W,) sequence of each window
+    j = np.arange(len(number)) - np.repeat(np.cumsum(counts) - counts, counts)  # window's rank in its sequence
+    end = np.where(j == 0, last[number], second[number] - (j - 1) * max_len)  # (W,)
+    width = len(number)
+    inputs = np.full((width, max_len), PAD, dtype=dtype)
+    targets = np.full((width, max_len), PAD, dtype=dtype)
+    if width:
+        offset = np.cumsum(lengths) - lengths  # where each sequence starts in `flat`
+        flat = np.empty(int(lengths.sum()), dtype=dtype)
+        for seq, at in zip(sequences, offset.tolist()):
+            flat[at : at + len(seq)] = seq
+        cols = np.arange(max_len)
+        for a in range(0, width, chunk):
+            rel = end[a : a + chunk, None] - max_len + cols  # (w, L) position of each input in its sequence
+            valid = rel >= 0
+            at = np.where(valid, rel, 0) + offset[number[a : a + chunk], None]
+            inputs[a : a + chunk][valid] = flat[at[valid]]
+            targets[a : a + chunk][valid] = flat[at[valid] + 1]
     if origins:
-        return np.stack(inputs), np.stack(targets), np.array(where, dtype=np.int64)
-    return np.stack(inputs), np.stack(targets)
+        return inputs, targets, np.stack([number, np.maximum(end - max_len, 0)], axis=1).astype(np.int64)
+    return inputs, targets
 
 
 def older_items(sequences: list[np.ndarray], origins: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -33,7 +33,8 @@ def write_report(
     for run in runs:  # one run, or an ensemble's members (rows carry "member": i)
         rows = [row for row in history if row.get("member") == run]
         tag = "" if run is None else f"member {run} "
-        left.plot([row["epoch"] for row in rows], [row["loss"] for row in rows], label=tag or None)
+        trained = [row for row in rows if "loss" in row]  # closed-form fits have no loss
+        left.plot([row["epoch"] for row in trained], [row["loss"] for row in trained], label=tag or None)
         evaluated = [row for row in rows if any(key in row for key in keys)]
         drawn: dict[tuple, list[str]] = {}  # metrics whose curves coincide are drawn once, named together
         for key in keys:

@@ -3,12 +3,18 @@ a loss judges them.
 
 Every loss takes hidden states at the positions that have a target, (M, D), and the targets
 as item columns, (M,). Models provide `output_embeddings() -> (N, D)` and `output_bias() ->
-(N,) | None`; sampled losses score only the items they need.
+(N,) | None`; sampled losses score only the items they need, through
+`output_rows(cols) -> (..., D)` and `output_bias_rows(cols)` when the model has them (so an
+item table with sparse gradients stays sparse), else by indexing the full matrices.
 
-- `ce`               full-catalogue softmax cross-entropy (the default; exact, N logits per row)
-- `sampled_softmax`  softmax over the target and `negatives` shared sampled items, each logit
-                     corrected by -log q(item) (log-Q correction, on unless `logq=False`),
-                     accidental hits masked
+- `ce`               full-catalogue softmax cross-entropy (exact, N logits per row)
+- `sampled_softmax`  softmax over the target, `negatives` sampled items shared by the batch
+                     and up to `in_batch` of the batch's own targets; each logit corrected by
+                     -log E[count of the item among the candidates] (log-Q correction, on
+                     unless `logq=False`), accidental hits masked. Its cost per step does not
+                     depend on the catalogue size: it never builds an (M, N) tensor, samples
+                     by binary search in a precomputed CDF, and reads item vectors through
+                     `model.output_rows` (sparse gradients when the model's table is sparse)
 - `bce`              binary cross-entropy: target vs `negatives` sampled items per row
 - `bpr`              Bayesian personalised ranking: -log sigmoid(target - negative)
 
@@ -38,7 +44,11 @@ LOSSES = ("ce", "sampled_softmax", "bce", "bpr")
 
 
 class NegativeSampler:
-    """Draws item columns uniformly or in proportion to popularity ** alpha."""
+    """Draws item columns uniformly or in proportion to popularity ** alpha.
+
+    Popularity draws are a binary search of uniform numbers in the CDF computed once here, so a
+    draw of K items costs O(K log N), not O(N) as a multinomial over N weights would.
+    """
 
     def __init__(self, popularity: torch.Tensor, kind: str = "uniform", alpha: float = 0.75):
         if kind not in ("uniform", "popularity"):
@@ -47,16 +57,19 @@ class NegativeSampler:
             raise ValueError(f"negative_alpha must be >= 0, got {alpha}")
         n = len(popularity)
         weights = torch.ones(n) if kind == "uniform" else popularity.double().clamp(min=1) ** alpha
-        self.probs = (weights / weights.sum()).float()  # (N,)
+        probs = weights / weights.sum()
+        self.probs = probs.float()  # (N,)
         self.log_q = self.probs.log()  # (N,)
+        self.cdf = probs.cumsum(0)  # (N,) float64: float32 steps vanish past ~1e7 items
         self.uniform = kind == "uniform"
         self.n = n
 
     def sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
-        count = int(torch.tensor(shape).prod())
+        """int64 item columns of `shape`, drawn independently with replacement."""
         if self.uniform:
             return torch.randint(0, self.n, shape, generator=generator)
-        return torch.multinomial(self.probs, count, replacement=True, generator=generator).view(shape)
+        u = torch.rand(shape, dtype=torch.float64, generator=generator) * self.cdf[-1]
+        return torch.searchsorted(self.cdf, u, right=True).clamp_(max=self.n - 1)
 
 
 def log_prior(counts: torch.Tensor) -> torch.Tensor:
@@ -89,15 +102,24 @@ def seen_mask(
     return seen
 
 
+def _rows(model: nn.Module, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Output vectors (*cols.shape, D) and biases (*cols.shape) or None of item columns `cols`,
+    read row by row when the model offers it (sparse gradients), else from the full matrices."""
+    emb = model.output_rows(cols) if hasattr(model, "output_rows") else model.output_embeddings()[cols]
+    if hasattr(model, "output_bias_rows"):
+        return emb, model.output_bias_rows(cols)
+    bias = model.output_bias()
+    return emb, None if bias is None else bias[cols]
+
+
 def _scores(model: nn.Module, hidden: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """hidden (M, D), cols (M, K) or (K,) -> (M, K) scores of those items."""
-    emb = model.output_embeddings()[cols]  # (M, K, D) or (K, D)
-    bias = model.output_bias()
+    emb, bias = _rows(model, cols)  # (M, K, D) or (K, D)
     if cols.dim() == 1:
         out = hidden @ emb.T
     else:
         out = torch.einsum("md,mkd->mk", hidden, emb)
-    return out if bias is None else out + bias[cols]
+    return out if bias is None else out + bias
 
 
 def next_item_loss(
@@ -113,6 +135,7 @@ def next_item_loss(
     debias: float = 0.0,
     prior: torch.Tensor | None = None,
     mask_seen: bool = False,
+    in_batch: int = 0,
 ) -> torch.Tensor:
     """Loss over every non-padded position of a sequential model.
 
@@ -123,6 +146,8 @@ def next_item_loss(
     up to each position out of that position's softmax (`seen_mask`), as serving with
     exclude_seen leaves them out of the ranking; `older` (B, K) tokens, PAD-padded: what each
     window's user saw before the window (trainer.data.batches.older_items), masked too when given.
+    `in_batch` (sampled_softmax): up to this many of the batch's targets, drawn at random, join
+    the shared negatives (their sampling distribution is the data's, which log-Q accounts for).
     """
     if debias and prior is None:
         raise ValueError("debias > 0 needs the items' log prior")
@@ -146,17 +171,7 @@ def next_item_loss(
     if sampler is None:
         raise ValueError(f"loss {loss!r} needs a negative sampler")
     if loss == "sampled_softmax":
-        neg = sampler.sample((negatives,))  # (K,) shared by the batch
-        logits = torch.cat(
-            [adjusted(_scores(model, h, pos.unsqueeze(1)), pos.unsqueeze(1)), adjusted(_scores(model, h, neg), neg)],
-            dim=1,
-        )  # (M, 1+K)
-        if logq:
-            log_q = torch.cat([sampler.log_q[pos].unsqueeze(1), sampler.log_q[neg].expand(len(pos), -1)], dim=1)
-            logits = logits - log_q
-        hit = torch.cat([torch.zeros_like(pos, dtype=torch.bool).unsqueeze(1), neg.unsqueeze(0) == pos.unsqueeze(1)], 1)
-        logits = logits.masked_fill(hit, -1e9)
-        return F.cross_entropy(logits, torch.zeros_like(pos))
+        return _sampled_softmax(model, h, pos, sampler, negatives, in_batch, logq, adjusted)
     neg = sampler.sample((len(pos), negatives))  # (M, K)
     s_pos = adjusted(_scores(model, h, pos.unsqueeze(1)), pos.unsqueeze(1))  # (M, 1)
     s_neg = adjusted(_scores(model, h, neg), neg)  # (M, K)
@@ -167,3 +182,40 @@ def next_item_loss(
     if loss == "bpr":
         return -F.logsigmoid(s_pos - s_neg).mean()
     raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+
+
+def _sampled_softmax(model, h, pos, sampler, negatives: int, in_batch: int, logq: bool, adjusted) -> torch.Tensor:
+    """h (M, D), pos (M,) target columns -> the sampled softmax over [target, K + I candidates].
+
+    The candidates, K sampled items and I of the batch's targets, are shared by every row: one
+    (M, D) x (D, K + I) product. Their log-Q correction is the log of each item's expected count
+    among them, K q(item) + I p(item), with p the batch's own target frequencies (the in-batch
+    draw's distribution); a candidate equal to a row's target (an accidental hit) is masked.
+    """
+    m = len(pos)
+    neg = sampler.sample((negatives,)).to(pos.device)  # (K,)
+    picked = pos[torch.randint(0, m, (min(in_batch, m),), device=pos.device)] if in_batch else pos[:0]  # (I,)
+    cand = torch.cat([neg, picked])  # (K + I,)
+    emb_pos, bias_pos = _rows(model, pos)  # (M, D), (M,) or None
+    s_pos = (h * emb_pos).sum(-1, keepdim=True)  # (M, 1)
+    s_pos = adjusted(s_pos if bias_pos is None else s_pos + bias_pos.unsqueeze(1), pos.unsqueeze(1))
+    s_cand = adjusted(_scores(model, h, cand), cand)  # (M, K + I)
+    logits = torch.cat([s_pos, s_cand], dim=1)  # (M, 1 + K + I)
+    if logq:
+        log_q = _log_expected_count(sampler, negatives, pos, picked, torch.cat([pos, cand]))  # (M + K + I,)
+        logits = logits - torch.cat([log_q[:m].unsqueeze(1), log_q[m:].expand(m, -1)], dim=1)
+    hit = torch.cat([torch.zeros(m, 1, dtype=torch.bool, device=pos.device), cand.unsqueeze(0) == pos.unsqueeze(1)], 1)
+    return F.cross_entropy(logits.masked_fill(hit, -1e9), torch.zeros_like(pos))
+
+
+def _log_expected_count(
+    sampler: NegativeSampler, negatives: int, pos: torch.Tensor, picked: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """log(K q(c) + I p(c)) for the columns `cols`, p(c) the share of c among the batch targets
+    `pos` (the distribution `picked` was drawn from). Sorting the M targets keeps it O(M log M)."""
+    expected = negatives * sampler.probs.to(cols.device)[cols]
+    if len(picked):
+        ordered = pos.sort().values
+        share = (torch.searchsorted(ordered, cols, right=True) - torch.searchsorted(ordered, cols)).float() / len(pos)
+        expected = expected + len(picked) * share
+    return expected.log()

@@ -1,14 +1,16 @@
 """The next-item family: users' item sequences -> SASRec, GRU4Rec, Caser, content_sasrec.
 
 Batches are training windows (trainer/data/batches.py), the loss one of trainer/families/losses.py,
-validation full-ranking NDCG@k of each user's held-out last event (seen items excluded); a
-test file is never seen here. The loop itself is trainer/loop.py.
+validation full-ranking NDCG@k of each user's held-out last event (seen items excluded, users
+scored in chunks so a large catalogue never needs a users x items matrix); a test file is never
+seen here. The loop itself is trainer/loop.py.
 """
 
 from __future__ import annotations
 
 import dataclasses as dataclasses_
 import functools
+import itertools
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -17,15 +19,30 @@ import torch
 from torch import nn
 
 from recsys.schema import FIRST_TOKEN
+from trainer import distributed
 from trainer.data.batches import bucketed_batches, last_window, older_items, training_windows
 from trainer.families.losses import LOSSES, NegativeSampler, log_prior, next_item_loss
 from trainer.loop import FitResult, LoopConfig, init_weights
 from trainer.loop import fit as run_loop
 from trainer.metrics import rank_of_targets, ranking_metrics
-from trainer.models import CONTENT_MODELS, MODELS
+from trainer.models import CLASSIC_MODELS, CONTENT_MODELS, MODELS
 from trainer.models.custom import is_custom, load_model_class
 
-__all__ = ["FitResult", "NextItemFamily", "TrainConfig", "fit", "member_configs", "score_histories", "validate"]
+__all__ = [
+    "AUTO_SAMPLED",
+    "FitResult",
+    "NextItemFamily",
+    "TrainConfig",
+    "fit",
+    "member_configs",
+    "score_histories",
+    "validate",
+]
+
+# What loss "auto" samples with above `sampled_above_items` (fields left at their defaults):
+# 512 negatives drawn by popularity ** 0.75 plus 256 of the batch's own targets, shared by
+# the whole batch (docs/results/catalogue-scale.md: about twice the NDCG@10 of 100 uniform ones).
+AUTO_SAMPLED = {"negatives": 512, "negative_sampling": "popularity", "in_batch_negatives": 256}
 
 
 @dataclass(frozen=True)
@@ -48,9 +65,25 @@ class TrainConfig(LoopConfig):
     content_bias: bool = True  # content_sasrec: add a per-item score bias predicted from content
     numeric_buckets: int = 8  # content_sasrec: quantile buckets of a numeric item feature (release year)
     vector_components: int = 0  # content_sasrec: project item vectors onto this many principal directions; 0 = as given
+    # Classic baselines (trainer/models/classic.py); None: chosen on validation (trainer/families/classic.py)
+    neighbours: int | None = None  # itemknn: most similar items kept per item (default 100)
+    shrink: float | None = None  # itemknn: cosine shrinkage
+    l2: float | None = None  # ease: ridge strength
     # Objective
-    loss: str = "ce"  # ce | sampled_softmax | bce | bpr (see trainer/families/losses.py)
+    # auto | ce | sampled_softmax | bce | bpr (trainer/families/losses.py). auto: ce up to
+    # `sampled_above_items` items, sampled_softmax above (a full softmax costs batch x positions x
+    # items per step) with AUTO_SAMPLED's negatives where these fields keep their defaults; a
+    # model with its own `default_loss` (bpr_mf) gets that. The loss that ran is in
+    # FitResult.settings and the artifact.
+    loss: str = "auto"
+    sampled_above_items: int = 5_000  # auto's threshold (docs/results/catalogue-scale.md)
     negatives: int = 100  # sampled items per step (sampled_softmax) or per target (bce, bpr)
+    in_batch_negatives: int = 0  # sampled_softmax: also this many of the batch's own targets as negatives
+    # Item tables with sparse gradients and a lazy (SparseAdam) update under sampled losses, so a
+    # step touches only the rows it used. None: on with sampled losses when possible (adam or
+    # adamw, no weight_decay, one process); false keeps dense tables.
+    sparse_items: bool | None = None
+    valid_users: int = 0  # validate on this many users, drawn with `seed`; 0 = every user
     negative_sampling: str = "uniform"  # uniform | popularity (popularity ** negative_alpha)
     negative_alpha: float = 0.75  # exponent of popularity-weighted sampling (0 = uniform)
     logq_correction: bool = True  # sampled_softmax: subtract log q(item) (unbiased); false keeps the sampling bias
@@ -78,6 +111,25 @@ class TrainConfig(LoopConfig):
     def masks_seen(self) -> bool:
         return self.loss == "ce" if self.mask_seen is None else self.mask_seen
 
+    def resolved(self, num_items: int) -> TrainConfig:
+        """This config with `loss = "auto"` replaced by the loss it picks for `num_items` items."""
+        if self.loss != "auto":
+            return self
+        own = getattr(MODELS.get(self.model, (None, None))[1], "default_loss", None)
+        if own is not None:
+            return dataclasses_.replace(self, loss=own)
+        loss = "ce" if num_items <= self.sampled_above_items else "sampled_softmax"
+        if self.mask_seen and loss != "ce":
+            raise ValueError(
+                f"mask_seen applies to loss ce only; loss auto picks {loss} over {num_items:,} items "
+                f"(more than sampled_above_items {self.sampled_above_items:,}): set loss = ce or unset mask_seen"
+            )
+        if loss == "ce":
+            return dataclasses_.replace(self, loss=loss)
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        unset = {name: value for name, value in AUTO_SAMPLED.items() if getattr(self, name) == defaults[name]}
+        return dataclasses_.replace(self, loss=loss, **unset)
+
     def model_config(self, num_items: int):
         """The model's own config: the fields it shares with this one, its defaults for the rest."""
         if is_custom(self.model):
@@ -86,9 +138,10 @@ class TrainConfig(LoopConfig):
             raise ValueError(
                 "an ensemble has no model config of its own; see trainer/families/ensemble.py member_configs"
             )
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
-        config_cls = MODELS[self.model][0]
+        known = {**MODELS, **CLASSIC_MODELS}
+        if self.model not in known:
+            raise ValueError(f"unknown model {self.model!r}; known: {', '.join(known)}")
+        config_cls = known[self.model][0]
         shared = {f.name for f in fields(config_cls)} & {f.name for f in fields(self)}
         given = {name: getattr(self, name) for name in shared if getattr(self, name) is not None}
         return config_cls(num_items=num_items, **given)
@@ -97,7 +150,7 @@ class TrainConfig(LoopConfig):
         """Raises ValueError naming the first bad setting."""
         self.check_loop()
         choices = {
-            "loss": LOSSES,
+            "loss": ("auto", *LOSSES),
             "negative_sampling": ("uniform", "popularity"),
             "ann": ("auto", "on", "off"),
             "ann_backend": ("norm-pruned", "faiss-hnsw", "faiss-ivf", "usearch"),
@@ -105,10 +158,13 @@ class TrainConfig(LoopConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        for name in ("max_len", "negatives", "k", "min_word_items", "numeric_buckets"):
+        for name in ("max_len", "negatives", "k", "min_word_items", "numeric_buckets", "sampled_above_items"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if self.mask_seen and self.loss != "ce":
+        for name in ("in_batch_negatives", "valid_users"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.mask_seen and self.loss not in ("ce", "auto"):
             raise ValueError(f"mask_seen applies to loss ce only; got loss {self.loss!r}")
         if self.vector_components < 0:
             raise ValueError(f"vector_components must be >= 0; got {self.vector_components}")
@@ -173,7 +229,7 @@ def member_configs(cfg: TrainConfig) -> list[TrainConfig]:
 def score_histories(model: nn.Module, histories: list[np.ndarray], max_len: int, batch: int = 512) -> np.ndarray:
     """Scores (U, N) of every item after each token history, in eval mode."""
     model.eval()
-    device = next(model.parameters()).device
+    device = next(itertools.chain(model.parameters(), model.buffers())).device
     out = []
     for i in range(0, len(histories), batch):
         x = np.stack([last_window(h, max_len) for h in histories[i : i + batch]])
@@ -182,15 +238,27 @@ def score_histories(model: nn.Module, histories: list[np.ndarray], max_len: int,
 
 
 def validate(
-    model: nn.Module, histories: list[np.ndarray], targets: np.ndarray, num_items: int, cfg: TrainConfig
+    model: nn.Module,
+    histories: list[np.ndarray],
+    targets: np.ndarray,
+    num_items: int,
+    cfg: TrainConfig,
+    chunk: int | None = None,
 ) -> dict:
-    """Full-ranking metrics of `targets` (tokens) after `histories`, seen items excluded."""
-    scores = score_histories(model, histories, cfg.max_len)
-    excluded = np.zeros((len(histories), num_items), dtype=bool)
-    for row, h in enumerate(histories):
-        excluded[row, h - FIRST_TOKEN] = True
-    ranks = rank_of_targets(scores, targets - FIRST_TOKEN, excluded)
-    return ranking_metrics(ranks, cfg.k)
+    """Full-ranking metrics of `targets` (tokens) after `histories`, seen items excluded.
+
+    Users are scored `chunk` at a time (default: ~16M scores a chunk), so memory holds chunk x
+    num_items scores, not users x items."""
+    chunk = chunk or max(1, min(1024, 2**24 // max(num_items, 1)))
+    ranks = []
+    for a in range(0, len(histories), chunk):
+        part = histories[a : a + chunk]
+        scores = score_histories(model, part, cfg.max_len)
+        excluded = np.zeros((len(part), num_items), dtype=bool)
+        for row, h in enumerate(part):
+            excluded[row, h - FIRST_TOKEN] = True
+        ranks.append(rank_of_targets(scores, targets[a : a + chunk] - FIRST_TOKEN, excluded))
+    return ranking_metrics(np.concatenate(ranks) if ranks else np.zeros(0), cfg.k)
 
 
 class NextItemFamily:
@@ -218,17 +286,21 @@ class NextItemFamily:
         select: str | None = None,
     ):
         cfg.check()
+        cfg = cfg.resolved(num_items)
         self.cfg, self.num_items, self.prebuilt, self.validator = cfg, num_items, model, validator
         self.select = select or f"ndcg@{cfg.k}"
         self.sequences = sequences
         self.train_seqs = [s[:-1] for s in sequences if len(s) >= 2]
         val = [(s[:-1], s[-1]) for s in sequences if len(s) >= 3]
+        if cfg.valid_users and len(val) > cfg.valid_users:  # a seeded sample, the same every epoch
+            keep = np.sort(np.random.default_rng(cfg.seed).choice(len(val), cfg.valid_users, replace=False))
+            val = [val[i] for i in keep]
         self.val_histories = [h for h, _ in val]
         self.val_targets = np.array([t for _, t in val], dtype=np.int64)
         counts = (
             np.bincount(np.concatenate(self.train_seqs) - FIRST_TOKEN, minlength=num_items)
             if self.train_seqs
-            else np.ones(num_items)
+            else np.ones(num_items, dtype=np.int64)
         )
         sampler = (
             None
@@ -245,18 +317,44 @@ class NextItemFamily:
             debias=cfg.popularity_debias,
             prior=prior,
             mask_seen=cfg.masks_seen,
+            in_batch=cfg.in_batch_negatives,
         )
+        self.sparse = self._sparse_items()
+        self.settings = {"loss": cfg.loss, "sparse_items": self.sparse, "precision": cfg.precision}
+        if cfg.valid_users:
+            self.settings["valid_users"] = len(val)
+
+    def _sparse_items(self) -> bool:
+        """Whether the item tables train with sparse gradients (see TrainConfig.sparse_items)."""
+        cfg = self.cfg
+        possible = cfg.optimizer in ("adam", "adamw") and not cfg.weight_decay and not distributed.current().enabled
+        if cfg.sparse_items is None:
+            return cfg.loss != "ce" and possible and self.prebuilt is None and not is_custom(cfg.model)
+        if cfg.sparse_items and not possible:
+            raise ValueError("sparse_items needs optimizer adam or adamw, no weight_decay and one process")
+        return cfg.sparse_items
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg
         model = self.prebuilt if self.prebuilt is not None else build_model(cfg, self.num_items)
         init_weights(model, cfg.init)
+        if self.sparse:
+            for table in _item_tables(model, self.num_items):
+                table.sparse = True
         return model
+
+    def finish(self, model: nn.Module) -> None:
+        """Dense tables again for export and scoring (the loop calls this after training)."""
+        for table in _item_tables(model, self.num_items):
+            table.sparse = False
 
     def batches(self, rng: np.random.Generator, full: bool = False):
         """(inputs, targets[, older items]) windows; `full`: the held-out last events too."""
         sequences = [s for s in self.sequences if len(s) >= 2] if full else self.train_seqs
-        inputs, targets, origins = training_windows(sequences, self.cfg.max_len, rng, origins=True)
+        # int32 windows (half the memory) whenever the tokens fit; batches are widened to int64
+        dtype = np.int32 if self.num_items + FIRST_TOKEN < 2**31 else np.int64
+        inputs, targets, origins = training_windows(sequences, self.cfg.max_len, rng, origins=True, dtype=dtype)
+        self.epoch_steps = -(-len(inputs) // self.cfg.batch_size)
         for batch_inputs, batch_targets, rows in _batches(inputs, targets, self.cfg, rng):
             batch = (batch_inputs, batch_targets)
             if self.cfg.masks_seen:  # the loss also masks what each user saw before the window
@@ -286,6 +384,11 @@ class NextItemFamily:
         }
 
 
+def _item_tables(model: nn.Module, num_items: int) -> list[nn.Embedding]:
+    """The model's per-item embedding tables (num_items + FIRST_TOKEN rows)."""
+    return [m for m in model.modules() if isinstance(m, nn.Embedding) and m.num_embeddings == num_items + FIRST_TOKEN]
+
+
 def build_model(cfg: TrainConfig, num_items: int) -> nn.Module:
     """An untrained `cfg.model` from the registry (trainer/models, or a user's own module)."""
     if is_custom(cfg.model):
@@ -305,9 +408,14 @@ def fit(
     validator=None,
     select: str | None = None,
 ) -> FitResult:
-    """Trains a next-item model through the loop (trainer/loop.py); see NextItemFamily."""
+    """Trains a next-item model through the loop (trainer/loop.py); see NextItemFamily. The
+    classic baselines are fitted in closed form instead (trainer/families/classic.py)."""
+    if cfg.model in CLASSIC_MODELS:
+        from trainer.families.classic import fit_classic
+
+        return fit_classic(cfg, sequences, num_items, progress=progress)
     family = NextItemFamily(cfg, sequences, num_items, model=model, validator=validator, select=select)
-    return run_loop(cfg, family, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
+    return run_loop(family.cfg, family, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
 
 
 def _batches(inputs: np.ndarray, targets: np.ndarray, cfg: TrainConfig, rng: np.random.Generator):
@@ -315,11 +423,11 @@ def _batches(inputs: np.ndarray, targets: np.ndarray, cfg: TrainConfig, rng: np.
     length together."""
     if cfg.bucket:
         for batch_inputs, batch_targets, rows in bucketed_batches(inputs, targets, cfg.batch_size, rng):
-            yield torch.from_numpy(batch_inputs), torch.from_numpy(batch_targets), rows
+            yield torch.from_numpy(batch_inputs).long(), torch.from_numpy(batch_targets).long(), rows
         return
     order = rng.permutation(len(inputs))
     inputs_t, targets_t = torch.from_numpy(inputs), torch.from_numpy(targets)
     for i in range(0, len(order), cfg.batch_size):
         rows = order[i : i + cfg.batch_size]
         idx = torch.from_numpy(rows)
-        yield inputs_t[idx], targets_t[idx], rows
+        yield inputs_t[idx].long(), targets_t[idx].long(), rows

@@ -145,6 +145,9 @@ class PrivateFamily:
     ):
         cfg.check()
         privacy.check()
+        cfg = cfg.resolved(num_items)
+        if cfg.optimizer == "gd":
+            raise ValueError("private training steps once per Poisson-sampled batch: optimizer gd does not apply")
         if cfg.model not in PRIVATE_MODELS:
             raise ValueError(f"private training supports {', '.join(PRIVATE_MODELS)}; got {cfg.model!r}")
         if cfg.loss != "ce":

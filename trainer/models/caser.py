@@ -67,5 +67,14 @@ class Caser(nn.Module):
     def output_bias(self) -> torch.Tensor | None:
         return self.out_bias.weight[FIRST_TOKEN:, 0]
 
+    def output_rows(self, cols: torch.Tensor) -> torch.Tensor:
+        """cols (...) item columns -> (..., D) their rows of `output_embeddings`, read by lookup
+        (sparse gradients when `out_emb.sparse`: sampled losses touch only these rows)."""
+        return F.embedding(cols + FIRST_TOKEN, self.out_emb.weight, sparse=self.out_emb.sparse)
+
+    def output_bias_rows(self, cols: torch.Tensor) -> torch.Tensor:
+        """cols (...) -> (...) their `output_bias` entries, by lookup as `output_rows`."""
+        return F.embedding(cols + FIRST_TOKEN, self.out_bias.weight, sparse=self.out_bias.sparse)[..., 0]
+
     def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
         return self.score(self.encode(item_seq)[:, -1, :])

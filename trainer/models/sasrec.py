@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from recsys.schema import FIRST_TOKEN, PAD
 
@@ -125,6 +126,13 @@ class SASRec(nn.Module):
 
     def output_bias(self) -> torch.Tensor | None:
         return None
+
+    def output_rows(self, cols: torch.Tensor) -> torch.Tensor:
+        """cols (...) item columns -> (..., D) their rows of `output_embeddings`, read by lookup
+        (sparse gradients when `item_emb.sparse`: sampled losses touch only these rows)."""
+        if not isinstance(self.item_emb, nn.Embedding):  # a subclass's own table (content_sasrec)
+            return self.item_embeddings()[cols]
+        return F.embedding(cols + FIRST_TOKEN, self.item_emb.weight, sparse=self.item_emb.sparse)
 
     def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
         """item_seq (B, L) -> scores (B, N) of every real item as the next one."""
