@@ -99,7 +99,7 @@ def step_speed(args, out: Path, log) -> list[dict]:
     rows = out / "speed.jsonl"
     rows.unlink(missing_ok=True)
     command = [sys.executable, "-m", "benchmarks.bench_catalogue", "speed", "--items", f"1682,{args.items}"]
-    command += ["--configs", "default,ce", "--steps", str(args.speed_steps), "--threads", "0", "--out", str(rows)]
+    command += ["--configs", "default", "--steps", str(args.speed_steps), "--threads", "0", "--out", str(rows)]
     measured(command, log)
     return json_lines(rows.read_text())
 
@@ -116,19 +116,19 @@ def step_train(path: Path, out: Path, args, log) -> dict:
     rates = [row["events_per_s"] for row in history if "events_per_s" in row]
     return {
         **run,
-        "loss": manifest["training"].get("loss"),
+        "loss": manifest["training"].get("resolved", {}).get("loss"),
         "num_items": manifest["num_items"],
         "events_per_s_epoch": rates,
-        "validation": {k: v for k, v in manifest["metrics"].items() if k.startswith(("ndcg", "hr"))},
+        "validation": {k: v for k, v in manifest["metrics"].items() if k.startswith(("valid_ndcg", "valid_hr"))},
         "artifact": str(artifact),
     }
 
 
 def step_features(artifact: Path, out: Path, log) -> dict:
-    db = out / "features.sqlite"
+    db = (out / "features.sqlite").resolve()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
-    run = measured([*RECSYS, "features", "load", "--artifact", str(artifact), "--store", f"sqlite:///{db}"], log)
+    run = measured([*RECSYS, "features", "load", "--artifact", str(artifact), "--store", f"sqlite://{db}"], log)
     report = json_lines(run.pop("stdout"))[-1]  # what load_artifact wrote, and its own seconds
     events = report["events_recorded"] + report["duplicates"]
     return {**run, **report, "events": events, "events_per_s": round(events / max(report["seconds"], 1e-9))}
@@ -155,11 +155,11 @@ def _wait_for(port: int, seconds: float = 120.0) -> None:
 
 
 def step_serve(artifact: Path, out: Path, processes: int, args, log) -> dict:
-    db = out / "features.sqlite"
+    db = (out / "features.sqlite").resolve()
     fport, iport, mport = _free_port(), _free_port(), _free_port()
     env = {**os.environ, "RECSYS_LOG_LEVEL": "WARNING"}
     features = subprocess.Popen(
-        [*RECSYS, "serve", "features", "--store", f"sqlite:///{db}", "--port", str(fport), "--processes", "2"],
+        [*RECSYS, "serve", "features", "--store", f"sqlite://{db}", "--port", str(fport), "--processes", "2"],
         env=env,
         stdout=subprocess.DEVNULL,
     )
@@ -178,7 +178,7 @@ def step_serve(artifact: Path, out: Path, processes: int, args, log) -> dict:
         command += ["--duration", str(args.serve_seconds), "--no-compute", "--out", str(report), "--name", "load"]
         before = _load()
         subprocess.run(command, check=True, capture_output=True, text=True)
-        levels = json.loads((report / "load.json").read_text())[0]["levels"]
+        levels = json.loads((report / "load.json").read_text())["levels"]
         return {
             "processes": processes,
             "load_before": round(before, 2),
@@ -244,26 +244,27 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    spec = {"events": args.events, "users": args.users, "items": args.items}
+    saved = out / "scale.json"
+    # Steps run again replace their own results; the others are kept from an earlier run on the same log.
+    result: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
+    if result.get("spec") != spec:
+        result = {}
+    result.update(spec=spec, cpus=os.cpu_count(), started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     path = synth(out, args, log)
-    result: dict[str, Any] = {
-        "started": started,
-        "cpus": os.cpu_count(),
-        "spec": {"events": args.events, "users": args.users, "items": args.items},
-    }
-    if "prep" in steps:
-        result["prep"] = step_prep(path, log)
-    if "speed" in steps:
-        result["speed"] = step_speed(args, out, log)
     artifact = out / "artifact"
-    if "train" in steps:
-        result["train"] = step_train(path, out, args, log)
-    if "features" in steps:
-        result["features"] = step_features(artifact, out, log)
-    if "serve" in steps:
-        result["serve"] = [step_serve(artifact, out, p, args, log) for p in (1, 2)]
-    result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    (out / "scale.json").write_text(json.dumps(result, indent=2))
+    runs = {
+        "prep": lambda: step_prep(path, log),
+        "speed": lambda: step_speed(args, out, log),
+        "train": lambda: step_train(path, out, args, log),
+        "features": lambda: step_features(artifact, out, log),
+        "serve": lambda: [step_serve(artifact, out, p, args, log) for p in (1, 2)],
+    }
+    for name, run in runs.items():
+        if name in steps:
+            result[name] = run()
+            result[f"{name}_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            saved.write_text(json.dumps(result, indent=2))  # each step kept as soon as it is done
     print(summary(result))
     return 0
 
