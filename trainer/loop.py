@@ -17,6 +17,7 @@ import copy
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -379,7 +380,13 @@ def _train_epoch(
     bar = None
     for batch in family.batches(rng, full=full):
         if bar is None and show:
-            bar = tqdm(total=getattr(family, "epoch_steps", None), unit="step", leave=False, dynamic_ncols=True)
+            bar = tqdm(
+                total=getattr(family, "epoch_steps", None),
+                unit="step",
+                leave=False,
+                dynamic_ncols=True,
+                mininterval=0.1 if sys.stderr.isatty() else 30.0,  # a log file gets a line per 30 s, not per step
+            )
         if len(batch[0]) < dist.world_size:
             continue  # a tail batch too small to give every rank a row (never with one process)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
