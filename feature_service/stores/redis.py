@@ -283,16 +283,20 @@ class RedisStore(Store):
             if row is None:
                 found[uid] = None
                 continue
-            features, updated_at = self._row(row)
-            events = [member[_SEQ_DIGITS:].decode().partition(":") for member in recents[n]] if max_history else []
-            found[uid] = UserRecord(
-                user_id=uid,
-                features_json=features,
-                history=[item for _, _, item in events],
-                history_timestamps=[int(ts) for ts, _, _ in events],
-                updated_at=updated_at,
-            )
+            found[uid] = self._user_record(uid, row, recents[n] if max_history else [])
         return [found[uid] for uid in user_ids]
+
+    def _user_record(self, user_id: str, row: bytes, members: Sequence[bytes]) -> UserRecord:
+        """A user's row and history-zset members (oldest first) as a UserRecord (both layouts)."""
+        features, updated_at = self._row(row)
+        events = [member[_SEQ_DIGITS:].decode().partition(":") for member in members]
+        return UserRecord(
+            user_id=user_id,
+            features_json=features,
+            history=[item for _, _, item in events],
+            history_timestamps=[int(ts) for ts, _, _ in events],
+            updated_at=updated_at,
+        )
 
     def get_items(self, item_ids: Sequence[str]) -> list[ItemRecord | None]:
         if not item_ids:

@@ -43,7 +43,7 @@ from feature_service.stores.base import (
     UserRecord,
     features_json,
 )
-from feature_service.stores.redis import _CLEAR_CHUNK, _SEQ_DIGITS, RedisStore
+from feature_service.stores.redis import _CLEAR_CHUNK, RedisStore
 
 __all__ = ["RedisClusterStore"]
 
@@ -252,15 +252,7 @@ class RedisClusterStore(RedisStore):
             if answer[0] is None:
                 found[uid] = None
                 continue
-            features, updated_at = self._row(answer[0])
-            events = [m[_SEQ_DIGITS:].decode().partition(":") for m in answer[1]] if max_history else []
-            found[uid] = UserRecord(
-                user_id=uid,
-                features_json=features,
-                history=[item for _, _, item in events],
-                history_timestamps=[int(ts) for ts, _, _ in events],
-                updated_at=updated_at,
-            )
+            found[uid] = self._user_record(uid, answer[0], answer[1] if max_history else [])
         return [found[uid] for uid in user_ids]
 
     def get_items(self, item_ids: Sequence[str]) -> list[ItemRecord | None]:
