@@ -2,7 +2,8 @@
 store's raw feature contract.
 
 Reads `users.jsonl`, `items.jsonl` ({"user_id"|"item_id", "features": {...}}) and
-`histories.jsonl` ({"user_id", "item_ids", "timestamps"}, aligned lists); a missing file loads
+`histories.jsonl` ({"user_id", "item_ids", "timestamps"[, "events"]}, aligned lists; `events`
+holds each event's kind, "" for none, and a line without it has no kinds); a missing file loads
 nothing. Every feature row is checked against the artifact's schema (known name, value of the
 declared kind) before anything is written. Loading the same artifact again writes nothing:
 unchanged rows are skipped and events are deduplicated on (user_id, item_id, timestamp).
@@ -48,10 +49,12 @@ from recsys.schema import FeatureContract, FeatureKind, FeatureSchema, canonical
 __all__ = [
     "EVENT_BATCH",
     "LOAD_MODES",
+    "MAX_KIND_CHARS",
     "META_CONTRACT",
     "META_MODEL_VERSION",
     "META_MODELS",
     "LoadReport",
+    "check_event_kind",
     "check_features",
     "load_artifact",
     "release_model",
@@ -76,6 +79,8 @@ FLOAT32_MAX = 3.4028234663852886e38
 _STR, _INT = frozenset({str}), frozenset({int})  # the types a history's item ids / timestamps may have
 # The timestamps list of a histories.jsonl line as json.dumps writes it (integers only).
 _TIMESTAMPS = re.compile(rb'"timestamps":\s*\[([-0-9,\s]*)\]')
+MAX_KIND_CHARS = 64  # characters of an event kind ("view", "purchase", ...)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1 control characters, DEL
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,16 @@ def check_features(
     return features
 
 
+def check_event_kind(kind: str) -> str | None:
+    """Why `kind` cannot be an event kind (too long, a control character), or None when it can
+    ("" is no kind)."""
+    if len(kind) > MAX_KIND_CHARS:
+        return f"is longer than {MAX_KIND_CHARS} characters"
+    if _CONTROL.search(kind):
+        return f"holds a control character ({_short(kind)})"
+    return None
+
+
 def _short(value: Any, limit: int = 60) -> str:
     """repr of a client's value for an error message, cut to about `limit` characters."""
     text = repr(value)
@@ -162,28 +177,34 @@ def _feature_rows(path: Path, key: str, kinds: dict[str, FeatureKind]) -> list[t
 class _EventColumns:
     """Events gathered column-wise for `Store.append_event_columns`."""
 
-    __slots__ = ("item_ids", "timestamps", "user_ids")
+    __slots__ = ("item_ids", "kinds", "timestamps", "user_ids")
 
     def __init__(self) -> None:
         self.user_ids: list[str] = []
         self.item_ids: list[str] = []
         self.timestamps: list[int] = []
+        self.kinds: list[str] | None = None  # None while no line of the batch has kinds
 
     def __len__(self) -> int:
         return len(self.user_ids)
 
 
-def _user_of(line: tuple[str, list[str], list[int]]) -> str:
+# (user_id, item_ids, timestamps, kinds or None) of one histories.jsonl line
+_Line = tuple[str, list[str], list[int], list[str] | None]
+
+
+def _user_of(line: _Line) -> str:
     return line[0]
 
 
-def _history_lines(path: Path, max_events: int) -> Iterator[tuple[str, list[str], list[int]]]:
-    """(user_id, item_ids, timestamps) per line, checked, holding each user's newest
-    `max_events` events (what the store would keep) oldest first: a reload of a long history
-    then finds only duplicates instead of re-adding events the bound drops again."""
+def _history_lines(path: Path, max_events: int) -> Iterator[_Line]:
+    """(user_id, item_ids, timestamps, kinds or None) per line, checked, holding each user's
+    newest `max_events` events (what the store would keep) oldest first: a reload of a long
+    history then finds only duplicates instead of re-adding events the bound drops again."""
     for line, row in enumerate(read_jsonl(path), 1):
         where = f"{path.name} line {line}"
         user_id, items, stamps = row.get("user_id"), row.get("item_ids"), row.get("timestamps")
+        kinds = row.get("events")
         if not isinstance(user_id, str) or not user_id:
             raise FailedPrecondition(f"{where}: 'user_id' is missing or empty")
         if not isinstance(items, list) or not isinstance(stamps, list) or len(items) != len(stamps):
@@ -193,10 +214,29 @@ def _history_lines(path: Path, max_events: int) -> Iterator[tuple[str, list[str]
             for item, ts in zip(items, stamps, strict=True):
                 if not isinstance(item, str) or not item or not isinstance(ts, int) or isinstance(ts, bool):
                     raise FailedPrecondition(f"{where}: bad event ({item!r}, {ts!r})")
+        if kinds is not None:
+            _check_kinds(kinds, len(items), where)
         if len(items) > max_events or stamps != sorted(stamps):
             order = sorted(range(len(items)), key=stamps.__getitem__)[-max_events:]  # stable: ties keep file order
             items, stamps = [items[i] for i in order], [stamps[i] for i in order]
-        yield user_id, items, stamps
+            if kinds is not None:
+                kinds = [kinds[i] for i in order]
+        yield user_id, items, stamps, kinds
+
+
+def _check_kinds(kinds: Any, n: int, where: str) -> None:
+    """`FailedPrecondition` unless `kinds` is a list of `n` valid event kinds ("" for none)."""
+    if not isinstance(kinds, list) or len(kinds) != n:
+        raise FailedPrecondition(f"{where}: 'events' must be a list as long as 'item_ids'")
+    # One pass in C over the whole list; the per-kind loop runs only to name a bad one.
+    if not kinds or (
+        set(map(type, kinds)) <= _STR and max(map(len, kinds)) <= MAX_KIND_CHARS and not _CONTROL.search("".join(kinds))
+    ):
+        return
+    for i, kind in enumerate(kinds):
+        problem = f"is {_short(kind)}, not a string" if not isinstance(kind, str) else check_event_kind(kind)
+        if problem is not None:
+            raise FailedPrecondition(f"{where}: events[{i}] {problem}")
 
 
 def count_events(path: Path) -> int:
@@ -273,7 +313,7 @@ def _load_events(
     done = recorded = duplicates = left_out = 0
     if progress is not None:
         progress(0, total)
-    lines: list[tuple[str, list[str], list[int]]] = []
+    lines: list[_Line] = []
     size = 0
 
     def flush() -> None:
@@ -282,11 +322,21 @@ def _load_events(
         # touches are then visited in key order, not at random.
         lines.sort(key=_user_of)
         batch = _EventColumns()
-        for user_id, items, stamps in lines:
+        for user_id, items, stamps, kinds in lines:
+            if kinds is not None and batch.kinds is None:  # the first kinds: earlier events have none
+                batch.kinds = [""] * len(batch.user_ids)
             batch.user_ids.extend([user_id] * len(items))
             batch.item_ids.extend(items)
             batch.timestamps.extend(stamps)
-        r, d = store.append_event_columns(batch.user_ids, batch.item_ids, batch.timestamps)
+            if batch.kinds is not None:
+                batch.kinds.extend([""] * len(items) if kinds is None else kinds)
+        columns = (batch.user_ids, batch.item_ids, batch.timestamps)
+        # Without kinds the call is exactly as before kinds existed.
+        r, d = (
+            store.append_event_columns(*columns)
+            if batch.kinds is None
+            else store.append_event_columns(*columns, kinds=batch.kinds)
+        )
         recorded, duplicates, done = recorded + r, duplicates + d, done + size
         lines.clear()
         size = 0

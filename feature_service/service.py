@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from feature_service.loader import check_features, stored_contract
+from feature_service.loader import check_event_kind, check_features, stored_contract
 from feature_service.stores.base import Event, ItemRecord, Store, StoreUnavailable, UserRecord
 from recsys.errors import InvalidArgument, Unavailable
 from recsys.schema import FeatureContract, FeatureKind
@@ -102,7 +102,8 @@ class FeatureServiceCore:
         """Appends events to users' histories; returns `(recorded, duplicates)`.
 
         The whole batch is checked first (non-empty ids of at most 256 characters, timestamp
-        > 0); one bad event rejects the batch, naming its index, and nothing is written.
+        > 0, a kind of at most 64 characters without control characters); one bad event
+        rejects the batch, naming its index and field, and nothing is written.
         """
         if not events:
             raise InvalidArgument("interactions is empty")
@@ -116,6 +117,8 @@ class FeatureServiceCore:
                     raise InvalidArgument(f"interactions[{i}]: {name} is longer than {MAX_ID_CHARS} characters")
             if len(e.event_id) > MAX_ID_CHARS:
                 raise InvalidArgument(f"interactions[{i}]: event_id is longer than {MAX_ID_CHARS} characters")
+            if e.kind and (problem := check_event_kind(e.kind)) is not None:
+                raise InvalidArgument(f"interactions[{i}]: event {problem}")
             if not 0 < e.timestamp <= MAX_TIMESTAMP:
                 raise InvalidArgument(
                     f"interactions[{i}]: timestamp must be > 0 and <= 2**53 (unix seconds), got {e.timestamp}"

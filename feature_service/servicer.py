@@ -4,7 +4,9 @@ Errors are raised by the core and mapped to status codes by the shared intercept
 (`recsys.errors`); this module never touches the context. Feature values go out through
 `recsys.feature_values` with the contract's kinds, so text features are sent as `text` and
 categorical ones as `category`. Every response names the hash of the feature contract it was
-served under (`schema_hash`), so a client notices a grown contract without asking.
+served under (`schema_hash`), so a client notices a grown contract without asking. A user's
+`history_events` is sent only when one of its returned events has a kind (then aligned with
+`history`, "" for the others): data without kinds is answered byte for byte as before.
 
 Speed: stores hand back each feature row as its canonical JSON text, and `FeatureBytes` turns
 a text into the serialised `features` map once, then merges those bytes into each answer that
@@ -76,6 +78,8 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                 history_timestamps=record.history_timestamps,
                 updated_at=record.updated_at,
             )
+            if any(record.history_events):  # none with a kind: the answer as before kinds existed
+                user.history_events.extend(record.history_events)
             user.MergeFromString(self._user_features(record.features_json))
         return response
 
@@ -95,7 +99,7 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
     def RecordInteractions(
         self, request: features_pb2.RecordInteractionsRequest, context: grpc.ServicerContext
     ) -> features_pb2.RecordInteractionsResponse:
-        events = [Event(i.user_id, i.item_id, i.timestamp, i.event_id) for i in request.interactions]
+        events = [Event(i.user_id, i.item_id, i.timestamp, i.event_id, i.event) for i in request.interactions]
         recorded, duplicates = self._core.record_interactions(events)
         return features_pb2.RecordInteractionsResponse(recorded=recorded, duplicates=duplicates)
 

@@ -61,12 +61,13 @@ class Explanation:
     because_features: list[list[Attribution]]
 
 
-def leave_one_out_windows(tokens: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+def leave_one_out_windows(tokens: np.ndarray, length: int, kinds: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """tokens (T,) int64, oldest first -> (removed (H,), windows (1 + H, length)).
 
     Row 0 is the unchanged history's last `length` tokens; row 1 + j is the history without
     any occurrence of removed[j], left-padded with PAD. removed are the distinct known items
-    (>= FIRST_TOKEN) of the unchanged window, most recent first.
+    (>= FIRST_TOKEN) of the unchanged window, most recent first. With `kinds` (T,), the event
+    kinds of `tokens`, a third array holds the kinds of each row's events, aligned with it.
     """
     tokens = np.asarray(tokens, dtype=np.int64)
     window = tokens[-length:] if length else tokens[:0]
@@ -74,12 +75,22 @@ def leave_one_out_windows(tokens: np.ndarray, length: int) -> tuple[np.ndarray, 
     for t in window[::-1]:
         if t >= FIRST_TOKEN and t not in removed:
             removed.append(int(t))
-    rows = np.full((1 + len(removed), length), PAD, dtype=np.int64)
-    for r, seq in enumerate([tokens] + [tokens[tokens != t] for t in removed]):
+    keeps = [None] + [tokens != t for t in removed]
+    rows = _left_rows(tokens, keeps, length)
+    if kinds is None:
+        return np.array(removed, dtype=np.int64), rows
+    return np.array(removed, dtype=np.int64), rows, _left_rows(np.asarray(kinds, dtype=np.int64), keeps, length)
+
+
+def _left_rows(values: np.ndarray, keeps: list, length: int) -> np.ndarray:
+    """One left-padded row of the last `length` kept values per mask in `keeps` (None: all)."""
+    rows = np.full((len(keeps), length), PAD, dtype=np.int64)
+    for r, keep in enumerate(keeps):
+        seq = values if keep is None else values[keep]
         tail = seq[-length:] if length else seq[:0]
         if len(tail):
             rows[r, -len(tail) :] = tail
-    return np.array(removed, dtype=np.int64), rows
+    return rows
 
 
 def _top_positive(contrib: np.ndarray, removed: np.ndarray, item_ids, titles, limit: int) -> list[Attribution]:
@@ -93,18 +104,25 @@ def _top_positive(contrib: np.ndarray, removed: np.ndarray, item_ids, titles, li
     return out
 
 
-def window_scorer(session, user_inputs, user_features: dict, max_len: int) -> tuple[Callable, int]:
-    """(score(windows (B, L)) -> (B, N), L) for a next-item model: the history alone, or, for
-    models that also read user features (two-tower; `user_inputs` their FeatureInputs), the
-    user's feature row repeated beside each window."""
+def window_scorer(
+    session, user_inputs, user_features: dict, max_len: int, events_input: str = ""
+) -> tuple[Callable, int]:
+    """(score(windows (B, L), kinds (B, L) or None) -> (B, N), L) for a next-item model: the
+    history alone, or, for models that also read user features (two-tower; `user_inputs` their
+    FeatureInputs), the user's feature row repeated beside each window; `events_input` names the
+    graph's event-kind input, fed `kinds`, for models that read the kind of each event."""
     if user_inputs is None:
-        return session.scores, max_len
+        if not events_input:
+            return lambda windows, kinds=None: session.scores(windows), max_len
+        return lambda windows, kinds: session.run({session.input_name: windows, events_input: kinds}), max_len
     one = user_inputs.feeds(user_features, np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64))
     name = user_inputs.names["user.history"]
 
-    def score(windows: np.ndarray) -> np.ndarray:
+    def score(windows: np.ndarray, kinds: np.ndarray | None = None) -> np.ndarray:
         feeds = {key: np.repeat(value, len(windows), axis=0) for key, value in one.items()}
         feeds[name] = windows
+        if events_input:
+            feeds[events_input] = kinds
         return session.run(feeds)
 
     return score, max(1, user_inputs.encoder.history_len)
@@ -118,15 +136,18 @@ def explain_next_item(
     item_ids,
     titles,
     limit: int = MAX_BECAUSE_ITEMS,
+    *,
+    kinds: np.ndarray | None = None,
 ) -> Explanation:
     """Leave-one-out attributions of a next-item model's scores of `item_cols` (catalogue
-    columns) to the user's history `tokens` (oldest first). `score` maps (B, max_len) windows
-    to (B, N) scores (`window_scorer`). One run of 1 + H rows."""
-    removed, rows = leave_one_out_windows(tokens, max_len)
+    columns) to the user's history `tokens` (oldest first; `kinds` their event-kind tokens for
+    a model that reads them: removing an item removes its events' kinds with it). `score` maps
+    (B, max_len) windows and kinds to (B, N) scores (`window_scorer`). One run of 1 + H rows."""
+    removed, rows, *kind_rows = leave_one_out_windows(tokens, max_len, kinds)
     cols = np.asarray(item_cols, dtype=np.int64)
     if not len(removed):
         return Explanation([[] for _ in cols], [[] for _ in cols])
-    scores = np.asarray(score(rows))[:, cols].astype(np.float64)  # (1 + H, k)
+    scores = np.asarray(score(rows, *kind_rows))[:, cols].astype(np.float64)  # (1 + H, k)
     contrib = scores[0][None, :] - scores[1:]  # (H, k)
     items = [_top_positive(contrib[:, c], removed, item_ids, titles, limit) for c in range(len(cols))]
     return Explanation(items, [[] for _ in cols])

@@ -102,6 +102,9 @@ class UserView:
     history: tuple[str, ...]  # item ids, oldest first
     features: dict[str, Any] = field(default_factory=dict)  # plain values (recsys.feature_values)
     contract_hash: str = ""  # of the feature contract the answer was served under; "" when built locally
+    # Event kinds aligned with `history` ("" for an event without one); () when none is known:
+    # none of the events has a kind, the feature service is older than kinds, or a local view.
+    history_events: tuple[str, ...] = ()
     # Derived arrays computed once per request by whoever reads this view (the pipeline's item
     # tokens of `history`, keyed by the item index that encoded them); not part of its value.
     derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -150,6 +153,7 @@ class FeatureClient:
         self._contract: FeatureContract | None = None
         self._contract_lock = threading.Lock()
         self._item_bytes = 0.0  # bytes per item answered so far (running mean), to size item calls
+        self._warned_kinds = False  # a misaligned history_events answer was reported (once per client)
 
     def get_user(self, user_id: str, max_history: int, *, timeout_s: float | None = None) -> UserView:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
@@ -242,10 +246,33 @@ class FeatureClient:
         schema_hash = response.schema_hash
         return [
             UserView(
-                u.user_id, u.found, tuple(u.history), from_proto_map(u.features) if u.features else {}, schema_hash
+                u.user_id,
+                u.found,
+                tuple(u.history),
+                from_proto_map(u.features) if u.features else {},
+                schema_hash,
+                self._kinds(u),
             )
             for u in users
         ]
+
+    def _kinds(self, user: features_pb2.UserFeatures) -> tuple[str, ...]:
+        """`history_events` of an answer, or () when it is not aligned with `history`: none
+        (a service older than kinds) or, from a faulty service, another length (one WARNING
+        per client, then read as no kinds rather than kinds on the wrong events)."""
+        kinds = user.history_events
+        if len(kinds) == len(user.history):
+            return tuple(kinds)
+        if kinds and not self._warned_kinds:
+            self._warned_kinds = True
+            log.warning(
+                "feature service at %s answered %d event kinds for %d history events: "
+                "reading such histories as having no kinds",
+                self.target,
+                len(kinds),
+                len(user.history),
+            )
+        return ()
 
     def get_items(self, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Features (plain values) of the items the feature service knows, by id; unknown ids

@@ -40,10 +40,11 @@ FEATURE_SOURCES = {
     "item.num": "item_num",
     "item.multi": "item_multi",
     "user.history": "history",
+    "user.history_events": "history_events",  # event-kind tokens aligned with user.history
     "user.id": "user_id",  # the artifact's user_index.json token; OOV for users it does not list
 }
 # Sources a next_item model may read (one row per user, no candidate): two-tower user towers.
-USER_SOURCES = frozenset({"user.history", "user.cat", "user.num"})
+USER_SOURCES = frozenset({"user.history", "user.history_events", "user.cat", "user.num"})
 
 
 class FeatureInputs:
@@ -130,9 +131,11 @@ class FeatureInputs:
         user_id: str = "",
         *,
         row_per_candidate: bool = False,
+        history_events: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Rows for the candidates item_tokens (B,) int64; history: the user's tokens, oldest
-        first; user_id feeds a user.id input (unknown or empty: OOV). User-side inputs get one
+        first; history_events: their event-kind tokens, aligned (None: OOV for every event);
+        user_id feeds a user.id input (unknown or empty: OOV). User-side inputs get one
         row where the graph shares it across candidates, else (or with `row_per_candidate`,
         for callers that vary them per row) B copies."""
         b = len(item_tokens)
@@ -154,6 +157,13 @@ class FeatureInputs:
             "item.num": lambda: item_num[item_tokens],
             "item.multi": lambda: item_multi[item_tokens],
             "user.history": lambda: np.tile(_left_pad(history, max(1, enc.history_len)), (rows("user.history"), 1)),
+            "user.history_events": lambda: np.tile(
+                _left_pad(
+                    np.full(len(history), OOV, dtype=np.int64) if history_events is None else history_events,
+                    max(1, enc.history_len),
+                ),
+                (rows("user.history_events"), 1),
+            ),
             "user.id": lambda: np.full(rows("user.id"), self.user_index.get(user_id, OOV), dtype=np.int64),
         }
         for source, name in self.names.items():

@@ -487,7 +487,12 @@ def _check_outputs(recommender: Recommender, path: Path) -> None:
     """Scores on a small sample are finite and not all equal (see the module docstring)."""
     if recommender.inputs is None:
         users = [
-            UserView(str(row.get("user_id", "")), True, tuple(row.get("item_ids", ())))
+            UserView(
+                str(row.get("user_id", "")),
+                True,
+                tuple(row.get("item_ids", ())),
+                history_events=tuple(str(kind) for kind in row.get("events", ())),
+            )
             for row in itertools.islice(read_jsonl(path / HISTORIES), SAMPLE_USERS)
         ]
         users = [u for u in users if len(recommender._seen(u))] or [

@@ -3,9 +3,11 @@
 The pipeline is model-agnostic: the manifest says what the model computes (`task`) and which
 inputs it takes; there are no model-specific branches.
 
-- task "next_item": the user's recent item tokens (and, for a two-tower model, the user's
-  features: sources user.cat / user.num, built by feature_inputs.py as one row); the output
-  scores the whole catalogue.
+- task "next_item": the user's recent item tokens (source user.history), for a model trained
+  on event kinds the kind of each of those events (user.history_events: tokens of the
+  manifest's `training.events`, OOV for a kind the model does not know or an event without
+  one), and, for models that read them, the user's features (sources user.cat / user.num,
+  built by feature_inputs.py as one row); the output scores the whole catalogue.
 - task "rank" / "rating": feature-based inputs per (user, candidate) row (see
   feature_inputs.py). Recommend scores candidates proposed by a retrieval stage (another
   Recommender over a next-item model: two-stage serving) or, without one, the whole catalogue.
@@ -50,7 +52,7 @@ from inference_server.explain import (
 )
 from inference_server.feature_client import FeatureClient, SchemaMismatch, UserView
 from inference_server.feature_inputs import USER_SOURCES, FeatureInputs
-from recsys.artifact import SOURCE_USER_HISTORY, ItemIndex, Manifest
+from recsys.artifact import SOURCE_USER_HISTORY, SOURCE_USER_HISTORY_EVENTS, ItemIndex, Manifest
 from recsys.errors import FailedPrecondition, InvalidArgument, Unavailable
 from recsys.onnx_session import ModelSession
 from recsys.schema import FIRST_TOKEN, OOV, PAD
@@ -124,11 +126,23 @@ class Recommender:
         self.inputs: FeatureInputs | None = None
         # next_item models that read user features besides the history (two-tower): feature_inputs.py
         self.user_inputs: FeatureInputs | None = None
+        # next_item models that read the kind of each history event: kind -> token, and the input's name
+        self.event_token: dict[str, int] | None = None
+        self._events_input = ""
+        self._events_key = ("events", id(self))
         if manifest.task == "next_item":
             sources = [i.source for i in manifest.inputs]
             if SOURCE_USER_HISTORY not in sources or not set(sources) <= USER_SOURCES:
                 raise FailedPrecondition(f"next_item model inputs {sources} are not supported")
-            if sources != [SOURCE_USER_HISTORY]:
+            if SOURCE_USER_HISTORY_EVENTS in sources:
+                kinds = manifest.training.get("events")
+                if not kinds or not isinstance(kinds, list):
+                    raise FailedPrecondition(
+                        "the model reads user.history_events but its manifest lists no event kinds (training.events)"
+                    )
+                self.event_token = {str(kind): i + FIRST_TOKEN for i, kind in enumerate(kinds)}
+                self._events_input = next(i.name for i in manifest.inputs if i.source == SOURCE_USER_HISTORY_EVENTS)
+            if set(sources) - {SOURCE_USER_HISTORY, SOURCE_USER_HISTORY_EVENTS}:
                 self.user_inputs = FeatureInputs(manifest, index.item_ids)
         elif manifest.task in FEATURE_TASKS:
             self.inputs = FeatureInputs(manifest, index.item_ids, user_index)
@@ -158,7 +172,7 @@ class Recommender:
     def warm_up(self) -> None:
         if self.ann is not None:
             self.ann.warm_up()
-        elif self.user_inputs is not None:
+        elif self.user_inputs is not None or self.event_token is not None:
             out = self._next_item_scores(UserView("", False, ()))
             if out.shape != (self.manifest.num_items,):
                 raise FailedPrecondition(f"model output shape {out.shape} != ({self.manifest.num_items},) for one user")
@@ -259,8 +273,11 @@ class Recommender:
         """Attributions of the scores of catalogue columns `cols` (see explain.py)."""
         ids, titles = self.index.item_ids, self.index.titles
         if self.inputs is None:
-            score, length = window_scorer(self.session, self.user_inputs, user.features, self.manifest.max_history)
-            return explain_next_item(score, self._tokens(user), length, cols, ids, titles)
+            score, length = window_scorer(
+                self.session, self.user_inputs, user.features, self.manifest.max_history, self._events_input
+            )
+            kinds = self._event_tokens(user) if self.event_token is not None else None
+            return explain_next_item(score, self._tokens(user), length, cols, ids, titles, kinds=kinds)
         return explain_feature_ranker(
             self.session,
             self.inputs,
@@ -360,6 +377,21 @@ class Recommender:
             derived[self._tokens_key] = tokens
         return tokens
 
+    def _event_tokens(self, user: UserView) -> np.ndarray:
+        """The kinds of the user's history events as tokens, aligned with `_tokens`: OOV for a
+        kind the model does not know, an event without one, or a history whose kinds are unknown
+        (a view built from the request's history). Computed once per request. Read-only."""
+        kinds = user.derived.get(self._events_key)
+        if kinds is None:
+            n = len(user.history)
+            if len(user.history_events) == n:
+                kinds = np.fromiter(map(self.event_token.get, user.history_events, repeat(OOV)), np.int64, count=n)
+            else:
+                kinds = np.full(n, OOV, dtype=np.int64)
+            kinds.flags.writeable = False
+            user.derived[self._events_key] = kinds
+        return kinds
+
     def _seen(self, user: UserView) -> np.ndarray:
         seen = user.derived.get(self._seen_key)
         if seen is None:
@@ -376,16 +408,21 @@ class Recommender:
 
     def _window(self, user: UserView) -> np.ndarray:
         """(1, max_history) int64: the user's most recent item tokens, left-padded."""
-        tokens = self._tokens(user)
-        window = np.full((1, self.manifest.max_history), PAD, dtype=np.int64)
-        tail = tokens[-self.manifest.max_history :]
-        if len(tail):
-            window[0, -len(tail) :] = tail
-        return window
+        return _left_window(self._tokens(user), self.manifest.max_history)
 
     def _next_item_scores(self, user: UserView) -> np.ndarray:
         if self.user_inputs is not None:
-            feeds = self.user_inputs.feeds(user.features, self._tokens(user), np.zeros(1, dtype=np.int64))
+            kinds = self._event_tokens(user) if self.event_token is not None else None
+            feeds = self.user_inputs.feeds(
+                user.features, self._tokens(user), np.zeros(1, dtype=np.int64), history_events=kinds
+            )
+            with span("model.run"):
+                return self.session.run(feeds)[0].astype(np.float32, copy=True)
+        if self.event_token is not None:
+            feeds = {
+                self.session.input_name: self._window(user),
+                self._events_input: _left_window(self._event_tokens(user), self.manifest.max_history),
+            }
             with span("model.run"):
                 return self.session.run(feeds)[0].astype(np.float32, copy=True)
         with span("model.run"):
@@ -440,6 +477,15 @@ class Recommender:
                     return
                 raise  # never loaded: nothing to score with
             self._items_loaded_at = time.monotonic()
+
+
+def _left_window(tokens: np.ndarray, length: int) -> np.ndarray:
+    """(1, length) int64: the last `length` of `tokens`, left-padded with PAD."""
+    window = np.full((1, length), PAD, dtype=np.int64)
+    tail = tokens[-length:]
+    if len(tail):
+        window[0, -len(tail) :] = tail
+    return window
 
 
 def _check_history(history: Sequence[str]) -> None:

@@ -56,6 +56,9 @@ USER_INDEX = "user_index.json"  # only for models with a user.id input
 
 # Where a model input's values come from at serving time.
 SOURCE_USER_HISTORY = "user.history"  # item tokens of the user's most recent events, left-padded
+# Event-kind tokens of the same events, aligned with SOURCE_USER_HISTORY (same left padding):
+# kind `training["events"][i]` is token i + FIRST_TOKEN, any other kind (or none) OOV.
+SOURCE_USER_HISTORY_EVENTS = "user.history_events"
 
 
 @dataclass(frozen=True)

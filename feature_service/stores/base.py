@@ -11,6 +11,10 @@ tests/feature_service/test_store_contract.py. The rules it checks:
 - **Bounded history**: a store keeps each user's newest `max_events` events (by the same order)
   and drops older ones as new ones arrive. An event older than everything a full history holds
   is accepted (counted as recorded) and dropped at once.
+- **Event kinds**: an event may carry a kind (`Event.kind`, "" for none), kept with it and
+  returned in `UserRecord.history_events`, aligned with `history` ("" for events recorded
+  without one, including those an older release stored). A kind is not part of an event's
+  identity: the duplicate rules below ignore it, so a duplicate never changes a held kind.
 - **Idempotent events**: an event is a duplicate, and is neither stored nor remembered, when its
   non-empty `event_id` is held, or when an event with the same `(user_id, item_id, timestamp)`
   is. Only held events count: one dropped by the bound, or forgotten, is forgotten entirely.
@@ -73,17 +77,20 @@ class StoreUnavailable(Unavailable):
 
 @dataclass(frozen=True)
 class Event:
-    """`user_id` interacted with `item_id` at `timestamp` (unix seconds); `event_id` optional."""
+    """`user_id` interacted with `item_id` at `timestamp` (unix seconds); `event_id` and `kind`
+    ("view", "purchase", ...; "" for none) optional."""
 
     user_id: str
     item_id: str
     timestamp: int
     event_id: str = ""
+    kind: str = ""
 
 
 @dataclass(frozen=True)
 class UserRecord:
-    """A user's features and most recent events, oldest first (aligned lists).
+    """A user's features and most recent events, oldest first (aligned lists: `history` item
+    ids, `history_timestamps`, `history_events` kinds with "" for none).
 
     Features come as the stored canonical JSON text; `features` parses it on first use, so a
     server that renders the text straight to the wire (cached by text) never parses it.
@@ -94,6 +101,7 @@ class UserRecord:
     history: list[str] = field(default_factory=list)
     history_timestamps: list[int] = field(default_factory=list)
     updated_at: int = 0
+    history_events: list[str] = field(default_factory=list)
 
     @cached_property
     def features(self) -> dict[str, Any]:
@@ -199,11 +207,20 @@ class Store(ABC):
         """
 
     def append_event_columns(
-        self, user_ids: Sequence[str], item_ids: Sequence[str], timestamps: Sequence[int]
+        self,
+        user_ids: Sequence[str],
+        item_ids: Sequence[str],
+        timestamps: Sequence[int],
+        kinds: Sequence[str] | None = None,
     ) -> tuple[int, int]:
-        """`append_events` for events given column-wise (aligned lists, no event ids): the bulk
-        loader's form. Same rules and result; backends may override it to skip per-event objects."""
-        return self.append_events([Event(u, i, t) for u, i, t in zip(user_ids, item_ids, timestamps, strict=True)])
+        """`append_events` for events given column-wise (aligned lists, no event ids; `kinds`
+        "" for none, or None when no event has one): the bulk loader's form. Same rules and
+        result; backends may override it to skip per-event objects."""
+        if kinds is None:
+            kinds = [""] * len(user_ids)
+        return self.append_events(
+            [Event(u, i, t, "", k) for u, i, t, k in zip(user_ids, item_ids, timestamps, kinds, strict=True)]
+        )
 
     @contextmanager
     def bulk_load(self) -> Iterator[None]:

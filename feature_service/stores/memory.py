@@ -35,7 +35,7 @@ class _History:
     __slots__ = ("events", "keys")
 
     def __init__(self) -> None:
-        self.events: list[tuple[int, int, str, str]] = []  # (timestamp, seq, item_id, event_id)
+        self.events: list[tuple[int, int, str, str, str]] = []  # (timestamp, seq, item_id, event_id, kind)
         self.keys: set[tuple[str, int]] = set()  # (item_id, timestamp) of held events
 
 
@@ -87,6 +87,7 @@ class MemoryStore(Store):
                         history=[e[2] for e in recent],
                         history_timestamps=[e[0] for e in recent],
                         updated_at=row[1],
+                        history_events=[e[4] for e in recent],
                     )
                 )
         return out
@@ -158,7 +159,7 @@ class MemoryStore(Store):
                 if e.event_id:
                     self._event_ids[e.event_id] = e.user_id
                 self._seq += 1
-                bisect.insort(history.events, (e.timestamp, self._seq, e.item_id, e.event_id))
+                bisect.insort(history.events, (e.timestamp, self._seq, e.item_id, e.event_id, e.kind))
                 touched.add(e.user_id)
                 recorded += 1
             for uid in touched:
@@ -170,7 +171,7 @@ class MemoryStore(Store):
         excess = len(history.events) - self.max_events
         if excess <= 0:
             return
-        for ts, _, item, event_id in history.events[:excess]:
+        for ts, _, item, event_id, _ in history.events[:excess]:
             history.keys.discard((item, ts))
             self._event_ids.pop(event_id, None)
         del history.events[:excess]

@@ -7,8 +7,11 @@ Keys, all under one prefix (`?prefix=`, default `recsys:`) so one Redis can hold
                            absent in rows an older release wrote, where updated_at stands in)
     {p}items         hash  item_id -> "updated_at features-JSON"  (one HMGET reads 100 items)
     {p}h:{user_id}   zset  the history: score = timestamp, member = 16 hex digits of a store-wide
-                           sequence number + "timestamp:item_id", so ties in time sort by
-                           insertion order and the member carries the exact timestamp
+                           sequence number [+ "#" + 4 hex digits of the kind's length in
+                           bytes + the kind, for an event with a kind] + "timestamp:item_id",
+                           so ties in time sort by insertion order and the member carries the
+                           exact timestamp and the kind (members without the "#" part, as
+                           older releases wrote them all, read as events without a kind)
     {p}k:{user_id}   set   "timestamp:item_id" of the held events (duplicate detection)
     {p}e:{user_id}   hash  history member -> event_id, for held events that have one
     {p}eids          set   every held event_id
@@ -93,17 +96,33 @@ end
 return changed
 """
 
-# ARGV: prefix, now, max_events, then (user_id, item_id, timestamp, event_id) quadruples.
+# History members (both layouts): `member_of` builds one, `field_of` gives back its
+# "timestamp:item_id" (the duplicate key). A timestamp never starts with "#" (35), so a member
+# with a kind is told from one without by its 17th byte.
+LUA_MEMBER = """
+local function member_of(seq, field, kind)
+  if kind == '' then return string.format('%016x', seq) .. field end
+  return string.format('%016x', seq) .. '#' .. string.format('%04x', #kind) .. kind .. field
+end
+local function field_of(member)
+  if string.byte(member, 17) == 35 then return string.sub(member, 22 + tonumber(string.sub(member, 18, 21), 16)) end
+  return string.sub(member, 17)
+end
+"""
+
+# ARGV: prefix, now, max_events, then (user_id, item_id, timestamp, event_id, kind) quintuples.
 # Returns the number recorded; the bound is applied per touched user after the whole batch.
-_APPEND = """
+_APPEND = (
+    LUA_MEMBER
+    + """
 local p, now, max_events = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local recorded, touched = 0, {}
-for n = 4, #ARGV, 4 do
+for n = 4, #ARGV, 5 do
   local uid, item, ts, eid = ARGV[n], ARGV[n + 1], ARGV[n + 2], ARGV[n + 3]
   local field = ts .. ':' .. item
   if redis.call('SISMEMBER', p .. 'k:' .. uid, field) == 0
      and (eid == '' or redis.call('SISMEMBER', p .. 'eids', eid) == 0) then
-    local member = string.format('%016x', redis.call('INCR', p .. 'seq')) .. field
+    local member = member_of(redis.call('INCR', p .. 'seq'), field, ARGV[n + 4])
     redis.call('ZADD', p .. 'h:' .. uid, ts, member)
     redis.call('SADD', p .. 'k:' .. uid, field)
     if eid ~= '' then
@@ -127,7 +146,7 @@ for uid in pairs(touched) do
     local old = redis.call('ZRANGE', p .. 'h:' .. uid, 0, excess - 1)
     for n = 1, #old do
       local member = old[n]
-      redis.call('SREM', p .. 'k:' .. uid, string.sub(member, 17))
+      redis.call('SREM', p .. 'k:' .. uid, field_of(member))
       local eid = redis.call('HGET', p .. 'e:' .. uid, member)
       if eid then
         redis.call('SREM', p .. 'eids', eid)
@@ -139,6 +158,7 @@ for uid in pairs(touched) do
 end
 return recorded
 """
+)
 
 # ARGV: prefix, now, user_id. Returns 1 when anything was held.
 _FORGET = """
@@ -289,13 +309,14 @@ class RedisStore(Store):
     def _user_record(self, user_id: str, row: bytes, members: Sequence[bytes]) -> UserRecord:
         """A user's row and history-zset members (oldest first) as a UserRecord (both layouts)."""
         features, updated_at = self._row(row)
-        events = [member[_SEQ_DIGITS:].decode().partition(":") for member in members]
+        items, stamps, kinds = _history(members)
         return UserRecord(
             user_id=user_id,
             features_json=features,
-            history=[item for _, _, item in events],
-            history_timestamps=[int(ts) for ts, _, _ in events],
+            history=items,
+            history_timestamps=stamps,
             updated_at=updated_at,
+            history_events=kinds,
         )
 
     def get_items(self, item_ids: Sequence[str]) -> list[ItemRecord | None]:
@@ -331,9 +352,10 @@ class RedisStore(Store):
     def append_events(self, events: Sequence[Event]) -> tuple[int, int]:
         if not events:
             return 0, 0
+        check_kinds(events)
         args: list[str | int] = [self.prefix, int(self._clock()), self.max_events]
         for e in events:
-            args += (e.user_id, e.item_id, e.timestamp, e.event_id)
+            args += (e.user_id, e.item_id, e.timestamp, e.event_id, e.kind)
         with self._call():
             recorded = int(self._append(args=args))
         return recorded, len(events) - recorded
@@ -372,6 +394,45 @@ class RedisStore(Store):
             if not self._closed:
                 self._closed = True
                 self._client.close()
+
+
+_HASH = ord("#")  # the byte after the sequence number of a member with a kind (see LUA_MEMBER)
+_MAX_KIND_BYTES = 0xFFFF  # what a member's 4 hex digits of kind length can say
+
+
+def check_kinds(events: Sequence[Event]) -> None:
+    """`ValueError` for a kind too long for a history member (the service allows 64 characters;
+    this guards direct callers), before anything is sent."""
+    for e in events:
+        if len(e.kind) > _MAX_KIND_BYTES // 4 and len(e.kind.encode()) > _MAX_KIND_BYTES:
+            raise ValueError(
+                f"event kind of {len(e.kind.encode())} bytes; a Redis store keeps at most {_MAX_KIND_BYTES}"
+            )
+
+
+def _history(members: Sequence[bytes]) -> tuple[list[str], list[int], list[str]]:
+    """History members (see LUA_MEMBER) -> aligned (item ids, timestamps, kinds; "" for none).
+
+    Members all without a kind (every one an older release wrote) take the short path: a read
+    of a history without kinds costs what it did before kinds existed."""
+    if not any(m[_SEQ_DIGITS] == _HASH for m in members):
+        events = [m[_SEQ_DIGITS:].decode().partition(":") for m in members]
+        return [item for _, _, item in events], [int(ts) for ts, _, _ in events], [""] * len(events)
+    items: list[str] = []
+    stamps: list[int] = []
+    kinds: list[str] = []
+    start = _SEQ_DIGITS + 5  # "#" and 4 hex digits of the kind's length in bytes
+    for m in members:
+        if m[_SEQ_DIGITS] == _HASH:
+            end = start + int(m[_SEQ_DIGITS + 1 : start], 16)
+            kinds.append(m[start:end].decode())
+            ts, _, item = m[end:].decode().partition(":")
+        else:
+            kinds.append("")
+            ts, _, item = m[_SEQ_DIGITS:].decode().partition(":")
+        items.append(item)
+        stamps.append(int(ts))
+    return items, stamps, kinds
 
 
 def _flag(value: str) -> bool:

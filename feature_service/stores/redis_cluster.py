@@ -5,7 +5,8 @@ Redis one (feature_service/stores/redis.py): one hash tag per user, item and eve
 script touches one slot. The prefix must not contain `{` or `}`:
 
     {p}{u:ID}:r  hash  row ("updated_at features-JSON"), features_at, seq (the user's own counter)
-    {p}{u:ID}:h  zset  the history, as in redis.py;  :k set, as there;  :e hash member -> event_id
+    {p}{u:ID}:h  zset  the history (with kinds), as in redis.py;  :k set, as there;
+                 :e hash member -> event_id
     {p}{u:ID}:i  hash  event_id -> the claim it was recorded under
     {p}{u:ID}:t        the tombstone (forgotten_at), deleted only by clear
     {p}{i:ID}    hash  row ("updated_at features-JSON")
@@ -43,7 +44,7 @@ from feature_service.stores.base import (
     UserRecord,
     features_json,
 )
-from feature_service.stores.redis import _CLEAR_CHUNK, RedisStore
+from feature_service.stores.redis import _CLEAR_CHUNK, LUA_MEMBER, RedisStore, check_kinds
 
 __all__ = ["RedisClusterStore"]
 
@@ -92,15 +93,17 @@ return 1
 """
 
 # KEYS: one user's r, h, k, e, i. ARGV: now, max_events, then (item_id, timestamp, event_id,
-# claim) quadruples. Returns {flags ('1' recorded / '0' duplicate, one per event), then
+# claim, kind) quintuples. Returns {flags ('1' recorded / '0' duplicate, one per event), then
 # (event_id, claim) pairs of the events the bound dropped}.
-_C_APPEND = """
+_C_APPEND = (
+    LUA_MEMBER
+    + """
 local r, h, k, e, i = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, max_events, flags, out = ARGV[1], tonumber(ARGV[2]), {}, {''}
-for n = 3, #ARGV, 4 do
+for n = 3, #ARGV, 5 do
   local field, eid = ARGV[n + 1] .. ':' .. ARGV[n], ARGV[n + 2]
   if redis.call('SISMEMBER', k, field) == 0 then
-    local member = string.format('%016x', redis.call('HINCRBY', r, 'seq', 1)) .. field
+    local member = member_of(redis.call('HINCRBY', r, 'seq', 1), field, ARGV[n + 4])
     redis.call('ZADD', h, ARGV[n + 1], member)
     redis.call('SADD', k, field)
     if eid ~= '' then
@@ -125,7 +128,7 @@ local excess = redis.call('ZCARD', h) - max_events
 if excess > 0 then
   local old = redis.call('ZRANGE', h, 0, excess - 1)
   for n = 1, #old do
-    redis.call('SREM', k, string.sub(old[n], 17))
+    redis.call('SREM', k, field_of(old[n]))
     local eid = redis.call('HGET', e, old[n])
     if eid then
       out[#out + 1], out[#out + 2] = eid, redis.call('HGET', i, eid) or ''
@@ -137,6 +140,7 @@ if excess > 0 then
 end
 return out
 """
+)
 
 # KEYS: one user's r, h, k, e, i, t; ARGV[1]: now. Returns {1 if anything was held, then the
 # (event_id, claim) pairs to release}.
@@ -289,6 +293,7 @@ class RedisClusterStore(RedisStore):
     def append_events(self, events: Sequence[Event]) -> tuple[int, int]:
         if not events:
             return 0, 0
+        check_kinds(events)
         token = uuid.uuid4().hex[:16]
         with self._call():
             claims = self._claim_event_ids(events, token)
@@ -303,7 +308,7 @@ class RedisClusterStore(RedisStore):
             for uid, mine in by_user.items():
                 args: list[Any] = [now, self.max_events]
                 for e in mine:
-                    args += (e.item_id, e.timestamp, e.event_id, claims.get(e.event_id, ""))
+                    args += (e.item_id, e.timestamp, e.event_id, claims.get(e.event_id, ""), e.kind)
                 calls.append((_C_APPEND, self._user_keys(uid, "rhkei"), args))
             answers = self._scripts(calls)
             recorded, release = 0, []

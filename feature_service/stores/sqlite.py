@@ -3,8 +3,10 @@
 Tables: `users(user_id, features, updated_at, features_at)` and `items(item_id, features,
 updated_at)` with features as canonical JSON, where `features_at` is when the feature row was
 last written (0 for a user known only through events; NULL in rows an older release wrote,
-where `updated_at` stands in); `events(user_id, item_id, ts, event_id)` where the rowid is the insertion order that breaks
-timestamp ties; `forgotten(user_id, forgotten_at)` tombstones; `meta(key, value)`. Indexes:
+where `updated_at` stands in); `events(user_id, item_id, ts, event_id, kind)` where the rowid is
+the insertion order that breaks timestamp ties and `kind` is the event's kind (NULL or '' for
+none; NULL in rows an older release wrote); `forgotten(user_id, forgotten_at)` tombstones;
+`meta(key, value)`. Indexes:
 `(user_id, ts)`, whose implicit rowid tail gives the newest-first history scan (and the trim of
 a user's oldest events) without a sort; unique `(user_id, item_id, ts)` and unique `event_id`
 (where not NULL) make duplicates free to detect, so `INSERT OR IGNORE` counts recorded events
@@ -51,7 +53,7 @@ __all__ = ["SqliteStore"]
 log = logging.getLogger(__name__)
 
 SCHEME = "sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: events.kind
 _IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's variable limit
 _SYNCHRONOUS = ("NORMAL", "FULL")
 _BULK_CACHE_KIB = 256 * 1024  # page cache during bulk_load (the default is 2 MiB)
@@ -65,7 +67,7 @@ CREATE TABLE IF NOT EXISTS items (
     item_id TEXT PRIMARY KEY, features TEXT NOT NULL, updated_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
-    user_id TEXT NOT NULL, item_id TEXT NOT NULL, ts INTEGER NOT NULL, event_id TEXT
+    user_id TEXT NOT NULL, item_id TEXT NOT NULL, ts INTEGER NOT NULL, event_id TEXT, kind TEXT
 );
 DROP INDEX IF EXISTS events_by_user;
 CREATE INDEX IF NOT EXISTS events_by_user_time ON events(user_id, ts);
@@ -130,6 +132,9 @@ class SqliteStore(Store):
             conn.executescript(_DDL)
             if "features_at" not in {row[1] for row in conn.execute("PRAGMA table_info(users)")}:
                 conn.execute("ALTER TABLE users ADD COLUMN features_at INTEGER")  # version 2 and older
+            if "kind" not in {row[1] for row in conn.execute("PRAGMA table_info(events)")}:
+                # Version 3 and older. Adding a nullable column rewrites nothing: old rows read NULL.
+                conn.execute("ALTER TABLE events ADD COLUMN kind TEXT")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
@@ -185,11 +190,11 @@ class SqliteStore(Store):
             raise ValueError(f"max_history must be >= 0, got {max_history}")
         with self._read() as conn:
             rows = self._rows(conn, "users", "user_id", user_ids)
-            histories: dict[str, tuple[list[str], list[int]]] = {}
+            histories: dict[str, tuple[list[str], list[int], list[str]]] = {}
             for uid in rows:
                 recent = (
                     conn.execute(
-                        "SELECT item_id, ts FROM events INDEXED BY events_by_user_time"
+                        "SELECT item_id, ts, kind FROM events INDEXED BY events_by_user_time"
                         " WHERE user_id = ? ORDER BY ts DESC, rowid DESC LIMIT ?",
                         (uid, max_history),
                     ).fetchall()
@@ -197,15 +202,19 @@ class SqliteStore(Store):
                     else []
                 )
                 recent.reverse()
-                histories[uid] = ([item for item, _ in recent], [ts for _, ts in recent])
+                histories[uid] = (
+                    [item for item, _, _ in recent],
+                    [ts for _, ts, _ in recent],
+                    [kind or "" for _, _, kind in recent],
+                )
         out: list[UserRecord | None] = []
         for uid in user_ids:
             row = rows.get(uid)
             if row is None:
                 out.append(None)
             else:
-                history, stamps = histories[uid]
-                out.append(UserRecord(uid, row[0], list(history), list(stamps), row[1]))
+                history, stamps, kinds = histories[uid]
+                out.append(UserRecord(uid, row[0], list(history), list(stamps), row[1], list(kinds)))
         return out
 
     def get_items(self, item_ids: Sequence[str]) -> list[ItemRecord | None]:
@@ -249,17 +258,26 @@ class SqliteStore(Store):
             return conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
 
     def append_events(self, events: Sequence[Event]) -> tuple[int, int]:
-        rows = [(e.user_id, e.item_id, e.timestamp, e.event_id or None) for e in events]
-        insert = "INSERT OR IGNORE INTO events(user_id, item_id, ts, event_id) VALUES (?, ?, ?, ?)"
+        rows = [(e.user_id, e.item_id, e.timestamp, e.event_id or None, e.kind or None) for e in events]
+        insert = "INSERT OR IGNORE INTO events(user_id, item_id, ts, event_id, kind) VALUES (?, ?, ?, ?, ?)"
         return self._append(insert, rows, [e.user_id for e in events])
 
     def append_event_columns(
-        self, user_ids: Sequence[str], item_ids: Sequence[str], timestamps: Sequence[int]
+        self,
+        user_ids: Sequence[str],
+        item_ids: Sequence[str],
+        timestamps: Sequence[int],
+        kinds: Sequence[str] | None = None,
     ) -> tuple[int, int]:
-        if not len(user_ids) == len(item_ids) == len(timestamps):
-            raise ValueError("user_ids, item_ids and timestamps must have the same length")
-        rows = zip(user_ids, item_ids, timestamps)  # tuples made in C, consumed by executemany
-        return self._append("INSERT OR IGNORE INTO events(user_id, item_id, ts) VALUES (?, ?, ?)", rows, user_ids)
+        if not len(user_ids) == len(item_ids) == len(timestamps) == (len(user_ids) if kinds is None else len(kinds)):
+            raise ValueError("user_ids, item_ids, timestamps and kinds must have the same length")
+        if kinds is None:  # no kinds: the columns as before, kind left NULL
+            rows: Iterable[tuple] = zip(user_ids, item_ids, timestamps)  # tuples made in C, consumed by executemany
+            return self._append("INSERT OR IGNORE INTO events(user_id, item_id, ts) VALUES (?, ?, ?)", rows, user_ids)
+        rows = zip(user_ids, item_ids, timestamps, kinds)  # "" is stored as is and reads as no kind
+        return self._append(
+            "INSERT OR IGNORE INTO events(user_id, item_id, ts, kind) VALUES (?, ?, ?, ?)", rows, user_ids
+        )
 
     def _append(self, insert: str, rows: Iterable[tuple], user_ids: Sequence[str]) -> tuple[int, int]:
         if not len(user_ids):

@@ -23,7 +23,8 @@ def events() -> None:
     "--file",
     "table",
     type=click.File("r", encoding="utf-8"),
-    help="Text table of user_id,item_id,timestamp[,event_id] rows ('-': stdin); "
+    help="Text table of user_id,item_id,timestamp[,event_id][,event] rows ('-': stdin; event: the kind, "
+    "e.g. view or purchase); "
     "comma, tab, semicolon or pipe separated.",
 )
 @columns_option
@@ -44,7 +45,7 @@ def record(target, table, columns, security, timeout, event) -> None:
 
 
 def send_events(target, security, timeout, rows) -> dict[str, int]:
-    """RecordInteractions for `rows` (dicts of user_id, item_id[, timestamp, event_id]) in
+    """RecordInteractions for `rows` (dicts of user_id, item_id[, timestamp, event_id, event]) in
     batches of `BATCH`; the totals of recorded and duplicate events."""
     from recsys.v1 import features_pb2, types_pb2
 
@@ -66,7 +67,13 @@ def send_events(target, security, timeout, rows) -> dict[str, int]:
                 raise ValueError(f"row {line}: user_id and item_id are required")
             stamp = _unix_seconds(row.get("timestamp", ""), line)
             batch.append(
-                types_pb2.Interaction(user_id=user, item_id=item, timestamp=stamp, event_id=row.get("event_id", ""))
+                types_pb2.Interaction(
+                    user_id=user,
+                    item_id=item,
+                    timestamp=stamp,
+                    event_id=row.get("event_id", ""),
+                    event=row.get("event", ""),
+                )
             )
             if len(batch) == BATCH:
                 flush()

@@ -107,7 +107,7 @@ class Surface:
     def record_interactions(
         self, events: Iterable[t.Interaction | Mapping[str, Any] | tuple], *, timeout_s: float | None = None
     ) -> t.Recorded:
-        """Appends events (`Interaction`s, dicts or (user_id, item_id, timestamp[, event_id]));
+        """Appends events (`Interaction`s, dicts or (user_id, item_id, timestamp[, event_id[, event]]));
         durable once it returns. Not retried by the channel."""
         request = features_pb2.RecordInteractionsRequest(interactions=t.interactions(events))
         return self._invoke(

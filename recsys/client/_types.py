@@ -70,12 +70,14 @@ class Scores:
 
 @dataclass(frozen=True)
 class Interaction:
-    """One behaviour event (timestamp in Unix seconds); a repeated `event_id` is ignored."""
+    """One behaviour event (timestamp in Unix seconds); a repeated `event_id` is ignored;
+    `event` is its kind ("view", "purchase", ...; "" for none)."""
 
     user_id: str
     item_id: str
     timestamp: int
     event_id: str = ""
+    event: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class UserFeatures:
     history_timestamps: tuple[int, ...]
     features: dict[str, Any]
     updated_at: int
+    history_events: tuple[str, ...] = ()  # kinds aligned with history ("" for none); () when no event has one
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,7 @@ def scores(response: inference_pb2.ScoreResponse) -> Scores:
 
 
 def interactions(events: Iterable[Interaction | Mapping[str, Any] | tuple]) -> list[types_pb2.Interaction]:
-    """Events as `Interaction`s, dicts with its field names, or (user_id, item_id, timestamp[, event_id])."""
+    """Events as `Interaction`s, dicts with its field names, or (user_id, item_id, timestamp[, event_id[, event]])."""
     out = []
     for event in events:
         if isinstance(event, Mapping):
@@ -183,7 +186,11 @@ def interactions(events: Iterable[Interaction | Mapping[str, Any] | tuple]) -> l
             event = Interaction(*event)
         out.append(
             types_pb2.Interaction(
-                user_id=event.user_id, item_id=event.item_id, timestamp=int(event.timestamp), event_id=event.event_id
+                user_id=event.user_id,
+                item_id=event.item_id,
+                timestamp=int(event.timestamp),
+                event_id=event.event_id,
+                event=event.event,
             )
         )
     return out
@@ -203,6 +210,7 @@ def user_features(response: features_pb2.GetUserFeaturesResponse) -> list[UserFe
             tuple(u.history_timestamps),
             from_proto_map(u.features),
             u.updated_at,
+            tuple(u.history_events),
         )
         for u in response.users
     ]

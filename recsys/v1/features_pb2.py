@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recsys.v1 import types_pb2 as recsys_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recsys/v1/features.proto\x12\trecsys.v1\x1a\x15recsys/v1/types.proto\"?\n\x16GetUserFeaturesRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x13\n\x0bmax_history\x18\x02 \x01(\x05\"\xf2\x01\n\x0cUserFeatures\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x0f\n\x07history\x18\x03 \x03(\t\x12\x1a\n\x12history_timestamps\x18\x04 \x03(\x03\x12\x37\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32%.recsys.v1.UserFeatures.FeaturesEntry\x12\x12\n\nupdated_at\x18\x06 \x01(\x03\x1aH\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.recsys.v1.FeatureValue:\x02\x38\x01\"V\n\x17GetUserFeaturesResponse\x12&\n\x05users\x18\x01 \x03(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x13\n\x0bschema_hash\x18\x02 \x01(\t\"*\n\x16GetItemFeaturesRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"\xc5\x01\n\x0cItemFeatures\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x37\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32%.recsys.v1.ItemFeatures.FeaturesEntry\x12\x12\n\nupdated_at\x18\x04 \x01(\x03\x1aH\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.recsys.v1.FeatureValue:\x02\x38\x01\"V\n\x17GetItemFeaturesResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.v1.ItemFeatures\x12\x13\n\x0bschema_hash\x18\x02 \x01(\t\"I\n\x19RecordInteractionsRequest\x12,\n\x0cinteractions\x18\x01 \x03(\x0b\x32\x16.recsys.v1.Interaction\"B\n\x1aRecordInteractionsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"\x99\x01\n\nFeatureRow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32#.recsys.v1.FeatureRow.FeaturesEntry\x1aH\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.recsys.v1.FeatureValue:\x02\x38\x01\"@\n\x19UpdateUserFeaturesRequest\x12#\n\x04rows\x18\x01 \x03(\x0b\x32\x15.recsys.v1.FeatureRow\"-\n\x1aUpdateUserFeaturesResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x05\"@\n\x19UpdateItemFeaturesRequest\x12#\n\x04rows\x18\x01 \x03(\x0b\x32\x15.recsys.v1.FeatureRow\"-\n\x1aUpdateItemFeaturesResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x05\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"#\n\x12\x46orgetUserResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x12\n\x10GetSchemaRequest\"=\n\x11GetSchemaResponse\x12\x13\n\x0bschema_json\x18\x01 \x01(\t\x12\x13\n\x0bschema_hash\x18\x02 \x01(\t2\x80\x05\n\x0e\x46\x65\x61tureService\x12X\n\x0fGetUserFeatures\x12!.recsys.v1.GetUserFeaturesRequest\x1a\".recsys.v1.GetUserFeaturesResponse\x12X\n\x0fGetItemFeatures\x12!.recsys.v1.GetItemFeaturesRequest\x1a\".recsys.v1.GetItemFeaturesResponse\x12\x61\n\x12RecordInteractions\x12$.recsys.v1.RecordInteractionsRequest\x1a%.recsys.v1.RecordInteractionsResponse\x12\x61\n\x12UpdateUserFeatures\x12$.recsys.v1.UpdateUserFeaturesRequest\x1a%.recsys.v1.UpdateUserFeaturesResponse\x12\x61\n\x12UpdateItemFeatures\x12$.recsys.v1.UpdateItemFeaturesRequest\x1a%.recsys.v1.UpdateItemFeaturesResponse\x12I\n\nForgetUser\x12\x1c.recsys.v1.ForgetUserRequest\x1a\x1d.recsys.v1.ForgetUserResponse\x12\x46\n\tGetSchema\x12\x1b.recsys.v1.GetSchemaRequest\x1a\x1c.recsys.v1.GetSchemaResponseBD\n\x0cio.recsys.v1P\x01Z2github.com/recsys/recsys/gen/go/recsys/v1;recsysv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recsys/v1/features.proto\x12\trecsys.v1\x1a\x15recsys/v1/types.proto\"?\n\x16GetUserFeaturesRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x13\n\x0bmax_history\x18\x02 \x01(\x05\"\x8a\x02\n\x0cUserFeatures\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x0f\n\x07history\x18\x03 \x03(\t\x12\x1a\n\x12history_timestamps\x18\x04 \x03(\x03\x12\x37\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32%.recsys.v1.UserFeatures.FeaturesEntry\x12\x12\n\nupdated_at\x18\x06 \x01(\x03\x12\x16\n\x0ehistory_events\x18\x07 \x03(\t\x1aH\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.recsys.v1.FeatureValue:\x02\x38\x01\"V\n\x17GetUserFeaturesResponse\x12&\n\x05users\x18\x01 \x03(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x13\n\x0bschema_hash\x18\x02 \x01(\t\"*\n\x16GetItemFeaturesRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"\xc5\x01\n\x0cItemFeatures\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x37\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32%.recsys.v1.ItemFeatures.FeaturesEntry\x12\x12\n\nupdated_at\x18\x04 \x01(\x03\x1aH\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.recsys.v1.FeatureValue:\x02\x38\x01\"V\n\x17GetItemFeaturesResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.v1.ItemFeatures\x12\x13\n\x0bschema_hash\x18\x02 \x01(\t\"I\n\x19RecordInteractionsRequest\x12,\n\x0cinteractions\x18\x01 \x03(\x0b\x32\x16.recsys.v1.Interaction\"B\n\x1aRecordInteractionsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"\x99\x01\n\nFeatureRow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32#.recsys.v1.FeatureRow.FeaturesEntry\x1aH\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.recsys.v1.FeatureValue:\x02\x38\x01\"@\n\x19UpdateUserFeaturesRequest\x12#\n\x04rows\x18\x01 \x03(\x0b\x32\x15.recsys.v1.FeatureRow\"-\n\x1aUpdateUserFeaturesResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x05\"@\n\x19UpdateItemFeaturesRequest\x12#\n\x04rows\x18\x01 \x03(\x0b\x32\x15.recsys.v1.FeatureRow\"-\n\x1aUpdateItemFeaturesResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x05\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"#\n\x12\x46orgetUserResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x12\n\x10GetSchemaRequest\"=\n\x11GetSchemaResponse\x12\x13\n\x0bschema_json\x18\x01 \x01(\t\x12\x13\n\x0bschema_hash\x18\x02 \x01(\t2\x80\x05\n\x0e\x46\x65\x61tureService\x12X\n\x0fGetUserFeatures\x12!.recsys.v1.GetUserFeaturesRequest\x1a\".recsys.v1.GetUserFeaturesResponse\x12X\n\x0fGetItemFeatures\x12!.recsys.v1.GetItemFeaturesRequest\x1a\".recsys.v1.GetItemFeaturesResponse\x12\x61\n\x12RecordInteractions\x12$.recsys.v1.RecordInteractionsRequest\x1a%.recsys.v1.RecordInteractionsResponse\x12\x61\n\x12UpdateUserFeatures\x12$.recsys.v1.UpdateUserFeaturesRequest\x1a%.recsys.v1.UpdateUserFeaturesResponse\x12\x61\n\x12UpdateItemFeatures\x12$.recsys.v1.UpdateItemFeaturesRequest\x1a%.recsys.v1.UpdateItemFeaturesResponse\x12I\n\nForgetUser\x12\x1c.recsys.v1.ForgetUserRequest\x1a\x1d.recsys.v1.ForgetUserResponse\x12\x46\n\tGetSchema\x12\x1b.recsys.v1.GetSchemaRequest\x1a\x1c.recsys.v1.GetSchemaResponseBD\n\x0cio.recsys.v1P\x01Z2github.com/recsys/recsys/gen/go/recsys/v1;recsysv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,43 +42,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETUSERFEATURESREQUEST']._serialized_start=62
   _globals['_GETUSERFEATURESREQUEST']._serialized_end=125
   _globals['_USERFEATURES']._serialized_start=128
-  _globals['_USERFEATURES']._serialized_end=370
-  _globals['_USERFEATURES_FEATURESENTRY']._serialized_start=298
-  _globals['_USERFEATURES_FEATURESENTRY']._serialized_end=370
-  _globals['_GETUSERFEATURESRESPONSE']._serialized_start=372
-  _globals['_GETUSERFEATURESRESPONSE']._serialized_end=458
-  _globals['_GETITEMFEATURESREQUEST']._serialized_start=460
-  _globals['_GETITEMFEATURESREQUEST']._serialized_end=502
-  _globals['_ITEMFEATURES']._serialized_start=505
-  _globals['_ITEMFEATURES']._serialized_end=702
-  _globals['_ITEMFEATURES_FEATURESENTRY']._serialized_start=298
-  _globals['_ITEMFEATURES_FEATURESENTRY']._serialized_end=370
-  _globals['_GETITEMFEATURESRESPONSE']._serialized_start=704
-  _globals['_GETITEMFEATURESRESPONSE']._serialized_end=790
-  _globals['_RECORDINTERACTIONSREQUEST']._serialized_start=792
-  _globals['_RECORDINTERACTIONSREQUEST']._serialized_end=865
-  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_start=867
-  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_end=933
-  _globals['_FEATUREROW']._serialized_start=936
-  _globals['_FEATUREROW']._serialized_end=1089
-  _globals['_FEATUREROW_FEATURESENTRY']._serialized_start=298
-  _globals['_FEATUREROW_FEATURESENTRY']._serialized_end=370
-  _globals['_UPDATEUSERFEATURESREQUEST']._serialized_start=1091
-  _globals['_UPDATEUSERFEATURESREQUEST']._serialized_end=1155
-  _globals['_UPDATEUSERFEATURESRESPONSE']._serialized_start=1157
-  _globals['_UPDATEUSERFEATURESRESPONSE']._serialized_end=1202
-  _globals['_UPDATEITEMFEATURESREQUEST']._serialized_start=1204
-  _globals['_UPDATEITEMFEATURESREQUEST']._serialized_end=1268
-  _globals['_UPDATEITEMFEATURESRESPONSE']._serialized_start=1270
-  _globals['_UPDATEITEMFEATURESRESPONSE']._serialized_end=1315
-  _globals['_FORGETUSERREQUEST']._serialized_start=1317
-  _globals['_FORGETUSERREQUEST']._serialized_end=1353
-  _globals['_FORGETUSERRESPONSE']._serialized_start=1355
-  _globals['_FORGETUSERRESPONSE']._serialized_end=1390
-  _globals['_GETSCHEMAREQUEST']._serialized_start=1392
-  _globals['_GETSCHEMAREQUEST']._serialized_end=1410
-  _globals['_GETSCHEMARESPONSE']._serialized_start=1412
-  _globals['_GETSCHEMARESPONSE']._serialized_end=1473
-  _globals['_FEATURESERVICE']._serialized_start=1476
-  _globals['_FEATURESERVICE']._serialized_end=2116
+  _globals['_USERFEATURES']._serialized_end=394
+  _globals['_USERFEATURES_FEATURESENTRY']._serialized_start=322
+  _globals['_USERFEATURES_FEATURESENTRY']._serialized_end=394
+  _globals['_GETUSERFEATURESRESPONSE']._serialized_start=396
+  _globals['_GETUSERFEATURESRESPONSE']._serialized_end=482
+  _globals['_GETITEMFEATURESREQUEST']._serialized_start=484
+  _globals['_GETITEMFEATURESREQUEST']._serialized_end=526
+  _globals['_ITEMFEATURES']._serialized_start=529
+  _globals['_ITEMFEATURES']._serialized_end=726
+  _globals['_ITEMFEATURES_FEATURESENTRY']._serialized_start=322
+  _globals['_ITEMFEATURES_FEATURESENTRY']._serialized_end=394
+  _globals['_GETITEMFEATURESRESPONSE']._serialized_start=728
+  _globals['_GETITEMFEATURESRESPONSE']._serialized_end=814
+  _globals['_RECORDINTERACTIONSREQUEST']._serialized_start=816
+  _globals['_RECORDINTERACTIONSREQUEST']._serialized_end=889
+  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_start=891
+  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_end=957
+  _globals['_FEATUREROW']._serialized_start=960
+  _globals['_FEATUREROW']._serialized_end=1113
+  _globals['_FEATUREROW_FEATURESENTRY']._serialized_start=322
+  _globals['_FEATUREROW_FEATURESENTRY']._serialized_end=394
+  _globals['_UPDATEUSERFEATURESREQUEST']._serialized_start=1115
+  _globals['_UPDATEUSERFEATURESREQUEST']._serialized_end=1179
+  _globals['_UPDATEUSERFEATURESRESPONSE']._serialized_start=1181
+  _globals['_UPDATEUSERFEATURESRESPONSE']._serialized_end=1226
+  _globals['_UPDATEITEMFEATURESREQUEST']._serialized_start=1228
+  _globals['_UPDATEITEMFEATURESREQUEST']._serialized_end=1292
+  _globals['_UPDATEITEMFEATURESRESPONSE']._serialized_start=1294
+  _globals['_UPDATEITEMFEATURESRESPONSE']._serialized_end=1339
+  _globals['_FORGETUSERREQUEST']._serialized_start=1341
+  _globals['_FORGETUSERREQUEST']._serialized_end=1377
+  _globals['_FORGETUSERRESPONSE']._serialized_start=1379
+  _globals['_FORGETUSERRESPONSE']._serialized_end=1414
+  _globals['_GETSCHEMAREQUEST']._serialized_start=1416
+  _globals['_GETSCHEMAREQUEST']._serialized_end=1434
+  _globals['_GETSCHEMARESPONSE']._serialized_start=1436
+  _globals['_GETSCHEMARESPONSE']._serialized_end=1497
+  _globals['_FEATURESERVICE']._serialized_start=1500
+  _globals['_FEATURESERVICE']._serialized_end=2140
 # @@protoc_insertion_point(module_scope)

@@ -16,7 +16,7 @@ class GetUserFeaturesRequest(_message.Message):
     def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., max_history: _Optional[int] = ...) -> None: ...
 
 class UserFeatures(_message.Message):
-    __slots__ = ("user_id", "found", "history", "history_timestamps", "features", "updated_at")
+    __slots__ = ("user_id", "found", "history", "history_timestamps", "features", "updated_at", "history_events")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,13 +30,15 @@ class UserFeatures(_message.Message):
     HISTORY_TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_EVENTS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     found: bool
     history: _containers.RepeatedScalarFieldContainer[str]
     history_timestamps: _containers.RepeatedScalarFieldContainer[int]
     features: _containers.MessageMap[str, _types_pb2.FeatureValue]
     updated_at: int
-    def __init__(self, user_id: _Optional[str] = ..., found: _Optional[bool] = ..., history: _Optional[_Iterable[str]] = ..., history_timestamps: _Optional[_Iterable[int]] = ..., features: _Optional[_Mapping[str, _types_pb2.FeatureValue]] = ..., updated_at: _Optional[int] = ...) -> None: ...
+    history_events: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., found: _Optional[bool] = ..., history: _Optional[_Iterable[str]] = ..., history_timestamps: _Optional[_Iterable[int]] = ..., features: _Optional[_Mapping[str, _types_pb2.FeatureValue]] = ..., updated_at: _Optional[int] = ..., history_events: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetUserFeaturesResponse(_message.Message):
     __slots__ = ("users", "schema_hash")

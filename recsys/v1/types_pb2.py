@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15recsys/v1/types.proto\x12\trecsys.v1\"z\n\x0c\x46\x65\x61tureValue\x12\x12\n\x08\x63\x61tegory\x18\x01 \x01(\tH\x00\x12\x10\n\x06number\x18\x02 \x01(\x01H\x00\x12+\n\ncategories\x18\x03 \x01(\x0b\x32\x15.recsys.v1.StringListH\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x42\x07\n\x05value\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"T\n\x0bInteraction\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\tBD\n\x0cio.recsys.v1P\x01Z2github.com/recsys/recsys/gen/go/recsys/v1;recsysv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15recsys/v1/types.proto\x12\trecsys.v1\"z\n\x0c\x46\x65\x61tureValue\x12\x12\n\x08\x63\x61tegory\x18\x01 \x01(\tH\x00\x12\x10\n\x06number\x18\x02 \x01(\x01H\x00\x12+\n\ncategories\x18\x03 \x01(\x0b\x32\x15.recsys.v1.StringListH\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x42\x07\n\x05value\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"c\n\x0bInteraction\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\r\n\x05\x65vent\x18\x05 \x01(\tBD\n\x0cio.recsys.v1P\x01Z2github.com/recsys/recsys/gen/go/recsys/v1;recsysv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,5 +37,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STRINGLIST']._serialized_start=160
   _globals['_STRINGLIST']._serialized_end=188
   _globals['_INTERACTION']._serialized_start=190
-  _globals['_INTERACTION']._serialized_end=274
+  _globals['_INTERACTION']._serialized_end=289
 # @@protoc_insertion_point(module_scope)

@@ -25,13 +25,15 @@ class StringList(_message.Message):
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Interaction(_message.Message):
-    __slots__ = ("user_id", "item_id", "timestamp", "event_id")
+    __slots__ = ("user_id", "item_id", "timestamp", "event_id", "event")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_id: str
     timestamp: int
     event_id: str
-    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., timestamp: _Optional[int] = ..., event_id: _Optional[str] = ...) -> None: ...
+    event: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., timestamp: _Optional[int] = ..., event_id: _Optional[str] = ..., event: _Optional[str] = ...) -> None: ...

@@ -493,3 +493,53 @@ def test_append_event_columns_keeps_the_bound(open_backend: Factory) -> None:
         users = ["u"] * 5
         assert store.append_event_columns(users, ["a", "b", "c", "d", "e"], [1, 2, 3, 4, 5]) == (5, 0)
         assert store.get_users(["u"], 10)[0].history == ["c", "d", "e"]
+
+
+def kinds(store: Store, user_ids: list[str], max_history: int = 100) -> list[list[tuple[str, int, str]] | None]:
+    return [
+        None if r is None else list(zip(r.history, r.history_timestamps, r.history_events, strict=True))
+        for r in store.get_users(user_ids, max_history)
+    ]
+
+
+def test_event_kinds_are_kept_aligned_with_the_history(open_backend: Factory) -> None:
+    # Kinds with the characters a backend's encoding might trip on, on items that have them too.
+    odd = "a:b#c 🛒" + "k" * 57  # 64 characters, more bytes
+    with open_backend(max_events=4) as s:
+        assert s.append_events([Event("u1", "i2", 200, "", "view"), Event("u1", "#3:x", 300, "e3", odd)]) == (2, 0)
+        # A late event lands in its place, with its kind; an event without a kind reads "".
+        assert s.append_events([Event("u1", "i1", 100, "", "purchase"), Event("u1", "i4", 400)]) == (2, 0)
+        assert kinds(s, ["u1"]) == [[("i1", 100, "purchase"), ("i2", 200, "view"), ("#3:x", 300, odd), ("i4", 400, "")]]
+        assert kinds(s, ["u1"], 2) == [[("#3:x", 300, odd), ("i4", 400, "")]]  # the same tail as the history
+        assert s.get_users(["u1"], 0)[0].history_events == []
+        # A duplicate never changes the kind held, whether by key or by event id.
+        assert s.append_events([Event("u1", "i2", 200, "", "cart"), Event("u1", "other", 1, "e3", "cart")]) == (0, 2)
+        # The bound drops the oldest events with their kinds, and frees their keys.
+        assert s.append_events([Event("u1", "i5", 500, "", "click")]) == (1, 0)
+        assert [k for _, _, k in kinds(s, ["u1"])[0]] == ["view", odd, "", "click"]
+        assert s.append_events([Event("u1", "i1", 100, "", "view")]) == (1, 0)  # dropped at once, again
+        # Column-wise, with and without kinds.
+        assert s.append_event_columns(["u2", "u2"], ["a", "b"], [1, 2], ["view", ""]) == (2, 0)
+        assert s.append_event_columns(["u2"], ["c"], [3]) == (1, 0)
+        assert kinds(s, ["u2"]) == [[("a", 1, "view"), ("b", 2, ""), ("c", 3, "")]]
+        with pytest.raises(ValueError):
+            s.append_event_columns(["u2"], ["d"], [4], ["view", "view"])
+
+
+def test_forgetting_a_user_removes_its_kinds(store: Store) -> None:
+    store.append_events([Event("u1", "a", 100, "e1", "purchase"), Event("u2", "a", 100, "", "view")])
+    assert store.forget_user("u1") is True
+    # The same events come back as new ones, without the kinds the forgotten ones had.
+    assert store.append_events([Event("u1", "a", 100, "e1")]) == (1, 0)
+    assert kinds(store, ["u1", "u2"]) == [[("a", 100, "")], [("a", 100, "view")]]
+
+
+def test_event_kinds_are_durable(backend: str, open_backend: Factory) -> None:
+    if not BACKENDS[backend].persistent:
+        pytest.skip(f"{backend} store is not persistent")
+    with open_backend() as s:
+        s.append_events([Event("u1", "a", 100, "e1", "purchase"), Event("u1", "b", 50)])
+        with s.bulk_load():
+            s.append_event_columns(["u1"], ["c"], [150], ["cart"])
+    with open_backend() as s:
+        assert kinds(s, ["u1"]) == [[("b", 50, ""), ("a", 100, "purchase"), ("c", 150, "cart")]]
