@@ -6,7 +6,8 @@
                         item index checksum, training config, metrics, versions, file checksums
       item_index.json   {"item_ids": [...], "titles": [...], "popularity": [...]}, column order
                         of the model's `scores` output
-      histories.jsonl   {"user_id", "item_ids", "timestamps"} per user, oldest event first
+      histories.jsonl   {"user_id", "item_ids", "timestamps"[, "events"]} per user, oldest event
+                        first; "events": each event's kind ("" for none), for data with kinds
       users.jsonl       {"user_id", "features": {name: value}} raw user features
       items.jsonl       {"item_id", "features": {name: value}} raw item features
       user_index.json   {"user_ids": [...]}, only for a model with a user.id input: the user id

@@ -210,8 +210,8 @@ def genre_taste_data():
 @contextlib.contextmanager
 def _served_by_cli(artifact: Path, directory: Path):
     """`recsys serve features` and `recsys serve inference` for `artifact` on loopback, waited
-    for; yields a dict with the inference `target`. On leaving, both get SIGTERM and the dict
-    gains their `returncodes` and `logs` (inference first)."""
+    for; yields a dict with the inference `target` and the feature service's (`features`). On
+    leaving, both get SIGTERM and the dict gains their `returncodes` and `logs` (inference first)."""
     from recsys.client import free_port, wait_serving
 
     recsys = [sys.executable, "-m", "recsys.cli"]
@@ -228,7 +228,7 @@ def _served_by_cli(artifact: Path, directory: Path):
          "--host", "127.0.0.1", "--port", str(iport)],
         **pipes,
     )  # fmt: skip
-    state: dict = {"target": f"127.0.0.1:{iport}"}
+    state: dict = {"target": f"127.0.0.1:{iport}", "features": f"127.0.0.1:{fport}"}
     try:
         wait_serving(f"127.0.0.1:{fport}", features)
         wait_serving(state["target"], inference)

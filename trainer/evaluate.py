@@ -26,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from inference_server.feature_inputs import USER_SOURCES
-from recsys.artifact import SOURCE_USER_HISTORY, Manifest
+from recsys.artifact import SOURCE_USER_HISTORY, SOURCE_USER_HISTORY_EVENTS, Manifest
 from trainer.evaluation.pointwise import classify, regress
 from trainer.evaluation.ranking import rank_held_out
 from trainer.evaluation.scorers import PairScorer, PopularityScorer, SequenceScorer, UserFeatureScorer
@@ -47,7 +47,10 @@ def model_family(manifest: Manifest) -> str:
     if manifest.task == "rank":
         return "rank"
     sources = {i.source for i in manifest.inputs}
-    if manifest.task == "next_item" and sources == {SOURCE_USER_HISTORY}:
+    if manifest.task == "next_item" and sources in (
+        {SOURCE_USER_HISTORY},
+        {SOURCE_USER_HISTORY, SOURCE_USER_HISTORY_EVENTS},
+    ):
         return "next_item"
     if manifest.task == "next_item" and SOURCE_USER_HISTORY in sources and sources <= USER_SOURCES:
         return "user_features"

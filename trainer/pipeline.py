@@ -12,7 +12,15 @@ from pathlib import Path
 from recsys.artifact import Manifest
 from recsys.pseudonym import Pseudonymiser
 from trainer import distributed
-from trainer.data.encoding import build_item_index, build_schema, encode_histories, history_rows
+from trainer.data.encoding import (
+    build_item_index,
+    build_schema,
+    encode_events,
+    encode_histories,
+    encode_weights,
+    event_vocabulary,
+    history_rows,
+)
 from trainer.data.tables import Tables, feature_rows, load_tables
 from trainer.export.next_item import ExportInputs, export_artifact
 from trainer.families.content import CONTENT_CHECKPOINT, prepare_content_model, save_content_model
@@ -111,10 +119,17 @@ def train_and_export(
     )
     index = build_item_index(tables.interactions, tables.items)
     _, sequences = encode_histories(tables.interactions, index)
+    kinds = event_vocabulary(tables.interactions)  # () without an event column
+    events, weights = encode_events(tables.interactions, kinds), encode_weights(tables.interactions)
     checkpoint_dir = checkpoint_dir or Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
     prebuilt, content_spec = None, None
     if cfg.model in CONTENT_MODELS:
         index, prebuilt, content_spec = prepare_content_model(cfg, tables.items, index, sequences, item_vectors)
+    if (private is not None or cfg.model == "ensemble") and (cfg.target_events or cfg.event_weights or cfg.read_events):
+        raise ValueError(
+            "target_events, event_weights and read_events train a single next-item model; "
+            "private (DP-SGD) training and ensembles do not take event kinds"
+        )
     if private is not None and cfg.model == "ensemble":
         raise ValueError("private (DP-SGD) training of an ensemble is not supported: train one model")
     if private is not None:
@@ -144,6 +159,9 @@ def train_and_export(
             model=prebuilt,
             validator=validator,
             select=select,
+            events=events,
+            weights=weights,
+            event_kinds=kinds,
         )
     if not distributed.current().is_main:
         return None  # under DDP only rank 0 holds the selected model and writes the artifact
@@ -197,6 +215,7 @@ def train_and_export(
             },
             metrics={f"valid_{k}": v for k, v in result.best_metrics.items() if "@" in k},
             privacy=privacy,
+            events=tuple(result.settings.get("events", ())),
         ),
         out_dir,
         ann=cfg.ann,

@@ -36,12 +36,19 @@ def download(name: str, to_dir: str) -> None:
     help="A table file, or a directory of Parquet files (part-*.parquet, hive partitions allowed).",
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--target-events",
+    default="",
+    help="Comma-separated event kinds (e.g. purchase): each user's last event of those kinds is the "
+    "test row and the user's later events are dropped (needs an event column).",
+)
 @columns_option
-def split(interactions: str, out_dir: str, columns: dict[str, str] | None) -> None:
+def split(interactions: str, out_dir: str, columns: dict[str, str] | None, target_events: str) -> None:
     """Leave-last-out split: each user's last event (by time) -> test.csv, the rest -> train.csv."""
     from trainer.data.split import write_leave_last_out
 
-    click.echo(json.dumps(write_leave_last_out(interactions, out_dir, columns), indent=2))
+    kinds = tuple(kind.strip() for kind in target_events.split(",") if kind.strip())
+    click.echo(json.dumps(write_leave_last_out(interactions, out_dir, columns, kinds), indent=2))
 
 
 @data.command("synth")

@@ -187,7 +187,11 @@ def _readable_titles(items: pd.DataFrame) -> pd.DataFrame:
 
 def _write_tables(out: Path, tables: dict[str, pd.DataFrame], source: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    frames = {kind: tables[kind][list(STANDARD_COLUMNS[kind])].copy() for kind in TABLE_FILES}
+    # MovieLens has no optional columns (event kinds, weights): the standard ones it has
+    frames = {
+        kind: tables[kind][[c for c in STANDARD_COLUMNS[kind] if c in tables[kind].columns]].copy()
+        for kind in TABLE_FILES
+    }
     for kind, column in (("users", "age"), ("items", "year")):
         frames[kind][column] = _whole_numbers(frames[kind][column])
     digests = {}

@@ -8,11 +8,20 @@ import numpy as np
 import pandas as pd
 
 from recsys.artifact import ItemIndex
-from recsys.schema import FIRST_TOKEN, FeatureSchema
+from recsys.schema import FIRST_TOKEN, OOV, FeatureSchema
 from trainer.data.columnar import group_order
 from trainer.data.tables import Tables, infer_feature_specs
 
-__all__ = ["build_item_index", "build_schema", "encode_histories", "history_rows"]
+__all__ = [
+    "build_item_index",
+    "build_schema",
+    "encode_events",
+    "encode_histories",
+    "encode_weights",
+    "event_tokens",
+    "event_vocabulary",
+    "history_rows",
+]
 
 
 def build_item_index(interactions: pd.DataFrame, items: pd.DataFrame | None) -> ItemIndex:
@@ -46,14 +55,56 @@ def encode_histories(interactions: pd.DataFrame, index: ItemIndex) -> tuple[list
     return users, _split(tokens[rows], bounds, users)
 
 
+def event_vocabulary(interactions: pd.DataFrame) -> tuple[str, ...]:
+    """The event kinds of `interactions`, sorted: kind i has token i + FIRST_TOKEN. Empty
+    without an event column (the data has no kinds)."""
+    if "event" not in interactions.columns:
+        return ()
+    return tuple(sorted(str(kind) for kind in pd.unique(interactions["event"])))
+
+
+def event_tokens(kinds: np.ndarray | pd.Series, vocabulary: tuple[str, ...]) -> np.ndarray:
+    """int64 token per kind: vocabulary[i] -> i + FIRST_TOKEN; unknown kinds, "" and missing
+    values -> OOV (what serving does with a kind the model never saw)."""
+    codes, uniques = pd.factorize(pd.Series(kinds, dtype=object), use_na_sentinel=True)
+    known = pd.Index(list(vocabulary), dtype=object).get_indexer(pd.Index(uniques, dtype=object))
+    lookup = np.append(np.where(known >= 0, known + FIRST_TOKEN, OOV), OOV).astype(np.int64)
+    return lookup[codes]  # code -1 (missing) picks the trailing OOV
+
+
+def encode_events(interactions: pd.DataFrame, vocabulary: tuple[str, ...]) -> list[np.ndarray] | None:
+    """Per user, the event tokens (event_tokens) of their events: the same users, order and
+    lengths as encode_histories. None without an event column."""
+    if "event" not in interactions.columns:
+        return None
+    tokens = event_tokens(interactions["event"].to_numpy(dtype=object), vocabulary)
+    users, rows, bounds = _rows_by_user(interactions)
+    return _split(tokens[rows], bounds, users)
+
+
+def encode_weights(interactions: pd.DataFrame) -> list[np.ndarray] | None:
+    """Per user, float32 `weight` of their events, aligned with encode_histories. None without
+    a weight column."""
+    if "weight" not in interactions.columns:
+        return None
+    weights = interactions["weight"].to_numpy(dtype=np.float32)
+    users, rows, bounds = _rows_by_user(interactions)
+    return _split(weights[rows], bounds, users)
+
+
 def history_rows(interactions: pd.DataFrame) -> Iterator[dict]:
-    """{"user_id", "item_ids", "timestamps"} per user (order of first appearance), oldest first."""
+    """{"user_id", "item_ids", "timestamps"[, "events"]} per user (order of first appearance),
+    oldest first; "events" (the kinds, str) when the interactions have an event column."""
     codes, uniques = pd.factorize(interactions["item_id"])
     names = np.asarray(uniques, dtype=object)
     stamps = interactions["timestamp"].to_numpy(dtype=np.int64)
+    kinds = interactions["event"].to_numpy(dtype=object) if "event" in interactions.columns else None
     users, rows, bounds = _rows_by_user(interactions)
     for user, part in zip(users, _split(rows, bounds, users), strict=True):
-        yield {"user_id": user, "item_ids": names[codes[part]].tolist(), "timestamps": stamps[part].tolist()}
+        row = {"user_id": user, "item_ids": names[codes[part]].tolist(), "timestamps": stamps[part].tolist()}
+        if kinds is not None:
+            row["events"] = kinds[part].tolist()
+        yield row
 
 
 def _rows_by_user(interactions: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:

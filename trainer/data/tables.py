@@ -2,12 +2,13 @@
 
 Three tables, each with standard column names whatever format it came in:
 
-    interactions  user_id, item_id, timestamp[, rating]       who touched what, and when
+    interactions  user_id, item_id, timestamp[, rating, event, weight]   who touched what, and when
     users         user_id[, age, gender, occupation, zip_code, ...]
     items         item_id[, title, year, genres, ...]
 
 Other spellings of the standard names are renamed (case-insensitive): userid, user, uid ->
 user_id; itemid, item, iid, movieid, movie_id -> item_id; time, ts, datetime -> timestamp;
+event_type, behavior, behaviour, behavior_type -> event;
 sex -> gender, zip, zipcode -> zip_code; movie_title -> title, release_year -> year, class,
 genre -> genres. Any other names are mapped with `columns` ({standard: yours}, the CLI's
 --columns), applied before the aliases.
@@ -61,7 +62,7 @@ TableKind = Literal["interactions", "users", "items"]
 
 KEYS: dict[str, str] = {"interactions": "user_id", "users": "user_id", "items": "item_id"}
 STANDARD_COLUMNS: dict[str, tuple[str, ...]] = {
-    "interactions": ("user_id", "item_id", "timestamp", "rating"),
+    "interactions": ("user_id", "item_id", "timestamp", "rating", "event", "weight"),
     "users": ("user_id", "age", "gender", "occupation", "zip_code"),
     "items": ("item_id", "title", "year", "genres"),
 }
@@ -81,7 +82,14 @@ _ID_ALIASES = {"userid": "user_id", "user": "user_id", "uid": "user_id"}
 _ITEM_ALIASES = {"itemid": "item_id", "item": "item_id", "iid": "item_id", "movieid": "item_id", "movie_id": "item_id"}
 # Other spellings seen in public datasets (lower-cased) -> standard name, per table.
 _ALIASES: dict[str, dict[str, str]] = {
-    "interactions": {**_ID_ALIASES, **_ITEM_ALIASES, "time": "timestamp", "ts": "timestamp", "datetime": "timestamp"},
+    "interactions": {
+        **_ID_ALIASES,
+        **_ITEM_ALIASES,
+        "time": "timestamp",
+        "ts": "timestamp",
+        "datetime": "timestamp",
+        **dict.fromkeys(("event_type", "behavior", "behaviour", "behavior_type"), "event"),
+    },
     "users": {**_ID_ALIASES, "sex": "gender", "zip": "zip_code", "zipcode": "zip_code"},
     "items": {**_ITEM_ALIASES, "movie_title": "title", "release_year": "year", "class": "genres", "genre": "genres"},
 }
@@ -117,6 +125,7 @@ _TEXT_OPTS: dict[str, Any] = {"dtype": str, "keep_default_na": False, "na_values
 _GROUPLENS_DATA = ("user_id", "item_id", "rating", "timestamp")
 # Runs of equal timestamps up to this long are searched for duplicates row against row.
 _SHORT_RUN = 16
+MAX_EVENT_LENGTH = 64  # characters of an event kind (the feature service's limit too)
 
 
 @dataclass
@@ -198,6 +207,11 @@ def clean_interactions(df: pd.DataFrame, source: str = "") -> tuple[pd.DataFrame
     output columns equal after parsing; the first is kept). Fractional seconds are floored.
     Returns columns user_id, item_id (str), timestamp (int64), and rating (float64) when the
     input had one, stable-sorted by timestamp with ties in input order, index reset.
+
+    An `event` column (the kind of each event: view, click, purchase, ...) comes out as str and
+    a `weight` column as float64. They are data, not noise, so a bad value is an error, not a
+    dropped row: ValueError for a missing, blank or over-long (> MAX_EVENT_LENGTH characters)
+    event kind and for a missing, negative or non-finite weight.
     """
     missing = [c for c in REQUIRED_COLUMNS["interactions"] if c not in df.columns]
     if missing:
@@ -222,6 +236,8 @@ def clean_interactions(df: pd.DataFrame, source: str = "") -> tuple[pd.DataFrame
     if "rating" in df.columns:
         rating = _numbers(df["rating"])
         drop("unparsable rating", ~np.isfinite(rating))
+    event, kinds = _event_codes(df["event"], source) if "event" in df.columns else (None, None)
+    weight = _weights(df["weight"], source) if "weight" in df.columns else None
     rows = np.flatnonzero(keep)
     stamps = np.floor(seconds[rows]).astype("int64")
     # Time order first (exports are often sorted already: then no sort at all), ties in input order.
@@ -230,20 +246,25 @@ def clean_interactions(df: pd.DataFrame, source: str = "") -> tuple[pd.DataFrame
         order = np.argsort(stamps, kind="stable")
         rows, stamps = rows[order], stamps[order]
     user_of, item_of = users[rows], items[rows]
-    rated = rating[rows] if rating is not None else None
-    repeated = _repeated_in_time_order(stamps, user_of * len(item_ids) + item_of, rated)
+    # Optional columns that also tell rows apart, in output order: rating, event, weight.
+    extra = {
+        name: values[rows]
+        for name, values in (("rating", rating), ("event", event), ("weight", weight))
+        if values is not None
+    }
+    repeated = _repeated_in_time_order(stamps, user_of * len(item_ids) + item_of, list(extra.values()))
     if repeated.any():
         dropped["exact duplicate"] = int(repeated.sum())
         unique = ~repeated
         rows, stamps, user_of, item_of = rows[unique], stamps[unique], user_of[unique], item_of[unique]
-        rated = rated[unique] if rated is not None else None
+        extra = {name: values[unique] for name, values in extra.items()}
     columns: dict[str, Any] = {
         "user_id": _id_column(user_of, user_ids),
         "item_id": _id_column(item_of, item_ids),
         "timestamp": stamps,
     }
-    if rated is not None:
-        columns["rating"] = rated
+    for name, values in extra.items():
+        columns[name] = _id_column(values, kinds) if name == "event" else values
     out = pd.DataFrame(columns, copy=False)
     report = CleaningReport(
         source=source,
@@ -256,9 +277,9 @@ def clean_interactions(df: pd.DataFrame, source: str = "") -> tuple[pd.DataFrame
     return out, report
 
 
-def _repeated_in_time_order(stamps: np.ndarray, pairs: np.ndarray, rating: np.ndarray | None) -> np.ndarray:
+def _repeated_in_time_order(stamps: np.ndarray, pairs: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
     """bool per row of a time-ordered table (ties in input order): whether an earlier row has
-    the same timestamp, (user, item) pair and rating. Duplicates share a timestamp, so a row is
+    the same timestamp, (user, item) pair and `others` values (rating, event code, weight). Duplicates share a timestamp, so a row is
     compared with the rows 1, 2, ... places before it while their time is its own (the usual
     case: a few); when some time holds more than `_SHORT_RUN` rows, all tied rows go through a
     hash sort (repeated_rows) instead."""
@@ -271,8 +292,8 @@ def _repeated_in_time_order(stamps: np.ndarray, pairs: np.ndarray, rating: np.nd
         if lag == _SHORT_RUN:
             break  # a long run: fall back below
         same = pairs[at] == pairs[at - lag]
-        if rating is not None:
-            same &= rating[at] == rating[at - lag]
+        for values in others:
+            same &= values[at] == values[at - lag]
         repeated[at[same]] = True
     else:
         return repeated
@@ -281,7 +302,7 @@ def _repeated_in_time_order(stamps: np.ndarray, pairs: np.ndarray, rating: np.nd
     tied[1:] |= same_time
     tied[:-1] |= same_time
     rows = np.flatnonzero(tied)
-    key = [pairs[rows], stamps[rows]] + ([rating[rows]] if rating is not None else [])
+    key = [pairs[rows], stamps[rows]] + [values[rows] for values in others]
     repeated[:] = False
     repeated[rows[repeated_rows(key)]] = True
     return repeated
@@ -519,8 +540,8 @@ def _read_interactions(path: str | Path, columns: dict[str, str] | None) -> pd.D
     first = {}
     for name, final in zip(found, standard, strict=True):
         first.setdefault(final, name)
-    ids = {first[c]: c for c in ("user_id", "item_id")}
-    others = {first[c]: c for c in ("timestamp", "rating") if c in first}
+    ids = {first[c]: c for c in ("user_id", "item_id", "event") if c in first}
+    others = {first[c]: c for c in ("timestamp", "rating", "weight") if c in first}
     return read_columns(source, ids, others)
 
 
@@ -538,6 +559,48 @@ def _column_names(found: list[str], kind: TableKind, columns: dict[str, str] | N
             f"name yours with --columns {example}"
         )
     return names
+
+
+def _event_codes(column: pd.Series, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 code per row, the distinct kinds as str); ValueError for a missing, blank or
+    over-long kind. Work per row is a hash (factorize) or none (a Categorical); the checks
+    run over the distinct kinds only."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = column.cat.codes.to_numpy(dtype=np.int64)
+        values = column.cat.categories.tolist()
+    else:
+        codes, uniques = pd.factorize(column, use_na_sentinel=True)
+        codes = codes.astype(np.int64, copy=False)
+        values = list(uniques)
+    where = source or "interactions"
+    missing = np.flatnonzero(codes < 0)
+    if len(missing):
+        raise ValueError(
+            f"{where}: {len(missing):,} event(s) without a kind in column event (first at data row "
+            f"{missing[0] + 1}); give every row a kind (view, click, purchase, ...) or leave the column out"
+        )
+    kinds = np.array([v if isinstance(v, str) else str(v) for v in values], dtype=object)
+    used = np.zeros(len(kinds), dtype=bool)
+    used[codes] = True
+    for i in np.flatnonzero(used):
+        kind = kinds[i]
+        if not kind.strip() or len(kind) > MAX_EVENT_LENGTH:
+            first = int(np.flatnonzero(codes == i)[0])
+            what = "blank" if not kind.strip() else f"{len(kind)} characters long, more than {MAX_EVENT_LENGTH}"
+            raise ValueError(f"{where}: event kind {kind[:80]!r} at data row {first + 1} is {what}")
+    return codes, kinds
+
+
+def _weights(column: pd.Series, source: str) -> np.ndarray:
+    """float64 per row; ValueError naming the first missing, unparsable, negative or infinite weight."""
+    weight = _numbers(column)
+    bad = np.flatnonzero(~(np.isfinite(weight) & (weight >= 0)))
+    if len(bad):
+        raise ValueError(
+            f"{source or 'interactions'}: {len(bad):,} weight(s) that are not finite numbers >= 0 "
+            f"(first at data row {bad[0] + 1}: {column.iloc[bad[0]]})"
+        )
+    return weight
 
 
 def _unix_seconds(column: pd.Series) -> np.ndarray:

@@ -7,7 +7,8 @@ the wanted (user, item) rows, leaving -inf elsewhere (`whole_catalogue` says whi
 `needs_history` is the server's fallback rule: such a model answers with popularity for a user
 without one indexed item in the history.
 
-    SequenceScorer     task next_item, the one input user.history: (B, L) left-padded windows
+    SequenceScorer     task next_item, input user.history: (B, L) left-padded windows, and
+                       user.history_events (their event kinds) when the model reads kinds
     UserFeatureScorer  task next_item reading user.cat / user.num too (two-tower): one row per user
     PairScorer         task rank / rating: one row per (user, candidate), through FeatureInputs
 """
@@ -21,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from inference_server.feature_inputs import FeatureInputs
-from recsys.artifact import read_user_index
+from recsys.artifact import SOURCE_USER_HISTORY, SOURCE_USER_HISTORY_EVENTS, read_user_index
 from recsys.onnx_session import ModelSession
 from recsys.schema import FIRST_TOKEN, PAD
 from trainer.evaluation.tables import ArtifactTables
@@ -60,15 +61,23 @@ class SequenceScorer:
 
     def __init__(self, artifact_dir: str | Path, tables: ArtifactTables):
         self.tables, self.session = tables, _session(artifact_dir, tables)
+        inputs = {i.source: i.name for i in tables.manifest.inputs}
+        self.items_input = inputs.get(SOURCE_USER_HISTORY, "item_seq")
+        self.events_input = inputs.get(SOURCE_USER_HISTORY_EVENTS)  # None: the model reads no kinds
 
     def scores(self, users: Sequence[str], wanted: np.ndarray) -> np.ndarray:
         max_len = self.tables.manifest.max_history
         windows = np.full((len(users), max_len), PAD, dtype=np.int64)  # (B, L)
+        kinds = np.full((len(users), max_len), PAD, dtype=np.int64) if self.events_input else None
         for r, user in enumerate(users):
             tail = self.tables.history(user)[-max_len:]
             if len(tail):
                 windows[r, -len(tail) :] = tail
-        return self.session.scores(windows)
+                if kinds is not None:
+                    kinds[r, -len(tail) :] = self.tables.events(user)[-max_len:]
+        if kinds is None:
+            return self.session.scores(windows)
+        return self.session.run({self.items_input: windows, self.events_input: kinds})
 
 
 class UserFeatureScorer:

@@ -7,7 +7,7 @@ inputs come only from the artifact's own tables, as the server's would from the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,9 @@ class ArtifactTables:
     user_features: dict[str, dict[str, Any]]  # user id -> raw features (users.jsonl)
     item_features: dict[str, dict[str, Any]]  # item id -> raw features (items.jsonl)
     known_users: frozenset[str]  # users with a history or a users.jsonl row: the store's users
+    # user id -> event-kind tokens aligned with `histories`, for a model that reads kinds
+    # (manifest.training["events"]): kind i -> i + FIRST_TOKEN, other or no kind -> OOV
+    history_events: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def read(cls, artifact_dir: str | Path) -> ArtifactTables:
@@ -75,13 +78,18 @@ class ArtifactTables:
         manifest = read_manifest(directory)
         index = ItemIndex.read(directory)
         token = {item: i + FIRST_TOKEN for i, item in enumerate(index.item_ids)}
-        histories = {
-            str(row["user_id"]): np.array([token.get(str(i), OOV) for i in row["item_ids"]], dtype=np.int64)
-            for row in read_jsonl(directory / HISTORIES)
-        }
+        kinds = {kind: i + FIRST_TOKEN for i, kind in enumerate(manifest.training.get("events") or ())}
+        histories, events = {}, {}
+        for row in read_jsonl(directory / HISTORIES):
+            user = str(row["user_id"])
+            histories[user] = np.array([token.get(str(i), OOV) for i in row["item_ids"]], dtype=np.int64)
+            if kinds:
+                recorded = row.get("events") or [""] * len(row["item_ids"])
+                events[user] = np.array([kinds.get(str(k), OOV) for k in recorded], dtype=np.int64)
         users = {str(r["user_id"]): r.get("features") or {} for r in read_jsonl(directory / USERS)}
         items = {str(r["item_id"]): r.get("features") or {} for r in read_jsonl(directory / ITEMS)}
-        return cls(manifest, index, token, histories, users, items, frozenset(histories) | frozenset(users))
+        known = frozenset(histories) | frozenset(users)
+        return cls(manifest, index, token, histories, users, items, known, events)
 
     @property
     def popularity(self) -> np.ndarray:
@@ -91,3 +99,7 @@ class ArtifactTables:
     def history(self, user: str) -> np.ndarray:
         """The user's item tokens, oldest first (empty for an unknown user). Read-only."""
         return self.histories.get(user, EMPTY)
+
+    def events(self, user: str) -> np.ndarray:
+        """The event-kind tokens aligned with `history(user)` (empty when the model reads no kinds)."""
+        return self.history_events.get(user, EMPTY)

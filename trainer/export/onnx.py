@@ -17,7 +17,7 @@ from torch import nn
 import recsys
 from recsys.artifact import MANIFEST, MODEL, Manifest, file_sha256
 from recsys.errors import RecsysError
-from recsys.schema import FIRST_TOKEN, PAD, sha256_hex
+from recsys.schema import FIRST_TOKEN, OOV, PAD, sha256_hex
 
 __all__ = [
     "PARITY_TOLERANCE",
@@ -25,6 +25,7 @@ __all__ = [
     "compare_with_onnx",
     "export_onnx",
     "parity_check",
+    "random_events",
     "seal_manifest",
     "set_metadata",
     "versions",
@@ -37,14 +38,23 @@ class ExportError(RecsysError):
     pass
 
 
-def export_onnx(model: nn.Module, path: Path, max_len: int, num_items: int, output_name: str = "scores") -> None:
-    """Writes `model` as one ONNX file with dynamic batch and sequence axes."""
+def export_onnx(
+    model: nn.Module, path: Path, max_len: int, num_items: int, output_name: str = "scores", num_events: int = 0
+) -> None:
+    """Writes `model` as one ONNX file with dynamic batch and sequence axes. `num_events` > 0:
+    the model reads event kinds, and the graph takes `history_events` (batch, seq) int64
+    beside `item_seq`, both sharing their axes."""
     model.eval()
     # Example dims >= 2 and different from each other, else the exporter specialises them.
     example = torch.randint(FIRST_TOKEN, num_items + FIRST_TOKEN, (4, max_len), dtype=torch.int64)
     example[0, : max_len // 2] = PAD
     batch = torch.export.Dim("batch", min=1, max=65536)
     seq = torch.export.Dim("seq", min=1, max=max_len)
+    args, names, shapes = (example,), ["item_seq"], {"item_seq": {0: batch, 1: seq}}
+    if num_events:
+        args += (random_events(example, num_events, torch.Generator().manual_seed(0)),)
+        names.append("history_events")
+        shapes["history_events"] = {0: batch, 1: seq}
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "torchvision is not installed" and similar exporter chatter
@@ -52,11 +62,11 @@ def export_onnx(model: nn.Module, path: Path, max_len: int, num_items: int, outp
         warnings.simplefilter("ignore")  # deprecations raised inside torch.onnx itself
         torch.onnx.export(
             model,
-            (example,),
+            args,
             str(path),
-            input_names=["item_seq"],
+            input_names=names,
             output_names=[output_name],
-            dynamic_shapes={"item_seq": {0: batch, 1: seq}},
+            dynamic_shapes=shapes,
             dynamo=True,
             external_data=False,
             verbose=False,
@@ -85,8 +95,17 @@ def compare_with_onnx(module: nn.Module, onnx_path: Path, output: str, inputs: l
     return worst
 
 
-def parity_check(model: nn.Module, onnx_path: Path, max_len: int, num_items: int, seed: int = 0) -> float:
-    """Max |torch - ORT| over padded, unpadded, short and batch-1 inputs; raises above tolerance."""
+def random_events(item_seq: torch.Tensor, num_events: int, generator: torch.Generator) -> torch.Tensor:
+    """Event-kind tokens for `item_seq`: OOV or a known kind at random, PAD where it is padded."""
+    kinds = torch.randint(OOV, num_events + FIRST_TOKEN, item_seq.shape, generator=generator)
+    return kinds.masked_fill(item_seq == PAD, PAD)
+
+
+def parity_check(
+    model: nn.Module, onnx_path: Path, max_len: int, num_items: int, seed: int = 0, num_events: int = 0
+) -> float:
+    """Max |torch - ORT| over padded, unpadded, short and batch-1 inputs (with random event
+    kinds when the model reads `num_events` of them); raises above tolerance."""
     gen = torch.Generator().manual_seed(seed)
     cases = []
     for batch, length, pad in [
@@ -98,6 +117,8 @@ def parity_check(model: nn.Module, onnx_path: Path, max_len: int, num_items: int
         x = torch.randint(FIRST_TOKEN, num_items + FIRST_TOKEN, (batch, length), generator=gen)
         x[:, : min(pad, length - 1)] = PAD
         cases.append({"item_seq": x})
+        if num_events:
+            cases[-1]["history_events"] = random_events(x, num_events, gen)
     return compare_with_onnx(model, onnx_path, "scores", cases)
 
 

@@ -18,6 +18,13 @@ item table with sparse gradients stays sparse), else by indexing the full matric
 - `bce`              binary cross-entropy: target vs `negatives` sampled items per row
 - `bpr`              Bayesian personalised ranking: -log sigmoid(target - negative)
 
+Event kinds and weights. `history_events` (B, L), the event-kind tokens of the inputs, goes to
+the model's `encode` beside the items (models that read kinds). `weights` (B, L) multiplies
+each position's loss (event weights, the interactions' weight column); the batch loss is then
+the weighted sum divided by the number of positions with a target, so weights of 1 give the
+plain mean and weights of 2 twice it. Positions whose next event is not a targeted kind have a
+PAD target and no loss at all (trainer/families/next_item.py).
+
 Popularity debiasing. Training logs are skewed towards popular items, and a model fitted to
 them learns that skew. Two options counter it:
 - popularity-weighted negatives (`NegativeSampler(kind="popularity", alpha=...)`): popular
@@ -136,6 +143,8 @@ def next_item_loss(
     prior: torch.Tensor | None = None,
     mask_seen: bool = False,
     in_batch: int = 0,
+    history_events: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Loss over every non-padded position of a sequential model.
 
@@ -148,6 +157,8 @@ def next_item_loss(
     window's user saw before the window (trainer.data.batches.older_items), masked too when given.
     `in_batch` (sampled_softmax): up to this many of the batch's targets, drawn at random, join
     the shared negatives (their sampling distribution is the data's, which log-Q accounts for).
+    `history_events` (B, L) event-kind tokens for models that read kinds; `weights` (B, L)
+    per-position loss weights (module docstring). A batch without a target gives a zero loss.
     """
     if debias and prior is None:
         raise ValueError("debias > 0 needs the items' log prior")
@@ -155,36 +166,53 @@ def next_item_loss(
     def adjusted(scores: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         return scores + debias * prior[cols] if debias else scores
 
-    hidden = model.encode(inputs)  # (B, L, D)
+    hidden = model.encode(inputs) if history_events is None else model.encode(inputs, history_events)  # (B, L, D)
     mask = targets != PAD
+    if not bool(mask.any()):
+        return hidden.sum() * 0.0  # nothing to predict here: no gradient, and no NaN from an empty mean
     h = hidden[mask]  # (M, D)
     pos = targets[mask] - FIRST_TOKEN  # (M,)
-    if loss == "ce":
-        logits = model.score(h)  # (M, N)
-        if mask_seen:
-            # In place and outside autograd: a masked item's softmax probability is 0, so its
-            # gradient is 0 without a masking step in the backward pass (and no second copy of
-            # the (M, N) logits); cross_entropy keeps its own output for the backward.
-            with torch.no_grad():
-                logits.masked_fill_(seen_mask(inputs, mask, pos, logits.shape[1], older), -1e9)
-        return F.cross_entropy(logits + debias * prior if debias else logits, pos)
-    if sampler is None:
-        raise ValueError(f"loss {loss!r} needs a negative sampler")
-    if loss == "sampled_softmax":
-        return _sampled_softmax(model, h, pos, sampler, negatives, in_batch, logq, adjusted)
-    neg = sampler.sample((len(pos), negatives))  # (M, K)
-    s_pos = adjusted(_scores(model, h, pos.unsqueeze(1)), pos.unsqueeze(1))  # (M, 1)
-    s_neg = adjusted(_scores(model, h, neg), neg)  # (M, K)
-    if loss == "bce":
-        return F.binary_cross_entropy_with_logits(s_pos, torch.ones_like(s_pos)) + F.binary_cross_entropy_with_logits(
-            s_neg, torch.zeros_like(s_neg)
-        )
-    if loss == "bpr":
-        return -F.logsigmoid(s_pos - s_neg).mean()
-    raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+
+    def losses(reduction: str) -> torch.Tensor:
+        """The loss of the M target positions: their mean ("mean") or one each ("none", (M,))."""
+        if loss == "ce":
+            logits = model.score(h)  # (M, N)
+            if mask_seen:
+                # In place and outside autograd: a masked item's softmax probability is 0, so its
+                # gradient is 0 without a masking step in the backward pass (and no second copy of
+                # the (M, N) logits); cross_entropy keeps its own output for the backward.
+                with torch.no_grad():
+                    logits.masked_fill_(seen_mask(inputs, mask, pos, logits.shape[1], older), -1e9)
+            return F.cross_entropy(logits + debias * prior if debias else logits, pos, reduction=reduction)
+        if sampler is None:
+            raise ValueError(f"loss {loss!r} needs a negative sampler")
+        if loss == "sampled_softmax":
+            return _sampled_softmax(model, h, pos, sampler, negatives, in_batch, logq, adjusted, reduction)
+        neg = sampler.sample((len(pos), negatives))  # (M, K)
+        s_pos = adjusted(_scores(model, h, pos.unsqueeze(1)), pos.unsqueeze(1))  # (M, 1)
+        s_neg = adjusted(_scores(model, h, neg), neg)  # (M, K)
+        if loss == "bce":
+            if reduction == "mean":
+                return F.binary_cross_entropy_with_logits(
+                    s_pos, torch.ones_like(s_pos)
+                ) + F.binary_cross_entropy_with_logits(s_neg, torch.zeros_like(s_neg))
+            positive = F.binary_cross_entropy_with_logits(s_pos, torch.ones_like(s_pos), reduction="none")[:, 0]
+            negative = F.binary_cross_entropy_with_logits(s_neg, torch.zeros_like(s_neg), reduction="none")
+            return positive + negative.mean(dim=1)
+        if loss == "bpr":
+            pairs = -F.logsigmoid(s_pos - s_neg)  # (M, K)
+            return pairs.mean() if reduction == "mean" else pairs.mean(dim=1)
+        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+
+    if weights is None:
+        return losses("mean")
+    rows = losses("none")  # (M,)
+    return (rows * weights[mask].to(rows.dtype)).sum() / len(rows)
 
 
-def _sampled_softmax(model, h, pos, sampler, negatives: int, in_batch: int, logq: bool, adjusted) -> torch.Tensor:
+def _sampled_softmax(
+    model, h, pos, sampler, negatives: int, in_batch: int, logq: bool, adjusted, reduction: str = "mean"
+) -> torch.Tensor:
     """h (M, D), pos (M,) target columns -> the sampled softmax over [target, K + I candidates].
 
     The candidates, K sampled items and I of the batch's targets, are shared by every row: one
@@ -205,7 +233,7 @@ def _sampled_softmax(model, h, pos, sampler, negatives: int, in_batch: int, logq
         log_q = _log_expected_count(sampler, negatives, pos, picked, torch.cat([pos, cand]))  # (M + K + I,)
         logits = logits - torch.cat([log_q[:m].unsqueeze(1), log_q[m:].expand(m, -1)], dim=1)
     hit = torch.cat([torch.zeros(m, 1, dtype=torch.bool, device=pos.device), cand.unsqueeze(0) == pos.unsqueeze(1)], 1)
-    return F.cross_entropy(logits.masked_fill(hit, -1e9), torch.zeros_like(pos))
+    return F.cross_entropy(logits.masked_fill(hit, -1e9), torch.zeros_like(pos), reduction=reduction)
 
 
 def _log_expected_count(

@@ -4,6 +4,12 @@ Batches are training windows (trainer/data/batches.py), the loss one of trainer/
 validation full-ranking NDCG@k of each user's held-out last event (seen items excluded, users
 scored in chunks so a large catalogue never needs a users x items matrix); a test file is never
 seen here. The loop itself is trainer/loop.py.
+
+Event kinds (optional, docs/training.md "Event kinds"): per user, event-kind tokens parallel
+to the item tokens (trainer.data.encoding.encode_events) and float weights. Models that read
+kinds get them as a second input; `target_events` restricts the predicted next events to those
+kinds (and the validation target to the user's last one), `event_weights` and the weights scale
+each position's loss. A batch is (inputs, targets[, older items][, history_events][, weights]).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import dataclasses as dataclasses_
 import functools
 import itertools
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -18,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsys.schema import FIRST_TOKEN
+from recsys.schema import FIRST_TOKEN, PAD
 from trainer import distributed
-from trainer.data.batches import bucketed_batches, last_window, older_items, training_windows
+from trainer.data.batches import bucket_rows, fill_windows, last_windows, older_items, window_plan
+from trainer.data.split import check_event_kinds
 from trainer.families.losses import LOSSES, NegativeSampler, log_prior, next_item_loss
 from trainer.loop import FitResult, LoopConfig, init_weights
 from trainer.loop import fit as run_loop
@@ -96,6 +104,10 @@ class TrainConfig(LoopConfig):
     eval_every: int = 3  # epochs between validations
     patience: int = 4  # validations without improvement before stopping
     k: int = 10  # cut-off of the validation metric (NDCG@k selects the model)
+    # Event kinds (data with an `event` column; docs/training.md "Event kinds")
+    target_events: tuple = ()  # predict only next events of these kinds (all events are still read); () = every event
+    event_weights: dict = field(default_factory=dict)  # loss weight per kind of the predicted event (default 1)
+    read_events: bool | None = None  # model input: None = when the data has kinds and the model can; true; false
     # Export
     ann: str = "auto"  # ANN retrieval index: auto (from 100k items), on, off (trainer/export/ann.py)
     ann_backend: str = (
@@ -130,8 +142,9 @@ class TrainConfig(LoopConfig):
         unset = {name: value for name, value in AUTO_SAMPLED.items() if getattr(self, name) == defaults[name]}
         return dataclasses_.replace(self, loss=loss, **unset)
 
-    def model_config(self, num_items: int):
-        """The model's own config: the fields it shares with this one, its defaults for the rest."""
+    def model_config(self, num_items: int, num_events: int = 0):
+        """The model's own config: the fields it shares with this one, its defaults for the rest;
+        `num_events` > 0 for a model reading that many event kinds (ValueError if it cannot)."""
         if is_custom(self.model):
             raise ValueError("your own model takes model_options, not a model config")
         if self.model == "ensemble":
@@ -144,6 +157,12 @@ class TrainConfig(LoopConfig):
         config_cls = known[self.model][0]
         shared = {f.name for f in fields(config_cls)} & {f.name for f in fields(self)}
         given = {name: getattr(self, name) for name in shared if getattr(self, name) is not None}
+        if num_events:
+            if not reads_events(config_cls):
+                raise ValueError(
+                    f"model {self.model!r} does not read event kinds: {_EVENT_MODELS}, or read_events = false"
+                )
+            given["num_events"] = num_events
         return config_cls(num_items=num_items, **given)
 
     def check(self) -> None:
@@ -182,6 +201,17 @@ class TrainConfig(LoopConfig):
                 raise ValueError(f"model {self.model!r} is not a next_item model")
         else:
             self.model_config(1)
+        if not isinstance(self.target_events, tuple | list) or not all(
+            isinstance(k, str) and k for k in self.target_events
+        ):
+            raise ValueError(f"target_events must be a list of event kinds; got {self.target_events!r}")
+        if not isinstance(self.event_weights, dict):
+            raise ValueError(f"event_weights must be a table of kind = weight; got {self.event_weights!r}")
+        for kind, weight in self.event_weights.items():
+            if not (isinstance(weight, int | float) and math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"event_weights[{kind!r}] must be a finite number >= 0; got {weight!r}")
+        if self.read_events not in (None, True, False):
+            raise ValueError(f"read_events must be true, false or unset; got {self.read_events!r}")
         if self.model_options and not is_custom(self.model):
             raise ValueError(
                 'model_options are for your own model (model = "file.py:Class"); '
@@ -225,15 +255,37 @@ def member_configs(cfg: TrainConfig) -> list[TrainConfig]:
     return out
 
 
+_EVENT_MODELS = "sasrec, gru4rec and caser read them"
+
+
+def reads_events(model_or_config) -> bool:
+    """Whether a model (or model config class/instance) can read event kinds / reads them."""
+    cfg = getattr(model_or_config, "cfg", model_or_config)
+    if isinstance(cfg, type):
+        return "num_events" in {f.name for f in fields(cfg)}
+    return bool(getattr(cfg, "num_events", 0))
+
+
 @torch.no_grad()
-def score_histories(model: nn.Module, histories: list[np.ndarray], max_len: int, batch: int = 512) -> np.ndarray:
-    """Scores (U, N) of every item after each token history, in eval mode."""
+def score_histories(
+    model: nn.Module,
+    histories: list[np.ndarray],
+    max_len: int,
+    batch: int = 512,
+    events: list[np.ndarray] | None = None,
+) -> np.ndarray:
+    """Scores (U, N) of every item after each token history, in eval mode; `events`: the
+    histories' event-kind tokens, for a model that reads them."""
     model.eval()
     device = next(itertools.chain(model.parameters(), model.buffers())).device
     out = []
     for i in range(0, len(histories), batch):
-        x = np.stack([last_window(h, max_len) for h in histories[i : i + batch]])
-        out.append(model(torch.from_numpy(x).to(device)).cpu().numpy())
+        x = torch.from_numpy(last_windows(histories[i : i + batch], max_len)).to(device)
+        if events is None:
+            out.append(model(x).cpu().numpy())
+        else:
+            kinds = torch.from_numpy(last_windows(events[i : i + batch], max_len)).to(device)
+            out.append(model(x, kinds).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -244,8 +296,10 @@ def validate(
     num_items: int,
     cfg: TrainConfig,
     chunk: int | None = None,
+    events: list[np.ndarray] | None = None,
 ) -> dict:
-    """Full-ranking metrics of `targets` (tokens) after `histories`, seen items excluded.
+    """Full-ranking metrics of `targets` (tokens) after `histories`, seen items excluded;
+    `events`: the histories' event-kind tokens, for a model that reads them.
 
     Users are scored `chunk` at a time (default: ~16M scores a chunk), so memory holds chunk x
     num_items scores, not users x items."""
@@ -253,7 +307,8 @@ def validate(
     ranks = []
     for a in range(0, len(histories), chunk):
         part = histories[a : a + chunk]
-        scores = score_histories(model, part, cfg.max_len)
+        kinds = events[a : a + chunk] if events is not None else None
+        scores = score_histories(model, part, cfg.max_len, events=kinds)
         excluded = np.zeros((len(part), num_items), dtype=bool)
         for row, h in enumerate(part):
             excluded[row, h - FIRST_TOKEN] = True
@@ -269,6 +324,12 @@ class NextItemFamily:
     registry (content models carry their item tables from construction). `validator`: a
     callable (model in eval mode) -> {metric: value} whose metrics join every validation row;
     `select` names the row metric that picks the best epoch (default NDCG@k).
+
+    `events` (per user, event-kind tokens parallel to `sequences`, kinds `event_kinds` in token
+    order) and `weights` (per user, float weights parallel to `sequences`) are optional. With
+    `cfg.target_events`, a user's held-out event is their last event of those kinds (with at
+    least one event before it); training then reads only the events before it (what follows
+    it is its future), and users without one train whole and are not validated.
     """
 
     unit = "events"
@@ -284,19 +345,42 @@ class NextItemFamily:
         model: nn.Module | None = None,
         validator=None,
         select: str | None = None,
+        events: list[np.ndarray] | None = None,
+        weights: list[np.ndarray] | None = None,
+        event_kinds: tuple[str, ...] = (),
     ):
         cfg.check()
         cfg = cfg.resolved(num_items)
         self.cfg, self.num_items, self.prebuilt, self.validator = cfg, num_items, model, validator
         self.select = select or f"ndcg@{cfg.k}"
-        self.sequences = sequences
-        self.train_seqs = [s[:-1] for s in sequences if len(s) >= 2]
-        val = [(s[:-1], s[-1]) for s in sequences if len(s) >= 3]
+        self.sequences, self.events, self.weights = sequences, events, weights
+        self.event_kinds = tuple(event_kinds)
+        self._check_events()
+        self.num_events = self._num_events()
+        self.targeted = self._kind_table(dict.fromkeys(cfg.target_events, True), False, bool)
+        self.kind_weight = self._kind_table(cfg.event_weights, 1.0, np.float32)
+        self.weighted = weights is not None or self.kind_weight is not None
+        if self.targeted is None:
+            users = [i for i, s in enumerate(sequences) if len(s) >= 2]
+            self.train_seqs = [sequences[i][:-1] for i in users]
+            val = [(sequences[i][:-1], sequences[i][-1], i) for i in users if len(sequences[i]) >= 3]
+        else:
+            ends = {}  # user -> position of the held-out event
+            for i, kinds in enumerate(events):
+                hits = np.flatnonzero(self.targeted[kinds[1:]]) + 1
+                ends[i] = int(hits[-1]) if len(hits) else len(kinds)
+            users = [i for i in ends if ends[i] >= 2]  # a shorter history has no window
+            self.train_seqs = [sequences[i][: ends[i]] for i in users]
+            val = [
+                (sequences[i][: ends[i]], sequences[i][ends[i]], i) for i in ends if 2 <= ends[i] < len(sequences[i])
+            ]
+        self._train_users = users
         if cfg.valid_users and len(val) > cfg.valid_users:  # a seeded sample, the same every epoch
             keep = np.sort(np.random.default_rng(cfg.seed).choice(len(val), cfg.valid_users, replace=False))
             val = [val[i] for i in keep]
-        self.val_histories = [h for h, _ in val]
-        self.val_targets = np.array([t for _, t in val], dtype=np.int64)
+        self.val_histories = [h for h, _, _ in val]
+        self.val_targets = np.array([t for _, t, _ in val], dtype=np.int64)
+        self.val_events = [events[i][: len(h)] for h, _, i in val] if self.num_events else None
         counts = (
             np.bincount(np.concatenate(self.train_seqs) - FIRST_TOKEN, minlength=num_items)
             if self.train_seqs
@@ -323,6 +407,47 @@ class NextItemFamily:
         self.settings = {"loss": cfg.loss, "sparse_items": self.sparse, "precision": cfg.precision}
         if cfg.valid_users:
             self.settings["valid_users"] = len(val)
+        if self.num_events:
+            self.settings["events"] = list(self.event_kinds)
+
+    def _check_events(self) -> None:
+        cfg, n = self.cfg, len(self.sequences)
+        for name, values in (("events", self.events), ("weights", self.weights)):
+            if values is not None and (
+                len(values) != n or any(len(v) != len(s) for v, s in zip(values, self.sequences))
+            ):
+                raise ValueError(f"{name} must be parallel to the sequences: one value per event")
+        if self.events is None and (cfg.target_events or cfg.event_weights or cfg.read_events):
+            raise ValueError(
+                "target_events, event_weights and read_events need event kinds: an `event` column in the interactions"
+            )
+        if self.events is not None:
+            check_event_kinds(cfg.target_events, self.event_kinds, "target_events")
+            check_event_kinds(cfg.event_weights, self.event_kinds, "event_weights")
+
+    def _num_events(self) -> int:
+        """How many event kinds the model reads (0: none)."""
+        cfg = self.cfg
+        if self.events is None or cfg.read_events is False:
+            return 0
+        config_cls = MODELS.get(cfg.model, (None, None))[0]
+        if self.prebuilt is not None or config_cls is None or not reads_events(config_cls):
+            if cfg.read_events:
+                raise ValueError(
+                    f"model {cfg.model!r} does not read event kinds: {_EVENT_MODELS}, or read_events = false"
+                )
+            return 0
+        return len(self.event_kinds)
+
+    def _kind_table(self, values: dict, default, dtype) -> np.ndarray | None:
+        """A lookup by event token of `values` ({kind: value}); `default` for other kinds, PAD
+        and OOV; None when `values` is empty."""
+        if not values:
+            return None
+        table = np.full(len(self.event_kinds) + FIRST_TOKEN, default, dtype=dtype)
+        for i, kind in enumerate(self.event_kinds):
+            table[i + FIRST_TOKEN] = values.get(kind, default)
+        return table
 
     def _sparse_items(self) -> bool:
         """Whether the item tables train with sparse gradients (see TrainConfig.sparse_items)."""
@@ -336,7 +461,7 @@ class NextItemFamily:
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg
-        model = self.prebuilt if self.prebuilt is not None else build_model(cfg, self.num_items)
+        model = self.prebuilt if self.prebuilt is not None else build_model(cfg, self.num_items, self.num_events)
         init_weights(model, cfg.init)
         if self.sparse:
             for table in _item_tables(model, self.num_items):
@@ -349,51 +474,93 @@ class NextItemFamily:
             table.sparse = False
 
     def batches(self, rng: np.random.Generator, full: bool = False):
-        """(inputs, targets[, older items]) windows; `full`: the held-out last events too."""
-        sequences = [s for s in self.sequences if len(s) >= 2] if full else self.train_seqs
+        """(inputs, targets[, older items][, history_events][, weights]) windows; `full`: the
+        held-out events (and what follows them) too."""
+        if full:
+            users = [i for i, s in enumerate(self.sequences) if len(s) >= 2]
+            sequences = [self.sequences[i] for i in users]
+        else:
+            users, sequences = self._train_users, self.train_seqs
         # int32 windows (half the memory) whenever the tokens fit; batches are widened to int64
         dtype = np.int32 if self.num_items + FIRST_TOKEN < 2**31 else np.int64
-        inputs, targets, origins = training_windows(sequences, self.cfg.max_len, rng, origins=True, dtype=dtype)
+        plan = window_plan(sequences, self.cfg.max_len, rng)
+        inputs, targets = fill_windows(sequences, plan, dtype)
+        origins = plan.origins
+        kinds_in = kinds_out = weights = None
+        if self.events is not None and (self.num_events or self.targeted is not None or self.kind_weight is not None):
+            kinds_in, kinds_out = fill_windows(
+                [self.events[i][: len(s)] for i, s in zip(users, sequences)], plan, np.int32
+            )
+        if self.weighted:
+            weights = np.ones(targets.shape, dtype=np.float32)
+            if self.weights is not None:
+                cut = [self.weights[i][: len(s)] for i, s in zip(users, sequences)]
+                weights = fill_windows(cut, plan, np.float32, (1,))[0]
+            if self.kind_weight is not None:
+                weights *= self.kind_weight[kinds_out]
+        if self.targeted is not None:
+            targets[~self.targeted[kinds_out]] = PAD  # next events of other kinds: read, not predicted
+            keep = np.flatnonzero((targets != PAD).any(axis=1))  # windows left with something to predict
+            inputs, targets, origins = inputs[keep], targets[keep], origins[keep]
+            kinds_in = kinds_in[keep]
+            weights = weights[keep] if weights is not None else None
+        arrays = [inputs, targets]
+        if self.num_events:
+            arrays.append(kinds_in)
+        if weights is not None:
+            arrays.append(weights)
         self.epoch_steps = -(-len(inputs) // self.cfg.batch_size)
-        for batch_inputs, batch_targets, rows in _batches(inputs, targets, self.cfg, rng):
-            batch = (batch_inputs, batch_targets)
+        for batch, rows in _batches(arrays, self.cfg, rng):
             if self.cfg.masks_seen:  # the loss also masks what each user saw before the window
-                batch += (torch.from_numpy(older_items(sequences, origins, rows)),)
-            yield batch
+                batch.insert(2, torch.from_numpy(older_items(sequences, origins, rows)))
+            yield tuple(batch)
 
     def count(self, batch) -> int:
         return int((batch[1] != 0).sum())
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
-        loss = self._loss(model, inputs, targets, *extra)
+        rest = list(extra)
+        older = rest.pop(0) if self.cfg.masks_seen else None
+        kinds = rest.pop(0) if self.num_events else None
+        weights = rest.pop(0) if self.weighted else None
+        loss = self._loss(model, inputs, targets, older, history_events=kinds, weights=weights)
         if hasattr(model, "auxiliary_loss"):  # a model's own extra objective (content_sasrec's content loss)
             loss = loss + model.auxiliary_loss(inputs, targets)
         return loss
 
     def validate(self, model: nn.Module) -> dict[str, float]:
-        row = validate(model, self.val_histories, self.val_targets, self.num_items, self.cfg)
+        row = validate(model, self.val_histories, self.val_targets, self.num_items, self.cfg, events=self.val_events)
         if self.validator is not None:
             row.update(self.validator(model.eval()))
         return row
 
     def fingerprint(self) -> dict:
-        return {
+        out = {
             "num_items": self.num_items,
             "users": len(self.sequences),
             "events": int(sum(len(s) for s in self.sequences)),
         }
+        if self.event_kinds:
+            out["event_kinds"] = list(self.event_kinds)
+        return out
 
 
 def _item_tables(model: nn.Module, num_items: int) -> list[nn.Embedding]:
     """The model's per-item embedding tables (num_items + FIRST_TOKEN rows)."""
-    return [m for m in model.modules() if isinstance(m, nn.Embedding) and m.num_embeddings == num_items + FIRST_TOKEN]
+    kinds = getattr(model, "event_emb", None)
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Embedding) and m.num_embeddings == num_items + FIRST_TOKEN and m is not kinds
+    ]
 
 
-def build_model(cfg: TrainConfig, num_items: int) -> nn.Module:
-    """An untrained `cfg.model` from the registry (trainer/models, or a user's own module)."""
+def build_model(cfg: TrainConfig, num_items: int, num_events: int = 0) -> nn.Module:
+    """An untrained `cfg.model` from the registry (trainer/models, or a user's own module);
+    `num_events` > 0: reading that many event kinds."""
     if is_custom(cfg.model):
         return load_model_class(cfg.model)(num_items=num_items, max_len=cfg.max_len, **cfg.model_options)
-    return MODELS[cfg.model][1](cfg.model_config(num_items))
+    return MODELS[cfg.model][1](cfg.model_config(num_items, num_events))
 
 
 def fit(
@@ -407,27 +574,51 @@ def fit(
     model: nn.Module | None = None,
     validator=None,
     select: str | None = None,
+    events: list[np.ndarray] | None = None,
+    weights: list[np.ndarray] | None = None,
+    event_kinds: tuple[str, ...] = (),
 ) -> FitResult:
     """Trains a next-item model through the loop (trainer/loop.py); see NextItemFamily. The
-    classic baselines are fitted in closed form instead (trainer/families/classic.py)."""
+    classic baselines are fitted in closed form instead (trainer/families/classic.py). When the
+    model reads event kinds, `result.settings["events"]` lists them in token order."""
     if cfg.model in CLASSIC_MODELS:
         from trainer.families.classic import fit_classic
 
+        if cfg.target_events or cfg.event_weights or cfg.read_events:
+            raise ValueError(
+                f"the classic baseline {cfg.model!r} takes no event kinds: unset target_events, event_weights, read_events"
+            )
         return fit_classic(cfg, sequences, num_items, progress=progress)
-    family = NextItemFamily(cfg, sequences, num_items, model=model, validator=validator, select=select)
+    family = NextItemFamily(
+        cfg,
+        sequences,
+        num_items,
+        model=model,
+        validator=validator,
+        select=select,
+        events=events,
+        weights=weights,
+        event_kinds=event_kinds,
+    )
     return run_loop(family.cfg, family, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
 
 
-def _batches(inputs: np.ndarray, targets: np.ndarray, cfg: TrainConfig, rng: np.random.Generator):
-    """Shuffled (inputs, targets, window rows) batches; with `cfg.bucket`, windows of similar
-    length together."""
+def _batches(arrays: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator):
+    """Shuffled ([tensors of a batch], window rows) from windows `arrays` (the first the
+    inputs, all aligned with them; integers widened to int64); with `cfg.bucket`, windows of
+    similar length together, trimmed of their all-padding left columns."""
+
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(array)
+        return t.long() if not t.is_floating_point() else t
+
     if cfg.bucket:
-        for batch_inputs, batch_targets, rows in bucketed_batches(inputs, targets, cfg.batch_size, rng):
-            yield torch.from_numpy(batch_inputs).long(), torch.from_numpy(batch_targets).long(), rows
+        for rows, width in bucket_rows(arrays[0], cfg.batch_size, rng):
+            yield [tensor(a[rows, -width:]) for a in arrays], rows
         return
-    order = rng.permutation(len(inputs))
-    inputs_t, targets_t = torch.from_numpy(inputs), torch.from_numpy(targets)
+    order = rng.permutation(len(arrays[0]))
+    tensors = [torch.from_numpy(a) for a in arrays]
     for i in range(0, len(order), cfg.batch_size):
         rows = order[i : i + cfg.batch_size]
         idx = torch.from_numpy(rows)
-        yield inputs_t[idx].long(), targets_t[idx].long(), rows
+        yield [t[idx].long() if not t.is_floating_point() else t[idx] for t in tensors], rows

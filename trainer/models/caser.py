@@ -4,6 +4,9 @@ Horizontal filters of heights 1..L slide over the last L item embeddings and are
 vertical filters take weighted sums of those L rows; both are joined and projected to the
 output width. No user embedding, so unseen users with a few events are served like anyone
 else. Every position's window is built with `unfold`, so training reads all positions at once.
+
+Event kinds (`num_events` > 0): each position's event-kind embedding is added to its item
+embedding before the filters read it (see trainer/models/sasrec.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from recsys.schema import FIRST_TOKEN, PAD
+from trainer.models.sasrec import with_events
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class CaserConfig:
     horizontal: int = 16  # filters per horizontal height (heights 1..window)
     vertical: int = 4  # vertical filters
     dropout: float = 0.4  # before the projection
+    num_events: int = 0  # event kinds read beside the items (table of num_events + FIRST_TOKEN rows); 0 = none
 
 
 class Caser(nn.Module):
@@ -40,12 +45,16 @@ class Caser(nn.Module):
         self.proj = nn.Linear(cfg.vertical * d + cfg.horizontal * w, d)
         self.out_emb = nn.Embedding(cfg.num_items + FIRST_TOKEN, d)
         self.out_bias = nn.Embedding(cfg.num_items + FIRST_TOKEN, 1)
+        # Created last, so the other layers draw the same random init with or without kinds.
+        self.event_emb = nn.Embedding(cfg.num_events + FIRST_TOKEN, d, padding_idx=PAD) if cfg.num_events else None
 
-    def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """item_seq (B, L) left-padded -> hidden (B, L, D); position t sees items t-window+1..t."""
+    def encode(self, item_seq: torch.Tensor, history_events: torch.Tensor | None = None) -> torch.Tensor:
+        """item_seq (B, L) left-padded[, history_events (B, L) their event-kind tokens, required
+        when the model reads kinds] -> hidden (B, L, D); position t sees items t-window+1..t."""
         b, l = item_seq.shape
         w, d = self.cfg.window, self.cfg.hidden
-        x = self.item_emb(F.pad(item_seq, (w - 1, 0), value=PAD))  # (B, L+w-1, D)
+        kinds = F.pad(history_events, (w - 1, 0), value=PAD) if history_events is not None else None
+        x = with_events(self.item_emb(F.pad(item_seq, (w - 1, 0), value=PAD)), self.event_emb, kinds)  # (B, L+w-1, D)
         windows = x.unfold(1, w, 1).transpose(-1, -2)  # (B, L, w, D), oldest row first
         vert = self.vertical(windows.transpose(-1, -2)).transpose(-1, -2)  # (B, L, V, D)
         feats = [vert.reshape(b, l, -1)]
@@ -76,5 +85,6 @@ class Caser(nn.Module):
         """cols (...) -> (...) their `output_bias` entries, by lookup as `output_rows`."""
         return F.embedding(cols + FIRST_TOKEN, self.out_bias.weight, sparse=self.out_bias.sparse)[..., 0]
 
-    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
-        return self.score(self.encode(item_seq)[:, -1, :])
+    def forward(self, item_seq: torch.Tensor, history_events: torch.Tensor | None = None) -> torch.Tensor:
+        """item_seq (B, L)[, history_events (B, L)] -> scores (B, N)."""
+        return self.score(self.encode(item_seq, history_events)[:, -1, :])

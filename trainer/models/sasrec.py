@@ -8,6 +8,10 @@ masks come from `arange` comparisons; every position may attend to itself, so no
 is fully masked (no NaN); padded positions are zeroed after every block; positions are counted
 from the end, so the most recent item always has position `max_len - 1` whatever the padded
 length.
+
+Event kinds (`num_events` > 0): each input position also reads the kind of its event (view,
+purchase, ...) as a token of its own vocabulary (PAD, OOV, kinds from FIRST_TOKEN), whose
+embedding is added to the item's. With `num_events` 0 the model is exactly the plain SASRec.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class SASRecConfig:
     layers: int = 2  # Transformer blocks
     inner: int = 256  # feed-forward width
     dropout: float = 0.2  # on embeddings, attention weights and block outputs
+    num_events: int = 0  # event kinds read beside the items (table of num_events + FIRST_TOKEN rows); 0 = none
 
 
 class CausalSelfAttention(nn.Module):
@@ -85,13 +90,21 @@ class SASRec(nn.Module):
         self.emb_norm = nn.LayerNorm(cfg.hidden)
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        # Created last, so the other tables draw the same random init with or without kinds.
+        self.event_emb = (
+            nn.Embedding(cfg.num_events + FIRST_TOKEN, cfg.hidden, padding_idx=PAD) if cfg.num_events else None
+        )
 
-    def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """item_seq (B, L) int64 tokens, left-padded, L <= max_len -> hidden states (B, L, D)."""
-        hidden, _ = self.encode_with_attention(item_seq)
+    def encode(self, item_seq: torch.Tensor, history_events: torch.Tensor | None = None) -> torch.Tensor:
+        """item_seq (B, L) int64 tokens, left-padded, L <= max_len; history_events (B, L) the
+        event-kind token of each position (required when the model reads kinds, else None)
+        -> hidden states (B, L, D)."""
+        hidden, _ = self.encode_with_attention(item_seq, history_events)
         return hidden
 
-    def encode_with_attention(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def encode_with_attention(
+        self, item_seq: torch.Tensor, history_events: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         b, l = item_seq.shape
         valid = item_seq != PAD  # (B, L)
         idx = torch.arange(l, device=item_seq.device)
@@ -99,7 +112,8 @@ class SASRec(nn.Module):
         # (B, L), not (L,): per-sample gradients (Opacus, trainer/families/private.py) need every
         # embedding lookup to carry the batch dimension; the result is the same.
         positions = positions.unsqueeze(0).expand(b, l)
-        x = self.item_emb(item_seq) * math.sqrt(self.cfg.hidden) + self.pos_emb(positions)  # (B, L, D)
+        x = with_events(self.item_emb(item_seq), self.event_emb, history_events)  # (B, L, D)
+        x = x * math.sqrt(self.cfg.hidden) + self.pos_emb(positions)
         x = self.emb_drop(self.emb_norm(x)) * valid.unsqueeze(-1)
         causal = idx.view(1, l) <= idx.view(l, 1)  # (L, L): query i sees keys j <= i
         itself = idx.view(1, l) == idx.view(l, 1)
@@ -134,6 +148,18 @@ class SASRec(nn.Module):
             return self.item_embeddings()[cols]
         return F.embedding(cols + FIRST_TOKEN, self.item_emb.weight, sparse=self.item_emb.sparse)
 
-    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """item_seq (B, L) -> scores (B, N) of every real item as the next one."""
-        return self.score(self.encode(item_seq)[:, -1, :])
+    def forward(self, item_seq: torch.Tensor, history_events: torch.Tensor | None = None) -> torch.Tensor:
+        """item_seq (B, L)[, history_events (B, L)] -> scores (B, N) of every real item as the next one."""
+        return self.score(self.encode(item_seq, history_events)[:, -1, :])
+
+
+def with_events(items: torch.Tensor, table: nn.Embedding | None, history_events: torch.Tensor | None) -> torch.Tensor:
+    """items (B, L, D) item embeddings plus the embeddings of their event kinds (B, L) when the
+    model reads kinds (`table`); ValueError when the kinds and the model disagree."""
+    if table is None:
+        if history_events is not None:
+            raise ValueError("this model reads no event kinds (num_events = 0); pass history_events=None")
+        return items
+    if history_events is None:
+        raise ValueError("this model reads event kinds (num_events > 0): pass history_events")
+    return items + table(history_events)
