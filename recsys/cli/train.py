@@ -28,7 +28,10 @@ CAPABILITY_FLAGS = {
     "--private": "private",
     "--item-vectors": "item_vectors",
 }
-MODEL_HELP = "A built-in model ({names}) or your own class as path/to/file.py:ClassName or package.module:ClassName."
+MODEL_HELP = (
+    "A built-in model ({names}) or your own class as path/to/file.py:ClassName or package.module:ClassName; "
+    "default: the --config file's `model`, else sasrec."
+)
 
 
 class _ModelOption(click.Option):
@@ -85,7 +88,11 @@ def _without_nproc(argv: list[str]) -> list[str]:
 )
 @click.option("--users", type=FILE, help="User feature table keyed by user_id.")
 @click.option("--items", type=FILE, help="Item feature table keyed by item_id.")
-@click.option("--model", default="sasrec", show_default=True, cls=_ModelOption, help=MODEL_HELP)
+@click.option(
+    "--model",
+    cls=_ModelOption,
+    help=MODEL_HELP,
+)
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False), help="Artifact directory (replaced atomically)."
 )
@@ -196,8 +203,10 @@ def train(
     --nproc N runs N DDP ranks through torchrun; so does `torchrun --nproc-per-node N -m recsys.cli
     train ...` (add --nnodes/--rdzv-endpoint for several machines). Only rank 0 writes the artifact.
     """
-    from recsys.config import load_config
+    from recsys.config import load_config, read_config_file
 
+    if model is None:  # the config file may name it; --model, when given, wins
+        model = str(read_config_file(config_file).get("model", "sasrec")) if config_file else "sasrec"
     spec = _resolve(model)
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     _refuse_unsupported(

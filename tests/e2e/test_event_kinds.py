@@ -42,7 +42,7 @@ def test_event_kinds_train_serve_and_record_end_to_end(tmp_path: Path, served_by
     data = write_views_then_purchases(tmp_path / "events.csv")
     config = tmp_path / "events.toml"
     config.write_text(
-        'max_len = 10\nepochs = 3\nbatch_size = 32\nhidden = 16\nheads = 1\nlayers = 1\ninner = 32\n'
+        "max_len = 10\nepochs = 3\nbatch_size = 32\nhidden = 16\nheads = 1\nlayers = 1\ninner = 32\n"
         'target_events = ["purchase"]\n'
     )
     artifact = tmp_path / "artifact"
@@ -55,51 +55,52 @@ def test_event_kinds_train_serve_and_record_end_to_end(tmp_path: Path, served_by
     assert manifest["training"]["events"] == ["purchase", "view"]
     assert [i["source"] for i in manifest["inputs"]] == ["user.history", "user.history_events"]
 
-    with served_by_cli(artifact, tmp_path) as servers:
-        with grpc.insecure_channel(servers["features"]) as fchannel, grpc.insecure_channel(servers["target"]) as ch:
-            features = features_pb2_grpc.FeatureServiceStub(fchannel)
-            inference = inference_pb2_grpc.InferenceServiceStub(ch)
-            # the artifact's histories reached the store with their kinds
-            user = features.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=["u00"]), timeout=10).users[0]
-            assert len(user.history_events) == len(user.history) and set(user.history_events) <= {"view", "purchase"}
+    with (
+        served_by_cli(artifact, tmp_path) as servers,
+        grpc.insecure_channel(servers["features"]) as fchannel,
+        grpc.insecure_channel(servers["target"]) as ch,
+    ):
+        features = features_pb2_grpc.FeatureServiceStub(fchannel)
+        inference = inference_pb2_grpc.InferenceServiceStub(ch)
+        # the artifact's histories reached the store with their kinds
+        user = features.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=["u00"]), timeout=10).users[0]
+        assert len(user.history_events) == len(user.history) and set(user.history_events) <= {"view", "purchase"}
 
-            first = inference.Recommend(
-                inference_pb2.RecommendRequest(user_id="u00", k=5, exclude_seen=True, explain=True), timeout=10
-            )
-            assert first.source == inference_pb2.SOURCE_MODEL and len(first.items) == 5
-            # record a purchase and an event of a kind the model never saw
-            bought = first.items[0].item_id
-            recorded = features.RecordInteractions(
+        first = inference.Recommend(
+            inference_pb2.RecommendRequest(user_id="u00", k=5, exclude_seen=True, explain=True), timeout=10
+        )
+        assert first.source == inference_pb2.SOURCE_MODEL and len(first.items) == 5
+        # record a purchase and an event of a kind the model never saw
+        bought = first.items[0].item_id
+        recorded = features.RecordInteractions(
+            features_pb2.RecordInteractionsRequest(
+                interactions=[
+                    types_pb2.Interaction(user_id="u00", item_id=bought, timestamp=1_800_000_000, event="purchase"),
+                    types_pb2.Interaction(
+                        user_id="u00", item_id=first.items[1].item_id, timestamp=1_800_000_001, event="wishlist"
+                    ),
+                ]
+            ),
+            timeout=10,
+        )
+        assert recorded.recorded == 2
+        user = features.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=["u00"]), timeout=10).users[0]
+        assert list(user.history_events[-2:]) == ["purchase", "wishlist"]
+
+        after = inference.Recommend(inference_pb2.RecommendRequest(user_id="u00", k=5, exclude_seen=True), timeout=10)
+        assert after.source == inference_pb2.SOURCE_MODEL and len(after.items) == 5
+        assert not {bought, first.items[1].item_id} & {i.item_id for i in after.items}  # now seen
+        scored = inference.Score(
+            inference_pb2.ScoreRequest(user_id="u00", item_ids=[i.item_id for i in after.items]), timeout=10
+        )
+        assert list(scored.scores) == pytest.approx([i.score for i in after.items], abs=1e-4)
+        # a bad kind is refused whole, naming the field
+        with pytest.raises(grpc.RpcError) as refused:
+            features.RecordInteractions(
                 features_pb2.RecordInteractionsRequest(
-                    interactions=[
-                        types_pb2.Interaction(user_id="u00", item_id=bought, timestamp=1_800_000_000, event="purchase"),
-                        types_pb2.Interaction(
-                            user_id="u00", item_id=first.items[1].item_id, timestamp=1_800_000_001, event="wishlist"
-                        ),
-                    ]
+                    interactions=[types_pb2.Interaction(user_id="u00", item_id=bought, timestamp=1, event="x" * 65)]
                 ),
                 timeout=10,
             )
-            assert recorded.recorded == 2
-            user = features.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_ids=["u00"]), timeout=10).users[0]
-            assert list(user.history_events[-2:]) == ["purchase", "wishlist"]
-
-            after = inference.Recommend(
-                inference_pb2.RecommendRequest(user_id="u00", k=5, exclude_seen=True), timeout=10
-            )
-            assert after.source == inference_pb2.SOURCE_MODEL and len(after.items) == 5
-            assert not {bought, first.items[1].item_id} & {i.item_id for i in after.items}  # now seen
-            scored = inference.Score(
-                inference_pb2.ScoreRequest(user_id="u00", item_ids=[i.item_id for i in after.items]), timeout=10
-            )
-            assert list(scored.scores) == pytest.approx([i.score for i in after.items], abs=1e-4)
-            # a bad kind is refused whole, naming the field
-            with pytest.raises(grpc.RpcError) as refused:
-                features.RecordInteractions(
-                    features_pb2.RecordInteractionsRequest(
-                        interactions=[types_pb2.Interaction(user_id="u00", item_id=bought, timestamp=1, event="x" * 65)]
-                    ),
-                    timeout=10,
-                )
-            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "event" in refused.value.details()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "event" in refused.value.details()
     assert servers["returncodes"] == [0, 0], servers["logs"]

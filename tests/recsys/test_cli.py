@@ -111,6 +111,15 @@ def test_train_loads_the_family_config_and_calls_its_trainer(registry, table, tm
     assert registry.calls[-1][0] == FakeRankConfig(model="deepfm", seed=5)  # the rank family's own config
 
 
+def test_the_config_files_model_is_trained_unless_the_flag_names_another(registry, table, tmp_path):
+    config = tmp_path / "ranker.toml"
+    config.write_text('model = "deepfm"\nseed = 2\n')
+    assert train(table, tmp_path, "--config", str(config)).exit_code == 0
+    assert registry.calls[-1][0] == FakeRankConfig(model="deepfm", seed=2)  # not sasrec's family
+    assert train(table, tmp_path, "--config", str(config), "--model", "sasrec").exit_code == 0
+    assert registry.calls[-1][0].model == "sasrec"
+
+
 def test_a_flag_the_family_does_not_support_is_a_usage_error(registry, table, tmp_path):
     result = train(table, tmp_path, "--model", "deepfm", "--popularity-debias", "1")
     assert result.exit_code == 2
