@@ -48,6 +48,7 @@ from inference_server.explain import (
     Explanation,
     explain_feature_ranker,
     explain_next_item,
+    explain_user_features,
     window_scorer,
 )
 from inference_server.feature_client import FeatureClient, SchemaMismatch, UserView
@@ -277,7 +278,13 @@ class Recommender:
                 self.session, self.user_inputs, user.features, self.manifest.max_history, self._events_input
             )
             kinds = self._event_tokens(user) if self.event_token is not None else None
-            return explain_next_item(score, self._tokens(user), length, cols, ids, titles, kinds=kinds)
+            why = explain_next_item(score, self._tokens(user), length, cols, ids, titles, kinds=kinds)
+            if self.user_inputs is not None:  # the model reads user features: attribute them too
+                features = explain_user_features(
+                    self.session, self.user_inputs, user.features, self._tokens(user), cols, kinds
+                )
+                why = Explanation(why.because_items, features)
+            return why
         return explain_feature_ranker(
             self.session,
             self.inputs,

@@ -13,9 +13,11 @@ Contract of a distributed `fit` (see trainer/families/next_item.py):
 - DDP averages the gradients; parameters start equal (DDP broadcasts rank 0's);
 - only rank 0 validates, checkpoints and exports; it tells the others when to stop.
 
-With a Parquet log too large for one rank, trainer/data/shards.py reads per-rank user shards
-instead, agreeing on the item vocabulary and the steps per epoch through `gather_objects`
-and `min`.
+With a Parquet log too large for one rank (TrainConfig.shard_by_user), trainer/data/shards.py
+reads per-rank user shards instead, agreeing on the item vocabulary and the steps per epoch
+through `gather_objects` and `min`; each rank then batches its own windows whole (the family's
+`local_batches`), and `stream_to_main` brings every rank's per-user rows to rank 0 for export,
+a chunk at a time.
 
 Backend: NCCL when CUDA is available (each rank on cuda:LOCAL_RANK), else gloo on CPU;
 RECSYS_DIST_BACKEND=gloo|nccl overrides.
@@ -23,9 +25,11 @@ RECSYS_DIST_BACKEND=gloo|nccl overrides.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -97,6 +101,29 @@ class Dist:
         out: list = [None] * self.world_size
         torch_dist.all_gather_object(out, value)
         return out
+
+    def stream_to_main(self, rows: Iterable, chunk: int = 4096) -> Iterator:
+        """On rank 0: its own `rows`, then each other rank's in rank order, received `chunk`
+        rows (picklable) at a time, so rank 0 never holds a whole rank's rows; on the other
+        ranks: sends theirs and yields nothing. A collective: every rank must exhaust it."""
+        if not self.enabled or self.is_main:
+            yield from rows
+        if not self.enabled:
+            return
+        device = torch.device(self.device) if self.device.startswith("cuda") else None
+        if self.is_main:
+            for src in range(1, self.world_size):
+                box: list = [None]
+                while True:
+                    torch_dist.recv_object_list(box, src=src, device=device)
+                    if box[0] is None:  # that rank's end
+                        break
+                    yield from box[0]
+            return
+        it = iter(rows)
+        while part := list(itertools.islice(it, chunk)):
+            torch_dist.send_object_list([part], dst=0, device=device)
+        torch_dist.send_object_list([None], dst=0, device=device)
 
     def mean(self, value: float) -> float:
         """The mean of `value` over the ranks (a collective)."""

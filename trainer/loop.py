@@ -127,6 +127,8 @@ class Family(Protocol):
     # optional `epoch_steps: int`: set by `batches` before it yields its first batch, the number of
     # batches that pass will yield (the progress bar's total within an epoch)
     # optional `settings: dict`: what the family resolved from its config (e.g. the loss that ran), into FitResult
+    # optional `local_batches = True`: under DDP each rank's batches are its own (per-rank data shards),
+    # taken whole, and every rank yields the same number of them per pass
 
     def build_model(self) -> nn.Module: ...
     def batches(self, rng: np.random.Generator, full: bool = False) -> Iterator[tuple[torch.Tensor, ...]]: ...
@@ -378,6 +380,7 @@ def _train_epoch(
     if full_batch:
         optimizer.zero_grad(set_to_none=True)
     bar = None
+    local = getattr(family, "local_batches", False)
     for batch in family.batches(rng, full=full):
         if bar is None and show:
             bar = tqdm(
@@ -387,10 +390,11 @@ def _train_epoch(
                 dynamic_ncols=True,
                 mininterval=0.1 if sys.stderr.isatty() else 30.0,  # a log file gets a line per 30 s, not per step
             )
-        if len(batch[0]) < dist.world_size:
+        if not local and len(batch[0]) < dist.world_size:
             continue  # a tail batch too small to give every rank a row (never with one process)
+        part = tuple(t.to(device) for t in batch) if local else dist.shard(*batch)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss = train_step(*dist.shard(*batch))
+            loss = train_step(*part)
         if full_batch:
             (loss * len(batch[0])).backward()  # each example weighs the same, whatever its batch
             rows += len(batch[0])

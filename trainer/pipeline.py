@@ -6,8 +6,13 @@ Only glue lives here; each step is a function of its own module.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import tempfile
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 from recsys.artifact import Manifest
 from recsys.pseudonym import Pseudonymiser
@@ -21,11 +26,12 @@ from trainer.data.encoding import (
     event_vocabulary,
     history_rows,
 )
+from trainer.data.shards import agreed_item_counts, item_index_from_counts, parquet_files, read_log_shard
 from trainer.data.tables import Tables, feature_rows, load_tables
 from trainer.export.next_item import ExportInputs, export_artifact
 from trainer.families.content import CONTENT_CHECKPOINT, prepare_content_model, save_content_model
 from trainer.families.next_item import TrainConfig, fit
-from trainer.models import CONTENT_MODELS
+from trainer.models import CLASSIC_MODELS, CONTENT_MODELS
 from trainer.models.custom import kind_of
 
 __all__ = ["build_item_index", "encode_histories", "train_and_export"]
@@ -75,6 +81,73 @@ def prepare_tables(
     return tables, pseudonym
 
 
+def prepare_shard(
+    interactions: str | Path,
+    cfg: TrainConfig,
+    users: str | Path | None = None,
+    items: str | Path | None = None,
+    *,
+    forget_users: str | Path | None = None,
+    pseudonymise_key: str | Path | None = None,
+    columns: dict[str, str] | None = None,
+    log=print,
+):
+    """`cfg.shard_by_user` under DDP: this rank's tables (its users' rows of a Parquet file or
+    directory, trainer/data/shards.py), the item index every rank agrees on, and the whole log's
+    report (users, interactions and drops summed over the ranks). Collectives: every rank calls it.
+
+    Returns (tables, pseudonymiser or None, item index, report). ValueError outside DDP, for a
+    log that is not Parquet, and for what trains on the whole log in one process (private
+    training, ensembles, content models, classic baselines) or resumes.
+    """
+    dist = distributed.current()
+    if not dist.enabled:
+        raise ValueError(
+            "shard_by_user splits the users over DDP ranks: run it under torchrun or `recsys train --nproc N`, N >= 2"
+        )
+    whole = sorted(CLASSIC_MODELS) + sorted(CONTENT_MODELS) + ["ensemble"]
+    if cfg.model in whole:
+        raise ValueError(
+            f"shard_by_user trains one DDP model; not {cfg.model!r} ({', '.join(whole)} need the whole log)"
+        )
+    parquet_files(interactions)  # ValueError for CSV and other formats, before any rank reads
+    user_column = (columns or {}).get("user_id", "user_id")
+    label = f"{interactions} (rank {dist.rank} of {dist.world_size}: its users)"
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = Path(tmp) / "shard.parquet"
+        pq.write_table(read_log_shard(interactions, dist.rank, dist.world_size, user_column=user_column), shard)
+        tables, pseudonym = prepare_tables(
+            shard,
+            users,
+            items,
+            forget_users=forget_users,
+            pseudonymise_key=pseudonymise_key,
+            columns=columns,
+            log=lines.append,
+        )
+    for line in lines:
+        log(line.replace(str(shard), label))
+    counts = tables.interactions["item_id"].value_counts()
+    total = agreed_item_counts(Counter({str(k): int(v) for k, v in counts.items() if v > 0}), dist)
+    index = item_index_from_counts(total, tables.items)
+    mine = tables.report
+    parts = dist.gather_objects((mine.rows_read, mine.users, mine.interactions, mine.dropped))
+    dropped: Counter = Counter()
+    for part in parts:
+        dropped.update(part[3])
+    report = replace(
+        mine,
+        source=str(interactions),
+        rows_read=sum(p[0] for p in parts),
+        users=sum(p[1] for p in parts),
+        items=len(index.item_ids),
+        interactions=sum(p[2] for p in parts),
+        dropped=dict(dropped),
+    )
+    return tables, pseudonym, index, report
+
+
 def train_and_export(
     interactions: str | Path,
     out_dir: str | Path,
@@ -106,22 +179,64 @@ def train_and_export(
     to `<checkpoint_dir>/content_model.pt` for adding items later. `private`: a
     trainer.families.private.PrivacyConfig for DP-SGD training (Opacus; fixed length, no early stopping);
     the (ε, δ) spent goes into the manifest's `privacy`. `validator` and `select` go to `fit`
-    (extra validation metrics and the one that selects the epoch).
+    (extra validation metrics and the one that selects the epoch). `cfg.shard_by_user` (under
+    DDP, a Parquet log): each rank reads and trains on its own users only (`prepare_shard`);
+    every rank's histories reach rank 0's artifact, a chunk at a time.
     """
-    tables, pseudonym = prepare_tables(
-        interactions,
-        users,
-        items,
-        forget_users=forget_users,
-        pseudonymise_key=pseudonymise_key,
-        columns=columns,
-        log=log,
-    )
-    index = build_item_index(tables.interactions, tables.items)
+    shards = cfg.shard_by_user
+    if shards and (private is not None or resume):
+        raise ValueError("shard_by_user: private (DP-SGD) training and --resume are not supported")
+    if shards:
+        tables, pseudonym, index, report = prepare_shard(
+            interactions,
+            cfg,
+            users,
+            items,
+            forget_users=forget_users,
+            pseudonymise_key=pseudonymise_key,
+            columns=columns,
+            log=log,
+        )
+    else:
+        tables, pseudonym = prepare_tables(
+            interactions,
+            users,
+            items,
+            forget_users=forget_users,
+            pseudonymise_key=pseudonymise_key,
+            columns=columns,
+            log=log,
+        )
+        index, report = build_item_index(tables.interactions, tables.items), tables.report
     _, sequences = encode_histories(tables.interactions, index)
     kinds = event_vocabulary(tables.interactions)  # () without an event column
+    if shards:  # every kind of any rank, in the sorted order event_vocabulary gives
+        kinds = tuple(sorted(set().union(*distributed.current().gather_objects(kinds))))
     events, weights = encode_events(tables.interactions, kinds), encode_weights(tables.interactions)
     checkpoint_dir = checkpoint_dir or Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
+    if cfg.user_features or cfg.item_features:
+        if private is not None or item_vectors is not None or shards:
+            raise ValueError(
+                "user_features and item_features do not combine with --private, --item-vectors or shard_by_user"
+            )
+        if events is not None or weights is not None:
+            raise ValueError("user_features and item_features do not read event kinds or weights yet")
+        from trainer.export.side_info import train_and_export_side_info
+
+        return train_and_export_side_info(
+            interactions,
+            out_dir,
+            cfg,
+            user_features=cfg.user_features,
+            item_features=cfg.item_features,
+            tables=tables,
+            progress=progress,
+            resume=resume,
+            checkpoint_dir=checkpoint_dir,
+            log=log,
+            validator=validator,
+            select=select,
+        )
     prebuilt, content_spec = None, None
     if cfg.model in CONTENT_MODELS:
         index, prebuilt, content_spec = prepare_content_model(cfg, tables.items, index, sequences, item_vectors)
@@ -163,6 +278,10 @@ def train_and_export(
             weights=weights,
             event_kinds=kinds,
         )
+    histories = history_rows(tables.interactions)
+    if shards:  # every rank's users to rank 0, spooled to disk a chunk at a time (the artifact holds them all)
+        streamed = distributed.current().stream_to_main(histories)
+        histories = _spool(streamed) if distributed.current().is_main else deque(streamed, maxlen=0)
     if not distributed.current().is_main:
         return None  # under DDP only rank 0 holds the selected model and writes the artifact
     if result.resumed_from:
@@ -193,7 +312,7 @@ def train_and_export(
             max_len=cfg.max_len,
             item_index=index,
             schema=schema,
-            histories=history_rows(tables.interactions),
+            histories=histories,
             users=user_rows,
             items=item_rows,
             training={
@@ -207,11 +326,17 @@ def train_and_export(
                 **({"content": content_spec.to_dict()} if content_spec is not None else {}),
                 **({"members": result.members} if result.members else {}),
                 "data": {
-                    "users": tables.report.users,
-                    "items": tables.report.items,
-                    "interactions": tables.report.interactions,
-                    "dropped": tables.report.dropped,
+                    "users": report.users,
+                    "items": report.items,
+                    "interactions": report.interactions,
+                    "dropped": report.dropped,
                 },
+                # shard_by_user: validation covers rank 0's users only
+                **(
+                    {"shards": {"world_size": distributed.current().world_size, "rank0_users": len(sequences)}}
+                    if shards
+                    else {}
+                ),
             },
             metrics={f"valid_{k}": v for k, v in result.best_metrics.items() if "@" in k},
             privacy=privacy,
@@ -224,3 +349,19 @@ def train_and_export(
     )
     log(f"wrote {out_dir} ({manifest.model_version})")
     return manifest
+
+
+def _spool(rows) -> Iterator[dict]:
+    """`rows` (JSON-able dicts) consumed at once into a temporary JSON Lines file (the ranks
+    sending them must not wait for the export), replayed from there."""
+    spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (closed by the replay)
+    for row in rows:
+        spool.write(json.dumps(row) + "\n")
+    spool.seek(0)
+
+    def replay() -> Iterator[dict]:
+        with spool:
+            for line in spool:
+                yield json.loads(line)
+
+    return replay()

@@ -28,6 +28,7 @@ from torch import nn
 from recsys.schema import FIRST_TOKEN, PAD
 from trainer import distributed
 from trainer.data.batches import bucket_rows, fill_windows, last_windows, older_items, window_plan
+from trainer.data.shards import agreed_steps
 from trainer.data.split import check_event_kinds
 from trainer.families.losses import LOSSES, NegativeSampler, log_prior, next_item_loss
 from trainer.loop import FitResult, LoopConfig, init_weights
@@ -92,6 +93,9 @@ class TrainConfig(LoopConfig):
     # adamw, no weight_decay, one process); false keeps dense tables.
     sparse_items: bool | None = None
     valid_users: int = 0  # validate on this many users, drawn with `seed`; 0 = every user
+    # Under torchrun, each rank reads only its own users' rows of a Parquet log (trainer/data/shards.py)
+    # and batches them; rank 0 validates on its users, a 1/world sample (docs/training.md).
+    shard_by_user: bool = False
     negative_sampling: str = "uniform"  # uniform | popularity (popularity ** negative_alpha)
     negative_alpha: float = 0.75  # exponent of popularity-weighted sampling (0 = uniform)
     logq_correction: bool = True  # sampled_softmax: subtract log q(item) (unbiased); false keeps the sampling bias
@@ -118,6 +122,9 @@ class TrainConfig(LoopConfig):
     # that member and naming its `model` (trainer/families/ensemble.py); the served scores are their sum,
     # each member scaled by its scores' spread on the validation histories.
     members: tuple = ()
+    # Side information (sasrec, gru4rec, caser; trainer/families/side_info.py, docs/models.md)
+    user_features: bool = False  # add a vector of the user's features (--users) at every position
+    item_features: bool = False  # fuse each item's id embedding with its features (--items)
 
     @property
     def masks_seen(self) -> bool:
@@ -217,6 +224,14 @@ class TrainConfig(LoopConfig):
                 'model_options are for your own model (model = "file.py:Class"); '
                 "built-in models take their settings as fields"
             )
+        if (self.user_features or self.item_features) and self.model not in ("sasrec", "gru4rec", "caser"):
+            raise ValueError(
+                f"user_features and item_features apply to sasrec, gru4rec and caser; model is {self.model!r}"
+            )
+        if (self.user_features or self.item_features) and (
+            self.event_weights or self.target_events or self.read_events
+        ):
+            raise ValueError("user_features and item_features do not combine with event kinds yet")
 
 
 def member_configs(cfg: TrainConfig) -> list[TrainConfig]:
@@ -375,6 +390,8 @@ class NextItemFamily:
                 (sequences[i][: ends[i]], sequences[i][ends[i]], i) for i in ends if 2 <= ends[i] < len(sequences[i])
             ]
         self._train_users = users
+        # per-rank user shards: each rank batches only its own sequences (no Dist.shard in the loop)
+        self.local_batches = cfg.shard_by_user and distributed.current().enabled
         if cfg.valid_users and len(val) > cfg.valid_users:  # a seeded sample, the same every epoch
             keep = np.sort(np.random.default_rng(cfg.seed).choice(len(val), cfg.valid_users, replace=False))
             val = [val[i] for i in keep]
@@ -386,6 +403,8 @@ class NextItemFamily:
             if self.train_seqs
             else np.ones(num_items, dtype=np.int64)
         )
+        if self.local_batches:  # negatives and priors follow the whole log's popularity, not one shard's
+            counts = sum(distributed.current().gather_objects(counts))
         sampler = (
             None
             if cfg.loss == "ce"
@@ -509,8 +528,15 @@ class NextItemFamily:
             arrays.append(kinds_in)
         if weights is not None:
             arrays.append(weights)
-        self.epoch_steps = -(-len(inputs) // self.cfg.batch_size)
-        for batch, rows in _batches(arrays, self.cfg, rng):
+        size, steps = self.cfg.batch_size, None
+        if self.local_batches:  # rank batches of batch_size / world keep the global batch; DDP needs equal steps
+            dist = distributed.current()
+            size = -(-size // dist.world_size)
+            steps = agreed_steps(-(-len(inputs) // size), dist)
+            if steps == 0:
+                raise ValueError("shard_by_user: a rank has no training windows (fewer users than ranks?)")
+        self.epoch_steps = -(-len(inputs) // size) if steps is None else steps
+        for batch, rows in itertools.islice(_batches(arrays, self.cfg, rng, size), steps):
             if self.cfg.masks_seen:  # the loss also masks what each user saw before the window
                 batch.insert(2, torch.from_numpy(older_items(sequences, origins, rows)))
             yield tuple(batch)
@@ -581,6 +607,11 @@ def fit(
     """Trains a next-item model through the loop (trainer/loop.py); see NextItemFamily. The
     classic baselines are fitted in closed form instead (trainer/families/classic.py). When the
     model reads event kinds, `result.settings["events"]` lists them in token order."""
+    if cfg.user_features or cfg.item_features:
+        raise ValueError(
+            "user_features and item_features need the user and item tables: train through "
+            "trainer/families/side_info.py train_side_info (recsys train does)"
+        )
     if cfg.model in CLASSIC_MODELS:
         from trainer.families.classic import fit_classic
 
@@ -603,22 +634,22 @@ def fit(
     return run_loop(family.cfg, family, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume)
 
 
-def _batches(arrays: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator):
+def _batches(arrays: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator, size: int):
     """Shuffled ([tensors of a batch], window rows) from windows `arrays` (the first the
-    inputs, all aligned with them; integers widened to int64); with `cfg.bucket`, windows of
-    similar length together, trimmed of their all-padding left columns."""
+    inputs, all aligned with them; integers widened to int64), `size` windows a batch; with
+    `cfg.bucket`, windows of similar length together, trimmed of their all-padding left columns."""
 
     def tensor(array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(array)
         return t.long() if not t.is_floating_point() else t
 
     if cfg.bucket:
-        for rows, width in bucket_rows(arrays[0], cfg.batch_size, rng):
+        for rows, width in bucket_rows(arrays[0], size, rng):
             yield [tensor(a[rows, -width:]) for a in arrays], rows
         return
     order = rng.permutation(len(arrays[0]))
     tensors = [torch.from_numpy(a) for a in arrays]
-    for i in range(0, len(order), cfg.batch_size):
-        rows = order[i : i + cfg.batch_size]
+    for i in range(0, len(order), size):
+        rows = order[i : i + size]
         idx = torch.from_numpy(rows)
         yield [t[idx].long() if not t.is_floating_point() else t[idx] for t in tensors], rows

@@ -1,0 +1,240 @@
+"""Export of a sequential model with side information (trainer/models/side_info.py): a
+next-item artifact whose graph reads the user's features beside the history, served exactly as
+the two-tower's user tower (trainer/export/two_tower.py):
+
+    name       dtype    shape                 manifest source  values
+    user_cat   int64    (B, n_user_cat)       user.cat         FeatureEncoder tokens (PAD missing, OOV unseen)
+    user_num   float32  (B, n_user_num)       user.num         standardised values, 0 = missing
+    history    int64    (B, L'), 1 <= L' <= L user.history     most recent item tokens, left-padded
+    output: scores float32 (B, N), columns in item_index.json order.
+
+user_cat and user_num are there only when the model reads user features (and a feature of that
+kind exists); training["inputs"] then records the feature order. Item features are folded into a
+constant item table at export (`SideInfoModel.export_view`), so serving reads no item features.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recsys.artifact import (
+    HISTORIES,
+    ITEM_INDEX,
+    ITEMS,
+    MODEL,
+    USERS,
+    Manifest,
+    ModelInput,
+    write_atomically,
+    write_jsonl,
+)
+from recsys.schema import FIRST_TOKEN, OOV, PAD
+from trainer.data.encoding import history_rows
+from trainer.data.tables import feature_rows
+from trainer.export.onnx import compare_with_onnx, seal_manifest, set_metadata, versions
+from trainer.export.report import write_report
+from trainer.families.next_item import TrainConfig
+from trainer.families.side_info import SideInfoRun, train_side_info
+from trainer.models.side_info import SideInfoModel
+
+__all__ = ["SideInfoScorer", "export_side_info", "parity_check", "side_info_inputs", "train_and_export_side_info"]
+
+OUTPUT = "scores"
+SOURCES = {"user_cat": "user.cat", "user_num": "user.num", "history": "user.history"}
+
+
+class SideInfoScorer(nn.Module):
+    """The served graph: (history, [user_cat], [user_num]) -> scores (B, N) after the last position."""
+
+    def __init__(self, model: SideInfoModel):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        history: torch.Tensor,
+        user_cat: torch.Tensor | None = None,
+        user_num: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.model(history, user_cat, user_num)
+
+
+def side_info_inputs(model: SideInfoModel, max_len: int) -> list[ModelInput]:
+    """The graph's inputs in two-tower order (user_cat, user_num, history), those the model reads."""
+    cfg = model.cfg
+    sizes = {"user_cat": len(cfg.user_cat), "user_num": cfg.n_user_num, "history": max_len}
+    return [
+        ModelInput(
+            name,
+            SOURCES[name],
+            "float32" if name == "user_num" else "int64",
+            ("batch", "seq") if name == "history" else ("batch", str(sizes[name])),
+        )
+        for name in ("user_cat", "user_num", "history")
+        if sizes[name]
+    ]
+
+
+def _random_inputs(
+    specs: list[ModelInput], model: SideInfoModel, batch: int, seq: int, gen: torch.Generator, pad: int
+) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for spec in specs:
+        if spec.name == "user_num":
+            out["user_num"] = torch.randn(batch, model.cfg.n_user_num, generator=gen)
+        elif spec.name == "user_cat":
+            out["user_cat"] = torch.stack(
+                [torch.randint(PAD, v, (batch,), generator=gen) for v in model.cfg.user_cat], 1
+            )
+        else:
+            h = torch.randint(OOV, model.cfg.num_items + FIRST_TOKEN, (batch, seq), generator=gen)
+            h[:, : min(pad, seq)] = PAD
+            out["history"] = h
+    return out
+
+
+def export_onnx(scorer: SideInfoScorer, path: Path, specs: list[ModelInput], max_len: int) -> None:
+    """One ONNX file with dynamic batch (and history length) axes."""
+    model = scorer.model
+    static = {len(model.cfg.user_cat), model.cfg.n_user_num, max_len, model.cfg.hidden}
+    batch = next(b for b in (7, 11, 13, 17, 19, 23, 29) if b not in static)  # >= 2, unlike any other dim
+    example = _random_inputs(specs, model, batch, max_len, torch.Generator().manual_seed(0), pad=0)
+    # One padded row among unpadded ones: every row padded alike lets the exporter fix the length.
+    example["history"][0, : max_len // 2] = PAD
+    b_dim = torch.export.Dim("batch", min=1, max=65536)
+    dynamic: dict[str, dict[int, Any]] = {name: {0: b_dim} for name in example}
+    if max_len >= 2:
+        dynamic["history"][1] = torch.export.Dim("seq", min=1, max=max_len)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # deprecations raised inside torch.onnx itself
+        torch.onnx.export(
+            scorer.eval(),
+            (),
+            str(path),
+            kwargs=example,
+            input_names=list(example),
+            output_names=[OUTPUT],
+            dynamic_shapes=dynamic,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    quiet.setLevel(level)
+
+
+def parity_check(scorer: SideInfoScorer, path: Path, specs: list[ModelInput], max_len: int, seed: int = 0) -> float:
+    """Max |torch - ORT| over batch 1, larger batches, padded, all-PAD and short histories;
+    raises ExportError above PARITY_TOLERANCE or on a shape mismatch."""
+    gen = torch.Generator().manual_seed(seed)
+    seq = max_len
+    cases = [(1, seq, 0), (8, seq, seq - 1), (5, max(1, seq // 3), 1), (3, seq, seq), (32, seq, seq // 2)]
+    inputs = [_random_inputs(specs, scorer.model, batch, length, gen, pad) for batch, length, pad in cases]
+    return compare_with_onnx(scorer, path, OUTPUT, inputs)
+
+
+def export_side_info(run: SideInfoRun, out_dir: str | Path) -> Manifest:
+    """Writes the artifact of `run` to `out_dir` atomically and returns its manifest."""
+    cfg, data, result, model = run.config, run.data, run.fit, run.fit.model
+    tables, index, schema = run.tables, run.index, run.schema
+    view = SideInfoScorer(model.export_view()).eval()
+    specs = side_info_inputs(model, cfg.max_len)
+    box: dict[str, Manifest] = {}
+
+    def fill(tmp: Path) -> None:
+        export_onnx(view, tmp / MODEL, specs, cfg.max_len)
+        diff = parity_check(view, tmp / MODEL, specs, cfg.max_len)
+        (tmp / ITEM_INDEX).write_text(json.dumps(index.to_dict(), ensure_ascii=False))
+        write_jsonl(tmp / HISTORIES, history_rows(tables.interactions))
+        write_jsonl(
+            tmp / USERS, feature_rows(tables.users, schema.user_features, "user_id") if tables.users is not None else []
+        )
+        write_jsonl(
+            tmp / ITEMS, feature_rows(tables.items, schema.item_features, "item_id") if tables.items is not None else []
+        )
+        training: dict[str, Any] = {
+            "config": asdict(cfg),
+            "resolved": result.settings,
+            "side_info": {"user_features": data.user_features, "item_features": data.item_features},
+            **({"content": data.spec.to_dict()} if data.spec is not None else {}),
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "seconds": round(result.seconds, 1),
+            "history": result.history,
+            "data": {
+                "users": tables.report.users,
+                "items": tables.report.items,
+                "interactions": tables.report.interactions,
+                "dropped": tables.report.dropped,
+            },
+        }
+        if model.reads_users:  # the server builds user_cat / user_num from this description
+            training["inputs"] = {**data.encoder.describe(), "order": [s.name for s in specs]}
+        metrics = {
+            **{f"valid_{k}": v for k, v in result.best_metrics.items() if "@" in k},
+            "export_parity_max_abs_diff": diff,
+        }
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest = Manifest(
+            model_kind=cfg.model,
+            task="next_item",
+            model_version="",
+            inputs=tuple(specs),
+            output=OUTPUT,
+            num_items=len(index.item_ids),
+            schema=schema,
+            item_index_sha256=index.sha256,
+            training=training,
+            metrics=metrics,
+            versions=versions(),
+            created_at=created,
+        )
+        set_metadata(tmp / MODEL, {"recsys.manifest": manifest.to_json()})
+        reports = write_report(tmp, training, metrics, (f"ndcg@{cfg.k}", f"hr@{cfg.k}"))
+        box["m"] = seal_manifest(tmp, manifest, (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports))
+
+    write_atomically(out_dir, fill)
+    return box["m"]
+
+
+def train_and_export_side_info(
+    interactions: str | Path | None,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    *,
+    user_features: bool,
+    item_features: bool,
+    checkpoint_dir: str | Path | None = None,
+    log=print,
+    **options,
+) -> Manifest | None:
+    """Train (trainer/families/side_info.py train_side_info, `options` passed on) and export;
+    rank 0 under DDP returns the manifest, the others None."""
+    checkpoint_dir = checkpoint_dir or Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
+    run = train_side_info(
+        cfg,
+        interactions,
+        user_features=user_features,
+        item_features=item_features,
+        checkpoint_dir=checkpoint_dir,
+        log=log,
+        **options,
+    )
+    if run is None:
+        return None
+    manifest = export_side_info(run, out_dir)
+    log(f"wrote {out_dir} ({manifest.model_version})")
+    return manifest
