@@ -55,23 +55,40 @@ def export_onnx(
         args += (random_events(example, num_events, torch.Generator().manual_seed(0)),)
         names.append("history_events")
         shapes["history_events"] = {0: batch, 1: seq}
+    export_quietly(model, path, args, {}, names, output_name, shapes)
+
+
+def export_quietly(
+    module: nn.Module,
+    path: Path,
+    args: tuple,
+    kwargs: dict[str, torch.Tensor],
+    input_names: list[str],
+    output: str,
+    dynamic_shapes: dict,
+) -> None:
+    """torch.onnx.export (dynamo, one file) of `module` called with `args` and `kwargs`, without
+    the exporter's chatter on stdout and its warnings."""
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "torchvision is not installed" and similar exporter chatter
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # deprecations raised inside torch.onnx itself
-        torch.onnx.export(
-            model,
-            args,
-            str(path),
-            input_names=names,
-            output_names=[output_name],
-            dynamic_shapes=shapes,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-    quiet.setLevel(level)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # deprecations raised inside torch.onnx itself
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                kwargs=kwargs or None,
+                input_names=input_names,
+                output_names=[output],
+                dynamic_shapes=dynamic_shapes,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        quiet.setLevel(level)
 
 
 def compare_with_onnx(module: nn.Module, onnx_path: Path, output: str, inputs: list[dict[str, torch.Tensor]]) -> float:

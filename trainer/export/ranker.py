@@ -32,12 +32,8 @@ and the same schema (hence hash) as a sequential model trained on the same table
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -61,7 +57,7 @@ from recsys.schema import FIRST_TOKEN, OOV, PAD
 from trainer.data.encoding import history_rows
 from trainer.data.examples import RankingData, field_layout
 from trainer.data.tables import feature_rows
-from trainer.export.onnx import compare_with_onnx, seal_manifest, set_metadata, versions
+from trainer.export.onnx import compare_with_onnx, export_quietly, seal_manifest, set_metadata, versions
 from trainer.export.report import write_report
 from trainer.families.ranker import INPUTS, RankConfig, RankRun, reads_user_id, train_ranker
 from trainer.models.custom import kind_of
@@ -191,24 +187,7 @@ def export_onnx(model: nn.Module, path: Path, specs: list[ModelInput], data: Ran
     dynamic: dict[str, dict[int, Any]] = {n: {0: u_dim if n in USER_INPUTS else b_dim} for n in example}
     if "history" in example and seq >= 2:
         dynamic["history"][1] = torch.export.Dim("seq", min=1, max=seq)
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # deprecations raised inside torch.onnx itself
-        torch.onnx.export(
-            RankerInputs(model),
-            (),
-            str(path),
-            kwargs=example,
-            input_names=list(example),
-            output_names=[OUTPUT],
-            dynamic_shapes=dynamic,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-    quiet.setLevel(level)
+    export_quietly(RankerInputs(model), path, (), example, list(example), OUTPUT, dynamic)
 
 
 def parity_check(model: nn.Module, onnx_path: Path, specs: list[ModelInput], data: RankingData, seed: int = 0) -> float:

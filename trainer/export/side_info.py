@@ -15,12 +15,8 @@ constant item table at export (`SideInfoModel.export_view`), so serving reads no
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,7 +38,7 @@ from recsys.artifact import (
 from recsys.schema import FIRST_TOKEN, OOV, PAD
 from trainer.data.encoding import history_rows
 from trainer.data.tables import feature_rows
-from trainer.export.onnx import compare_with_onnx, seal_manifest, set_metadata, versions
+from trainer.export.onnx import compare_with_onnx, export_quietly, seal_manifest, set_metadata, versions
 from trainer.export.report import write_report
 from trainer.families.next_item import TrainConfig
 from trainer.families.side_info import SideInfoRun, train_side_info
@@ -116,24 +112,7 @@ def export_onnx(scorer: SideInfoScorer, path: Path, specs: list[ModelInput], max
     dynamic: dict[str, dict[int, Any]] = {name: {0: b_dim} for name in example}
     if max_len >= 2:
         dynamic["history"][1] = torch.export.Dim("seq", min=1, max=max_len)
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # deprecations raised inside torch.onnx itself
-        torch.onnx.export(
-            scorer.eval(),
-            (),
-            str(path),
-            kwargs=example,
-            input_names=list(example),
-            output_names=[OUTPUT],
-            dynamic_shapes=dynamic,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-    quiet.setLevel(level)
+    export_quietly(scorer.eval(), path, (), example, list(example), OUTPUT, dynamic)
 
 
 def parity_check(scorer: SideInfoScorer, path: Path, specs: list[ModelInput], max_len: int, seed: int = 0) -> float:

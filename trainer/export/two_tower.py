@@ -17,12 +17,8 @@ temperature, so scores = user_vector @ item_embeddings.T (manifest.training["ret
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -45,7 +41,7 @@ from recsys.artifact import (
 from recsys.schema import FIRST_TOKEN, OOV, PAD
 from trainer.data.encoding import history_rows
 from trainer.data.tables import feature_rows
-from trainer.export.onnx import compare_with_onnx, seal_manifest, set_metadata, versions
+from trainer.export.onnx import compare_with_onnx, export_quietly, seal_manifest, set_metadata, versions
 from trainer.export.ranker import SOURCES, train_then_export
 from trainer.export.report import write_report
 from trainer.families.two_tower import (
@@ -122,24 +118,7 @@ def _export(module: nn.Module, path: Path, specs: list[ModelInput], model: TwoTo
     dynamic: dict[str, dict[int, Any]] = {n: {0: b_dim} for n in example}
     if "history" in example and seq >= 2:
         dynamic["history"][1] = torch.export.Dim("seq", min=1, max=seq)
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # deprecations raised inside torch.onnx itself
-        torch.onnx.export(
-            module,
-            (),
-            str(path),
-            kwargs=example,
-            input_names=list(example),
-            output_names=[output],
-            dynamic_shapes=dynamic,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-    quiet.setLevel(level)
+    export_quietly(module, path, (), example, list(example), output, dynamic)
 
 
 def parity_check(
