@@ -36,6 +36,7 @@ __all__ = [
     "group_order",
     "arrow_numbers",
     "arrow_seconds",
+    "factorize",
     "header_names",
     "id_codes",
     "id_text",
@@ -168,19 +169,22 @@ def id_text(value: Any) -> str | None:
     return text or None
 
 
+def factorize(column: pd.Series) -> tuple[np.ndarray, list]:
+    """(int64 code per row, -1 where missing; the distinct stored values): a Categorical's own
+    codes, else one hash per row (pandas factorize)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return column.cat.codes.to_numpy(dtype=np.int64), column.cat.categories.tolist()
+    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    return codes.astype(np.int64, copy=False), list(uniques)
+
+
 def id_codes(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """(codes, ids): int64 codes per row (-1 where missing) into `ids`, distinct str ids.
 
     Each distinct stored value is converted once (id_text), so the cost per row is a hash or a
     lookup, never Python; values that convert to the same id (7, 7.0, " 7") share one code.
     """
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        codes = column.cat.codes.to_numpy(dtype=np.int64)
-        values = column.cat.categories.tolist()
-    else:
-        codes, uniques = pd.factorize(column, use_na_sentinel=True)
-        codes = codes.astype(np.int64, copy=False)
-        values = list(uniques)
+    codes, values = factorize(column)
     ready = _clean_ids(values)
     if ready is not None:
         return codes, ready

@@ -41,6 +41,7 @@ from trainer.data.columnar import (
     Source,
     arrow_numbers,
     arrow_seconds,
+    factorize,
     header_names,
     id_codes,
     read_columns,
@@ -565,13 +566,7 @@ def _event_codes(column: pd.Series, source: str) -> tuple[np.ndarray, np.ndarray
     """(int64 code per row, the distinct kinds as str); ValueError for a missing, blank or
     over-long kind. Work per row is a hash (factorize) or none (a Categorical); the checks
     run over the distinct kinds only."""
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        codes = column.cat.codes.to_numpy(dtype=np.int64)
-        values = column.cat.categories.tolist()
-    else:
-        codes, uniques = pd.factorize(column, use_na_sentinel=True)
-        codes = codes.astype(np.int64, copy=False)
-        values = list(uniques)
+    codes, values = factorize(column)
     where = source or "interactions"
     missing = np.flatnonzero(codes < 0)
     if len(missing):
