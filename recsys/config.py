@@ -46,7 +46,9 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
             except json.JSONDecodeError:
                 return value
         return value
-    if isinstance(default, tuple) and isinstance(value, str):  # a list given as JSON text (environment)
+    if isinstance(default, tuple) and isinstance(value, str):  # a list as text (environment)
+        if not value.lstrip().startswith("["):  # comma-separated names: purchase,cart
+            return tuple(part.strip() for part in value.split(",") if part.strip())
         try:
             value = json.loads(value)
         except json.JSONDecodeError:

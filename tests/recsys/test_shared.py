@@ -103,7 +103,9 @@ def test_config_list_fields_from_a_file_or_json_in_the_environment(tmp_path, mon
     assert load_config(Example, file=path).parts == ({"model": "a"}, {"model": "b"})
     monkeypatch.setenv("T_PARTS", '[{"model": "c"}]')
     assert load_config(Example, file=path, env_prefix="T_").parts == ({"model": "c"},)
-    monkeypatch.setenv("T_PARTS", "c")
+    monkeypatch.setenv("T_PARTS", "purchase, cart")  # names, comma-separated
+    assert load_config(Example, env_prefix="T_").parts == ("purchase", "cart")
+    monkeypatch.setenv("T_PARTS", '[{"model": "c"')
     with pytest.raises(ValueError, match="expected a JSON list"):
         load_config(Example, env_prefix="T_")
 
