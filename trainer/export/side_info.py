@@ -15,6 +15,7 @@ constant item table at export (`SideInfoModel.export_view`), so serving reads no
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict
@@ -39,6 +40,7 @@ from recsys.schema import FIRST_TOKEN, OOV, PAD
 from trainer.data.encoding import history_rows
 from trainer.data.tables import feature_rows
 from trainer.export.onnx import compare_with_onnx, export_quietly, seal_manifest, set_metadata, versions
+from trainer.export.ranker import SOURCES, train_then_export
 from trainer.export.report import write_report
 from trainer.families.next_item import TrainConfig
 from trainer.families.side_info import SideInfoRun, train_side_info
@@ -47,7 +49,6 @@ from trainer.models.side_info import SideInfoModel
 __all__ = ["SideInfoScorer", "export_side_info", "parity_check", "side_info_inputs", "train_and_export_side_info"]
 
 OUTPUT = "scores"
-SOURCES = {"user_cat": "user.cat", "user_num": "user.num", "history": "user.history"}
 
 
 class SideInfoScorer(nn.Module):
@@ -196,24 +197,9 @@ def train_and_export_side_info(
     *,
     user_features: bool,
     item_features: bool,
-    checkpoint_dir: str | Path | None = None,
-    log=print,
     **options,
 ) -> Manifest | None:
-    """Train (trainer/families/side_info.py train_side_info, `options` passed on) and export;
-    rank 0 under DDP returns the manifest, the others None."""
-    checkpoint_dir = checkpoint_dir or Path(out_dir).with_name(Path(out_dir).name + ".ckpt")
-    run = train_side_info(
-        cfg,
-        interactions,
-        user_features=user_features,
-        item_features=item_features,
-        checkpoint_dir=checkpoint_dir,
-        log=log,
-        **options,
-    )
-    if run is None:
-        return None
-    manifest = export_side_info(run, out_dir)
-    log(f"wrote {out_dir} ({manifest.model_version})")
-    return manifest
+    """Train (trainer/families/side_info.py train_side_info) and export, as
+    trainer/export/ranker.py train_then_export does; rank 0 under DDP returns the manifest."""
+    train = functools.partial(train_side_info, user_features=user_features, item_features=item_features)
+    return train_then_export(train, export_side_info, cfg, interactions, out_dir, **options)
