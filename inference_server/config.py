@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: this module stays free of grpc and ONNX Runtime
+    from inference_server.local_features import FeatureCore
     from inference_server.speed import SpeedOptions
     from recsys.security import ClientSecurity, ServerSecurity
 
@@ -108,6 +110,10 @@ class InferenceConfig:
 
     # The feature service this server reads users' histories and features from.
     features_target: str = "localhost:50051"  # HOST:PORT
+    # Or read the store the feature service writes, in this process (inference_server/local_features.py):
+    # its URL, and the function that opens it (a module-level one: it travels to worker processes).
+    feature_store: str | None = None
+    open_feature_store: Callable[[str], FeatureCore] | None = None
     feature_timeout_s: float = 1.0  # the longest any one call to the feature service may take
     feature_channels: int = 2  # connections to the feature service, used in turn (one reaches one of its workers)
     feature_security: ClientSecurity | None = None  # TLS and bearer token of that channel; None: plaintext
@@ -150,3 +156,5 @@ class InferenceConfig:
             raise ValueError("a model repository needs a model name (and a pinned version needs both)")
         if self.rollout is not None and self.repo is None:
             raise ValueError("rollouts need a model repository (repo and model)")
+        if self.feature_store is not None and self.open_feature_store is None:
+            raise ValueError("feature_store needs open_feature_store, the function that opens it")

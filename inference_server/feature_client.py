@@ -124,6 +124,7 @@ class FeatureClient:
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         self.target = target
+        self.name = f"feature service at {target}"
         self.timeout_s = timeout_s
         self.max_message_bytes = max_message_bytes
         # Reconnect within a second of the feature service coming back (gRPC's default backoff

@@ -44,6 +44,7 @@ from grpc_health.v1 import health, health_pb2
 
 from inference_server.config import InferenceConfig
 from inference_server.feature_client import FeatureClient
+from inference_server.local_features import LocalFeatures
 from inference_server.model_repository import ModelManager, ServedModel
 from inference_server.pipeline import Recommender
 from inference_server.repository import ModelRepository
@@ -130,6 +131,20 @@ class InferenceService:
         self.manager.features.close()
 
 
+def _feature_source(c: InferenceConfig) -> FeatureClient | LocalFeatures:
+    """Where users' and items' features come from: the feature service over gRPC, or the store
+    it writes, read in this process (`feature_store`)."""
+    if c.feature_store is None:
+        return FeatureClient(
+            c.features_target,
+            timeout_s=c.feature_timeout_s,
+            security=c.feature_security,
+            max_message_bytes=c.max_message_bytes,
+            channels=c.feature_channels,
+        )
+    return LocalFeatures(c.open_feature_store(c.feature_store), c.feature_store, timeout_s=c.feature_timeout_s)
+
+
 def start_server(config: InferenceConfig, *, worker: WorkerSlot | None = None) -> InferenceService:
     """Loads the model, then starts the server; health is checked once before returning.
 
@@ -143,13 +158,7 @@ def start_server(config: InferenceConfig, *, worker: WorkerSlot | None = None) -
     """
     c = config
     c.check()
-    client = FeatureClient(
-        c.features_target,
-        timeout_s=c.feature_timeout_s,
-        security=c.feature_security,
-        max_message_bytes=c.max_message_bytes,
-        channels=c.feature_channels,
-    )
+    client = _feature_source(c)
     metrics = InferenceMetrics(worker=None if worker is None else worker.index)
     client.on_call = metrics.feature_call
     client.on_oversize = lambda what, n: metrics.failure(f"oversize_{what}", n)
@@ -235,7 +244,7 @@ def start_server(config: InferenceConfig, *, worker: WorkerSlot | None = None) -
         health_servicer,
         [SERVICE_NAME, ADMIN_SERVICE_NAME],
         c.health_interval_s,
-        what=f"feature service at {client.target}",
+        what=client.name,
     )
     watch.check()
     watch.start()
@@ -286,8 +295,8 @@ def _probe(manager: ModelManager, health_servicer: health.HealthServicer, metric
             return
         if degrade and (state["up"] is not None or not up):
             log.warning(
-                "feature service at %s %s",
-                client.target,
+                "%s %s",
+                client.name,
                 "answers again: full answers" if up else "cannot be reached: answering degraded (fallbacks)",
             )
         state["up"] = up
@@ -355,10 +364,13 @@ def _serve(config: InferenceConfig, worker: WorkerSlot | None) -> None:
     setup_tracing("recsys-inference")  # a no-op unless OTEL_TRACES_EXPORTER asks for traces
     security = config.security or ServerSecurity()
     service = start_server(config, worker=worker)
-    feature_tls = "plaintext" if config.feature_security is None or config.feature_security.tls is None else "TLS"
+    features = service.manager.features.name
+    if config.feature_store is None:
+        tls = config.feature_security is not None and config.feature_security.tls is not None
+        features += " (TLS)" if tls else " (plaintext)"
     served = service.manager.current
     log.info(
-        "inference server%s on %s:%d (%s): model %s (%s items) on %s, features from %s (%s)%s",
+        "inference server%s on %s:%d (%s): model %s (%s items) on %s, features from %s%s",
         "" if worker is None else f" worker {worker.index}",
         config.host,
         service.port,
@@ -366,8 +378,7 @@ def _serve(config: InferenceConfig, worker: WorkerSlot | None) -> None:
         served.label or "none yet (waiting for a first version)",
         served.recommender.manifest.num_items if served.recommender is not None else 0,
         config.device,
-        config.features_target,
-        feature_tls,
+        features,
         f", metrics on :{service.metrics_port}" if service.metrics_port else "",
     )
     if worker is None:  # with several processes, the supervisor announces the port

@@ -13,7 +13,7 @@ from recsys.errors import InvalidArgument
 from recsys.schema import FeatureKind
 from recsys.v1 import types_pb2
 
-__all__ = ["from_proto", "from_proto_map", "to_proto", "to_proto_map"]
+__all__ = ["as_served", "from_proto", "from_proto_map", "to_proto", "to_proto_map"]
 
 
 def to_proto(value: Any, kind: FeatureKind | None = None) -> types_pb2.FeatureValue:
@@ -50,3 +50,18 @@ def to_proto_map(features: dict[str, Any], kinds: dict[str, FeatureKind] | None 
 
 def from_proto_map(features) -> dict[str, Any]:
     return {name: from_proto(v) for name, v in features.items()}
+
+
+def as_served(features: dict[str, Any]) -> dict[str, Any]:
+    """A stored (plain) feature row as `from_proto_map(to_proto_map(row))` gives it, without
+    building the messages: numbers as floats, lists as lists of strings, missing values left out."""
+    served: dict[str, Any] = {}
+    for name, value in features.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = [str(v) for v in value]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+        served[name] = value
+    return served

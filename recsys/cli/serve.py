@@ -77,7 +77,14 @@ def serve_features(artifact, store, load_mode, server) -> None:
     help="How the watcher brings in a new version of --model: none = swap at once; canary:0.05:60 = "
     "5% of users first, promoted after 60 s within its limits (no SECONDS: `recsys model promote`).",
 )
-@click.option("--features", "features_target", required=True, help="Feature service HOST:PORT.")
+@click.option("--features", "features_target", help="Feature service HOST:PORT (or give --feature-store).")
+@click.option(
+    "--feature-store",
+    metavar="URL",
+    help="Read features from the store a feature service writes (sqlite://PATH on this machine, "
+    "redis://HOST:PORT/DB), in this process: no second gRPC call per request. Events are still "
+    "recorded through the feature service.",
+)
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
 @click.option(
     "--threads", default=1, show_default=True, type=click.IntRange(min=1), help="ONNX Runtime intra-op threads."
@@ -194,6 +201,7 @@ def serve_inference(
     watch_interval,
     rollout_spec,
     features_target,
+    feature_store,
     device,
     threads,
     max_k,
@@ -225,6 +233,13 @@ def serve_inference(
         os.environ.setdefault(name, str(threads))
     if (artifact is None) == (repo is None):
         raise click.UsageError("give --artifact DIR, or --repo PATH with --model NAME")
+    if (features_target is None) == (feature_store is None):
+        raise click.UsageError("give --features HOST:PORT (a feature service) or --feature-store URL (its store)")
+    if feature_store is not None and feature_store.startswith("memory:"):
+        raise click.UsageError(
+            "--feature-store memory:// would be an empty store of this process only; give the sqlite:// or "
+            "redis:// store the feature service writes"
+        )
     if (repo is None) != (model_name is None) or (model_version is not None and repo is None):
         raise click.UsageError("--repo and --model go together (and --version needs them)")
     feature_security = client_security(
@@ -264,7 +279,9 @@ def serve_inference(
                 rollout=auto_rollout,
                 retrieval_dir=retrieval_dir,
                 num_candidates=candidates,
-                features_target=features_target,
+                features_target=features_target or InferenceConfig.features_target,
+                feature_store=feature_store,
+                open_feature_store=open_feature_core if feature_store is not None else None,
                 feature_timeout_s=feature_timeout,
                 feature_channels=feature_channels,
                 feature_security=feature_security,
@@ -279,6 +296,21 @@ def serve_inference(
                 **server,
             )
         )
+
+
+def open_feature_core(url: str):
+    """The feature service's core over the store at `url`, for an inference server that reads
+    it in process (`--feature-store`). Module level: worker processes import it by name."""
+    from feature_service.loader import stored_contract
+    from feature_service.service import FeatureServiceCore
+    from feature_service.stores import open_store
+
+    store = open_store(url)
+    try:
+        return FeatureServiceCore(store, stored_contract(store))
+    except BaseException:
+        store.close()
+        raise
 
 
 @contextlib.contextmanager
