@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -273,6 +275,18 @@ def test_target_events_mask_the_loss_but_every_event_is_read():
     # validation holds out each user's last purchase, history before it
     for history, target in zip(family.val_histories, family.val_targets):
         assert target % 3 + FIRST_TOKEN == purchase and len(history) >= 2
+
+
+def test_target_events_draw_negatives_by_the_popularity_of_what_is_predicted():
+    # item 5 is viewed by everyone and never bought; item 6 is bought by everyone
+    seqs = [np.array([FIRST_TOKEN + 5, FIRST_TOKEN + 6, FIRST_TOKEN + u % 4, FIRST_TOKEN + 6]) for u in range(20)]
+    view, purchase = FIRST_TOKEN + KINDS.index("view"), FIRST_TOKEN + KINDS.index("purchase")
+    kinds = [np.array([view, purchase, view, purchase]) for _ in seqs]
+    cfg = TrainConfig(max_len=4, loss="sampled_softmax", negative_sampling="popularity", target_events=("purchase",))
+    sampler = NextItemFamily(cfg, seqs, 10, events=kinds, event_kinds=KINDS)._loss.keywords["sampler"]
+    assert sampler.probs[6] > sampler.probs[5] == sampler.probs.min()
+    every = NextItemFamily(dataclasses.replace(cfg, target_events=()), seqs, 10, events=kinds, event_kinds=KINDS)
+    assert every._loss.keywords["sampler"].probs[5] > sampler.probs[5]  # every kind counted without targets
 
 
 def test_unknown_kinds_and_missing_event_column_are_clear_errors():

@@ -398,11 +398,7 @@ class NextItemFamily:
         self.val_histories = [h for h, _, _ in val]
         self.val_targets = np.array([t for _, t, _ in val], dtype=np.int64)
         self.val_events = [events[i][: len(h)] for h, _, i in val] if self.num_events else None
-        counts = (
-            np.bincount(np.concatenate(self.train_seqs) - FIRST_TOKEN, minlength=num_items)
-            if self.train_seqs
-            else np.ones(num_items, dtype=np.int64)
-        )
+        counts = self._target_counts(events, num_items)
         if self.local_batches:  # negatives and priors follow the whole log's popularity, not one shard's
             counts = sum(distributed.current().gather_objects(counts))
         sampler = (
@@ -428,6 +424,18 @@ class NextItemFamily:
             self.settings["valid_users"] = len(val)
         if self.num_events:
             self.settings["events"] = list(self.event_kinds)
+
+    def _target_counts(self, events: list[np.ndarray] | None, num_items: int) -> np.ndarray:
+        """(N,) training events per item column, counting only the predicted kinds under
+        `target_events`: negatives, their log-Q correction and the popularity prior follow the
+        distribution of what the model predicts, not of everything it reads."""
+        if not self.train_seqs:
+            return np.ones(num_items, dtype=np.int64)
+        items = np.concatenate(self.train_seqs) - FIRST_TOKEN
+        if self.targeted is not None:
+            kinds = np.concatenate([events[i][: len(seq)] for i, seq in zip(self._train_users, self.train_seqs)])
+            items = items[self.targeted[kinds]]
+        return np.bincount(items, minlength=num_items)
 
     def _check_events(self) -> None:
         cfg, n = self.cfg, len(self.sequences)
