@@ -235,6 +235,9 @@ def serve_inference(
         raise click.UsageError("give --artifact DIR, or --repo PATH with --model NAME")
     if (features_target is None) == (feature_store is None):
         raise click.UsageError("give --features HOST:PORT (a feature service) or --feature-store URL (its store)")
+    if feature_store is not None and (features_tls_ca or features_tls_cert or features_tls_key or features_token_file):
+        raise click.UsageError("--features-tls-* and --features-token-file are for --features; --feature-store "
+                               "reads the store directly (its credentials go in the store URL)")  # fmt: skip
     if feature_store is not None and feature_store.startswith("memory:"):
         raise click.UsageError(
             "--feature-store memory:// would be an empty store of this process only; give the sqlite:// or "

@@ -145,6 +145,7 @@ def test_values_as_the_wire_format_gives_them():
         ([], "--features HOST:PORT"),
         (["--features", "localhost:1", "--feature-store", "sqlite:///x.db"], "--features HOST:PORT"),
         (["--feature-store", "memory://"], "memory://"),
+        (["--feature-store", "sqlite:///x.db", "--features-token-file", __file__], "are for --features"),
     ],
 )
 def test_cli_needs_exactly_one_feature_source(trained_artifact, flags, message):
