@@ -1,7 +1,8 @@
 """Does reading event kinds help? Event-aware vs event-blind SASRec on synthetic view/purchase
 data where the kinds reveal the rule, predicting each user's next purchase.
 
-    python -m benchmarks.bench_events [--seeds 0,1,2] [--users 1000] [--items 300] [--epochs 60] [--out .bench/events.json]
+    python -m benchmarks.bench_events [--seeds 0,1,2] [--users 1000] [--items 300] [--epochs 60]
+        [--loss ce|sampled_softmax [--negatives 30] [--negative-sampling popularity|uniform]] [--out .bench/events.json]
 
 Data (`events_table`): every user browses (views) and now and then buys (purchase, probability
 `buy` per event). Views follow their own chains: with probability `follow` the next view is the
@@ -115,11 +116,16 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--items", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--loss", default="ce", help="ce (full softmax) or sampled_softmax")
+    parser.add_argument("--negatives", type=int, default=30, help="sampled_softmax: negatives per step")
+    parser.add_argument("--negative-sampling", default="popularity", choices=("uniform", "popularity"))
     parser.add_argument("--out", default=".bench/events.json")
     args = parser.parse_args()
     cfg = TrainConfig(
         model="sasrec",
-        loss="ce",
+        loss=args.loss,
+        negatives=args.negatives,
+        negative_sampling=args.negative_sampling,
         max_len=20,
         hidden=32,
         epochs=args.epochs,
@@ -141,7 +147,13 @@ def main() -> None:
     report = {
         "summary": summary,
         "runs": runs,
-        "settings": {"users": args.users, "items": args.items, "epochs": args.epochs},
+        "settings": {
+            "users": args.users,
+            "items": args.items,
+            "epochs": args.epochs,
+            "loss": args.loss,
+            **({"negatives": args.negatives, "negative_sampling": args.negative_sampling} if args.loss != "ce" else {}),
+        },
         "load_1min": {"before": round(load, 2), "after": round(os.getloadavg()[0], 2)},
     }
     print(json.dumps(report["summary"], indent=2))
