@@ -304,10 +304,19 @@ def serve_inference(
 def open_feature_core(url: str):
     """The feature service's core over the store at `url`, for an inference server that reads
     it in process (`--feature-store`). Module level: worker processes import it by name."""
+    from pathlib import Path
+
     from feature_service.loader import stored_contract
     from feature_service.service import FeatureServiceCore
     from feature_service.stores import open_store
+    from recsys.errors import FailedPrecondition
 
+    scheme, _, rest = url.partition("://")
+    if scheme == "sqlite" and rest and not Path(rest.split("?", 1)[0]).is_file():  # a reader creates no store
+        raise FailedPrecondition(
+            f"no feature store at {rest.split('?', 1)[0]}: give the file a feature service writes "
+            "(recsys serve features --store URL, or recsys features load --artifact DIR --store URL)"
+        )
     store = open_store(url)
     try:
         return FeatureServiceCore(store, stored_contract(store))

@@ -118,11 +118,15 @@ def test_a_store_without_what_the_model_reads_is_a_schema_mismatch(trained_artif
         local.close()
 
 
-def test_an_empty_store_is_refused_with_what_to_do(tmp_path):
+def test_an_empty_or_missing_store_is_refused_with_what_to_do(tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     open_store(url).close()
     with pytest.raises(FailedPrecondition, match="recsys features load"):
         open_feature_core(url)
+    missing = tmp_path / "typo.db"
+    with pytest.raises(FailedPrecondition, match="no feature store at"):
+        open_feature_core(f"sqlite:///{missing}")
+    assert not missing.exists()  # a reader creates no store
 
 
 def test_the_store_url_is_named_without_its_password():
