@@ -303,13 +303,17 @@ def serve_inference(
 
 def open_feature_core(url: str):
     """The feature service's core over the store at `url`, for an inference server that reads
-    it in process (`--feature-store`). Module level: worker processes import it by name."""
+    it in process (`--feature-store`). Module level: worker processes import it by name. A store
+    no artifact has been loaded into yet (a feature service starting beside this server) is
+    served as empty, with a warning; its contract is read again on every health round."""
+    import logging
     from pathlib import Path
 
     from feature_service.loader import stored_contract
     from feature_service.service import FeatureServiceCore
     from feature_service.stores import open_store
     from recsys.errors import FailedPrecondition
+    from recsys.schema import FeatureContract
 
     scheme, _, rest = url.partition("://")
     if scheme == "sqlite" and rest and not Path(rest.split("?", 1)[0]).is_file():  # a reader creates no store
@@ -319,7 +323,14 @@ def open_feature_core(url: str):
         )
     store = open_store(url)
     try:
-        return FeatureServiceCore(store, stored_contract(store))
+        contract = stored_contract(store, required=False)
+        if contract is None:
+            logging.getLogger(__name__).warning(
+                "the feature store holds no artifact yet: users are unknown until one is loaded into it "
+                "(recsys features load --artifact DIR --store URL, or a feature service started with --artifact)"
+            )
+            contract = FeatureContract()
+        return FeatureServiceCore(store, contract)
     except BaseException:
         store.close()
         raise

@@ -13,6 +13,7 @@ from feature_service.stores import open_store
 from inference_server.feature_client import SchemaMismatch
 from inference_server.local_features import LocalFeatures
 from inference_server.server import create_inference_server
+from recsys.artifact import read_manifest
 from recsys.cli import main as cli
 from recsys.cli.serve import open_feature_core
 from recsys.errors import FailedPrecondition, Unavailable
@@ -118,11 +119,24 @@ def test_a_store_without_what_the_model_reads_is_a_schema_mismatch(trained_artif
         local.close()
 
 
-def test_an_empty_or_missing_store_is_refused_with_what_to_do(tmp_path):
-    url = f"sqlite:///{tmp_path / 'empty.db'}"
-    open_store(url).close()
-    with pytest.raises(FailedPrecondition, match="recsys features load"):
-        open_feature_core(url)
+def test_a_store_loaded_after_the_server_started_is_picked_up(trained_artifact, tmp_path, caplog):
+    url = f"sqlite:///{tmp_path / 'features.db'}"
+    open_store(url).close()  # the feature service created the file and has not loaded it yet
+    local = LocalFeatures(open_feature_core(url), url)
+    try:
+        assert "holds no artifact yet" in caplog.text
+        assert not local.get_user("u001", 10).found
+        _, _, _, fcore = create_feature_server(trained_artifact, url)  # loads the artifact
+        fcore.close()
+        needs = read_manifest(trained_artifact).needs
+        local.check_compatible(needs)  # the health round reads the contract again
+        assert local.contract() == fcore.contract
+        assert local.get_user("u001", 10).found
+    finally:
+        local.close()
+
+
+def test_a_missing_store_is_refused_with_what_to_do(tmp_path):
     missing = tmp_path / "typo.db"
     with pytest.raises(FailedPrecondition, match="no feature store at"):
         open_feature_core(f"sqlite:///{missing}")
