@@ -42,23 +42,18 @@ import torch
 from torch import nn
 
 from recsys.artifact import (
-    HISTORIES,
     ITEM_INDEX,
-    ITEMS,
     MODEL,
     USER_INDEX,
-    USERS,
     Manifest,
     ModelInput,
     write_atomically,
-    write_jsonl,
 )
 from recsys.schema import FIRST_TOKEN, OOV, PAD
-from trainer.data.encoding import history_rows
 from trainer.data.examples import RankingData, field_layout
-from trainer.data.tables import feature_rows
 from trainer.export.onnx import compare_with_onnx, export_quietly, seal_manifest, set_metadata, versions
 from trainer.export.report import write_report
+from trainer.export.tables import TABLE_FILES, data_summary, write_tables
 from trainer.families.ranker import INPUTS, RankConfig, RankRun, reads_user_id, train_ranker
 from trainer.models.custom import kind_of
 
@@ -225,14 +220,7 @@ def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
         extra = [USER_INDEX] if reads_user_id(model) else []
         if extra:
             (tmp / USER_INDEX).write_text(json.dumps({"user_ids": data.user_index}, ensure_ascii=False))
-        tables, schema = run.tables, run.schema
-        write_jsonl(tmp / HISTORIES, history_rows(tables.interactions))
-        write_jsonl(
-            tmp / USERS, feature_rows(tables.users, schema.user_features, "user_id") if tables.users is not None else []
-        )
-        write_jsonl(
-            tmp / ITEMS, feature_rows(tables.items, schema.item_features, "item_id") if tables.items is not None else []
-        )
+        write_tables(tmp, run.tables, run.schema)
         training = {
             "config": asdict(cfg),
             "inputs": {**data.encoder.describe(), "order": [s.name for s in specs]},
@@ -241,10 +229,7 @@ def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
             "seconds": round(run.fit.seconds, 1),
             "history": run.fit.history,
             "data": {
-                "users": tables.report.users,
-                "items": tables.report.items,
-                "interactions": tables.report.interactions,
-                "dropped": tables.report.dropped,
+                **data_summary(run.tables.report),
                 "examples": {
                     "train": int((data.split == 0).sum()),
                     "valid": int((data.split == 1).sum()),
@@ -261,7 +246,7 @@ def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
             inputs=tuple(specs),
             output=OUTPUT,
             num_items=len(run.index.item_ids),
-            schema=schema,
+            schema=run.schema,
             item_index_sha256=run.index.sha256,
             training=training,
             metrics=metrics,
@@ -270,7 +255,7 @@ def export_ranker(run: RankRun, out_dir: str | Path) -> Manifest:
         )
         set_metadata(onnx_path, {"recsys.manifest": manifest.to_json()})
         reports = write_report(tmp, training, metrics, RATING_KEYS if cfg.task == "rating" else RANK_KEYS)
-        box["m"] = seal_manifest(tmp, manifest, (MODEL, ITEM_INDEX, *extra, HISTORIES, USERS, ITEMS, *reports))
+        box["m"] = seal_manifest(tmp, manifest, (MODEL, ITEM_INDEX, *extra, *TABLE_FILES, *reports))
 
     write_atomically(out_dir, fill)
     return box["m"]

@@ -26,22 +26,18 @@ import torch
 from torch import nn
 
 from recsys.artifact import (
-    HISTORIES,
     ITEM_INDEX,
-    ITEMS,
     MODEL,
-    USERS,
     Manifest,
     ModelInput,
     write_atomically,
-    write_jsonl,
 )
-from recsys.schema import FIRST_TOKEN, OOV, PAD
-from trainer.data.encoding import history_rows
-from trainer.data.tables import feature_rows
+from recsys.schema import PAD
 from trainer.export.onnx import compare_with_onnx, export_quietly, seal_manifest, set_metadata, versions
-from trainer.export.ranker import SOURCES, train_then_export
+from trainer.export.ranker import train_then_export
 from trainer.export.report import write_report
+from trainer.export.tables import TABLE_FILES, data_summary, write_tables
+from trainer.export.two_tower import parity_cases, random_user_inputs, user_input_specs
 from trainer.families.next_item import TrainConfig
 from trainer.families.side_info import SideInfoRun, train_side_info
 from trainer.models.side_info import SideInfoModel
@@ -69,36 +65,13 @@ class SideInfoScorer(nn.Module):
 
 def side_info_inputs(model: SideInfoModel, max_len: int) -> list[ModelInput]:
     """The graph's inputs in two-tower order (user_cat, user_num, history), those the model reads."""
-    cfg = model.cfg
-    sizes = {"user_cat": len(cfg.user_cat), "user_num": cfg.n_user_num, "history": max_len}
-    return [
-        ModelInput(
-            name,
-            SOURCES[name],
-            "float32" if name == "user_num" else "int64",
-            ("batch", "seq") if name == "history" else ("batch", str(sizes[name])),
-        )
-        for name in ("user_cat", "user_num", "history")
-        if sizes[name]
-    ]
+    return user_input_specs(len(model.cfg.user_cat), model.cfg.n_user_num, max_len)
 
 
 def _random_inputs(
     specs: list[ModelInput], model: SideInfoModel, batch: int, seq: int, gen: torch.Generator, pad: int
 ) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for spec in specs:
-        if spec.name == "user_num":
-            out["user_num"] = torch.randn(batch, model.cfg.n_user_num, generator=gen)
-        elif spec.name == "user_cat":
-            out["user_cat"] = torch.stack(
-                [torch.randint(PAD, v, (batch,), generator=gen) for v in model.cfg.user_cat], 1
-            )
-        else:
-            h = torch.randint(OOV, model.cfg.num_items + FIRST_TOKEN, (batch, seq), generator=gen)
-            h[:, : min(pad, seq)] = PAD
-            out["history"] = h
-    return out
+    return random_user_inputs(specs, model.cfg.user_cat, model.cfg.num_items, batch, seq, gen, pad)
 
 
 def export_onnx(scorer: SideInfoScorer, path: Path, specs: list[ModelInput], max_len: int) -> None:
@@ -120,8 +93,7 @@ def parity_check(scorer: SideInfoScorer, path: Path, specs: list[ModelInput], ma
     """Max |torch - ORT| over batch 1, larger batches, padded, all-PAD and short histories;
     raises ExportError above PARITY_TOLERANCE or on a shape mismatch."""
     gen = torch.Generator().manual_seed(seed)
-    seq = max_len
-    cases = [(1, seq, 0), (8, seq, seq - 1), (5, max(1, seq // 3), 1), (3, seq, seq), (32, seq, seq // 2)]
+    cases = parity_cases(max_len)
     inputs = [_random_inputs(specs, scorer.model, batch, length, gen, pad) for batch, length, pad in cases]
     return compare_with_onnx(scorer, path, OUTPUT, inputs)
 
@@ -138,13 +110,7 @@ def export_side_info(run: SideInfoRun, out_dir: str | Path) -> Manifest:
         export_onnx(view, tmp / MODEL, specs, cfg.max_len)
         diff = parity_check(view, tmp / MODEL, specs, cfg.max_len)
         (tmp / ITEM_INDEX).write_text(json.dumps(index.to_dict(), ensure_ascii=False))
-        write_jsonl(tmp / HISTORIES, history_rows(tables.interactions))
-        write_jsonl(
-            tmp / USERS, feature_rows(tables.users, schema.user_features, "user_id") if tables.users is not None else []
-        )
-        write_jsonl(
-            tmp / ITEMS, feature_rows(tables.items, schema.item_features, "item_id") if tables.items is not None else []
-        )
+        write_tables(tmp, tables, schema)
         training: dict[str, Any] = {
             "config": asdict(cfg),
             "resolved": result.settings,
@@ -154,12 +120,7 @@ def export_side_info(run: SideInfoRun, out_dir: str | Path) -> Manifest:
             "epochs_run": len(result.history),
             "seconds": round(result.seconds, 1),
             "history": result.history,
-            "data": {
-                "users": tables.report.users,
-                "items": tables.report.items,
-                "interactions": tables.report.interactions,
-                "dropped": tables.report.dropped,
-            },
+            "data": data_summary(tables.report),
         }
         if model.reads_users:  # the server builds user_cat / user_num from this description
             training["inputs"] = {**data.encoder.describe(), "order": [s.name for s in specs]}
@@ -184,7 +145,7 @@ def export_side_info(run: SideInfoRun, out_dir: str | Path) -> Manifest:
         )
         set_metadata(tmp / MODEL, {"recsys.manifest": manifest.to_json()})
         reports = write_report(tmp, training, metrics, (f"ndcg@{cfg.k}", f"hr@{cfg.k}"))
-        box["m"] = seal_manifest(tmp, manifest, (MODEL, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports))
+        box["m"] = seal_manifest(tmp, manifest, (MODEL, ITEM_INDEX, *TABLE_FILES, *reports))
 
     write_atomically(out_dir, fill)
     return box["m"]

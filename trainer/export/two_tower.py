@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,22 +29,17 @@ import torch
 from torch import nn
 
 from recsys.artifact import (
-    HISTORIES,
     ITEM_INDEX,
-    ITEMS,
     MODEL,
-    USERS,
     Manifest,
     ModelInput,
     write_atomically,
-    write_jsonl,
 )
 from recsys.schema import FIRST_TOKEN, OOV, PAD
-from trainer.data.encoding import history_rows
-from trainer.data.tables import feature_rows
 from trainer.export.onnx import compare_with_onnx, export_quietly, seal_manifest, set_metadata, versions
 from trainer.export.ranker import SOURCES, train_then_export
 from trainer.export.report import write_report
+from trainer.export.tables import TABLE_FILES, data_summary, write_tables
 from trainer.families.two_tower import (
     RetrievalConfig,
     RetrievalData,
@@ -77,9 +73,9 @@ class UserTower(nn.Module):
         return self.model.user_vectors(user_cat, user_num, history) / self.model.cfg.temperature
 
 
-def user_inputs(data: RetrievalData) -> list[ModelInput]:
-    enc = data.encoder
-    sizes = {"user_cat": len(enc.user_cat), "user_num": len(enc.user_num), "history": enc.history_len}
+def user_input_specs(user_cat: int, user_num: int, history: int) -> list[ModelInput]:
+    """The user-side graph inputs in USER_INPUTS order, those with a width (features or items)."""
+    sizes = {"user_cat": user_cat, "user_num": user_num, "history": history}
     return [
         ModelInput(
             n,
@@ -92,21 +88,46 @@ def user_inputs(data: RetrievalData) -> list[ModelInput]:
     ]
 
 
-def _random_inputs(
-    specs: list[ModelInput], model: TwoTower, batch: int, seq: int, gen: torch.Generator, pad: int
+def user_inputs(data: RetrievalData) -> list[ModelInput]:
+    enc = data.encoder
+    return user_input_specs(len(enc.user_cat), len(enc.user_num), enc.history_len)
+
+
+def random_user_inputs(
+    specs: list[ModelInput],
+    user_cat: Sequence[int],
+    num_items: int,
+    batch: int,
+    seq: int,
+    gen: torch.Generator,
+    pad: int,
 ) -> dict[str, torch.Tensor]:
+    """Random values for `specs`: user_cat tokens below each field's vocabulary size, standard
+    normal user_num, history tokens (OOV or an item) left-padded with `pad` PADs."""
     out: dict[str, torch.Tensor] = {}
-    layout = model.cfg.fields
     for spec in specs:
         if spec.name == "user_num":
             out["user_num"] = torch.randn(batch, int(spec.shape[1]), generator=gen)
         elif spec.name == "user_cat":
-            out["user_cat"] = torch.stack([torch.randint(PAD, v, (batch,), generator=gen) for v in layout.user_cat], 1)
+            out["user_cat"] = torch.stack([torch.randint(PAD, v, (batch,), generator=gen) for v in user_cat], 1)
         else:
-            h = torch.randint(OOV, layout.num_items + FIRST_TOKEN, (batch, seq), generator=gen)
+            h = torch.randint(OOV, num_items + FIRST_TOKEN, (batch, seq), generator=gen)
             h[:, : min(pad, seq)] = PAD
             out["history"] = h
     return out
+
+
+def parity_cases(seq: int) -> list[tuple[int, int, int]]:
+    """(batch, history length, padding) cases of a user-input parity check: batch 1, larger
+    batches, padded, all-PAD and short histories."""
+    return [(1, seq, 0), (8, seq, seq - 1), (5, max(1, seq // 3), 1), (3, seq, seq), (32, seq, seq // 2)]
+
+
+def _random_inputs(
+    specs: list[ModelInput], model: TwoTower, batch: int, seq: int, gen: torch.Generator, pad: int
+) -> dict[str, torch.Tensor]:
+    layout = model.cfg.fields
+    return random_user_inputs(specs, layout.user_cat, layout.num_items, batch, seq, gen, pad)
 
 
 def _export(module: nn.Module, path: Path, specs: list[ModelInput], model: TwoTower, output: str) -> None:
@@ -127,8 +148,7 @@ def parity_check(
     """Max |torch - ORT| over batch 1, larger batches, padded, all-PAD and short histories;
     raises ExportError above PARITY_TOLERANCE or on a shape mismatch."""
     gen = torch.Generator().manual_seed(seed)
-    seq = model.cfg.history_len
-    cases = [(1, seq, 0), (8, seq, seq - 1), (5, max(1, seq // 3), 1), (3, seq, seq), (32, seq, seq // 2)]
+    cases = parity_cases(model.cfg.history_len)
     inputs = [_random_inputs(specs, model, batch, length, gen, pad) for batch, length, pad in cases]
     return compare_with_onnx(module, path, output, inputs)
 
@@ -151,14 +171,7 @@ def export_two_tower(run: RetrievalRun, out_dir: str | Path) -> Manifest:
         )
         np.save(tmp / ITEM_EMBEDDINGS, vectors.numpy().astype(np.float32))
         (tmp / ITEM_INDEX).write_text(json.dumps(run.index.to_dict(), ensure_ascii=False))
-        tables, schema = run.tables, run.schema
-        write_jsonl(tmp / HISTORIES, history_rows(tables.interactions))
-        write_jsonl(
-            tmp / USERS, feature_rows(tables.users, schema.user_features, "user_id") if tables.users is not None else []
-        )
-        write_jsonl(
-            tmp / ITEMS, feature_rows(tables.items, schema.item_features, "item_id") if tables.items is not None else []
-        )
+        write_tables(tmp, run.tables, run.schema)
         training = {
             "config": asdict(cfg),
             "inputs": {**data.encoder.describe(), "order": [s.name for s in specs]},
@@ -174,12 +187,7 @@ def export_two_tower(run: RetrievalRun, out_dir: str | Path) -> Manifest:
             "epochs_run": len(run.fit.history),
             "seconds": round(run.fit.seconds, 1),
             "history": run.fit.history,
-            "data": {
-                "users": tables.report.users,
-                "items": tables.report.items,
-                "interactions": tables.report.interactions,
-                "dropped": tables.report.dropped,
-            },
+            "data": data_summary(run.tables.report),
         }
         metrics = {**run.fit.best_metrics, "export_parity_max_abs_diff": diff}
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -190,7 +198,7 @@ def export_two_tower(run: RetrievalRun, out_dir: str | Path) -> Manifest:
             inputs=tuple(specs),
             output=OUTPUT,
             num_items=len(run.index.item_ids),
-            schema=schema,
+            schema=run.schema,
             item_index_sha256=run.index.sha256,
             training=training,
             metrics=metrics,
@@ -200,7 +208,7 @@ def export_two_tower(run: RetrievalRun, out_dir: str | Path) -> Manifest:
         set_metadata(tmp / MODEL, {"recsys.manifest": manifest.to_json()})
         reports = write_report(tmp, training, metrics, (f"ndcg@{cfg.k}", f"hr@{cfg.k}"))
         box["m"] = seal_manifest(
-            tmp, manifest, (MODEL, USER_TOWER, ITEM_EMBEDDINGS, ITEM_INDEX, HISTORIES, USERS, ITEMS, *reports)
+            tmp, manifest, (MODEL, USER_TOWER, ITEM_EMBEDDINGS, ITEM_INDEX, *TABLE_FILES, *reports)
         )
 
     write_atomically(out_dir, fill)
