@@ -316,9 +316,10 @@ def open_feature_core(url: str):
     from recsys.schema import FeatureContract
 
     scheme, _, rest = url.partition("://")
-    if scheme == "sqlite" and rest and not Path(rest.split("?", 1)[0]).is_file():  # a reader creates no store
+    path = rest.split("?", 1)[0]
+    if scheme == "sqlite" and path and not Path(path).is_file():  # a reader creates no store
         raise FailedPrecondition(
-            f"no feature store at {rest.split('?', 1)[0]}: give the file a feature service writes "
+            f"no feature store at {path}: give the file a feature service writes "
             "(recsys serve features --store URL, or recsys features load --artifact DIR --store URL)"
         )
     store = open_store(url)
