@@ -32,17 +32,16 @@ from recsys.artifact import (
     ModelInput,
     write_atomically,
 )
-from recsys.schema import PAD
-from trainer.export.onnx import compare_with_onnx, export_quietly, seal_manifest, set_metadata, versions
+from trainer.export.onnx import seal_manifest, set_metadata, versions
 from trainer.export.ranker import train_then_export
 from trainer.export.report import write_report
 from trainer.export.tables import TABLE_FILES, data_summary, write_tables
-from trainer.export.two_tower import parity_cases, random_user_inputs, user_input_specs
+from trainer.export.two_tower import export_user_graph, user_graph_parity, user_input_specs
 from trainer.families.next_item import TrainConfig
 from trainer.families.side_info import SideInfoRun, train_side_info
 from trainer.models.side_info import SideInfoModel
 
-__all__ = ["SideInfoScorer", "export_side_info", "parity_check", "side_info_inputs", "train_and_export_side_info"]
+__all__ = ["SideInfoScorer", "export_side_info", "side_info_inputs", "train_and_export_side_info"]
 
 OUTPUT = "scores"
 
@@ -68,36 +67,6 @@ def side_info_inputs(model: SideInfoModel, max_len: int) -> list[ModelInput]:
     return user_input_specs(len(model.cfg.user_cat), model.cfg.n_user_num, max_len)
 
 
-def _random_inputs(
-    specs: list[ModelInput], model: SideInfoModel, batch: int, seq: int, gen: torch.Generator, pad: int
-) -> dict[str, torch.Tensor]:
-    return random_user_inputs(specs, model.cfg.user_cat, model.cfg.num_items, batch, seq, gen, pad)
-
-
-def export_onnx(scorer: SideInfoScorer, path: Path, specs: list[ModelInput], max_len: int) -> None:
-    """One ONNX file with dynamic batch (and history length) axes."""
-    model = scorer.model
-    static = {len(model.cfg.user_cat), model.cfg.n_user_num, max_len, model.cfg.hidden}
-    batch = next(b for b in (7, 11, 13, 17, 19, 23, 29) if b not in static)  # >= 2, unlike any other dim
-    example = _random_inputs(specs, model, batch, max_len, torch.Generator().manual_seed(0), pad=0)
-    # One padded row among unpadded ones: every row padded alike lets the exporter fix the length.
-    example["history"][0, : max_len // 2] = PAD
-    b_dim = torch.export.Dim("batch", min=1, max=65536)
-    dynamic: dict[str, dict[int, Any]] = {name: {0: b_dim} for name in example}
-    if max_len >= 2:
-        dynamic["history"][1] = torch.export.Dim("seq", min=1, max=max_len)
-    export_quietly(scorer.eval(), path, (), example, list(example), OUTPUT, dynamic)
-
-
-def parity_check(scorer: SideInfoScorer, path: Path, specs: list[ModelInput], max_len: int, seed: int = 0) -> float:
-    """Max |torch - ORT| over batch 1, larger batches, padded, all-PAD and short histories;
-    raises ExportError above PARITY_TOLERANCE or on a shape mismatch."""
-    gen = torch.Generator().manual_seed(seed)
-    cases = parity_cases(max_len)
-    inputs = [_random_inputs(specs, scorer.model, batch, length, gen, pad) for batch, length, pad in cases]
-    return compare_with_onnx(scorer, path, OUTPUT, inputs)
-
-
 def export_side_info(run: SideInfoRun, out_dir: str | Path) -> Manifest:
     """Writes the artifact of `run` to `out_dir` atomically and returns its manifest."""
     cfg, data, result, model = run.config, run.data, run.fit, run.fit.model
@@ -106,9 +75,11 @@ def export_side_info(run: SideInfoRun, out_dir: str | Path) -> Manifest:
     specs = side_info_inputs(model, cfg.max_len)
     box: dict[str, Manifest] = {}
 
+    graph = (specs, model.cfg.user_cat, model.cfg.num_items, cfg.max_len, OUTPUT)
+
     def fill(tmp: Path) -> None:
-        export_onnx(view, tmp / MODEL, specs, cfg.max_len)
-        diff = parity_check(view, tmp / MODEL, specs, cfg.max_len)
+        export_user_graph(view, tmp / MODEL, *graph, other_dims=(model.cfg.hidden,))
+        diff = user_graph_parity(view, tmp / MODEL, *graph)
         (tmp / ITEM_INDEX).write_text(json.dumps(index.to_dict(), ensure_ascii=False))
         write_tables(tmp, tables, schema)
         training: dict[str, Any] = {

@@ -117,39 +117,46 @@ def random_user_inputs(
     return out
 
 
-def parity_cases(seq: int) -> list[tuple[int, int, int]]:
-    """(batch, history length, padding) cases of a user-input parity check: batch 1, larger
-    batches, padded, all-PAD and short histories."""
-    return [(1, seq, 0), (8, seq, seq - 1), (5, max(1, seq // 3), 1), (3, seq, seq), (32, seq, seq // 2)]
-
-
-def _random_inputs(
-    specs: list[ModelInput], model: TwoTower, batch: int, seq: int, gen: torch.Generator, pad: int
-) -> dict[str, torch.Tensor]:
-    layout = model.cfg.fields
-    return random_user_inputs(specs, layout.user_cat, layout.num_items, batch, seq, gen, pad)
-
-
-def _export(module: nn.Module, path: Path, specs: list[ModelInput], model: TwoTower, output: str) -> None:
-    seq = model.cfg.history_len
-    static = {int(d) for s in specs for d in s.shape if d.isdigit()} | {seq, model.cfg.dim}
+def export_user_graph(
+    module: nn.Module,
+    path: Path,
+    specs: list[ModelInput],
+    user_cat: Sequence[int],
+    num_items: int,
+    seq: int,
+    output: str,
+    other_dims: Sequence[int] = (),
+) -> None:
+    """`module` over the user inputs `specs` as one ONNX file with dynamic batch (and history
+    length) axes. `other_dims`: sizes inside the model the example batch must not equal."""
+    static = {int(d) for s in specs for d in s.shape if d.isdigit()} | {seq, *other_dims}
     batch = next(b for b in (7, 11, 13, 17, 19, 23, 29) if b not in static)  # >= 2, unlike any other dim
-    example = _random_inputs(specs, model, batch, seq, torch.Generator().manual_seed(0), pad=seq // 2)
+    example = random_user_inputs(specs, user_cat, num_items, batch, seq, torch.Generator().manual_seed(0), pad=0)
     b_dim = torch.export.Dim("batch", min=1, max=65536)
     dynamic: dict[str, dict[int, Any]] = {n: {0: b_dim} for n in example}
-    if "history" in example and seq >= 2:
-        dynamic["history"][1] = torch.export.Dim("seq", min=1, max=seq)
-    export_quietly(module, path, (), example, list(example), output, dynamic)
+    if "history" in example:
+        # One padded row among unpadded ones: every row padded alike lets the exporter fix the length.
+        example["history"][0, : seq // 2] = PAD
+        if seq >= 2:
+            dynamic["history"][1] = torch.export.Dim("seq", min=1, max=seq)
+    export_quietly(module.eval(), path, (), example, list(example), output, dynamic)
 
 
-def parity_check(
-    module: nn.Module, path: Path, specs: list[ModelInput], model: TwoTower, output: str, seed: int = 0
+def user_graph_parity(
+    module: nn.Module,
+    path: Path,
+    specs: list[ModelInput],
+    user_cat: Sequence[int],
+    num_items: int,
+    seq: int,
+    output: str,
+    seed: int = 0,
 ) -> float:
     """Max |torch - ORT| over batch 1, larger batches, padded, all-PAD and short histories;
     raises ExportError above PARITY_TOLERANCE or on a shape mismatch."""
     gen = torch.Generator().manual_seed(seed)
-    cases = parity_cases(model.cfg.history_len)
-    inputs = [_random_inputs(specs, model, batch, length, gen, pad) for batch, length, pad in cases]
+    cases = [(1, seq, 0), (8, seq, seq - 1), (5, max(1, seq // 3), 1), (3, seq, seq), (32, seq, seq // 2)]
+    inputs = [random_user_inputs(specs, user_cat, num_items, b, length, gen, pad) for b, length, pad in cases]
     return compare_with_onnx(module, path, output, inputs)
 
 
@@ -162,12 +169,17 @@ def export_two_tower(run: RetrievalRun, out_dir: str | Path) -> Manifest:
     scorer, tower = TwoTowerScorer(model, vectors).eval(), UserTower(model).eval()
     box: dict[str, Manifest] = {}
 
+    layout, seq = model.cfg.fields, model.cfg.history_len
+
     def fill(tmp: Path) -> None:
-        _export(scorer, tmp / MODEL, specs, model, OUTPUT)
-        _export(tower, tmp / USER_TOWER, specs, model, USER_OUTPUT)
+        graphs = ((scorer, MODEL, OUTPUT), (tower, USER_TOWER, USER_OUTPUT))
+        for module, name, output in graphs:
+            export_user_graph(
+                module, tmp / name, specs, layout.user_cat, layout.num_items, seq, output, (model.cfg.dim,)
+            )
         diff = max(
-            parity_check(scorer, tmp / MODEL, specs, model, OUTPUT),
-            parity_check(tower, tmp / USER_TOWER, specs, model, USER_OUTPUT),
+            user_graph_parity(module, tmp / name, specs, layout.user_cat, layout.num_items, seq, output)
+            for module, name, output in graphs
         )
         np.save(tmp / ITEM_EMBEDDINGS, vectors.numpy().astype(np.float32))
         (tmp / ITEM_INDEX).write_text(json.dumps(run.index.to_dict(), ensure_ascii=False))
